@@ -1,0 +1,101 @@
+//! The API's error type: every failure leaves as `{"error": {"code", "message", "details"}}` with a
+//! stable, machine-readable `code`. HTTP statuses are decided here and nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::store;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {"code": self.code, "message": self.message, "details": self.details}
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(err: store::Error) -> Self {
+        use store::Error as E;
+        match err {
+            E::WrongExpectedVersion { expected, current } => Self::new(
+                StatusCode::CONFLICT,
+                "wrong_expected_version",
+                format!("the aggregate is at version {current}, not the expected one"),
+            )
+            .with_details(json!({"expected_version": expected, "current_version": current})),
+            E::IdempotencyConflict { event_id } => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!("event {event_id} is already stored with different content"),
+            )
+            .with_details(json!({"event_id": event_id})),
+            E::DuplicateEventId { event_id } => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "an event id in the batch is already stored",
+            )
+            .with_details(json!({"event_id": event_id})),
+            E::TransactionOrder => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "append_contended",
+                "the aggregate is under heavy concurrent writes; retry with the same event ids",
+            ),
+            E::EmptyBatch => Self::unprocessable("empty_batch", "an append needs at least one event"),
+            E::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is unavailable; retry with the same event ids",
+                )
+            }
+            E::Database(source) => {
+                tracing::error!(error = ?source, "database error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}

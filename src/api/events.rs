@@ -1,0 +1,248 @@
+//! `/v1/aggregates/...` and `/v1/events...`: append, point reads, stream reads and the log query.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use super::AppState;
+use crate::model::{AggregateType, EventType, ExpectedVersion, Metadata, NewEvent};
+use crate::store::{self, LogCursor, LogFilter};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    #[serde(default = "any_version")]
+    expected_version: ExpectedVersion,
+    events: Vec<EventInput>,
+}
+
+fn any_version() -> ExpectedVersion {
+    ExpectedVersion::Any
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventInput {
+    id: Option<Uuid>,
+    #[serde(rename = "type")]
+    event_type: String,
+    payload: Value,
+    metadata: Option<Map<String, Value>>,
+}
+
+/// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
+/// when the whole batch was already stored (an idempotent retry).
+pub async fn append(
+    State(state): State<AppState>,
+    Path((aggregate_type, aggregate_id)): Path<(String, String)>,
+    Json(request): Json<AppendRequest>,
+) -> Result<Response, ApiError> {
+    let aggregate_type = parse_aggregate_type(aggregate_type)?;
+    let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
+    let events = validate_batch(&state, &aggregate_type, request.events)?;
+    let result = state
+        .store
+        .append(&aggregate_type, aggregate_id, request.expected_version, &events)
+        .await?;
+    let status = if result.idempotent_replay {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(result)).into_response())
+}
+
+/// Turns the request's events into [`NewEvent`]s, refusing the whole batch on the first problem
+/// with the event's index in `details`.
+fn validate_batch(
+    state: &AppState,
+    aggregate_type: &AggregateType,
+    inputs: Vec<EventInput>,
+) -> Result<Vec<NewEvent>, ApiError> {
+    let limits = &state.limits;
+    if inputs.is_empty() {
+        return Err(ApiError::unprocessable("empty_batch", "an append needs at least one event"));
+    }
+    if inputs.len() > limits.max_batch_events {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("a batch may hold at most {} events", limits.max_batch_events),
+        )
+        .with_details(json!({"max_batch_events": limits.max_batch_events, "events": inputs.len()})));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(inputs.len());
+    let mut events = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.into_iter().enumerate() {
+        let at = |err: ApiError| {
+            let mut details = err.details.as_object().cloned().unwrap_or_default();
+            details.insert("index".into(), json!(index));
+            err.with_details(Value::Object(details))
+        };
+        let event_type = EventType::parse(input.event_type)
+            .map_err(|e| at(ApiError::unprocessable("invalid_event_type", e.to_string())))?;
+        let Some(entry) = state.catalog.get(&event_type) else {
+            return Err(at(ApiError::unprocessable(
+                "unknown_event_type",
+                format!("event type {event_type} is not in the catalog"),
+            )
+            .with_details(json!({"event_type": event_type}))));
+        };
+        if let Some(required) = &entry.spec.aggregate_type {
+            if required != aggregate_type {
+                return Err(at(ApiError::unprocessable(
+                    "aggregate_type_mismatch",
+                    format!("events of type {event_type} belong to aggregates of type {required}"),
+                )
+                .with_details(json!({"event_type": event_type, "aggregate_type": required}))));
+            }
+        }
+        if !input.payload.is_object() {
+            return Err(at(ApiError::unprocessable(
+                "invalid_payload",
+                "payload must be a JSON object",
+            )));
+        }
+        let metadata = Metadata::parse(input.metadata.unwrap_or_default())
+            .map_err(|e| at(ApiError::unprocessable("invalid_metadata", e.to_string())))?;
+        let id = input.id.unwrap_or_else(Uuid::now_v7);
+        if !seen.insert(id) {
+            return Err(at(ApiError::unprocessable(
+                "duplicate_event_id",
+                format!("event id {id} appears twice in the batch"),
+            )));
+        }
+        events.push(NewEvent {
+            id,
+            event_type,
+            payload: input.payload,
+            metadata,
+        });
+    }
+    Ok(events)
+}
+
+/// `GET /v1/events/{id}`.
+pub async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_uuid(&id, "invalid_event_id", "event id")?;
+    match store::get_event(state.store.pool(), id).await? {
+        Some(event) => Ok(axum::Json(event).into_response()),
+        None => Err(ApiError::not_found("event_not_found", format!("no event with id {id}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    from_version: Option<i32>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: the aggregate's events in version
+/// order. Sees every committed event at once.
+pub async fn read_stream(
+    State(state): State<AppState>,
+    Path((aggregate_type, aggregate_id)): Path<(String, String)>,
+    Query(query): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let aggregate_type = parse_aggregate_type(aggregate_type)?;
+    let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
+    let limit = state.page_limit(query.limit)?;
+    let from_version = query.from_version.unwrap_or(1);
+    if from_version < 0 {
+        return Err(ApiError::bad_request("invalid_query", "from_version must be >= 0"));
+    }
+    let pool = state.store.pool();
+    let Some(version) = store::stream_version(pool, &aggregate_type, aggregate_id).await? else {
+        return Err(ApiError::not_found(
+            "aggregate_not_found",
+            format!("aggregate {aggregate_type}/{aggregate_id} has no events"),
+        ));
+    };
+    let events = store::read_stream(pool, &aggregate_type, aggregate_id, from_version, limit).await?;
+    let next_version = match events.last() {
+        Some(last) if last.version < version => Some(last.version + 1),
+        _ => None,
+    };
+    Ok(axum::Json(json!({
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "version": version,
+        "events": events,
+        "next_version": next_version,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    event_type: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    after: Option<String>,
+    offset: Option<i64>,
+}
+
+/// `GET /v1/events`: committed events in log order, filtered, paged with the opaque `next` cursor.
+/// `next` is always returned; passing it as `after` continues without skipping anything, even
+/// events whose transactions commit later.
+pub async fn query_log(
+    State(state): State<AppState>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let limit = state.page_limit(query.limit)?;
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request("invalid_query", "offset must be >= 0"));
+    }
+    let after = match query.after.as_deref() {
+        None => LogCursor::START,
+        Some(token) => LogCursor::decode(token).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "after is not a cursor returned by keel")
+        })?,
+    };
+    let filter = LogFilter {
+        aggregate_type: query.aggregate_type.map(parse_aggregate_type).transpose()?,
+        aggregate_id: query
+            .aggregate_id
+            .as_deref()
+            .map(|id| parse_uuid(id, "invalid_aggregate_id", "aggregate id"))
+            .transpose()?,
+        event_type: query
+            .event_type
+            .map(EventType::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_event_type", e.to_string()))?,
+        from: query.from,
+        to: query.to,
+    };
+    let page = store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;
+    let next = page.last().map_or(after, |e| e.cursor());
+    let has_more = page.len() as i64 == limit;
+    let events: Vec<_> = page.into_iter().map(|e| e.event).collect();
+    Ok(axum::Json(json!({"events": events, "next": next.encode(), "has_more": has_more})).into_response())
+}
+
+fn parse_aggregate_type(value: String) -> Result<AggregateType, ApiError> {
+    AggregateType::parse(value).map_err(|e| ApiError::bad_request("invalid_aggregate_type", e.to_string()))
+}
+
+fn parse_uuid(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(value).map_err(|_| {
+        ApiError::bad_request(code, format!("{what} must be a UUID"))
+            .with_details(json!({"value": value.chars().take(100).collect::<String>()}))
+    })
+}

@@ -1,0 +1,76 @@
+//! The HTTP API (axum), under `/v1`. Handlers validate input into domain types, call the store,
+//! and map every error to one JSON shape (see [`error`]).
+
+mod error;
+mod events;
+mod extract;
+mod health;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::catalog::Catalog;
+use crate::config::ApiConfig;
+use crate::store::Store;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub catalog: Arc<Catalog>,
+    pub limits: Arc<ApiConfig>,
+}
+
+impl AppState {
+    /// The page size for a read: the default when absent, 400 when out of range.
+    fn page_limit(&self, limit: Option<i64>) -> Result<i64, ApiError> {
+        let max = self.limits.max_page_size;
+        match limit {
+            None => Ok(self.limits.default_page_size),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_limit",
+                format!("limit must be between 1 and {max}"),
+            )),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/health/live", get(health::live))
+        .route("/v1/health/ready", get(health::ready))
+        .route(
+            "/v1/aggregates/{aggregate_type}/{aggregate_id}/events",
+            post(events::append).get(events::read_stream),
+        )
+        .route("/v1/events", get(events::query_log))
+        .route("/v1/events/{id}", get(events::get_event))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("route_not_found", "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed for this route")
+        .into_response()
+}

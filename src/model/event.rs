@@ -1,0 +1,187 @@
+//! Events as written (`NewEvent`) and as stored (`RecordedEvent`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{AggregateType, EventType};
+
+/// An event to append. `id` makes retries idempotent: an event whose id is already stored with the
+/// same content is not written again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub event_type: EventType,
+    pub payload: Value,
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// An event with a fresh time-ordered (v7) id and no metadata.
+    pub fn new(event_type: EventType, payload: Value) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            event_type,
+            payload,
+            metadata: Metadata::default(),
+        }
+    }
+}
+
+/// Free-form event metadata, a JSON object. The tracing keys have fixed meanings and are checked:
+/// `correlation_id` and `causation_id` are non-empty strings of at most 256 characters, and
+/// `traceparent` is a W3C trace context header (`00-<32 hex>-<16 hex>-<2 hex>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Metadata(Map<String, Value>);
+
+/// Why a metadata object was refused, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("metadata.{key}: {rule}")]
+pub struct InvalidMetadata {
+    pub key: String,
+    pub rule: &'static str,
+}
+
+impl Metadata {
+    pub const CORRELATION_ID: &'static str = "correlation_id";
+    pub const CAUSATION_ID: &'static str = "causation_id";
+    pub const TRACEPARENT: &'static str = "traceparent";
+
+    pub fn parse(map: Map<String, Value>) -> Result<Self, InvalidMetadata> {
+        let fail = |key: &str, rule| {
+            Err(InvalidMetadata {
+                key: key.to_owned(),
+                rule,
+            })
+        };
+        for key in [Self::CORRELATION_ID, Self::CAUSATION_ID] {
+            match map.get(key) {
+                None => {}
+                Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 256 => {}
+                Some(_) => return fail(key, "must be a string of 1 to 256 characters"),
+            }
+        }
+        match map.get(Self::TRACEPARENT) {
+            None => {}
+            Some(Value::String(s)) if is_traceparent(s) => {}
+            Some(_) => return fail(Self::TRACEPARENT, "must be a W3C traceparent header"),
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(Value::as_str)
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.get_str(Self::CORRELATION_ID)
+    }
+
+    pub fn causation_id(&self) -> Option<&str> {
+        self.get_str(Self::CAUSATION_ID)
+    }
+
+    pub fn traceparent(&self) -> Option<&str> {
+        self.get_str(Self::TRACEPARENT)
+    }
+
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+/// `version-traceid-parentid-flags`, lowercase hex, with the all-zero ids that the W3C spec forbids
+/// refused.
+fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, len: usize| {
+        p.len() == len && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |p: &str| p.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [v, t, p, f]
+        if hex(v, 2) && *v != "ff" && hex(t, 32) && nonzero(t) && hex(p, 16) && nonzero(p) && hex(f, 2))
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct RecordedEvent {
+    pub id: Uuid,
+    /// Global, unique, but not gap-free and not commit-ordered; see `store::log` for the order
+    /// readers use.
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    pub version: i32,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_id: Option<i32>,
+    pub schema_version: Option<i32>,
+    pub payload: Value,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One appended event's place in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AppendedEvent {
+    pub id: Uuid,
+    pub version: i32,
+    pub position: i64,
+}
+
+/// The outcome of an append: the events in batch order and the aggregate's version after them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    pub aggregate_type: AggregateType,
+    pub aggregate_id: Uuid,
+    pub events: Vec<AppendedEvent>,
+    pub version: i32,
+    /// True when every event was already stored with the same content, so nothing was written.
+    pub idempotent_replay: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(v: Value) -> Result<Metadata, InvalidMetadata> {
+        Metadata::parse(v.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn accepts_tracing_keys_and_free_form_ones() {
+        let m = meta(json!({
+            "correlation_id": "c-1",
+            "causation_id": "7f1c",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "user": {"id": 3}
+        }))
+        .unwrap();
+        assert_eq!(m.correlation_id(), Some("c-1"));
+        assert_eq!(m.causation_id(), Some("7f1c"));
+        assert!(m.traceparent().is_some());
+    }
+
+    #[test]
+    fn rejects_malformed_tracing_keys_by_name() {
+        let cases = [
+            (json!({"correlation_id": 5}), "correlation_id"),
+            (json!({"causation_id": ""}), "causation_id"),
+            (json!({"traceparent": "00-xyz-00f067aa0ba902b7-01"}), "traceparent"),
+            (
+                json!({"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}),
+                "traceparent",
+            ),
+            (
+                json!({"traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}),
+                "traceparent",
+            ),
+        ];
+        for (value, key) in cases {
+            assert_eq!(meta(value.clone()).unwrap_err().key, key, "{value}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The vocabulary of the write path, validated once at the edge.
+//!
+//! Everything past the API layer takes these types, so the store and the relay never re-check a
+//! string. Each constructor states the rule it enforces in its error.
+
+mod event;
+mod expected_version;
+mod names;
+
+pub use event::{AppendResult, AppendedEvent, Metadata, NewEvent, RecordedEvent};
+pub use expected_version::ExpectedVersion;
+pub use names::{AggregateType, EventType, InvalidName};

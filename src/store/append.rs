@@ -1,0 +1,222 @@
+//! Appending events: optimistic concurrency, the event rows and their outbox rows, in one statement.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::Error;
+use crate::model::{AggregateType, AppendResult, AppendedEvent, ExpectedVersion, NewEvent};
+
+/// The part shared by every expectation: insert the events numbered after `bumped.version`, and an
+/// outbox row for each. Parameters: $1 aggregate type, $2 aggregate id, $3 event count, $4 ids,
+/// $5 event types, $6 payloads, $7 metadata.
+macro_rules! append_sql {
+    ($bump:literal) => {
+        concat!(
+            "WITH bumped AS (",
+            $bump,
+            "), appended AS (
+                INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
+                SELECT n.id, $1, $2, (bumped.version - $3 + n.ord)::int, n.event_type, n.payload, n.metadata
+                FROM bumped,
+                     UNNEST($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
+                         WITH ORDINALITY AS n(id, event_type, payload, metadata, ord)
+                ORDER BY n.ord
+                RETURNING id, version, position, tx_id, event_type, created_at
+            ), queued AS (
+                INSERT INTO outbox (position, tx_id, event_id, aggregate_type, aggregate_id, event_type, created_at)
+                SELECT position, tx_id, id, $1, $2, event_type, created_at FROM appended
+            )
+            SELECT id, version, position FROM appended ORDER BY version"
+        )
+    };
+}
+
+/// `expected_version: "any"`: create the stream or bump it, whatever its version.
+const APPEND_ANY: &str = append_sql!(
+    "INSERT INTO streams (aggregate_type, aggregate_id, version, last_tx_id)
+     VALUES ($1, $2, $3, pg_current_xact_id())
+     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+        SET version = streams.version + $3, last_tx_id = pg_current_xact_id(), updated_at = now()
+        WHERE streams.last_tx_id <= pg_current_xact_id()
+     RETURNING version"
+);
+
+/// `expected_version: "no_stream"`: create the stream; nothing happens if it exists.
+const APPEND_NO_STREAM: &str = append_sql!(
+    "INSERT INTO streams (aggregate_type, aggregate_id, version, last_tx_id)
+     VALUES ($1, $2, $3, pg_current_xact_id())
+     ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING
+     RETURNING version"
+);
+
+/// `expected_version: N`: bump the stream only if it is at N. $8 is N.
+const APPEND_EXACT: &str = append_sql!(
+    "UPDATE streams
+        SET version = version + $3, last_tx_id = pg_current_xact_id(), updated_at = now()
+      WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $8
+        AND last_tx_id <= pg_current_xact_id()
+     RETURNING version"
+);
+
+/// Appends `events` to the aggregate inside the caller's transaction, which decides when they
+/// commit: a service's own writes and its events become visible together, or not at all.
+///
+/// Writers of one aggregate serialize on its `streams` row, so versions are contiguous; writers of
+/// different aggregates never wait for each other. The whole append is one round trip.
+///
+/// Errors leave the transaction as follows: [`Error::WrongExpectedVersion`] and
+/// [`Error::TransactionOrder`] write nothing and leave it usable; [`Error::DuplicateEventId`] and
+/// database errors abort it. [`super::Store::append`] handles retries and idempotent replays for
+/// callers that do not need their own transaction.
+pub async fn append(
+    conn: &mut PgConnection,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendResult, Error> {
+    if events.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    let count = i32::try_from(events.len()).map_err(|_| Error::EmptyBatch)?;
+    let columns = Columns::of(events);
+    let sql = match expected {
+        ExpectedVersion::Any => APPEND_ANY,
+        ExpectedVersion::NoStream => APPEND_NO_STREAM,
+        ExpectedVersion::Exact(_) => APPEND_EXACT,
+    };
+    let mut query = sqlx::query_as::<_, AppendedEvent>(sql)
+        .bind(aggregate_type.as_str())
+        .bind(aggregate_id)
+        .bind(count)
+        .bind(&columns.ids)
+        .bind(&columns.types)
+        .bind(&columns.payloads)
+        .bind(&columns.metadata);
+    if let ExpectedVersion::Exact(n) = expected {
+        query = query.bind(n);
+    }
+    let appended = query.fetch_all(&mut *conn).await.map_err(|err| match Error::from(err) {
+        Error::DuplicateEventId { .. } => Error::DuplicateEventId {
+            event_id: events.first().map(|e| e.id),
+        },
+        other => other,
+    })?;
+
+    if let Some(last) = appended.last() {
+        return Ok(AppendResult {
+            aggregate_type: aggregate_type.clone(),
+            aggregate_id,
+            version: last.version,
+            events: appended,
+            idempotent_replay: false,
+        });
+    }
+    Err(diagnose_refusal(conn, aggregate_type, aggregate_id, expected).await)
+}
+
+/// Nothing was written: either the version did not match or a newer transaction wrote last.
+async fn diagnose_refusal(
+    conn: &mut PgConnection,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    expected: ExpectedVersion,
+) -> Error {
+    let row: Result<Option<(i32, bool)>, _> = sqlx::query_as(
+        "SELECT version, last_tx_id <= pg_current_xact_id()
+           FROM streams WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(aggregate_type.as_str())
+    .bind(aggregate_id)
+    .fetch_optional(&mut *conn)
+    .await;
+    match row {
+        Ok(Some((current, in_order))) if expected.accepts(current) && !in_order => {
+            Error::TransactionOrder
+        }
+        Ok(Some((current, _))) => Error::WrongExpectedVersion { expected, current },
+        Ok(None) => Error::WrongExpectedVersion {
+            expected,
+            current: 0,
+        },
+        Err(err) => err.into(),
+    }
+}
+
+/// Looks for a batch that is already stored: the answer to "did my earlier attempt commit?".
+///
+/// Returns the original result when every event id is stored in this aggregate with the same type
+/// and payload (metadata is not compared, so a retry may carry a new trace context), `None` when
+/// none of the ids is stored, and [`Error::IdempotencyConflict`] for anything in between.
+pub async fn find_appended<'e>(
+    executor: impl PgExecutor<'e>,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    events: &[NewEvent],
+) -> Result<Option<AppendResult>, Error> {
+    let columns = Columns::of(events);
+    let rows: Vec<(Uuid, Option<i32>, Option<i64>, Option<bool>)> = sqlx::query_as(
+        "SELECT n.id, e.version, e.position,
+                e.aggregate_type = $1 AND e.aggregate_id = $2
+                    AND e.event_type = n.event_type AND e.payload = n.payload
+           FROM UNNEST($3::uuid[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS n(id, event_type, payload, ord)
+           LEFT JOIN events e ON e.id = n.id
+          ORDER BY n.ord",
+    )
+    .bind(aggregate_type.as_str())
+    .bind(aggregate_id)
+    .bind(&columns.ids)
+    .bind(&columns.types)
+    .bind(&columns.payloads)
+    .fetch_all(executor)
+    .await?;
+
+    if rows.iter().all(|(_, version, _, _)| version.is_none()) {
+        return Ok(None);
+    }
+    let mut stored = Vec::with_capacity(rows.len());
+    for (id, version, position, same) in rows {
+        match (version, position, same) {
+            (Some(version), Some(position), Some(true)) => stored.push(AppendedEvent {
+                id,
+                version,
+                position,
+            }),
+            _ => return Err(Error::IdempotencyConflict { event_id: id }),
+        }
+    }
+    // The original batch was contiguous; a match spread over several batches is not a replay.
+    if let Some(pair) = stored.windows(2).find(|w| w[1].version != w[0].version + 1) {
+        return Err(Error::IdempotencyConflict {
+            event_id: pair[1].id,
+        });
+    }
+    let version = stored.last().map_or(0, |e| e.version);
+    Ok(Some(AppendResult {
+        aggregate_type: aggregate_type.clone(),
+        aggregate_id,
+        events: stored,
+        version,
+        idempotent_replay: true,
+    }))
+}
+
+/// A batch laid out as one array per column, for `UNNEST`.
+struct Columns {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+}
+
+impl Columns {
+    fn of(events: &[NewEvent]) -> Self {
+        Self {
+            ids: events.iter().map(|e| e.id).collect(),
+            types: events.iter().map(|e| e.event_type.to_string()).collect(),
+            payloads: events.iter().map(|e| e.payload.clone()).collect(),
+            metadata: events.iter().map(|e| e.metadata.clone().into_value()).collect(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The store's errors. Driver errors are mapped here, once.
+
+use uuid::Uuid;
+
+use crate::model::ExpectedVersion;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Optimistic concurrency: the aggregate is not at the version the writer expected.
+    #[error("wrong expected version: expected {expected:?}, current version is {current}")]
+    WrongExpectedVersion {
+        expected: ExpectedVersion,
+        current: i32,
+    },
+
+    /// An event id in the batch is already stored, with other content or in another aggregate,
+    /// or the batch only partly matches stored events.
+    #[error("event {event_id} is already stored with different content")]
+    IdempotencyConflict { event_id: Uuid },
+
+    /// An event id in the batch is already stored. The transaction is aborted; [`super::Store::append`]
+    /// turns this into an idempotent replay or an [`Error::IdempotencyConflict`].
+    #[error("an event id in the batch is already stored")]
+    DuplicateEventId { event_id: Option<Uuid> },
+
+    /// The aggregate was last written by a transaction that started after this one. Appending
+    /// would put this event before its predecessor in the log order, so the append is refused.
+    /// Retry in a new transaction.
+    #[error("the aggregate was written by a newer transaction; retry in a new transaction")]
+    TransactionOrder,
+
+    #[error("an append needs at least one event")]
+    EmptyBatch,
+
+    /// The database could not be reached in time. Safe to retry with the same event ids.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl Error {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::TransactionOrder | Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                if db.constraint() == Some("events_pkey") {
+                    return Self::DuplicateEventId { event_id: None };
+                }
+                Self::Database(err)
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(err)
+            }
+            // admin_shutdown, crash_shutdown, cannot_connect_now: the server is going away.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")) =>
+            {
+                Self::Unavailable(err)
+            }
+            _ => Self::Database(err),
+        }
+    }
+}

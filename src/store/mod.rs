@@ -1,0 +1,138 @@
+//! The event store in PostgreSQL: appends with optimistic concurrency and an outbox row per event,
+//! point and stream reads, and the gap-safe log that every ordered reader follows.
+//!
+//! Invariants (each backed by a test in `tests/api`):
+//! - An aggregate's versions are 1, 2, 3... with no gap and no duplicate, under any concurrency,
+//!   without a global lock: writers serialize on the aggregate's row in `streams` only.
+//! - An event and its outbox row commit in the same transaction, or neither does.
+//! - [`log::read_committed_after`] never skips an event, whenever its transaction commits.
+
+mod append;
+mod error;
+pub mod log;
+mod read;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool, Postgres};
+use uuid::Uuid;
+
+pub use append::{append, find_appended};
+pub use error::Error;
+pub use log::{LogCursor, LogFilter, LoggedEvent};
+pub use read::{get_event, read_stream, stream_version};
+
+use crate::config::DatabaseConfig;
+use crate::model::{AggregateType, AppendResult, ExpectedVersion, NewEvent};
+
+/// Migrations embedded in the binary; `keel migrate` and start-up apply them.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How often [`Store::append`] retries an append that lost the transaction-order race
+/// ([`Error::TransactionOrder`]). Each retry starts a new transaction, which gets a newer id.
+const ORDER_RETRIES: usize = 5;
+
+/// A handle on the event store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects, creating the database if it is missing and applying pending migrations.
+    pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        ensure_database(&config.url).await?;
+        let options: PgConnectOptions = config
+            .url
+            .parse::<PgConnectOptions>()
+            .context("invalid database url")?
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_with(options)
+            .await
+            .context("cannot connect to the database")?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool whose database is already migrated.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends `events` to one aggregate in a transaction of its own, and commits.
+    ///
+    /// On top of [`append`] this resolves the two outcomes a caller should not have to handle:
+    /// a transaction-order conflict is retried in a new transaction, and a batch that was already
+    /// stored (a retry after a lost reply) returns the original result with `idempotent_replay`
+    /// set, writing nothing.
+    #[tracing::instrument(skip_all, fields(aggregate_type = %aggregate_type, %aggregate_id, events = events.len()))]
+    pub async fn append(
+        &self,
+        aggregate_type: &AggregateType,
+        aggregate_id: Uuid,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.pool.begin().await?;
+            match append(&mut tx, aggregate_type, aggregate_id, expected, events).await {
+                Ok(result) => {
+                    tx.commit().await?;
+                    return Ok(result);
+                }
+                Err(Error::TransactionOrder) if attempt < ORDER_RETRIES => {
+                    tracing::debug!(attempt, "retrying an append that lost the transaction-order race");
+                    tx.rollback().await?;
+                }
+                Err(err @ (Error::WrongExpectedVersion { .. } | Error::DuplicateEventId { .. })) => {
+                    tx.rollback().await?;
+                    return match find_appended(&self.pool, aggregate_type, aggregate_id, events).await? {
+                        Some(original) => Ok(original),
+                        None => Err(err),
+                    };
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Checks that the database answers; used by the readiness probe.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Creates the database named in `url` if it does not exist. Two processes racing here is fine:
+/// the loser sees `duplicate_database` and carries on.
+async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    if Postgres::database_exists(url)
+        .await
+        .context("cannot reach PostgreSQL to check the database exists")?
+    {
+        return Ok(());
+    }
+    match Postgres::create_database(url).await {
+        Ok(()) => {
+            tracing::info!("created the database");
+            Ok(())
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        Err(e) => Err(e).context("cannot create the database"),
+    }
+}
