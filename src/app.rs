@@ -45,7 +45,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "keel api listening");
         axum::serve(self.listener, api::router(self.state))
             .with_graceful_shutdown(shutdown)

@@ -165,13 +165,17 @@ pub struct DatabaseConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment's own error type
 mod tests {
     use super::*;
 
     #[test]
     fn layers_apply_in_order_defaults_file_env_flags() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("keel.toml", "log = \"debug\"\nlisten = \"127.0.0.1:9000\"\n[api]\nmax_batch_events = 50\n")?;
+            jail.create_file(
+                "keel.toml",
+                "log = \"debug\"\nlisten = \"127.0.0.1:9000\"\n[api]\nmax_batch_events = 50\n",
+            )?;
             jail.set_env("KEEL_LISTEN", "127.0.0.1:9001");
             jail.set_env("KEEL_API__MAX_PAGE_SIZE", "200");
             let overrides = Overrides {

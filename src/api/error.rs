@@ -79,7 +79,9 @@ impl From<store::Error> for ApiError {
                 "append_contended",
                 "the aggregate is under heavy concurrent writes; retry with the same event ids",
             ),
-            E::EmptyBatch => Self::unprocessable("empty_batch", "an append needs at least one event"),
+            E::EmptyBatch => {
+                Self::unprocessable("empty_batch", "an append needs at least one event")
+            }
             E::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
                 Self::new(

@@ -48,7 +48,12 @@ pub async fn append(
     let events = validate_batch(&state, &aggregate_type, request.events)?;
     let result = state
         .store
-        .append(&aggregate_type, aggregate_id, request.expected_version, &events)
+        .append(
+            &aggregate_type,
+            aggregate_id,
+            request.expected_version,
+            &events,
+        )
         .await?;
     let status = if result.idempotent_replay {
         StatusCode::OK
@@ -67,15 +72,23 @@ fn validate_batch(
 ) -> Result<Vec<NewEvent>, ApiError> {
     let limits = &state.limits;
     if inputs.is_empty() {
-        return Err(ApiError::unprocessable("empty_batch", "an append needs at least one event"));
+        return Err(ApiError::unprocessable(
+            "empty_batch",
+            "an append needs at least one event",
+        ));
     }
     if inputs.len() > limits.max_batch_events {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!("a batch may hold at most {} events", limits.max_batch_events),
+            format!(
+                "a batch may hold at most {} events",
+                limits.max_batch_events
+            ),
         )
-        .with_details(json!({"max_batch_events": limits.max_batch_events, "events": inputs.len()})));
+        .with_details(
+            json!({"max_batch_events": limits.max_batch_events, "events": inputs.len()}),
+        ));
     }
     let mut seen = std::collections::HashSet::with_capacity(inputs.len());
     let mut events = Vec::with_capacity(inputs.len());
@@ -100,7 +113,9 @@ fn validate_batch(
                     "aggregate_type_mismatch",
                     format!("events of type {event_type} belong to aggregates of type {required}"),
                 )
-                .with_details(json!({"event_type": event_type, "aggregate_type": required}))));
+                .with_details(
+                    json!({"event_type": event_type, "aggregate_type": required}),
+                )));
             }
         }
         if !input.payload.is_object() {
@@ -136,7 +151,10 @@ pub async fn get_event(
     let id = parse_uuid(&id, "invalid_event_id", "event id")?;
     match store::get_event(state.store.pool(), id).await? {
         Some(event) => Ok(axum::Json(event).into_response()),
-        None => Err(ApiError::not_found("event_not_found", format!("no event with id {id}"))),
+        None => Err(ApiError::not_found(
+            "event_not_found",
+            format!("no event with id {id}"),
+        )),
     }
 }
 
@@ -159,7 +177,10 @@ pub async fn read_stream(
     let limit = state.page_limit(query.limit)?;
     let from_version = query.from_version.unwrap_or(1);
     if from_version < 0 {
-        return Err(ApiError::bad_request("invalid_query", "from_version must be >= 0"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "from_version must be >= 0",
+        ));
     }
     let pool = state.store.pool();
     let Some(version) = store::stream_version(pool, &aggregate_type, aggregate_id).await? else {
@@ -168,7 +189,8 @@ pub async fn read_stream(
             format!("aggregate {aggregate_type}/{aggregate_id} has no events"),
         ));
     };
-    let events = store::read_stream(pool, &aggregate_type, aggregate_id, from_version, limit).await?;
+    let events =
+        store::read_stream(pool, &aggregate_type, aggregate_id, from_version, limit).await?;
     let next_version = match events.last() {
         Some(last) if last.version < version => Some(last.version + 1),
         _ => None,
@@ -206,7 +228,10 @@ pub async fn query_log(
     let limit = state.page_limit(query.limit)?;
     let offset = query.offset.unwrap_or(0);
     if offset < 0 {
-        return Err(ApiError::bad_request("invalid_query", "offset must be >= 0"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "offset must be >= 0",
+        ));
     }
     let after = match query.after.as_deref() {
         None => LogCursor::START,
@@ -229,15 +254,20 @@ pub async fn query_log(
         from: query.from,
         to: query.to,
     };
-    let page = store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;
+    let page =
+        store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;
     let next = page.last().map_or(after, |e| e.cursor());
     let has_more = page.len() as i64 == limit;
     let events: Vec<_> = page.into_iter().map(|e| e.event).collect();
-    Ok(axum::Json(json!({"events": events, "next": next.encode(), "has_more": has_more})).into_response())
+    Ok(
+        axum::Json(json!({"events": events, "next": next.encode(), "has_more": has_more}))
+            .into_response(),
+    )
 }
 
 fn parse_aggregate_type(value: String) -> Result<AggregateType, ApiError> {
-    AggregateType::parse(value).map_err(|e| ApiError::bad_request("invalid_aggregate_type", e.to_string()))
+    AggregateType::parse(value)
+        .map_err(|e| ApiError::bad_request("invalid_aggregate_type", e.to_string()))
 }
 
 fn parse_uuid(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {

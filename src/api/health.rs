@@ -13,5 +13,7 @@ pub async fn live() -> Json<Value> {
 
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(json!({"status": "ready", "checks": {"database": "ok"}})))
+    Ok(Json(
+        json!({"status": "ready", "checks": {"database": "ok"}}),
+    ))
 }

@@ -63,7 +63,10 @@ impl Catalog {
             entries.insert(entry.event_type.clone(), entry);
         }
         if entries.is_empty() {
-            bail!("the event catalog at {} lists no event types", dir.display());
+            bail!(
+                "the event catalog at {} lists no event types",
+                dir.display()
+            );
         }
         Ok(Self { entries })
     }
@@ -100,7 +103,8 @@ fn load_type(dir: &Path) -> anyhow::Result<EventTypeEntry> {
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{} is not a UTF-8 folder name", dir.display()))?;
-    let event_type = EventType::parse(name).with_context(|| format!("catalog folder {}", dir.display()))?;
+    let event_type =
+        EventType::parse(name).with_context(|| format!("catalog folder {}", dir.display()))?;
 
     let spec_path = dir.join("event.toml");
     let text = std::fs::read_to_string(&spec_path)
@@ -127,7 +131,10 @@ fn load_type(dir: &Path) -> anyhow::Result<EventTypeEntry> {
     }
     for (expected, found) in (1u32..).zip(versions.keys()) {
         if expected != *found {
-            bail!("{}: schema versions must run 1, 2, 3... without gaps; v{expected}.avsc is missing", dir.display());
+            bail!(
+                "{}: schema versions must run 1, 2, 3... without gaps; v{expected}.avsc is missing",
+                dir.display()
+            );
         }
     }
     Ok(EventTypeEntry {
@@ -166,7 +173,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keel-catalog-{}", uuid::Uuid::new_v4()));
         let ty = dir.join("thing.happened");
         std::fs::create_dir_all(&ty).unwrap();
-        std::fs::write(ty.join("event.toml"), "description = \"d\"\nowner = \"o\"\n").unwrap();
+        std::fs::write(
+            ty.join("event.toml"),
+            "description = \"d\"\nowner = \"o\"\n",
+        )
+        .unwrap();
         std::fs::write(ty.join("v1.avsc"), "{}").unwrap();
         std::fs::write(ty.join("v3.avsc"), "{}").unwrap();
         let err = Catalog::load(&dir).unwrap_err();

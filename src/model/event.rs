@@ -97,7 +97,9 @@ impl Metadata {
 fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let hex = |p: &str, len: usize| {
-        p.len() == len && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        p.len() == len
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let nonzero = |p: &str| p.bytes().any(|b| b != b'0');
     matches!(parts.as_slice(), [v, t, p, f]
@@ -170,7 +172,10 @@ mod tests {
         let cases = [
             (json!({"correlation_id": 5}), "correlation_id"),
             (json!({"causation_id": ""}), "causation_id"),
-            (json!({"traceparent": "00-xyz-00f067aa0ba902b7-01"}), "traceparent"),
+            (
+                json!({"traceparent": "00-xyz-00f067aa0ba902b7-01"}),
+                "traceparent",
+            ),
             (
                 json!({"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}),
                 "traceparent",

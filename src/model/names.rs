@@ -33,7 +33,8 @@ fn check(kind: &'static str, value: &str, max: usize) -> Result<(), InvalidName>
     if !value.starts_with(|c: char| c.is_ascii_lowercase()) {
         return fail("must start with a lowercase letter");
     }
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+    let allowed =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
     if !value.chars().all(allowed) {
         return fail("may contain only a-z, 0-9, '.', '_' and '-'");
     }
@@ -102,7 +103,12 @@ mod tests {
 
     #[test]
     fn accepts_dotted_lowercase_names() {
-        for ok in ["agent.state.changed", "l12.service_invoked", "state_change", "a-b"] {
+        for ok in [
+            "agent.state.changed",
+            "l12.service_invoked",
+            "state_change",
+            "a-b",
+        ] {
             assert!(EventType::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -118,6 +124,9 @@ mod tests {
         ] {
             assert_eq!(AggregateType::parse(bad).unwrap_err().rule, rule, "{bad:?}");
         }
-        assert_eq!(AggregateType::parse("a".repeat(65)).unwrap_err().rule, "is too long");
+        assert_eq!(
+            AggregateType::parse("a".repeat(65)).unwrap_err().rule,
+            "is too long"
+        );
     }
 }

@@ -32,6 +32,10 @@ macro_rules! append_sql {
     };
 }
 
+/// The first key of keel's advisory locks ("keel" in ASCII), so that they do not meet an
+/// application's own two-key advisory locks in the same database.
+const ADVISORY_LOCK_CLASS: i32 = 0x6B65_656C;
+
 /// `expected_version: "any"`: create the stream or bump it, whatever its version.
 const APPEND_ANY: &str = append_sql!(
     "INSERT INTO streams (aggregate_type, aggregate_id, version, last_tx_id)
@@ -80,6 +84,19 @@ pub async fn append(
         return Err(Error::EmptyBatch);
     }
     let count = i32::try_from(events.len()).map_err(|_| Error::EmptyBatch)?;
+
+    // Queue on the aggregate before this transaction writes anything, so that it is handed its
+    // transaction id only once the previous writer has committed: ids then follow version order
+    // and the check on `streams.last_tx_id` below never trips for a fresh transaction. (A row
+    // lock would not do: taking one assigns the id first and then waits.) Advisory locks are
+    // queued without an id. Two aggregates whose hashes collide merely take turns.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
+        .bind(ADVISORY_LOCK_CLASS)
+        .bind(aggregate_type.as_str())
+        .bind(aggregate_id)
+        .execute(&mut *conn)
+        .await?;
+
     let columns = Columns::of(events);
     let sql = match expected {
         ExpectedVersion::Any => APPEND_ANY,
@@ -97,12 +114,15 @@ pub async fn append(
     if let ExpectedVersion::Exact(n) = expected {
         query = query.bind(n);
     }
-    let appended = query.fetch_all(&mut *conn).await.map_err(|err| match Error::from(err) {
-        Error::DuplicateEventId { .. } => Error::DuplicateEventId {
-            event_id: events.first().map(|e| e.id),
-        },
-        other => other,
-    })?;
+    let appended = query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|err| match Error::from(err) {
+            Error::DuplicateEventId { .. } => Error::DuplicateEventId {
+                event_id: events.first().map(|e| e.id),
+            },
+            other => other,
+        })?;
 
     if let Some(last) = appended.last() {
         return Ok(AppendResult {
@@ -156,10 +176,10 @@ pub async fn find_appended<'e>(
     events: &[NewEvent],
 ) -> Result<Option<AppendResult>, Error> {
     let columns = Columns::of(events);
-    let rows: Vec<(Uuid, Option<i32>, Option<i64>, Option<bool>)> = sqlx::query_as(
+    let rows: Vec<StoredMatch> = sqlx::query_as(
         "SELECT n.id, e.version, e.position,
                 e.aggregate_type = $1 AND e.aggregate_id = $2
-                    AND e.event_type = n.event_type AND e.payload = n.payload
+                    AND e.event_type = n.event_type AND e.payload = n.payload AS same
            FROM UNNEST($3::uuid[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS n(id, event_type, payload, ord)
            LEFT JOIN events e ON e.id = n.id
           ORDER BY n.ord",
@@ -172,11 +192,17 @@ pub async fn find_appended<'e>(
     .fetch_all(executor)
     .await?;
 
-    if rows.iter().all(|(_, version, _, _)| version.is_none()) {
+    if rows.iter().all(|row| row.version.is_none()) {
         return Ok(None);
     }
     let mut stored = Vec::with_capacity(rows.len());
-    for (id, version, position, same) in rows {
+    for StoredMatch {
+        id,
+        version,
+        position,
+        same,
+    } in rows
+    {
         match (version, position, same) {
             (Some(version), Some(position), Some(true)) => stored.push(AppendedEvent {
                 id,
@@ -202,6 +228,15 @@ pub async fn find_appended<'e>(
     }))
 }
 
+/// One event of a batch next to the stored event with its id, if any.
+#[derive(sqlx::FromRow)]
+struct StoredMatch {
+    id: Uuid,
+    version: Option<i32>,
+    position: Option<i64>,
+    same: Option<bool>,
+}
+
 /// A batch laid out as one array per column, for `UNNEST`.
 struct Columns {
     ids: Vec<Uuid>,
@@ -216,7 +251,10 @@ impl Columns {
             ids: events.iter().map(|e| e.id).collect(),
             types: events.iter().map(|e| e.event_type.to_string()).collect(),
             payloads: events.iter().map(|e| e.payload.clone()).collect(),
-            metadata: events.iter().map(|e| e.metadata.clone().into_value()).collect(),
+            metadata: events
+                .iter()
+                .map(|e| e.metadata.clone().into_value())
+                .collect(),
         }
     }
 }

@@ -19,11 +19,17 @@
 //!
 //! # Why the order agrees with each aggregate's versions
 //! Transaction ids are handed out when a transaction first writes, not when it commits, so two
-//! transactions writing the same aggregate could in principle get ids in the opposite order to
-//! their versions. The append refuses that case: `streams.last_tx_id` records the aggregate's last
-//! writer, and a transaction older than it gets [`super::Error::TransactionOrder`] and retries in a
-//! new transaction. Within one transaction positions follow versions. So for every aggregate,
-//! `(tx_id, position)` order is version order.
+//! transactions writing the same aggregate could get ids in the opposite order to their versions
+//! (under contention on one aggregate this is common, not rare: waiters on a row lock already hold
+//! ids and are woken in any order). Two measures close it:
+//! 1. An append first queues on an advisory lock for the aggregate, which takes no transaction id,
+//!    so a fresh transaction gets its id only after the previous writer committed.
+//! 2. `streams.last_tx_id` records the aggregate's last writer; a transaction older than it (one
+//!    that wrote something else before appending) gets [`super::Error::TransactionOrder`] and must
+//!    retry in a new transaction.
+//!
+//! Within one transaction positions follow versions. So for every aggregate, `(tx_id, position)`
+//! order is version order.
 //!
 //! Alternatives considered: post-commit sequencing (a single sequencer re-numbers committed rows:
 //! an extra update of every event and a leader to elect) and advisory-lock epochs (a lock per
@@ -157,15 +163,27 @@ mod tests {
             position: 12,
         };
         assert_eq!(LogCursor::decode(&c.encode()), Some(c));
-        for bad in ["", "x", "djE6MToy:", &URL_SAFE_NO_PAD.encode("v1:-1:2"), &URL_SAFE_NO_PAD.encode("v1:1:2:3")] {
+        for bad in [
+            "",
+            "x",
+            "djE6MToy:",
+            &URL_SAFE_NO_PAD.encode("v1:-1:2"),
+            &URL_SAFE_NO_PAD.encode("v1:1:2:3"),
+        ] {
             assert_eq!(LogCursor::decode(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn cursors_order_by_transaction_then_position() {
-        let a = LogCursor { tx_id: 5, position: 90 };
-        let b = LogCursor { tx_id: 6, position: 10 };
+        let a = LogCursor {
+            tx_id: 5,
+            position: 90,
+        };
+        let b = LogCursor {
+            tx_id: 6,
+            position: 10,
+        };
         assert!(a < b);
     }
 }

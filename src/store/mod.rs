@@ -96,12 +96,19 @@ impl Store {
                     return Ok(result);
                 }
                 Err(Error::TransactionOrder) if attempt < ORDER_RETRIES => {
-                    tracing::debug!(attempt, "retrying an append that lost the transaction-order race");
+                    tracing::debug!(
+                        attempt,
+                        "retrying an append that lost the transaction-order race"
+                    );
                     tx.rollback().await?;
                 }
-                Err(err @ (Error::WrongExpectedVersion { .. } | Error::DuplicateEventId { .. })) => {
+                Err(
+                    err @ (Error::WrongExpectedVersion { .. } | Error::DuplicateEventId { .. }),
+                ) => {
                     tx.rollback().await?;
-                    return match find_appended(&self.pool, aggregate_type, aggregate_id, events).await? {
+                    return match find_appended(&self.pool, aggregate_type, aggregate_id, events)
+                        .await?
+                    {
                         Some(original) => Ok(original),
                         None => Err(err),
                     };

@@ -8,7 +8,8 @@ use super::Error;
 use crate::model::{AggregateType, RecordedEvent};
 
 /// The columns of [`RecordedEvent`], for every query that returns one.
-pub(crate) const EVENT_COLUMNS: &str = "id, position, aggregate_type, aggregate_id, version, event_type, \
+pub(crate) const EVENT_COLUMNS: &str =
+    "id, position, aggregate_type, aggregate_id, version, event_type, \
      schema_id, schema_version, payload, metadata, created_at";
 
 pub async fn get_event<'e>(
@@ -16,7 +17,10 @@ pub async fn get_event<'e>(
     id: Uuid,
 ) -> Result<Option<RecordedEvent>, Error> {
     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
-    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(executor).await?)
+    Ok(sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?)
 }
 
 /// The aggregate's events from `from_version` on, in version order, at most `limit`.

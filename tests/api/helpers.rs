@@ -1,0 +1,171 @@
+//! Test support: every test gets its own database on the real PostgreSQL and its own keel API on
+//! port 0, in-process.
+//!
+//! PostgreSQL comes from `KEEL_TEST_DATABASE_URL` (any database on the server; it is only used to
+//! create the per-test ones), or the local default `postgres://postgres@127.0.0.1:5432/postgres`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel::app::Application;
+use keel::config::{ApiConfig, Config, PoolConfig};
+use keel::store::Store;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Store,
+    client: reqwest::Client,
+}
+
+/// The limits the tests run with: small, so that the limit checks are cheap to reach.
+pub fn test_limits() -> ApiConfig {
+    ApiConfig {
+        max_body_bytes: 64 * 1024,
+        max_batch_events: 20,
+        max_page_size: 500,
+        default_page_size: 100,
+    }
+}
+
+/// A fresh database URL on the test server, for a database that does not exist yet.
+pub fn fresh_database_url() -> String {
+    let base = std::env::var("KEEL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("KEEL_TEST_DATABASE_URL must name a database");
+    format!("{server}/keel_test_{}", Uuid::new_v4().simple())
+}
+
+pub async fn spawn_app() -> TestApp {
+    let database_url = fresh_database_url();
+    let config = Config {
+        database_url: database_url.clone(),
+        listen: ([127, 0, 0, 1], 0).into(),
+        schemas_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas"),
+        pool: PoolConfig {
+            max_connections: 12,
+            acquire_timeout_ms: 30_000,
+        },
+        api: test_limits(),
+        ..Config::default()
+    };
+    let app = Application::build(&config)
+        .await
+        .expect("keel builds against the test database");
+    let addr = app.local_addr();
+    let store = app.store().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        addr,
+        store,
+        client: reqwest::Client::new(),
+    }
+}
+
+/// A reply: status and parsed JSON body (`Value::Null` when the body is not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The stable error code, asserting the error shape on the way.
+    pub fn error_code(&self) -> &str {
+        let error = &self.body["error"];
+        assert!(
+            error["message"].is_string(),
+            "error without message: {}",
+            self.body
+        );
+        assert!(
+            error["details"].is_object(),
+            "error without details: {}",
+            self.body
+        );
+        error["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let bytes = response.bytes().await.expect("response body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Self::reply(self.client.get(self.url(path)).send().await.expect("GET")).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        Self::reply(
+            self.client
+                .post(self.url(path))
+                .json(body)
+                .send()
+                .await
+                .expect("POST"),
+        )
+        .await
+    }
+
+    /// POSTs raw bytes with the given content type.
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut request = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        Self::reply(request.send().await.expect("POST")).await
+    }
+
+    pub async fn append(&self, aggregate_type: &str, aggregate_id: Uuid, body: &Value) -> Reply {
+        self.post_json(
+            &format!("/v1/aggregates/{aggregate_type}/{aggregate_id}/events"),
+            body,
+        )
+        .await
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.store.pool())
+            .await
+            .expect("count")
+    }
+}
+
+/// A valid `agent.state.changed` event.
+pub fn agent_state_changed(agent: Uuid, to: &str) -> Value {
+    json!({
+        "type": "agent.state.changed",
+        "payload": {"agent_id": agent, "from_state": null, "to_state": to, "reason": null}
+    })
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests against real PostgreSQL: the HTTP API and the store's guarantees.
+
+mod append;
+mod bad_input;
+mod concurrency;
+mod helpers;
+mod library;
+mod log;
+mod reads;
