@@ -1,0 +1,207 @@
+//! The append benchmark: closed-loop producers, each owning its aggregates and sending the version
+//! it expects, against (a) keel's HTTP API and (b) the same transaction in raw SQL through sqlx.
+//! Both use durable commits (`synchronous_commit` as the server has it, normally `on`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{PgPool, Postgres};
+use uuid::Uuid;
+
+use super::stats::{self, Sample};
+use super::AppendArgs;
+use crate::app::Application;
+use crate::config::Config;
+
+/// What the producers write to.
+enum Target {
+    Http { client: reqwest::Client, base: String },
+    Sql { pool: PgPool },
+}
+
+const AGGREGATE_TYPE: &str = "bench";
+const EVENT_TYPE: &str = "state_change";
+
+pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => sibling_database(&config.database_url, "keel_bench")?,
+    };
+    if Postgres::database_exists(&url).await? {
+        Postgres::drop_database(&url).await.context("cannot drop the bench database")?;
+    }
+    let max_producers = args.producers.iter().copied().max().unwrap_or(1);
+    let mut app_config = config.clone();
+    app_config.database_url = url;
+    app_config.listen = ([127, 0, 0, 1], 0).into();
+    app_config.pool.max_connections = app_config.pool.max_connections.max(max_producers as u32);
+    app_config.api.max_batch_events = app_config.api.max_batch_events.max(args.batch.iter().copied().max().unwrap_or(1));
+    let app = Application::build(&app_config).await?;
+    let base = format!("http://{}", app.local_addr());
+    let pool = app.store().pool().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+
+    print_machine(&pool).await?;
+    println!(
+        "closed loop, {}s measured after {}s warm-up per run, {} aggregates, ~{} B payloads\n",
+        args.seconds, args.warmup_seconds, args.aggregates, args.payload_bytes
+    );
+    println!("{}", stats::header());
+    let http = Arc::new(Target::Http {
+        client: reqwest::Client::builder().pool_max_idle_per_host(max_producers).build()?,
+        base,
+    });
+    let sql = Arc::new(Target::Sql { pool });
+    let payload = Arc::new(json!({
+        "entity": "bench", "from_state": null, "to_state": "running",
+        "attributes": {"pad": "x".repeat(args.payload_bytes.saturating_sub(80))}
+    }));
+    for &batch in &args.batch {
+        for &producers in &args.producers {
+            let keel = measure(&http, producers, batch, &args, &payload).await?;
+            let raw = measure(&sql, producers, batch, &args, &payload).await?;
+            println!("{}", stats::row(producers, batch, &keel, &raw));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `producers` closed-loop producers against `target` and merges what they measured.
+async fn measure(
+    target: &Arc<Target>,
+    producers: usize,
+    batch: usize,
+    args: &AppendArgs,
+    payload: &Arc<Value>,
+) -> anyhow::Result<Sample> {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup_seconds);
+    let until = measure_from + Duration::from_secs(args.seconds);
+    let per_producer = (args.aggregates / producers).max(1);
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            let (target, payload) = (target.clone(), payload.clone());
+            tokio::spawn(async move {
+                let mut versions: Vec<(Uuid, i32)> = (0..per_producer).map(|_| (Uuid::new_v4(), 0)).collect();
+                let mut histogram = Sample::new_histogram();
+                let mut events = 0u64;
+                let mut i = 0usize;
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
+                    let slot = &mut versions[i % per_producer];
+                    i = i.wrapping_add(7919); // a prime stride: spread over the aggregates
+                    slot.1 = target.append(slot.0, slot.1, batch, &payload).await?;
+                    if sent >= measure_from {
+                        histogram.saturating_record(sent.elapsed().as_micros() as u64);
+                        events += batch as u64;
+                    }
+                }
+                anyhow::Ok((events, histogram))
+            })
+        })
+        .collect();
+    let mut sample = Sample {
+        events: 0,
+        elapsed: Duration::from_secs(args.seconds),
+        latency_us: Sample::new_histogram(),
+    };
+    for task in tasks {
+        let (events, histogram) = task.await??;
+        sample.events += events;
+        sample.latency_us.add(histogram)?;
+    }
+    Ok(sample)
+}
+
+impl Target {
+    /// Appends `batch` events to `aggregate`, expecting it at `version`; returns the new version.
+    async fn append(&self, aggregate: Uuid, version: i32, batch: usize, payload: &Value) -> anyhow::Result<i32> {
+        match self {
+            Target::Http { client, base } => {
+                let expected = if version == 0 { json!("no_stream") } else { json!(version) };
+                let events: Vec<Value> = (0..batch).map(|_| json!({"type": EVENT_TYPE, "payload": payload})).collect();
+                let response = client
+                    .post(format!("{base}/v1/aggregates/{AGGREGATE_TYPE}/{aggregate}/events"))
+                    .json(&json!({"expected_version": expected, "events": events}))
+                    .send()
+                    .await?;
+                let status = response.status();
+                let body: Value = response.json().await?;
+                anyhow::ensure!(status.is_success(), "append failed: {status} {body}");
+                Ok(body["version"].as_i64().context("reply without version")? as i32)
+            }
+            Target::Sql { pool } => raw_append(pool, aggregate, version, batch, payload).await,
+        }
+    }
+}
+
+/// The baseline: the same rows as keel's append (stream bump with a version check, events,
+/// outbox), as plain statements in one transaction, the way a hand-written service would.
+async fn raw_append(pool: &PgPool, aggregate: Uuid, version: i32, batch: usize, payload: &Value) -> anyhow::Result<i32> {
+    let k = batch as i32;
+    let mut tx = pool.begin().await?;
+    let new_version: i32 = sqlx::query_scalar(
+        "INSERT INTO streams (aggregate_type, aggregate_id, version, last_tx_id)
+         VALUES ($1, $2, $3, pg_current_xact_id())
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+            SET version = streams.version + $3, last_tx_id = pg_current_xact_id()
+            WHERE streams.version = $4
+         RETURNING version",
+    )
+    .bind(AGGREGATE_TYPE)
+    .bind(aggregate)
+    .bind(k)
+    .bind(version)
+    .fetch_one(&mut *tx)
+    .await?;
+    let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
+    let versions: Vec<i32> = (1..=k).map(|i| new_version - k + i).collect();
+    let payloads: Vec<Value> = vec![payload.clone(); batch];
+    let positions: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type, payload)
+         SELECT id, $2, $3, v, $4, p FROM UNNEST($1::uuid[], $5::int[], $6::jsonb[]) AS n(id, v, p)
+         RETURNING position",
+    )
+    .bind(&ids)
+    .bind(AGGREGATE_TYPE)
+    .bind(aggregate)
+    .bind(EVENT_TYPE)
+    .bind(&versions)
+    .bind(&payloads)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox (position, event_id, aggregate_type, aggregate_id, event_type)
+         SELECT p, id, $3, $4, $5 FROM UNNEST($1::bigint[], $2::uuid[]) AS n(p, id)",
+    )
+    .bind(&positions)
+    .bind(&ids)
+    .bind(AGGREGATE_TYPE)
+    .bind(aggregate)
+    .bind(EVENT_TYPE)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(new_version)
+}
+
+async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
+    let (pg, sync): (String, String) =
+        sqlx::query_as("SELECT version(), current_setting('synchronous_commit')").fetch_one(pool).await?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cores} cores; {pg}; synchronous_commit={sync}");
+    Ok(())
+}
+
+/// `url` with its database name replaced.
+fn sibling_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (server, rest) = url.rsplit_once('/').context("the database url names no database")?;
+    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    Ok(format!("{server}/{name}{query}"))
+}
