@@ -18,8 +18,13 @@ use crate::config::Config;
 
 /// What the producers write to.
 enum Target {
-    Http { client: reqwest::Client, base: String },
-    Sql { pool: PgPool },
+    Http {
+        client: reqwest::Client,
+        base: String,
+    },
+    Sql {
+        pool: PgPool,
+    },
 }
 
 const AGGREGATE_TYPE: &str = "bench";
@@ -31,14 +36,19 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
         None => sibling_database(&config.database_url, "keel_bench")?,
     };
     if Postgres::database_exists(&url).await? {
-        Postgres::drop_database(&url).await.context("cannot drop the bench database")?;
+        Postgres::drop_database(&url)
+            .await
+            .context("cannot drop the bench database")?;
     }
     let max_producers = args.producers.iter().copied().max().unwrap_or(1);
     let mut app_config = config.clone();
     app_config.database_url = url;
     app_config.listen = ([127, 0, 0, 1], 0).into();
     app_config.pool.max_connections = app_config.pool.max_connections.max(max_producers as u32);
-    app_config.api.max_batch_events = app_config.api.max_batch_events.max(args.batch.iter().copied().max().unwrap_or(1));
+    app_config.api.max_batch_events = app_config
+        .api
+        .max_batch_events
+        .max(args.batch.iter().copied().max().unwrap_or(1));
     let app = Application::build(&app_config).await?;
     let base = format!("http://{}", app.local_addr());
     let pool = app.store().pool().clone();
@@ -51,7 +61,9 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     );
     println!("{}", stats::header());
     let http = Arc::new(Target::Http {
-        client: reqwest::Client::builder().pool_max_idle_per_host(max_producers).build()?,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(max_producers)
+            .build()?,
         base,
     });
     let sql = Arc::new(Target::Sql { pool });
@@ -85,7 +97,8 @@ async fn measure(
         .map(|_| {
             let (target, payload) = (target.clone(), payload.clone());
             tokio::spawn(async move {
-                let mut versions: Vec<(Uuid, i32)> = (0..per_producer).map(|_| (Uuid::new_v4(), 0)).collect();
+                let mut versions: Vec<(Uuid, i32)> =
+                    (0..per_producer).map(|_| (Uuid::new_v4(), 0)).collect();
                 let mut histogram = Sample::new_histogram();
                 let mut events = 0u64;
                 let mut i = 0usize;
@@ -121,13 +134,27 @@ async fn measure(
 
 impl Target {
     /// Appends `batch` events to `aggregate`, expecting it at `version`; returns the new version.
-    async fn append(&self, aggregate: Uuid, version: i32, batch: usize, payload: &Value) -> anyhow::Result<i32> {
+    async fn append(
+        &self,
+        aggregate: Uuid,
+        version: i32,
+        batch: usize,
+        payload: &Value,
+    ) -> anyhow::Result<i32> {
         match self {
             Target::Http { client, base } => {
-                let expected = if version == 0 { json!("no_stream") } else { json!(version) };
-                let events: Vec<Value> = (0..batch).map(|_| json!({"type": EVENT_TYPE, "payload": payload})).collect();
+                let expected = if version == 0 {
+                    json!("no_stream")
+                } else {
+                    json!(version)
+                };
+                let events: Vec<Value> = (0..batch)
+                    .map(|_| json!({"type": EVENT_TYPE, "payload": payload}))
+                    .collect();
                 let response = client
-                    .post(format!("{base}/v1/aggregates/{AGGREGATE_TYPE}/{aggregate}/events"))
+                    .post(format!(
+                        "{base}/v1/aggregates/{AGGREGATE_TYPE}/{aggregate}/events"
+                    ))
                     .json(&json!({"expected_version": expected, "events": events}))
                     .send()
                     .await?;
@@ -143,7 +170,13 @@ impl Target {
 
 /// The baseline: the same rows as keel's append (stream bump with a version check, events,
 /// outbox), as plain statements in one transaction, the way a hand-written service would.
-async fn raw_append(pool: &PgPool, aggregate: Uuid, version: i32, batch: usize, payload: &Value) -> anyhow::Result<i32> {
+async fn raw_append(
+    pool: &PgPool,
+    aggregate: Uuid,
+    version: i32,
+    batch: usize,
+    payload: &Value,
+) -> anyhow::Result<i32> {
     let k = batch as i32;
     let mut tx = pool.begin().await?;
     let new_version: i32 = sqlx::query_scalar(
@@ -193,7 +226,9 @@ async fn raw_append(pool: &PgPool, aggregate: Uuid, version: i32, batch: usize, 
 
 async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
     let (pg, sync): (String, String) =
-        sqlx::query_as("SELECT version(), current_setting('synchronous_commit')").fetch_one(pool).await?;
+        sqlx::query_as("SELECT version(), current_setting('synchronous_commit')")
+            .fetch_one(pool)
+            .await?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("machine: {cores} cores; {pg}; synchronous_commit={sync}");
     Ok(())
@@ -201,7 +236,12 @@ async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
 
 /// `url` with its database name replaced.
 fn sibling_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let (server, rest) = url.rsplit_once('/').context("the database url names no database")?;
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let (server, rest) = url
+        .rsplit_once('/')
+        .context("the database url names no database")?;
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     Ok(format!("{server}/{name}{query}"))
 }

@@ -26,14 +26,25 @@ impl Sample {
 
     /// `p50/p99/p999` in milliseconds.
     pub fn percentiles(&self) -> String {
-        format!("{:.2}/{:.2}/{:.2}", self.ms(0.5), self.ms(0.99), self.ms(0.999))
+        format!(
+            "{:.2}/{:.2}/{:.2}",
+            self.ms(0.5),
+            self.ms(0.99),
+            self.ms(0.999)
+        )
     }
 }
 
 pub fn header() -> String {
     format!(
         "{:<10} {:>5} {:>12} {:>12} {:>6}   {:<22} {:<22}",
-        "producers", "batch", "keel ev/s", "raw ev/s", "ratio", "keel p50/p99/p999 ms", "raw p50/p99/p999 ms"
+        "producers",
+        "batch",
+        "keel ev/s",
+        "raw ev/s",
+        "ratio",
+        "keel p50/p99/p999 ms",
+        "raw p50/p99/p999 ms"
     )
 }
 

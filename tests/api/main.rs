@@ -2,6 +2,7 @@
 
 mod append;
 mod bad_input;
+mod cli;
 mod concurrency;
 mod helpers;
 mod library;
