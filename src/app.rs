@@ -21,7 +21,10 @@ impl Application {
     /// Connects to the database (creating and migrating it), loads the catalog and binds the
     /// listener. Binding port 0 picks a free port; see [`Application::local_addr`].
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.database()).await?;
+        let store = Store::connect(&config.database()).await?.with_group_commit(
+            config.append.group_commit_workers,
+            config.append.group_commit_max_events,
+        );
         let catalog = Catalog::load(&config.schemas_dir)?;
         let listener = TcpListener::bind(config.listen)
             .await

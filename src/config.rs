@@ -32,6 +32,7 @@ pub struct Config {
     pub schemas_dir: PathBuf,
     pub pool: PoolConfig,
     pub api: ApiConfig,
+    pub append: AppendConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,26 @@ impl Default for PoolConfig {
         Self {
             max_connections: 32,
             acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// How appends reach PostgreSQL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppendConfig {
+    /// Connections that commit concurrent appends together (group commit); 0 gives every append a
+    /// transaction of its own (`KEEL_APPEND__GROUP_COMMIT_WORKERS`).
+    pub group_commit_workers: usize,
+    /// Most events one shared transaction takes (`KEEL_APPEND__GROUP_COMMIT_MAX_EVENTS`).
+    pub group_commit_max_events: usize,
+}
+
+impl Default for AppendConfig {
+    fn default() -> Self {
+        Self {
+            group_commit_workers: 4,
+            group_commit_max_events: 1_000,
         }
     }
 }
@@ -97,6 +118,7 @@ impl Default for Config {
             schemas_dir: "schemas".into(),
             pool: PoolConfig::default(),
             api: ApiConfig::default(),
+            append: AppendConfig::default(),
         }
     }
 }
@@ -143,6 +165,12 @@ impl Config {
         }
         if self.pool.max_connections == 0 {
             bail!("pool.max_connections must be positive");
+        }
+        if self.append.group_commit_workers >= self.pool.max_connections as usize {
+            bail!("append.group_commit_workers must leave connections for reads: make it smaller than pool.max_connections");
+        }
+        if self.append.group_commit_max_events == 0 {
+            bail!("append.group_commit_max_events must be positive");
         }
         Ok(())
     }

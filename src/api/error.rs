@@ -90,6 +90,11 @@ impl From<store::Error> for ApiError {
                     "the database is unavailable; retry with the same event ids",
                 )
             }
+            E::Stopped => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "keel is shutting down; retry with the same event ids",
+            ),
             E::Database(source) => {
                 tracing::error!(error = ?source, "database error");
                 Self::new(

@@ -52,7 +52,7 @@ pub async fn append(
             &aggregate_type,
             aggregate_id,
             request.expected_version,
-            &events,
+            events,
         )
         .await?;
     let status = if result.idempotent_replay {

@@ -83,20 +83,50 @@ pub async fn append(
     if events.is_empty() {
         return Err(Error::EmptyBatch);
     }
+    lock_aggregates(&mut *conn, &[(aggregate_type, aggregate_id)]).await?;
+    append_locked(conn, aggregate_type, aggregate_id, expected, events).await
+}
+
+/// Queues on the advisory locks of the given aggregates, in one statement and in a fixed order
+/// (so two transactions locking several aggregates cannot deadlock each other).
+///
+/// This must happen before the transaction writes anything, so that it is handed its transaction
+/// id only once the previous writers of these aggregates have committed: ids then follow version
+/// order and the check on `streams.last_tx_id` never trips for a fresh transaction. (A row lock
+/// would not do: taking one assigns the id first and then waits.) Advisory locks are queued
+/// without an id. Two aggregates whose hashes collide merely take turns.
+pub(crate) async fn lock_aggregates(
+    conn: &mut PgConnection,
+    aggregates: &[(&AggregateType, Uuid)],
+) -> Result<(), Error> {
+    let types: Vec<&str> = aggregates.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: Vec<Uuid> = aggregates.iter().map(|(_, id)| *id).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, k)
+           FROM (SELECT DISTINCT hashtext(t || '/' || id::text) AS k
+                   FROM UNNEST($2::text[], $3::uuid[]) AS a(t, id)) keys
+          ORDER BY k",
+    )
+    .bind(ADVISORY_LOCK_CLASS)
+    .bind(&types)
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// [`append`] for a transaction that already holds the aggregate's lock.
+pub(crate) async fn append_locked(
+    conn: &mut PgConnection,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendResult, Error> {
+    if events.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
     let count = i32::try_from(events.len()).map_err(|_| Error::EmptyBatch)?;
-
-    // Queue on the aggregate before this transaction writes anything, so that it is handed its
-    // transaction id only once the previous writer has committed: ids then follow version order
-    // and the check on `streams.last_tx_id` below never trips for a fresh transaction. (A row
-    // lock would not do: taking one assigns the id first and then waits.) Advisory locks are
-    // queued without an id. Two aggregates whose hashes collide merely take turns.
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
-        .bind(ADVISORY_LOCK_CLASS)
-        .bind(aggregate_type.as_str())
-        .bind(aggregate_id)
-        .execute(&mut *conn)
-        .await?;
-
     let columns = Columns::of(events);
     let sql = match expected {
         ExpectedVersion::Any => APPEND_ANY,

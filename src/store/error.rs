@@ -36,6 +36,10 @@ pub enum Error {
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
 
+    /// The store is shutting down and took no more appends.
+    #[error("the store is shutting down")]
+    Stopped,
+
     #[error("database error")]
     Database(#[source] sqlx::Error),
 }
@@ -43,7 +47,10 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same request later may succeed.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::TransactionOrder | Self::Unavailable(_))
+        matches!(
+            self,
+            Self::TransactionOrder | Self::Unavailable(_) | Self::Stopped
+        )
     }
 }
 

@@ -9,9 +9,11 @@
 
 mod append;
 mod error;
+mod group_commit;
 pub mod log;
 mod read;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +29,7 @@ pub use read::{get_event, read_stream, stream_version};
 
 use crate::config::DatabaseConfig;
 use crate::model::{AggregateType, AppendResult, ExpectedVersion, NewEvent};
+use group_commit::GroupCommit;
 
 /// Migrations embedded in the binary; `keel migrate` and start-up apply them.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -39,6 +42,7 @@ const ORDER_RETRIES: usize = 5;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    group_commit: Option<Arc<GroupCommit>>,
 }
 
 impl Store {
@@ -60,19 +64,31 @@ impl Store {
             .run(&pool)
             .await
             .context("cannot apply database migrations")?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool whose database is already migrated.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            group_commit: None,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// Appends `events` to one aggregate in a transaction of its own, and commits.
+    /// Lets concurrent [`Store::append`] calls share transactions and commits (see
+    /// [`group_commit`]). `workers` connections are used for it; 0 turns it off.
+    pub fn with_group_commit(mut self, workers: usize, max_events: usize) -> Self {
+        self.group_commit = (workers > 0)
+            .then(|| Arc::new(GroupCommit::start(self.pool.clone(), workers, max_events)));
+        self
+    }
+
+    /// Appends `events` to one aggregate and commits, in a transaction of its own or shared with
+    /// concurrent appends (group commit), with the same guarantees either way.
     ///
     /// On top of [`append`] this resolves the two outcomes a caller should not have to handle:
     /// a transaction-order conflict is retried in a new transaction, and a batch that was already
@@ -84,37 +100,20 @@ impl Store {
         aggregate_type: &AggregateType,
         aggregate_id: Uuid,
         expected: ExpectedVersion,
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut tx = self.pool.begin().await?;
-            match append(&mut tx, aggregate_type, aggregate_id, expected, events).await {
-                Ok(result) => {
-                    tx.commit().await?;
-                    return Ok(result);
-                }
-                Err(Error::TransactionOrder) if attempt < ORDER_RETRIES => {
-                    tracing::debug!(
-                        attempt,
-                        "retrying an append that lost the transaction-order race"
-                    );
-                    tx.rollback().await?;
-                }
-                Err(
-                    err @ (Error::WrongExpectedVersion { .. } | Error::DuplicateEventId { .. }),
-                ) => {
-                    tx.rollback().await?;
-                    return match find_appended(&self.pool, aggregate_type, aggregate_id, events)
-                        .await?
-                    {
-                        Some(original) => Ok(original),
-                        None => Err(err),
-                    };
-                }
-                Err(err) => return Err(err),
-            }
+        if events.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let request = AppendRequest {
+            aggregate_type: aggregate_type.clone(),
+            aggregate_id,
+            expected,
+            events,
+        };
+        match &self.group_commit {
+            Some(group) => group.append(request).await,
+            None => append_alone(&self.pool, &request).await,
         }
     }
 
@@ -122,6 +121,67 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// One append, owned, as queued for group commit.
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    aggregate_type: AggregateType,
+    aggregate_id: Uuid,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+}
+
+/// Runs one append in a transaction of its own, retrying transaction-order conflicts.
+async fn append_alone(pool: &PgPool, r: &AppendRequest) -> Result<AppendResult, Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut tx = pool.begin().await?;
+        match append(
+            &mut tx,
+            &r.aggregate_type,
+            r.aggregate_id,
+            r.expected,
+            &r.events,
+        )
+        .await
+        {
+            Ok(result) => {
+                tx.commit().await?;
+                return Ok(result);
+            }
+            Err(Error::TransactionOrder) if attempt < ORDER_RETRIES => {
+                tracing::debug!(
+                    attempt,
+                    "retrying an append that lost the transaction-order race"
+                );
+                tx.rollback().await?;
+            }
+            Err(refusal) => {
+                tx.rollback().await?;
+                return resolve_refusal(pool, r, refusal).await;
+            }
+        }
+    }
+}
+
+/// What a refused append means for the caller: a refusal because the batch is already stored is
+/// an idempotent replay of the original result; anything else stands.
+async fn resolve_refusal(
+    pool: &PgPool,
+    r: &AppendRequest,
+    refusal: Error,
+) -> Result<AppendResult, Error> {
+    match refusal {
+        Error::WrongExpectedVersion { .. } | Error::DuplicateEventId { .. } => {
+            match find_appended(pool, &r.aggregate_type, r.aggregate_id, &r.events).await? {
+                Some(original) => Ok(original),
+                None => Err(refusal),
+            }
+        }
+        other => Err(other),
     }
 }
 

@@ -121,3 +121,76 @@ async fn fifty_appenders_retrying_on_conflict_leave_contiguous_versions_and_lose
     );
     assert_eq!(app.count("outbox").await, total as i64);
 }
+
+/// Group commit puts concurrent appends in one transaction. An append in that batch that aborts
+/// the transaction (here: re-sent event ids with `expected_version: any`) must not cost the others
+/// anything: they are re-run alone, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_append_in_a_shared_commit_costs_the_other_appends_nothing() {
+    let app = Arc::new(spawn_app().await);
+    let agents: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+
+    // Already stored: these will be re-sent, and each re-send aborts a shared transaction.
+    let mut stored = Vec::new();
+    for agent in &agents[..5] {
+        let mut event = agent_state_changed(*agent, "first");
+        event["id"] = json!(Uuid::new_v4());
+        let reply = app
+            .append("agent", *agent, &json!({"events": [event.clone()]}))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        stored.push((*agent, event));
+    }
+
+    let barrier = Arc::new(Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (app, barrier) = (app.clone(), barrier.clone());
+            let resend = (i % 10 == 0).then(|| stored[(i / 10) % stored.len()].clone());
+            let agent = agents[i % agents.len()];
+            tokio::spawn(async move {
+                barrier.wait().await;
+                match resend {
+                    Some((agent, event)) => {
+                        let reply = app
+                            .append("agent", agent, &json!({"events": [event]}))
+                            .await;
+                        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+                        assert_eq!(reply.body["idempotent_replay"], true);
+                        None
+                    }
+                    None => {
+                        let id = Uuid::new_v4();
+                        let mut event = agent_state_changed(agent, "next");
+                        event["id"] = json!(id);
+                        let reply = app
+                            .append("agent", agent, &json!({"events": [event]}))
+                            .await;
+                        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+                        Some(id)
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for task in tasks {
+        created.extend(task.await.unwrap());
+    }
+    assert_eq!(created.len(), 180);
+
+    let total: i64 = app.count("events").await;
+    assert_eq!(total, 5 + 180, "each append stored exactly once");
+    for agent in &agents {
+        let versions: Vec<i32> = stored_versions(&app, *agent)
+            .await
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=versions.len() as i32).collect::<Vec<_>>(),
+            "contiguous"
+        );
+    }
+}

@@ -83,7 +83,7 @@ async fn a_wrong_version_leaves_the_callers_transaction_usable() {
             &agent(),
             id,
             ExpectedVersion::Any,
-            &[state_changed(id, "a")],
+            vec![state_changed(id, "a")],
         )
         .await
         .unwrap();
@@ -135,7 +135,7 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
             &agent(),
             id,
             ExpectedVersion::Any,
-            &[state_changed(id, "newer")],
+            vec![state_changed(id, "newer")],
         )
         .await
         .unwrap();
@@ -161,7 +161,7 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
             &agent(),
             id,
             ExpectedVersion::Exact(1),
-            &[state_changed(id, "older")],
+            vec![state_changed(id, "older")],
         )
         .await
         .unwrap();

@@ -126,7 +126,7 @@ async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() 
                         }
                     } else {
                         store
-                            .append(&entity(), aggregate, ExpectedVersion::Any, batch)
+                            .append(&entity(), aggregate, ExpectedVersion::Any, batch.to_vec())
                             .await
                             .unwrap();
                     }
@@ -229,7 +229,7 @@ async fn a_plain_position_cursor_would_skip_the_late_committing_event() {
             &entity(),
             Uuid::new_v4(),
             ExpectedVersion::Any,
-            &[event("later")],
+            vec![event("later")],
         )
         .await
         .unwrap()
