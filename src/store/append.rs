@@ -66,8 +66,9 @@ const APPEND_EXACT: &str = append_sql!(
 /// Appends `events` to the aggregate inside the caller's transaction, which decides when they
 /// commit: a service's own writes and its events become visible together, or not at all.
 ///
-/// Writers of one aggregate serialize on its `streams` row, so versions are contiguous; writers of
-/// different aggregates never wait for each other. The whole append is one round trip.
+/// Writers of one aggregate take turns on its advisory lock and `streams` row, so versions are
+/// contiguous; writers of different aggregates never wait for each other. An append is two
+/// statements: the aggregate's lock, then the stream bump, events and outbox rows together.
 ///
 /// Errors leave the transaction as follows: [`Error::WrongExpectedVersion`] and
 /// [`Error::TransactionOrder`] write nothing and leave it usable; [`Error::DuplicateEventId`] and
@@ -80,9 +81,6 @@ pub async fn append(
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<AppendResult, Error> {
-    if events.is_empty() {
-        return Err(Error::EmptyBatch);
-    }
     lock_aggregates(&mut *conn, &[(aggregate_type, aggregate_id)]).await?;
     append_locked(conn, aggregate_type, aggregate_id, expected, events).await
 }
