@@ -19,5 +19,6 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod schema;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,140 @@
+//! A parsed Avro schema with what keel needs around it: named-type lookup, the Parsing Canonical
+//! Form and its fingerprint, and the identity used to recognise a schema registered twice.
+
+use std::collections::HashMap;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::schema::{Name, ResolvedSchema};
+use apache_avro::Schema;
+
+/// Why a schema text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Avro schema: {0}")]
+pub struct InvalidSchema(pub String);
+
+/// A schema, parsed and checked once, then shared.
+#[derive(Debug, Clone)]
+pub struct ParsedSchema {
+    schema: Schema,
+    /// Every named type (record, enum, fixed) by full name, for resolving references.
+    names: HashMap<String, Schema>,
+    canonical: String,
+    fingerprint: i64,
+    identity: String,
+}
+
+impl ParsedSchema {
+    pub fn parse(text: &str) -> Result<Self, InvalidSchema> {
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| InvalidSchema(format!("not JSON: {e}")))?;
+        let schema = Schema::parse(&json).map_err(|e| InvalidSchema(e.to_string()))?;
+        let names = ResolvedSchema::try_from(&schema)
+            .map_err(|e| InvalidSchema(e.to_string()))?
+            .get_names()
+            .iter()
+            .map(|(name, schema)| (full_name(name), (*schema).clone()))
+            .collect();
+        let canonical = schema.canonical_form();
+        let fingerprint = schema.fingerprint::<Rabin>().bytes;
+        let fingerprint = i64::from_le_bytes(
+            fingerprint
+                .try_into()
+                .map_err(|_| InvalidSchema("fingerprint is not 8 bytes".into()))?,
+        );
+        // serde_json's default map is ordered, so re-serialising normalises key order and
+        // whitespace while keeping defaults, aliases and docs, which the canonical form drops
+        // although defaults and aliases change how data resolves.
+        let identity = json.to_string();
+        Ok(Self {
+            schema,
+            names,
+            canonical,
+            fingerprint,
+            identity,
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Avro's Parsing Canonical Form.
+    pub fn canonical_form(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The CRC-64-AVRO (Rabin) fingerprint of the canonical form, as Avro's single-object
+    /// encoding uses it.
+    pub fn fingerprint(&self) -> i64 {
+        self.fingerprint
+    }
+
+    /// The normalised full schema: two registrations are the same schema when these are equal.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Follows a reference to a named type; any other schema is returned as it is.
+    pub fn deref<'a>(&'a self, schema: &'a Schema) -> &'a Schema {
+        match schema {
+            Schema::Ref { name } => self.names.get(&full_name(name)).unwrap_or(schema),
+            other => other,
+        }
+    }
+
+    /// The record's full name, if the schema is a record.
+    pub fn record_name(&self) -> Option<String> {
+        match &self.schema {
+            Schema::Record(r) => Some(full_name(&r.name)),
+            _ => None,
+        }
+    }
+}
+
+pub fn full_name(name: &Name) -> String {
+    name.fullname(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whitespace_and_key_order_do_not_change_identity_but_defaults_do() {
+        let a = ParsedSchema::parse(
+            r#"{"type":"record","name":"r","fields":[{"name":"x","type":"int","default":1}]}"#,
+        )
+        .unwrap();
+        let b = ParsedSchema::parse(
+            r#"{ "fields": [ {"default": 1, "type": "int", "name": "x"} ], "name": "r", "type": "record" }"#,
+        )
+        .unwrap();
+        let c = ParsedSchema::parse(
+            r#"{"type":"record","name":"r","fields":[{"name":"x","type":"int","default":2}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.identity(), b.identity());
+        assert_ne!(a.identity(), c.identity());
+        assert_eq!(
+            a.canonical_form(),
+            c.canonical_form(),
+            "the canonical form drops defaults"
+        );
+        assert_eq!(a.fingerprint(), c.fingerprint());
+        assert_eq!(
+            a.canonical_form(),
+            r#"{"name":"r","type":"record","fields":[{"name":"x","type":"int"}]}"#
+        );
+    }
+
+    #[test]
+    fn invalid_schemas_say_why() {
+        for bad in [
+            "{",
+            r#"{"type":"recrod"}"#,
+            r#"{"type":"record","name":"r","fields":[{"name":"x","type":"int","default":"a"}]}"#,
+        ] {
+            assert!(ParsedSchema::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Schema compatibility, by the Avro specification's schema-resolution rules.
+//!
+//! [`can_read`] answers "can data written with `writer` be read with `reader`?" and, when not,
+//! says which part of the schema breaks which rule. [`Compatibility`] applies it the way a
+//! registry's compatibility mode asks, against the latest version or all of them.
+//!
+//! The rules (Avro specification, "Schema Resolution"):
+//! - primitives match their own type; the writer may be *promoted*: int → long, float, double;
+//!   long → float, double; float → double; string ↔ bytes;
+//! - records match by unqualified name (or a reader alias); each reader field takes the writer
+//!   field of the same name (or a reader field alias); a reader field the writer lacks needs a
+//!   default; writer fields the reader lacks are skipped;
+//! - enums match by name; a writer symbol the reader lacks needs the reader's enum default;
+//! - fixed types match by name and size; arrays by items; maps by values;
+//! - unions: every writer branch must be readable by some reader branch; a writer union read by a
+//!   non-union needs every branch readable by it; a non-union writer needs some reader branch;
+//! - logical types resolve as their underlying types.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use apache_avro::Schema;
+use serde::{Deserialize, Serialize};
+
+use super::avro::{full_name, ParsedSchema};
+
+/// One broken rule: where, which rule (a Confluent-style error type), and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Incompatibility {
+    /// The place in the schema, `$` being the top: `$.status`, `$.items[]`, `$.tags{}`.
+    pub path: String,
+    pub kind: Kind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Kind {
+    TypeMismatch,
+    NameMismatch,
+    FixedSizeMismatch,
+    MissingEnumSymbols,
+    ReaderFieldMissingDefaultValue,
+    MissingUnionBranch,
+}
+
+impl fmt::Display for Incompatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every reason data written with `writer` cannot be read with `reader`; empty when it can.
+pub fn can_read(writer: &ParsedSchema, reader: &ParsedSchema) -> Vec<Incompatibility> {
+    let mut checker = Checker {
+        writer,
+        reader,
+        seen: HashSet::new(),
+        found: Vec::new(),
+    };
+    checker.check(writer.schema(), reader.schema(), "$");
+    checker.found
+}
+
+struct Checker<'a> {
+    writer: &'a ParsedSchema,
+    reader: &'a ParsedSchema,
+    /// Named pairs already being checked, so recursive types terminate.
+    seen: HashSet<(String, String)>,
+    found: Vec<Incompatibility>,
+}
+
+impl<'a> Checker<'a> {
+    fn fail(&mut self, path: &str, kind: Kind, message: String) {
+        self.found.push(Incompatibility {
+            path: path.to_owned(),
+            kind,
+            message,
+        });
+    }
+
+    /// Whether `w` can be read as `r`, without recording anything: for choosing union branches.
+    fn matches(&mut self, w: &'a Schema, r: &'a Schema) -> bool {
+        let mut probe = Checker {
+            writer: self.writer,
+            reader: self.reader,
+            seen: self.seen.clone(),
+            found: Vec::new(),
+        };
+        probe.check(w, r, "$");
+        probe.found.is_empty()
+    }
+
+    fn check(&mut self, w: &'a Schema, r: &'a Schema, path: &str) {
+        let (w, r) = (self.writer.deref(w), self.reader.deref(r));
+        match (w, r) {
+            (Schema::Union(wu), Schema::Union(_)) => {
+                for (i, branch) in wu.variants().iter().enumerate() {
+                    if !self.reader_branch_exists(branch, r) {
+                        let m = format!("the writer's union branch {} ({}) has no matching branch in the reader's union", i, describe(self.writer.deref(branch)));
+                        self.fail(path, Kind::MissingUnionBranch, m);
+                    }
+                }
+            }
+            (Schema::Union(wu), _) => {
+                for (i, branch) in wu.variants().iter().enumerate() {
+                    let branch_path = format!("{path}<{i}>");
+                    self.check(branch, r, &branch_path);
+                }
+            }
+            (_, Schema::Union(_)) => {
+                if !self.reader_branch_exists(w, r) {
+                    let m = format!(
+                        "the writer's {} matches no branch of the reader's union",
+                        describe(w)
+                    );
+                    self.fail(path, Kind::MissingUnionBranch, m);
+                }
+            }
+            (Schema::Record(wr), Schema::Record(rr)) => {
+                if !names_match(&wr.name, &rr.name, rr.aliases.as_deref()) {
+                    return self.name_mismatch(path, "record", &wr.name, &rr.name);
+                }
+                let key = (full_name(&wr.name), full_name(&rr.name));
+                if !self.seen.insert(key) {
+                    return;
+                }
+                for field in &rr.fields {
+                    let field_path = format!("{path}.{}", field.name);
+                    let aliases = field.aliases.iter().flatten();
+                    let written = std::iter::once(&field.name)
+                        .chain(aliases)
+                        .find_map(|name| wr.fields.iter().find(|f| &f.name == name));
+                    match written {
+                        Some(wf) => self.check(&wf.schema, &field.schema, &field_path),
+                        None if field.default.is_some() => {}
+                        None => self.fail(
+                            &field_path,
+                            Kind::ReaderFieldMissingDefaultValue,
+                            format!("the reader's field {} has no default and the writer has no such field", field.name),
+                        ),
+                    }
+                }
+            }
+            (Schema::Enum(we), Schema::Enum(re)) => {
+                if !names_match(&we.name, &re.name, re.aliases.as_deref()) {
+                    return self.name_mismatch(path, "enum", &we.name, &re.name);
+                }
+                if re.default.is_none() {
+                    let missing: Vec<&str> = we
+                        .symbols
+                        .iter()
+                        .filter(|s| !re.symbols.contains(s))
+                        .map(String::as_str)
+                        .collect();
+                    if !missing.is_empty() {
+                        let m = format!("the writer's enum symbols [{}] are not in the reader's enum {}, which has no default", missing.join(", "), full_name(&re.name));
+                        self.fail(path, Kind::MissingEnumSymbols, m);
+                    }
+                }
+            }
+            (Schema::Fixed(wf), Schema::Fixed(rf)) => {
+                if !names_match(&wf.name, &rf.name, rf.aliases.as_deref()) {
+                    return self.name_mismatch(path, "fixed", &wf.name, &rf.name);
+                }
+                if wf.size != rf.size {
+                    let m = format!(
+                        "fixed {} changed size from {} to {}",
+                        full_name(&rf.name),
+                        wf.size,
+                        rf.size
+                    );
+                    self.fail(path, Kind::FixedSizeMismatch, m);
+                }
+            }
+            (Schema::Array(wa), Schema::Array(ra)) => {
+                self.check(&wa.items, &ra.items, &format!("{path}[]"))
+            }
+            (Schema::Map(wm), Schema::Map(rm)) => {
+                self.check(&wm.types, &rm.types, &format!("{path}{{}}"))
+            }
+            (w, r) => {
+                let (wb, rb) = (base(w), base(r));
+                let same_primitive = wb == rb && wb != Base::Complex;
+                if !(same_primitive || promotes(wb, rb) || same_special(w, r)) {
+                    let m = format!(
+                        "the writer's {} cannot be read as the reader's {}",
+                        describe(w),
+                        describe(r)
+                    );
+                    self.fail(path, Kind::TypeMismatch, m);
+                }
+            }
+        }
+    }
+
+    fn reader_branch_exists(&mut self, w: &'a Schema, reader_union: &'a Schema) -> bool {
+        let Schema::Union(ru) = reader_union else {
+            return false;
+        };
+        ru.variants().iter().any(|rb| self.matches(w, rb))
+    }
+
+    fn name_mismatch(
+        &mut self,
+        path: &str,
+        what: &str,
+        w: &apache_avro::schema::Name,
+        r: &apache_avro::schema::Name,
+    ) {
+        let m = format!(
+            "the writer's {what} {} is not the reader's {what} {} (nor one of its aliases)",
+            full_name(w),
+            full_name(r)
+        );
+        self.fail(path, Kind::NameMismatch, m);
+    }
+}
+
+/// Named types match on their unqualified names, or when a reader alias names the writer.
+fn names_match(
+    w: &apache_avro::schema::Name,
+    r: &apache_avro::schema::Name,
+    reader_aliases: Option<&[apache_avro::schema::Alias]>,
+) -> bool {
+    w.name == r.name
+        || reader_aliases.into_iter().flatten().any(|alias| {
+            let alias = alias.fullname(r.namespace.clone());
+            alias == full_name(w) || alias.rsplit('.').next() == Some(w.name.as_str())
+        })
+}
+
+/// The primitive a schema is encoded as; logical types resolve as their underlying type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Complex,
+}
+
+fn base(schema: &Schema) -> Base {
+    match schema {
+        Schema::Null => Base::Null,
+        Schema::Boolean => Base::Boolean,
+        Schema::Int | Schema::Date | Schema::TimeMillis => Base::Int,
+        Schema::Long
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => Base::Long,
+        Schema::Float => Base::Float,
+        Schema::Double => Base::Double,
+        Schema::Bytes | Schema::BigDecimal => Base::Bytes,
+        Schema::String | Schema::Uuid => Base::String,
+        Schema::Decimal(d) => base(&d.inner),
+        _ => Base::Complex,
+    }
+}
+
+fn promotes(w: Base, r: Base) -> bool {
+    use Base::*;
+    matches!(
+        (w, r),
+        (Int, Long | Float | Double)
+            | (Long, Float | Double)
+            | (Float, Double)
+            | (String, Bytes)
+            | (Bytes, String)
+    )
+}
+
+/// Logical types on a fixed (decimal, duration) match when the writer and reader agree.
+fn same_special(w: &Schema, r: &Schema) -> bool {
+    match (w, r) {
+        (Schema::Duration, Schema::Duration) => true,
+        (Schema::Decimal(a), Schema::Decimal(b)) => a.inner == b.inner,
+        _ => false,
+    }
+}
+
+fn describe(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => format!("record {}", full_name(&r.name)),
+        Schema::Enum(e) => format!("enum {}", full_name(&e.name)),
+        Schema::Fixed(f) => format!("fixed {}", full_name(&f.name)),
+        Schema::Ref { name } => full_name(name),
+        Schema::Union(_) => "union".into(),
+        Schema::Array(_) => "array".into(),
+        Schema::Map(_) => "map".into(),
+        other => format!("{:?}", base(other)).to_lowercase(),
+    }
+}
+
+/// A subject's compatibility mode: which earlier versions a new one is checked against, and in
+/// which direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Compatibility {
+    /// The new schema can read data written with the latest one.
+    Backward,
+    /// The new schema can read data written with every earlier one. keel's default.
+    BackwardTransitive,
+    /// The latest schema can read data written with the new one.
+    Forward,
+    ForwardTransitive,
+    /// Backward and forward, against the latest.
+    Full,
+    FullTransitive,
+    None,
+}
+
+impl Compatibility {
+    pub const ALL: [Compatibility; 7] = [
+        Self::Backward,
+        Self::BackwardTransitive,
+        Self::Forward,
+        Self::ForwardTransitive,
+        Self::Full,
+        Self::FullTransitive,
+        Self::None,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backward => "BACKWARD",
+            Self::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Self::Forward => "FORWARD",
+            Self::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Self::Full => "FULL",
+            Self::FullTransitive => "FULL_TRANSITIVE",
+            Self::None => "NONE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Checks `new` against `existing` (oldest first, as `(version, schema)`); every
+    /// incompatibility is prefixed with the version and direction it breaks.
+    pub fn check(
+        self,
+        new: &ParsedSchema,
+        existing: &[(i32, &ParsedSchema)],
+    ) -> Vec<Incompatibility> {
+        let (backward, forward, transitive) = match self {
+            Self::None => return Vec::new(),
+            Self::Backward => (true, false, false),
+            Self::BackwardTransitive => (true, false, true),
+            Self::Forward => (false, true, false),
+            Self::ForwardTransitive => (false, true, true),
+            Self::Full => (true, true, false),
+            Self::FullTransitive => (true, true, true),
+        };
+        let against: &[(i32, &ParsedSchema)] = match existing.split_last() {
+            Some((last, _)) if !transitive => std::slice::from_ref(last),
+            _ => existing,
+        };
+        let mut found = Vec::new();
+        for (version, old) in against {
+            if backward {
+                for mut i in can_read(old, new) {
+                    i.message = format!(
+                        "new schema cannot read data written with version {version}: {}",
+                        i.message
+                    );
+                    found.push(i);
+                }
+            }
+            if forward {
+                for mut i in can_read(new, old) {
+                    i.message = format!(
+                        "version {version} cannot read data written with the new schema: {}",
+                        i.message
+                    );
+                    found.push(i);
+                }
+            }
+        }
+        found
+    }
+}
+
+impl fmt::Display for Compatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+#[path = "compat_tests.rs"]
+mod tests;
