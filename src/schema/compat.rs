@@ -62,6 +62,23 @@ pub fn can_read(writer: &ParsedSchema, reader: &ParsedSchema) -> Vec<Incompatibi
     checker.found
 }
 
+/// Whether data of `w` (a part of `writer`) can be read as `r` (a part of `reader`).
+pub(crate) fn readable(
+    writer: &ParsedSchema,
+    w: &Schema,
+    reader: &ParsedSchema,
+    r: &Schema,
+) -> bool {
+    let mut checker = Checker {
+        writer,
+        reader,
+        seen: HashSet::new(),
+        found: Vec::new(),
+    };
+    checker.check(w, r, "$");
+    checker.found.is_empty()
+}
+
 struct Checker<'a> {
     writer: &'a ParsedSchema,
     reader: &'a ParsedSchema,

@@ -3,6 +3,10 @@
 
 pub mod avro;
 pub mod compat;
+pub mod json;
+pub mod resolve;
 
 pub use avro::{InvalidSchema, ParsedSchema};
 pub use compat::{can_read, Compatibility, Incompatibility};
+pub use json::{validate, PayloadError};
+pub use resolve::{resolve, ResolveError};
