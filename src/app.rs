@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::registry::{self, Registry};
 use crate::store::Store;
 
 pub struct Application {
@@ -26,12 +27,16 @@ impl Application {
             config.append.group_commit_max_events,
         );
         let catalog = Catalog::load(&config.schemas_dir)?;
+        let registry = Arc::new(Registry::new(store.pool().clone()));
+        let synced = registry::sync::sync(&registry, &catalog).await?;
+        tracing::info!(schemas = synced.len(), "event catalog registered");
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let state = AppState {
             store,
             catalog: Arc::new(catalog),
+            registry,
             limits: Arc::new(config.api.clone()),
         };
         Ok(Self { listener, state })

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod registry;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

@@ -11,7 +11,11 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
-use crate::model::{AggregateType, EventType, ExpectedVersion, Metadata, NewEvent};
+use crate::model::{
+    AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, SchemaRef,
+};
+use crate::registry::VersionSpec;
+use crate::schema;
 use crate::store::{self, LogCursor, LogFilter};
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +38,14 @@ struct EventInput {
     event_type: String,
     payload: Value,
     metadata: Option<Map<String, Value>>,
+    /// Validate against this version of the event type's schema instead of the latest.
+    schema_version: Option<i32>,
+}
+
+/// An event that passed the checks that need no database, with the schema version it asked for.
+struct Checked {
+    event: NewEvent,
+    schema_version: Option<i32>,
 }
 
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
@@ -45,7 +57,8 @@ pub async fn append(
 ) -> Result<Response, ApiError> {
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
-    let events = validate_batch(&state, &aggregate_type, request.events)?;
+    let checked = validate_batch(&state, request.events)?;
+    let events = apply_schemas(&state, &aggregate_type, checked).await?;
     let result = state
         .store
         .append(
@@ -65,11 +78,7 @@ pub async fn append(
 
 /// Turns the request's events into [`NewEvent`]s, refusing the whole batch on the first problem
 /// with the event's index in `details`.
-fn validate_batch(
-    state: &AppState,
-    aggregate_type: &AggregateType,
-    inputs: Vec<EventInput>,
-) -> Result<Vec<NewEvent>, ApiError> {
+fn validate_batch(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<Checked>, ApiError> {
     let limits = &state.limits;
     if inputs.is_empty() {
         return Err(ApiError::unprocessable(
@@ -93,31 +102,9 @@ fn validate_batch(
     let mut seen = std::collections::HashSet::with_capacity(inputs.len());
     let mut events = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
-        let at = |err: ApiError| {
-            let mut details = err.details.as_object().cloned().unwrap_or_default();
-            details.insert("index".into(), json!(index));
-            err.with_details(Value::Object(details))
-        };
+        let at = |err: ApiError| at_index(err, index);
         let event_type = EventType::parse(input.event_type)
             .map_err(|e| at(ApiError::unprocessable("invalid_event_type", e.to_string())))?;
-        let Some(entry) = state.catalog.get(&event_type) else {
-            return Err(at(ApiError::unprocessable(
-                "unknown_event_type",
-                format!("event type {event_type} is not in the catalog"),
-            )
-            .with_details(json!({"event_type": event_type}))));
-        };
-        if let Some(required) = &entry.spec.aggregate_type {
-            if required != aggregate_type {
-                return Err(at(ApiError::unprocessable(
-                    "aggregate_type_mismatch",
-                    format!("events of type {event_type} belong to aggregates of type {required}"),
-                )
-                .with_details(
-                    json!({"event_type": event_type, "aggregate_type": required}),
-                )));
-            }
-        }
         if !input.payload.is_object() {
             return Err(at(ApiError::unprocessable(
                 "invalid_payload",
@@ -133,24 +120,125 @@ fn validate_batch(
                 format!("event id {id} appears twice in the batch"),
             )));
         }
-        events.push(NewEvent {
-            id,
-            event_type,
-            payload: input.payload,
-            metadata,
+        events.push(Checked {
+            event: NewEvent {
+                id,
+                event_type,
+                payload: input.payload,
+                metadata,
+                schema: None,
+            },
+            schema_version: input.schema_version,
         });
     }
     Ok(events)
 }
 
+/// Adds the event's index to an error's details.
+fn at_index(err: ApiError, index: usize) -> ApiError {
+    let mut details = err.details.as_object().cloned().unwrap_or_default();
+    details.insert("index".into(), json!(index));
+    err.with_details(Value::Object(details))
+}
+
+/// The checks that need the registry: the event type exists, belongs to this aggregate type, and
+/// its payload conforms to the schema (the latest version unless the event names one). Payloads
+/// come out normalised (defaults filled in) and each event records its schema.
+async fn apply_schemas(
+    state: &AppState,
+    aggregate_type: &AggregateType,
+    checked: Vec<Checked>,
+) -> Result<Vec<NewEvent>, ApiError> {
+    let mut events = Vec::with_capacity(checked.len());
+    for (
+        index,
+        Checked {
+            mut event,
+            schema_version,
+        },
+    ) in checked.into_iter().enumerate()
+    {
+        let at = |err: ApiError| at_index(err, index);
+        let event_type = &event.event_type;
+        let schema = state
+            .registry
+            .event_schema(event_type.as_str(), schema_version)
+            .await
+            .map_err(|e| at(super::registry_error(e)))?;
+        let Some(schema) = schema else {
+            return Err(at(match schema_version {
+                None => ApiError::unprocessable(
+                    "unknown_event_type",
+                    format!("event type {event_type} is not registered"),
+                )
+                .with_details(json!({"event_type": event_type})),
+                Some(v) => ApiError::unprocessable(
+                    "unknown_schema_version",
+                    format!("event type {event_type} has no schema version {v}"),
+                )
+                .with_details(json!({"event_type": event_type, "schema_version": v})),
+            }));
+        };
+        if let Some(required) = state
+            .catalog
+            .get(event_type)
+            .and_then(|e| e.spec.aggregate_type.as_ref())
+        {
+            if required != aggregate_type {
+                return Err(at(ApiError::unprocessable(
+                    "aggregate_type_mismatch",
+                    format!("events of type {event_type} belong to aggregates of type {required}"),
+                )
+                .with_details(
+                    json!({"event_type": event_type, "aggregate_type": required}),
+                )));
+            }
+        }
+        if state.limits.validate_payloads {
+            event.payload = schema::validate(&schema.schema, &event.payload).map_err(|e| {
+                at(ApiError::unprocessable(
+                    "schema_validation_failed",
+                    format!(
+                        "payload does not match schema version {} of {event_type}: {e}",
+                        schema.version
+                    ),
+                )
+                .with_details(json!({
+                    "path": e.path,
+                    "expected": e.expected,
+                    "schema_id": schema.id,
+                    "schema_version": schema.version,
+                })))
+            })?;
+            event.schema = Some(SchemaRef {
+                id: schema.id,
+                version: schema.version,
+            });
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
 /// `GET /v1/events/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    schema_version: Option<String>,
+}
+
 pub async fn get_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<EventQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id, "invalid_event_id", "event id")?;
+    let wanted = wanted_version(query.schema_version.as_deref())?;
     match store::get_event(state.store.pool(), id).await? {
-        Some(event) => Ok(axum::Json(event).into_response()),
+        Some(event) => {
+            let mut events = present(&state, vec![event], wanted).await?;
+            Ok(axum::Json(events.remove(0)).into_response())
+        }
         None => Err(ApiError::not_found(
             "event_not_found",
             format!("no event with id {id}"),
@@ -163,6 +251,7 @@ pub async fn get_event(
 pub struct StreamQuery {
     from_version: Option<i32>,
     limit: Option<i64>,
+    schema_version: Option<String>,
 }
 
 /// `GET /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: the aggregate's events in version
@@ -175,6 +264,7 @@ pub async fn read_stream(
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
     let limit = state.page_limit(query.limit)?;
+    let wanted = wanted_version(query.schema_version.as_deref())?;
     let from_version = query.from_version.unwrap_or(1);
     if from_version < 0 {
         return Err(ApiError::bad_request(
@@ -191,6 +281,7 @@ pub async fn read_stream(
     };
     let events =
         store::read_stream(pool, &aggregate_type, aggregate_id, from_version, limit).await?;
+    let events = present(&state, events, wanted).await?;
     let next_version = match events.last() {
         Some(last) if last.version < version => Some(last.version + 1),
         _ => None,
@@ -216,6 +307,7 @@ pub struct LogQuery {
     limit: Option<i64>,
     after: Option<String>,
     offset: Option<i64>,
+    schema_version: Option<String>,
 }
 
 /// `GET /v1/events`: committed events in log order, filtered, paged with the opaque `next` cursor.
@@ -226,6 +318,7 @@ pub async fn query_log(
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let limit = state.page_limit(query.limit)?;
+    let wanted = wanted_version(query.schema_version.as_deref())?;
     let offset = query.offset.unwrap_or(0);
     if offset < 0 {
         return Err(ApiError::bad_request(
@@ -258,7 +351,7 @@ pub async fn query_log(
         store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;
     let next = page.last().map_or(after, |e| e.cursor());
     let has_more = page.len() as i64 == limit;
-    let events: Vec<_> = page.into_iter().map(|e| e.event).collect();
+    let events = present(&state, page.into_iter().map(|e| e.event).collect(), wanted).await?;
     Ok(
         axum::Json(json!({"events": events, "next": next.encode(), "has_more": has_more}))
             .into_response(),
@@ -275,4 +368,73 @@ fn parse_uuid(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiEr
         ApiError::bad_request(code, format!("{what} must be a UUID"))
             .with_details(json!({"value": value.chars().take(100).collect::<String>()}))
     })
+}
+
+/// `?schema_version=latest|N`.
+fn wanted_version(text: Option<&str>) -> Result<Option<VersionSpec>, ApiError> {
+    text.map(|t| {
+        VersionSpec::parse(t).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                "schema_version must be \"latest\" or a positive integer",
+            )
+        })
+    })
+    .transpose()
+}
+
+/// Events as the reader asked to see them: stored payloads resolved from the schema that validated
+/// them to the wanted version of their type's schema (upcasting). `schema_id` and `schema_version`
+/// then describe the payload as returned. Events stored without a schema are returned as stored.
+async fn present(
+    state: &AppState,
+    mut events: Vec<RecordedEvent>,
+    wanted: Option<VersionSpec>,
+) -> Result<Vec<RecordedEvent>, ApiError> {
+    let Some(wanted) = wanted else {
+        return Ok(events);
+    };
+    let version = match wanted {
+        VersionSpec::Latest => None,
+        VersionSpec::Number(n) => Some(n),
+    };
+    for event in &mut events {
+        let Some(writer_id) = event.schema_id else {
+            continue;
+        };
+        let registry = &state.registry;
+        let reader = registry
+            .event_schema(&event.event_type, version)
+            .await
+            .map_err(super::registry_error)?
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "schema_version_not_found",
+                    format!(
+                        "event type {} has no schema version {}",
+                        event.event_type,
+                        version.map_or("latest".into(), |v| v.to_string())
+                    ),
+                )
+            })?;
+        if reader.id != writer_id {
+            let (_, writer) = registry
+                .schema_by_id(writer_id)
+                .await
+                .map_err(super::registry_error)?;
+            event.payload =
+                schema::resolve(&writer, &reader.schema, &event.payload).map_err(|e| {
+                    ApiError::unprocessable(
+                        "schema_resolution_failed",
+                        format!(
+                            "event {} cannot be read with schema version {}: {e}",
+                            event.id, reader.version
+                        ),
+                    )
+                })?;
+        }
+        event.schema_id = Some(reader.id);
+        event.schema_version = Some(reader.version);
+    }
+    Ok(events)
 }

@@ -20,6 +20,7 @@ pub use error::ApiError;
 
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
+use crate::registry::{self, Registry};
 use crate::store::Store;
 
 /// What every handler shares. Cheap to clone.
@@ -27,6 +28,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub catalog: Arc<Catalog>,
+    pub registry: Arc<Registry>,
     pub limits: Arc<ApiConfig>,
 }
 
@@ -47,6 +49,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let registry = state.registry.clone();
     Router::new()
         .route("/v1/health/live", get(health::live))
         .route("/v1/health/ready", get(health::ready))
@@ -56,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", get(events::query_log))
         .route("/v1/events/{id}", get(events::get_event))
+        .with_state(state)
+        .merge(registry::api::router(registry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -68,7 +73,21 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         }))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+}
+
+/// A registry failure on keel's own API (not under `/registry`).
+fn registry_error(err: registry::Error) -> ApiError {
+    match err {
+        registry::Error::Store(e) => e.into(),
+        other => {
+            tracing::error!(error = %other, "schema registry error");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        }
+    }
 }
 
 async fn not_found() -> Response {

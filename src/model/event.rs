@@ -15,6 +15,15 @@ pub struct NewEvent {
     pub event_type: EventType,
     pub payload: Value,
     pub metadata: Metadata,
+    /// The registry schema that validated the payload, if one did.
+    pub schema: Option<SchemaRef>,
+}
+
+/// A schema in the registry: its global id and its version within the event type's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRef {
+    pub id: i32,
+    pub version: i32,
 }
 
 impl NewEvent {
@@ -25,6 +34,7 @@ impl NewEvent {
             event_type,
             payload,
             metadata: Metadata::default(),
+            schema: None,
         }
     }
 }

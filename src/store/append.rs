@@ -9,18 +9,20 @@ use crate::model::{AggregateType, AppendResult, AppendedEvent, ExpectedVersion, 
 
 /// The part shared by every expectation: insert the events numbered after `bumped.version`, and an
 /// outbox row for each. Parameters: $1 aggregate type, $2 aggregate id, $3 event count, $4 ids,
-/// $5 event types, $6 payloads, $7 metadata.
+/// $5 event types, $6 payloads, $7 metadata, $8 schema ids, $9 schema versions.
 macro_rules! append_sql {
     ($bump:literal) => {
         concat!(
             "WITH bumped AS (",
             $bump,
             "), appended AS (
-                INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type, payload, metadata)
-                SELECT n.id, $1, $2, (bumped.version - $3 + n.ord)::int, n.event_type, n.payload, n.metadata
+                INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type, payload, metadata,
+                                    schema_id, schema_version)
+                SELECT n.id, $1, $2, (bumped.version - $3 + n.ord)::int, n.event_type, n.payload, n.metadata,
+                       n.schema_id, n.schema_version
                 FROM bumped,
-                     UNNEST($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[])
-                         WITH ORDINALITY AS n(id, event_type, payload, metadata, ord)
+                     UNNEST($4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[], $8::int[], $9::int[])
+                         WITH ORDINALITY AS n(id, event_type, payload, metadata, schema_id, schema_version, ord)
                 ORDER BY n.ord
                 RETURNING id, version, position, tx_id, event_type, created_at
             ), queued AS (
@@ -54,11 +56,11 @@ const APPEND_NO_STREAM: &str = append_sql!(
      RETURNING version"
 );
 
-/// `expected_version: N`: bump the stream only if it is at N. $8 is N.
+/// `expected_version: N`: bump the stream only if it is at N. $10 is N.
 const APPEND_EXACT: &str = append_sql!(
     "UPDATE streams
         SET version = version + $3, last_tx_id = pg_current_xact_id(), updated_at = now()
-      WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $8
+      WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $10
         AND last_tx_id <= pg_current_xact_id()
      RETURNING version"
 );
@@ -138,7 +140,9 @@ pub(crate) async fn append_locked(
         .bind(&columns.ids)
         .bind(&columns.types)
         .bind(&columns.payloads)
-        .bind(&columns.metadata);
+        .bind(&columns.metadata)
+        .bind(&columns.schema_ids)
+        .bind(&columns.schema_versions);
     if let ExpectedVersion::Exact(n) = expected {
         query = query.bind(n);
     }
@@ -271,6 +275,8 @@ struct Columns {
     types: Vec<String>,
     payloads: Vec<Value>,
     metadata: Vec<Value>,
+    schema_ids: Vec<Option<i32>>,
+    schema_versions: Vec<Option<i32>>,
 }
 
 impl Columns {
@@ -283,6 +289,8 @@ impl Columns {
                 .iter()
                 .map(|e| e.metadata.clone().into_value())
                 .collect(),
+            schema_ids: events.iter().map(|e| e.schema.map(|s| s.id)).collect(),
+            schema_versions: events.iter().map(|e| e.schema.map(|s| s.version)).collect(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub fn test_limits() -> ApiConfig {
         max_batch_events: 20,
         max_page_size: 500,
         default_page_size: 100,
+        validate_payloads: true,
     }
 }
 

@@ -1,0 +1,63 @@
+//! Registry errors, with the Confluent Schema Registry's error codes.
+
+use crate::schema::Incompatibility;
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("subject '{0}' not found")]
+    SubjectNotFound(String),
+    #[error("version {version} of subject '{subject}' not found")]
+    VersionNotFound { subject: String, version: String },
+    #[error("schema not found")]
+    SchemaNotFound,
+    #[error("subject '{0}' was soft deleted; set permanent=true to delete permanently")]
+    SubjectSoftDeleted(String),
+    #[error("subject '{0}' was not deleted first before being permanently deleted")]
+    SubjectNotSoftDeleted(String),
+    #[error("version {version} of subject '{subject}' was not deleted first before being permanently deleted")]
+    VersionNotSoftDeleted { subject: String, version: i32 },
+    #[error("subject '{0}' does not have subject-level compatibility configured")]
+    SubjectConfigNotFound(String),
+    #[error("schema being registered is incompatible with an earlier schema for subject '{subject}': {}", .found.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Incompatible {
+        subject: String,
+        found: Vec<Incompatibility>,
+    },
+    #[error("{0}")]
+    InvalidSchema(String),
+    #[error("the specified version '{0}' is not a valid version id: use a positive integer or \"latest\"")]
+    InvalidVersion(String),
+    #[error("invalid compatibility level '{0}': use one of BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE, NONE")]
+    InvalidCompatibility(String),
+    #[error("unsupported schema type '{0}': keel's registry stores AVRO schemas")]
+    UnsupportedSchemaType(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Store(err.into())
+    }
+}
+
+impl Error {
+    /// The Confluent error code (`error_code` in REST replies).
+    pub fn code(&self) -> u32 {
+        match self {
+            Self::SubjectNotFound(_) => 40401,
+            Self::VersionNotFound { .. } => 40402,
+            Self::SchemaNotFound => 40403,
+            Self::SubjectSoftDeleted(_) => 40404,
+            Self::SubjectNotSoftDeleted(_) => 40405,
+            Self::VersionNotSoftDeleted { .. } => 40407,
+            Self::SubjectConfigNotFound(_) => 40408,
+            Self::Incompatible { .. } => 409,
+            Self::InvalidSchema(_) | Self::UnsupportedSchemaType(_) => 42201,
+            Self::InvalidVersion(_) => 42202,
+            Self::InvalidCompatibility(_) => 42203,
+            Self::Store(_) => 50001,
+        }
+    }
+}
