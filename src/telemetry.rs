@@ -6,7 +6,13 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. `filter` uses `tracing`'s `EnvFilter` syntax.
 pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)
+    // PostgreSQL's notices ("relation already exists, skipping") are noise unless asked for.
+    let filter = if filter.contains("sqlx") {
+        filter.to_owned()
+    } else {
+        format!("{filter},sqlx::postgres::notice=warn")
+    };
+    let filter = EnvFilter::try_new(&filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -111,3 +111,138 @@ fn a_bad_configuration_fails_fast_with_the_reason() {
         "{stderr}"
     );
 }
+
+/// A copy of the shipped catalog in a temporary folder, to add schema files to.
+fn catalog_copy() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-catalog-{}", Uuid::new_v4()));
+    let status = Command::new("cp")
+        .args([
+            "-r",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"),
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+fn run(command: &mut Command) -> (bool, String) {
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn schema_sync_registers_the_catalog_and_refuses_a_breaking_change_with_the_reason() {
+    let database_url = fresh_database_url();
+    let sync = |dir: &std::path::Path| {
+        run(keel().args([
+            "schema",
+            "sync",
+            "--database-url",
+            &database_url,
+            "--dir",
+            dir.to_str().unwrap(),
+        ]))
+    };
+    let catalog = catalog_copy();
+
+    let (ok, out) = sync(&catalog);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("registered")
+            && out.contains("l12.service_invoked/v2.avsc -> subject l12.service_invoked version 2"),
+        "{out}"
+    );
+    let (ok, out) = sync(&catalog);
+    assert!(
+        ok && out.contains("unchanged") && !out.contains("registered "),
+        "a second sync changes nothing: {out}"
+    );
+
+    // v2 of state_change makes `entity` a number: data written with v1 cannot be read.
+    let breaking = r#"{"type":"record","name":"state_change","fields":[
+        {"name":"entity","type":"long"},
+        {"name":"from_state","type":["null","string"],"default":null},
+        {"name":"to_state","type":"string"},
+        {"name":"attributes","type":{"type":"map","values":"string"},"default":{}}]}"#;
+    std::fs::write(catalog.join("state_change/v2.avsc"), breaking).unwrap();
+    let (ok, out) = sync(&catalog);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("state_change/v2.avsc is incompatible with subject state_change"),
+        "{out}"
+    );
+    assert!(
+        out.contains("$.entity") && out.contains("TypeMismatch"),
+        "{out}"
+    );
+
+    let (ok, out) = run(keel().args([
+        "schema",
+        "check",
+        "--database-url",
+        &database_url,
+        catalog.join("state_change/v2.avsc").to_str().unwrap(),
+    ]));
+    assert!(!ok && out.contains("$.entity"), "{out}");
+
+    let compatible = breaking.replace(r#""type":"long""#, r#""type":"string""#).replace(
+        r#"{"name":"to_state","type":"string"},"#,
+        r#"{"name":"to_state","type":"string"},{"name":"note","type":["null","string"],"default":null},"#,
+    );
+    std::fs::write(catalog.join("state_change/v2.avsc"), compatible).unwrap();
+    let (ok, out) = run(keel().args([
+        "schema",
+        "check",
+        "--database-url",
+        &database_url,
+        catalog.join("state_change/v2.avsc").to_str().unwrap(),
+    ]));
+    assert!(
+        ok && out.contains("is compatible with subject state_change (BACKWARD_TRANSITIVE)"),
+        "{out}"
+    );
+
+    let (ok, out) = run(keel().args(["schema", "list", "--database-url", &database_url]));
+    assert!(ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("l12.service_invoked")
+            && l.contains("v1=id")
+            && l.contains("v2=id")),
+        "{out}"
+    );
+    std::fs::remove_dir_all(catalog).unwrap();
+}
+
+#[test]
+fn a_catalog_schema_must_be_a_record_named_after_its_event_type() {
+    let catalog = catalog_copy();
+    std::fs::write(
+        catalog.join("state_change/v2.avsc"),
+        r#"{"type":"record","name":"StateChange","fields":[{"name":"entity","type":"string"}]}"#,
+    )
+    .unwrap();
+    let database_url = fresh_database_url();
+    let (ok, out) = run(keel().args([
+        "schema",
+        "sync",
+        "--database-url",
+        &database_url,
+        "--dir",
+        catalog.to_str().unwrap(),
+    ]));
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "the record's full name is StateChange, but it must be the event type state_change"
+        ),
+        "{out}"
+    );
+    std::fs::remove_dir_all(catalog).unwrap();
+}

@@ -8,3 +8,5 @@ mod helpers;
 mod library;
 mod log;
 mod reads;
+mod registry;
+mod schemas;

@@ -1,0 +1,172 @@
+//! Payload validation on append and upcasting on read, through the HTTP API.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::spawn_app;
+
+fn invoked_v1() -> serde_json::Value {
+    json!({"service_name": "planner", "method": "plan", "execution_time": 12.5, "status": "OK"})
+}
+
+#[tokio::test]
+async fn an_invalid_payload_is_refused_with_its_index_path_and_expectation() {
+    let app = spawn_app().await;
+    let service = Uuid::new_v4();
+    let mut wrong_enum = invoked_v1();
+    wrong_enum["status"] = json!("MAYBE");
+    let mut missing = invoked_v1();
+    missing.as_object_mut().unwrap().remove("method");
+    let mut wrong_type = invoked_v1();
+    wrong_type["execution_time"] = json!("fast");
+    let mut unknown_field = invoked_v1();
+    unknown_field["colour"] = json!("red");
+
+    for (payload, path, expected) in [
+        (
+            wrong_enum,
+            "$.status",
+            "one of OK, ERROR, TIMEOUT, CANCELLED",
+        ),
+        (missing, "$.method", "required field method (no default)"),
+        (wrong_type, "$.execution_time", "a number"),
+        (unknown_field, "$.colour", ""),
+    ] {
+        let body = json!({"events": [
+            {"type": "l12.service_invoked", "payload": invoked_v1()},
+            {"type": "l12.service_invoked", "payload": payload},
+        ]});
+        let reply = app.append("service", service, &body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.error_code(), "schema_validation_failed");
+        let details = &reply.body["error"]["details"];
+        assert_eq!(details["index"], 1);
+        assert_eq!(details["path"], path);
+        assert!(
+            details["expected"].as_str().unwrap().starts_with(expected),
+            "{details}"
+        );
+        assert_eq!(
+            details["schema_version"], 2,
+            "validated against the latest version"
+        );
+    }
+    assert_eq!(
+        app.count("events").await,
+        0,
+        "a rejected batch writes nothing"
+    );
+
+    let reply = app
+        .append("service", service, &json!({"events": [{"type": "l12.service_invoked", "schema_version": 7, "payload": invoked_v1()}]}))
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unknown_schema_version")
+    );
+}
+
+#[tokio::test]
+async fn a_valid_payload_is_stored_normalised_with_the_schema_that_validated_it() {
+    let app = spawn_app().await;
+    let service = Uuid::new_v4();
+    let reply = app
+        .append(
+            "service",
+            service,
+            &json!({"events": [{"type": "l12.service_invoked", "payload": invoked_v1()}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["events"][0]["id"].as_str().unwrap().to_owned();
+
+    let stored = app.get(&format!("/v1/events/{id}")).await.body;
+    assert_eq!(stored["schema_version"], 2);
+    assert!(stored["schema_id"].is_i64());
+    // v2's defaults are filled in: the stored JSON is the whole Avro datum.
+    assert_eq!(stored["payload"]["caller"], json!(null));
+    assert_eq!(stored["payload"]["attempt"], 1);
+
+    let schema = app
+        .get(&format!("/registry/schemas/ids/{}", stored["schema_id"]))
+        .await;
+    assert!(schema.body["schema"].as_str().unwrap().contains("attempt"));
+}
+
+#[tokio::test]
+async fn v1_events_read_as_v2_with_defaults_and_stay_stored_as_v1() {
+    let app = spawn_app().await;
+    let service = Uuid::new_v4();
+    let body = json!({"events": [{"type": "l12.service_invoked", "schema_version": 1, "payload": invoked_v1()}]});
+    let reply = app.append("service", service, &body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id = reply.body["events"][0]["id"].as_str().unwrap().to_owned();
+
+    let as_stored = app.get(&format!("/v1/events/{id}")).await.body;
+    assert_eq!(as_stored["schema_version"], 1);
+    assert_eq!(as_stored["payload"], invoked_v1());
+
+    for query in ["schema_version=latest", "schema_version=2"] {
+        let upcast = app.get(&format!("/v1/events/{id}?{query}")).await.body;
+        assert_eq!(upcast["schema_version"], 2, "{query}");
+        let mut expected = invoked_v1();
+        expected["caller"] = json!(null);
+        expected["attempt"] = json!(1);
+        assert_eq!(upcast["payload"], expected, "{query}");
+    }
+
+    let stream = app
+        .get(&format!(
+            "/v1/aggregates/service/{service}/events?schema_version=2"
+        ))
+        .await
+        .body;
+    assert_eq!(stream["events"][0]["payload"]["attempt"], 1);
+    let log = crate::helpers::eventually(
+        std::time::Duration::from_secs(20),
+        "the event in the log",
+        || async {
+            let page = app
+                .get(&format!(
+                    "/v1/events?aggregate_id={service}&schema_version=2"
+                ))
+                .await
+                .body;
+            (page["events"].as_array().map(Vec::len) == Some(1)).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(log["events"][0]["payload"]["attempt"], 1);
+
+    // Nothing was rewritten.
+    assert_eq!(
+        app.get(&format!("/v1/events/{id}")).await.body["payload"],
+        invoked_v1()
+    );
+
+    for (query, status, code) in [
+        (
+            "schema_version=9",
+            StatusCode::NOT_FOUND,
+            "schema_version_not_found",
+        ),
+        (
+            "schema_version=two",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+    ] {
+        let reply = app.get(&format!("/v1/events/{id}?{query}")).await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (status, code),
+            "{query}"
+        );
+    }
+}
