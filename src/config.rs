@@ -127,6 +127,28 @@ impl Default for Config {
     }
 }
 
+/// Whether a `KEEL_*` variable (prefix stripped, lowercased) is configuration. `KEEL_CONFIG`
+/// (the file) and `KEEL_TEST_*` (the test suite's) are not; any other stranger is reported, since
+/// it is most likely a misspelt setting.
+fn is_config_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let top = key
+        .split("__")
+        .next()
+        .and_then(|k| k.split('.').next())
+        .unwrap_or(&key);
+    if Config::KEYS.contains(&top) {
+        return true;
+    }
+    if key != "config" && !key.starts_with("test_") {
+        eprintln!(
+            "warning: ignoring KEEL_{}: not a keel setting",
+            key.to_uppercase()
+        );
+    }
+    false
+}
+
 /// The settings a command line may override; `None` leaves the lower layers alone.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -151,13 +173,31 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
-            .merge(Env::prefixed("KEEL_").split("__"))
+            .merge(
+                Env::prefixed("KEEL_")
+                    .split("__")
+                    .filter(|key| is_config_key(key.as_str())),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("invalid configuration")?;
         config.validate()?;
         Ok(config)
     }
+
+    /// The top-level keys, which `KEEL_*` variables may set.
+    const KEYS: [&'static str; 10] = [
+        "database_url",
+        "listen",
+        "redis_url",
+        "kafka_brokers",
+        "log",
+        "log_format",
+        "schemas_dir",
+        "pool",
+        "api",
+        "append",
+    ];
 
     fn validate(&self) -> anyhow::Result<()> {
         let api = &self.api;
@@ -210,6 +250,8 @@ mod tests {
             )?;
             jail.set_env("KEEL_LISTEN", "127.0.0.1:9001");
             jail.set_env("KEEL_API__MAX_PAGE_SIZE", "200");
+            jail.set_env("KEEL_CONFIG", "keel.toml");
+            jail.set_env("KEEL_TEST_PYTHON", "python3");
             let overrides = Overrides {
                 log: Some("warn".into()),
                 ..Default::default()
