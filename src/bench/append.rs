@@ -53,6 +53,11 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     let base = format!("http://{}", app.local_addr());
     let pool = app.store().pool().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    // A second keel on the same database with payload validation off, to price validation.
+    app_config.api.validate_payloads = false;
+    let unvalidated = Application::build(&app_config).await?;
+    let unvalidated_base = format!("http://{}", unvalidated.local_addr());
+    tokio::spawn(unvalidated.run_until_stopped(std::future::pending()));
 
     print_machine(&pool).await?;
     println!(
@@ -60,11 +65,16 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
         args.seconds, args.warmup_seconds, args.aggregates, args.payload_bytes
     );
     println!("{}", stats::header());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(max_producers)
+        .build()?;
     let http = Arc::new(Target::Http {
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(max_producers)
-            .build()?,
+        client: client.clone(),
         base,
+    });
+    let http_unvalidated = Arc::new(Target::Http {
+        client,
+        base: unvalidated_base,
     });
     let sql = Arc::new(Target::Sql { pool });
     let payload = Arc::new(json!({
@@ -74,8 +84,12 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     for &batch in &args.batch {
         for &producers in &args.producers {
             let keel = measure(&http, producers, batch, &args, &payload).await?;
+            let unvalidated = measure(&http_unvalidated, producers, batch, &args, &payload).await?;
             let raw = measure(&sql, producers, batch, &args, &payload).await?;
-            println!("{}", stats::row(producers, batch, &keel, &raw));
+            println!(
+                "{}",
+                stats::row(producers, batch, &keel, &unvalidated, &raw)
+            );
         }
     }
     Ok(())

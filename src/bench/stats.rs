@@ -35,28 +35,42 @@ impl Sample {
     }
 }
 
+/// Columns: keel (validating payloads), keel without validation, the raw baseline, keel/raw, the
+/// throughput kept with validation on (validated/unvalidated), then latencies.
 pub fn header() -> String {
     format!(
-        "{:<10} {:>5} {:>12} {:>12} {:>6}   {:<22} {:<22}",
+        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>8} {:>9}   {:<22} {:<22} {:<22}",
         "producers",
         "batch",
         "keel ev/s",
+        "no-val",
         "raw ev/s",
-        "ratio",
+        "keel/raw",
+        "val cost",
         "keel p50/p99/p999 ms",
+        "no-val p50/p99/p999",
         "raw p50/p99/p999 ms"
     )
 }
 
-pub fn row(producers: usize, batch: usize, keel: &Sample, raw: &Sample) -> String {
+pub fn row(
+    producers: usize,
+    batch: usize,
+    keel: &Sample,
+    unvalidated: &Sample,
+    raw: &Sample,
+) -> String {
     format!(
-        "{:<10} {:>5} {:>12.0} {:>12.0} {:>6.2}   {:<22} {:<22}",
+        "{:<9} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2}   {:<22} {:<22} {:<22}",
         producers,
         batch,
         keel.events_per_sec(),
+        unvalidated.events_per_sec(),
         raw.events_per_sec(),
         keel.events_per_sec() / raw.events_per_sec(),
+        keel.events_per_sec() / unvalidated.events_per_sec(),
         keel.percentiles(),
+        unvalidated.percentiles(),
         raw.percentiles()
     )
 }
