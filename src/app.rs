@@ -52,6 +52,10 @@ impl Application {
         &self.state.store
     }
 
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.state.registry
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until_stopped(
         self,

@@ -14,7 +14,7 @@ use super::AppState;
 use crate::model::{
     AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, SchemaRef,
 };
-use crate::registry::VersionSpec;
+use crate::registry::{UpcastError, VersionSpec};
 use crate::schema;
 use crate::store::{self, LogCursor, LogFilter};
 
@@ -383,9 +383,7 @@ fn wanted_version(text: Option<&str>) -> Result<Option<VersionSpec>, ApiError> {
     .transpose()
 }
 
-/// Events as the reader asked to see them: stored payloads resolved from the schema that validated
-/// them to the wanted version of their type's schema (upcasting). `schema_id` and `schema_version`
-/// then describe the payload as returned. Events stored without a schema are returned as stored.
+/// Events as the reader asked to see them (see [`crate::registry::Registry::upcast`]).
 async fn present(
     state: &AppState,
     mut events: Vec<RecordedEvent>,
@@ -394,47 +392,20 @@ async fn present(
     let Some(wanted) = wanted else {
         return Ok(events);
     };
-    let version = match wanted {
-        VersionSpec::Latest => None,
-        VersionSpec::Number(n) => Some(n),
-    };
     for event in &mut events {
-        let Some(writer_id) = event.schema_id else {
-            continue;
-        };
-        let registry = &state.registry;
-        let reader = registry
-            .event_schema(&event.event_type, version)
+        state
+            .registry
+            .upcast(event, wanted)
             .await
-            .map_err(super::registry_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(
-                    "schema_version_not_found",
-                    format!(
-                        "event type {} has no schema version {}",
-                        event.event_type,
-                        version.map_or("latest".into(), |v| v.to_string())
-                    ),
-                )
+            .map_err(|err| match err {
+                UpcastError::NoSuchVersion { .. } => {
+                    ApiError::not_found("schema_version_not_found", err.to_string())
+                }
+                UpcastError::Resolve(_) => {
+                    ApiError::unprocessable("schema_resolution_failed", err.to_string())
+                }
+                UpcastError::Registry(e) => super::registry_error(e),
             })?;
-        if reader.id != writer_id {
-            let (_, writer) = registry
-                .schema_by_id(writer_id)
-                .await
-                .map_err(super::registry_error)?;
-            event.payload =
-                schema::resolve(&writer, &reader.schema, &event.payload).map_err(|e| {
-                    ApiError::unprocessable(
-                        "schema_resolution_failed",
-                        format!(
-                            "event {} cannot be read with schema version {}: {e}",
-                            event.id, reader.version
-                        ),
-                    )
-                })?;
-        }
-        event.schema_id = Some(reader.id);
-        event.schema_version = Some(reader.version);
     }
     Ok(events)
 }

@@ -106,6 +106,35 @@ fn table() -> Vec<(&'static str, String, String, Expected)> {
     ]
 }
 
+/// For each row of [`table`], in the same order: can the row's *reader* schema's data be read with
+/// the row's *writer* schema? (The other direction, which the forward modes check.)
+const REVERSE: [bool; 48] = [
+    true, false, false, false, false, false, false, true, true, true, true, false, false, false,
+    true, true, false, false, false, false, false, true, false, false, true, true, false, true,
+    false, false, false, true, false, false, false, false, false, false, false, false, true, false,
+    true, true, false, true, false, false,
+];
+
+#[test]
+fn every_mode_times_every_rule() {
+    let rows = table();
+    assert_eq!(rows.len(), REVERSE.len(), "one reverse answer per row");
+    for ((rule, old, new, expected), reverse) in rows.into_iter().zip(REVERSE) {
+        let (old, new) = (parse(&old), parse(&new));
+        let backward = expected.is_none();
+        for mode in Compatibility::ALL {
+            let want = match mode {
+                Compatibility::Backward | Compatibility::BackwardTransitive => backward,
+                Compatibility::Forward | Compatibility::ForwardTransitive => reverse,
+                Compatibility::Full | Compatibility::FullTransitive => backward && reverse,
+                Compatibility::None => true,
+            };
+            let found = mode.check(&new, &[(1, &old)]);
+            assert_eq!(found.is_empty(), want, "{rule} under {mode}: {found:?}");
+        }
+    }
+}
+
 #[test]
 fn every_resolution_rule_accepts_and_refuses_as_the_specification_says() {
     for (rule, writer, reader, expected) in table() {

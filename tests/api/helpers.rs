@@ -6,10 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel::app::Application;
 use keel::config::{ApiConfig, Config, PoolConfig};
+use keel::registry::Registry;
 use keel::store::Store;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -18,6 +20,7 @@ use uuid::Uuid;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Store,
+    pub registry: Arc<Registry>,
     client: reqwest::Client,
 }
 
@@ -60,10 +63,12 @@ pub async fn spawn_app() -> TestApp {
         .expect("keel builds against the test database");
     let addr = app.local_addr();
     let store = app.store().clone();
+    let registry = app.registry().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         addr,
         store,
+        registry,
         client: reqwest::Client::new(),
     }
 }

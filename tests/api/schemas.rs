@@ -4,6 +4,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
+use keel::registry::{UpcastError, VersionSpec};
+
 use crate::helpers::spawn_app;
 
 fn invoked_v1() -> serde_json::Value {
@@ -169,4 +171,37 @@ async fn v1_events_read_as_v2_with_defaults_and_stay_stored_as_v1() {
             "{query}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_library_upcasts_a_stored_event_to_the_version_a_reader_declares() {
+    let app = spawn_app().await;
+    let service = Uuid::new_v4();
+    let body = json!({"events": [{"type": "l12.service_invoked", "schema_version": 1, "payload": invoked_v1()}]});
+    let reply = app.append("service", service, &body).await;
+    let id: Uuid = reply.body["events"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let mut event = keel::store::get_event(app.store.pool(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.schema_version, Some(1));
+    app.registry
+        .upcast(&mut event, VersionSpec::Number(2))
+        .await
+        .unwrap();
+    assert_eq!(event.schema_version, Some(2));
+    assert_eq!(event.payload["attempt"], 1);
+    assert_eq!(event.payload["caller"], json!(null));
+
+    let err = app
+        .registry
+        .upcast(&mut event, VersionSpec::Number(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpcastError::NoSuchVersion { .. }), "{err}");
 }
