@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use apache_avro::rabin::Rabin;
-use apache_avro::schema::{Name, ResolvedSchema};
+use apache_avro::schema::{Name, RecordField, RecordSchema, ResolvedSchema};
 use apache_avro::Schema;
 
 /// Why a schema text was refused.
@@ -93,6 +93,54 @@ impl ParsedSchema {
 
 pub fn full_name(name: &Name) -> String {
     name.fullname(None)
+}
+
+/// The primitive a schema is encoded as: logical types resolve as their underlying type, and
+/// everything named or nested is `Complex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Primitive {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Complex,
+}
+
+pub(crate) fn primitive(schema: &Schema) -> Primitive {
+    match schema {
+        Schema::Null => Primitive::Null,
+        Schema::Boolean => Primitive::Boolean,
+        Schema::Int | Schema::Date | Schema::TimeMillis => Primitive::Int,
+        Schema::Long
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => Primitive::Long,
+        Schema::Float => Primitive::Float,
+        Schema::Double => Primitive::Double,
+        Schema::Bytes | Schema::BigDecimal => Primitive::Bytes,
+        Schema::String | Schema::Uuid => Primitive::String,
+        Schema::Decimal(d) => primitive(&d.inner),
+        _ => Primitive::Complex,
+    }
+}
+
+/// The writer's field that a reader's field reads: the one with its name, else one named by its
+/// aliases.
+pub(crate) fn writer_field<'a>(
+    writer: &'a RecordSchema,
+    reader_field: &RecordField,
+) -> Option<&'a RecordField> {
+    std::iter::once(&reader_field.name)
+        .chain(reader_field.aliases.iter().flatten())
+        .find_map(|name| writer.fields.iter().find(|f| &f.name == name))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::fmt;
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
-use super::avro::{full_name, ParsedSchema};
+use super::avro::{full_name, primitive, writer_field, ParsedSchema, Primitive};
 
 /// One broken rule: where, which rule (a Confluent-style error type), and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,11 +144,7 @@ impl<'a> Checker<'a> {
                 }
                 for field in &rr.fields {
                     let field_path = format!("{path}.{}", field.name);
-                    let aliases = field.aliases.iter().flatten();
-                    let written = std::iter::once(&field.name)
-                        .chain(aliases)
-                        .find_map(|name| wr.fields.iter().find(|f| &f.name == name));
-                    match written {
+                    match writer_field(wr, field) {
                         Some(wf) => self.check(&wf.schema, &field.schema, &field_path),
                         None if field.default.is_some() => {}
                         None => self.fail(
@@ -197,8 +193,8 @@ impl<'a> Checker<'a> {
                 self.check(&wm.types, &rm.types, &format!("{path}{{}}"))
             }
             (w, r) => {
-                let (wb, rb) = (base(w), base(r));
-                let same_primitive = wb == rb && wb != Base::Complex;
+                let (wb, rb) = (primitive(w), primitive(r));
+                let same_primitive = wb == rb && wb != Primitive::Complex;
                 if !(same_primitive || promotes(wb, rb) || same_special(w, r)) {
                     let m = format!(
                         "the writer's {} cannot be read as the reader's {}",
@@ -247,44 +243,8 @@ fn names_match(
         })
 }
 
-/// The primitive a schema is encoded as; logical types resolve as their underlying type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Base {
-    Null,
-    Boolean,
-    Int,
-    Long,
-    Float,
-    Double,
-    Bytes,
-    String,
-    Complex,
-}
-
-fn base(schema: &Schema) -> Base {
-    match schema {
-        Schema::Null => Base::Null,
-        Schema::Boolean => Base::Boolean,
-        Schema::Int | Schema::Date | Schema::TimeMillis => Base::Int,
-        Schema::Long
-        | Schema::TimeMicros
-        | Schema::TimestampMillis
-        | Schema::TimestampMicros
-        | Schema::TimestampNanos
-        | Schema::LocalTimestampMillis
-        | Schema::LocalTimestampMicros
-        | Schema::LocalTimestampNanos => Base::Long,
-        Schema::Float => Base::Float,
-        Schema::Double => Base::Double,
-        Schema::Bytes | Schema::BigDecimal => Base::Bytes,
-        Schema::String | Schema::Uuid => Base::String,
-        Schema::Decimal(d) => base(&d.inner),
-        _ => Base::Complex,
-    }
-}
-
-fn promotes(w: Base, r: Base) -> bool {
-    use Base::*;
+fn promotes(w: Primitive, r: Primitive) -> bool {
+    use Primitive::*;
     matches!(
         (w, r),
         (Int, Long | Float | Double)
@@ -313,7 +273,7 @@ fn describe(schema: &Schema) -> String {
         Schema::Union(_) => "union".into(),
         Schema::Array(_) => "array".into(),
         Schema::Map(_) => "map".into(),
-        other => format!("{:?}", base(other)).to_lowercase(),
+        other => format!("{:?}", primitive(other)).to_lowercase(),
     }
 }
 

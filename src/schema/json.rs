@@ -8,7 +8,7 @@
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 
-use super::avro::{full_name, ParsedSchema};
+use super::avro::{full_name, primitive, ParsedSchema, Primitive};
 
 /// Where a payload breaks its schema and what the schema wanted there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,44 +43,18 @@ fn fail<T>(path: &str, expected: impl Into<String>) -> Result<T, PayloadError> {
 impl Validator<'_> {
     fn value(&self, node: &Schema, value: &Value, path: &str) -> Result<Value, PayloadError> {
         let node = self.schema.deref(node);
-        let int_in = |lo: i64, hi: i64| value.as_i64().filter(|n| (lo..=hi).contains(n)).is_some();
-        match node {
-            Schema::Null if value.is_null() => Ok(Value::Null),
-            Schema::Null => fail(path, "null"),
-            Schema::Boolean if value.is_boolean() => Ok(value.clone()),
-            Schema::Boolean => fail(path, "a boolean"),
-            Schema::Int | Schema::Date | Schema::TimeMillis => {
-                if int_in(i32::MIN.into(), i32::MAX.into()) {
-                    Ok(value.clone())
-                } else {
-                    fail(path, "an integer between -2147483648 and 2147483647 (int)")
-                }
-            }
-            Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => {
-                if value.is_i64() {
-                    Ok(value.clone())
-                } else {
-                    fail(path, "an integer (long)")
-                }
-            }
-            Schema::Float | Schema::Double if value.is_number() => Ok(value.clone()),
-            Schema::Float | Schema::Double => fail(path, "a number"),
-            Schema::String | Schema::Bytes | Schema::BigDecimal if value.is_string() => {
-                Ok(value.clone())
-            }
-            Schema::String | Schema::Bytes | Schema::BigDecimal => fail(path, "a string"),
-            Schema::Decimal(d) => self.value(&d.inner, value, path),
-            Schema::Uuid => match value.as_str().map(uuid::Uuid::parse_str) {
+        if let Schema::Uuid = node {
+            return match value.as_str().map(uuid::Uuid::parse_str) {
                 Some(Ok(_)) => Ok(value.clone()),
                 _ => fail(path, "a UUID string"),
-            },
+            };
+        }
+        let kind = primitive(node);
+        if kind != Primitive::Complex {
+            return scalar(kind, value, path);
+        }
+        match node {
+            Schema::Decimal(d) => self.value(&d.inner, value, path),
             Schema::Enum(e) => match value.as_str() {
                 Some(s) if e.symbols.iter().any(|sym| sym == s) => Ok(value.clone()),
                 _ => fail(path, format!("one of {}", e.symbols.join(", "))),
@@ -181,7 +155,33 @@ impl Validator<'_> {
                 path,
                 format!("a value of the undefined type {}", full_name(name)),
             ),
+            other => fail(
+                path,
+                format!("a value of type {other:?}, which keel cannot take as JSON"),
+            ),
         }
+    }
+}
+
+/// Checks a value of a primitive (or primitive-based logical) type.
+fn scalar(kind: Primitive, value: &Value, path: &str) -> Result<Value, PayloadError> {
+    let int = value
+        .as_i64()
+        .filter(|n| i32::try_from(*n).is_ok())
+        .is_some();
+    let (fits, expected) = match kind {
+        Primitive::Null => (value.is_null(), "null"),
+        Primitive::Boolean => (value.is_boolean(), "a boolean"),
+        Primitive::Int => (int, "an integer between -2147483648 and 2147483647 (int)"),
+        Primitive::Long => (value.is_i64(), "an integer (long)"),
+        Primitive::Float | Primitive::Double => (value.is_number(), "a number"),
+        Primitive::Bytes | Primitive::String => (value.is_string(), "a string"),
+        Primitive::Complex => (false, "a primitive value"),
+    };
+    if fits {
+        Ok(value.clone())
+    } else {
+        fail(path, expected)
     }
 }
 

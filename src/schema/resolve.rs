@@ -8,7 +8,7 @@
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 
-use super::avro::ParsedSchema;
+use super::avro::{writer_field, ParsedSchema};
 use super::compat::readable;
 use super::json::fits;
 
@@ -73,11 +73,7 @@ impl Resolver<'_> {
                 let mut out = Map::with_capacity(rr.fields.len());
                 for field in &rr.fields {
                     let field_path = format!("{path}.{}", field.name);
-                    let aliases = field.aliases.iter().flatten();
-                    let written = std::iter::once(&field.name)
-                        .chain(aliases)
-                        .find_map(|name| wr.fields.iter().find(|f| &f.name == name));
-                    let v = match (written, &field.default) {
+                    let v = match (writer_field(wr, field), &field.default) {
                         (Some(wf), _) => {
                             let v = given.get(&wf.name).unwrap_or(&Value::Null);
                             self.resolve(&wf.schema, &field.schema, v, &field_path)?
