@@ -38,6 +38,7 @@ impl Application {
             catalog: Arc::new(catalog),
             registry,
             limits: Arc::new(config.api.clone()),
+            metrics: crate::metrics::install(),
         };
         Ok(Self { listener, state })
     }

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod schema;

@@ -51,6 +51,29 @@ struct Checked {
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
 /// when the whole batch was already stored (an idempotent retry).
 pub async fn append(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    request: Result<Json<AppendRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = match request {
+        Ok(request) => append_checked(state, path, request).await,
+        Err(rejected) => Err(rejected),
+    };
+    let outcome = match &result {
+        Ok(r) if r.status() == StatusCode::CREATED => "created",
+        Ok(_) => "replayed",
+        Err(e) if e.status == StatusCode::CONFLICT => "conflict",
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(e) if e.status.is_client_error() => "rejected",
+        Err(_) => "error",
+    };
+    metrics::counter!(crate::metrics::APPEND_REQUESTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(crate::metrics::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn append_checked(
     State(state): State<AppState>,
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
     Json(request): Json<AppendRequest>,
@@ -71,6 +94,7 @@ pub async fn append(
     let status = if result.idempotent_replay {
         StatusCode::OK
     } else {
+        metrics::counter!(crate::metrics::APPEND_EVENTS).increment(result.events.len() as u64);
         StatusCode::CREATED
     };
     Ok((status, axum::Json(result)).into_response())

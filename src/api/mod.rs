@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -30,6 +31,7 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub registry: Arc<Registry>,
     pub limits: Arc<ApiConfig>,
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health/live", get(health::live))
         .route("/v1/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .route(
             "/v1/aggregates/{aggregate_type}/{aggregate_id}/events",
             post(events::append).get(events::read_stream),

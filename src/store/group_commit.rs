@@ -84,6 +84,7 @@ async fn worker(
 
 #[tracing::instrument(skip_all, fields(requests = batch.len()))]
 async fn run_batch(pool: &PgPool, batch: Vec<(AppendRequest, Reply)>) {
+    metrics::histogram!(crate::metrics::GROUP_COMMIT_REQUESTS).record(batch.len() as f64);
     let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
     match commit_together(pool, &requests).await {
         Ok(outcomes) => {

@@ -152,6 +152,18 @@ pub async fn read_committed_after<'e>(
     Ok(q.build_query_as().fetch_all(executor).await?)
 }
 
+/// How long the oldest write transaction on the server has been open, in seconds (0 when none
+/// is): the log holds back every event that sorts after it, so this is the delay it can add.
+/// Without the `pg_read_all_stats` role, other users' transactions are not seen.
+pub async fn horizon_age<'e>(executor: impl PgExecutor<'e>) -> Result<f64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(xact_start)), 0)::float8
+           FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(executor)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ mod concurrency;
 mod helpers;
 mod library;
 mod log;
+mod metrics;
 mod reads;
 mod registry;
 mod schemas;
