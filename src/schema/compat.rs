@@ -69,14 +69,43 @@ pub(crate) fn readable(
     reader: &ParsedSchema,
     r: &Schema,
 ) -> bool {
-    let mut checker = Checker {
-        writer,
-        reader,
-        seen: HashSet::new(),
-        found: Vec::new(),
-    };
-    checker.check(w, r, "$");
-    checker.found.is_empty()
+    branch_match(writer, w, reader, r)
+}
+
+/// The specification's "match" that picks a union branch: same kind, and for named types the
+/// same name (fixed: and size); arrays and maps by their items or values; primitives the same or
+/// promotable. It stops at named types (their fields are checked once the branch is chosen), so
+/// choosing a branch costs the size of the schema, not more.
+fn branch_match(writer: &ParsedSchema, w: &Schema, reader: &ParsedSchema, r: &Schema) -> bool {
+    let (w, r) = (writer.deref(w), reader.deref(r));
+    match (w, r) {
+        (Schema::Union(wu), _) => wu
+            .variants()
+            .iter()
+            .all(|b| branch_match(writer, b, reader, r)),
+        (_, Schema::Union(ru)) => ru
+            .variants()
+            .iter()
+            .any(|b| branch_match(writer, w, reader, b)),
+        (Schema::Record(a), Schema::Record(b)) => {
+            names_match(&a.name, &b.name, b.aliases.as_deref())
+        }
+        (Schema::Enum(a), Schema::Enum(b)) => names_match(&a.name, &b.name, b.aliases.as_deref()),
+        (Schema::Fixed(a), Schema::Fixed(b)) => {
+            names_match(&a.name, &b.name, b.aliases.as_deref()) && a.size == b.size
+        }
+        (Schema::Array(a), Schema::Array(b)) => branch_match(writer, &a.items, reader, &b.items),
+        (Schema::Map(a), Schema::Map(b)) => branch_match(writer, &a.types, reader, &b.types),
+        (w, r) => primitives_match(w, r),
+    }
+}
+
+/// Whether two non-named, non-container schemas match: the same primitive, a promotion, or the
+/// same fixed-based logical type.
+fn primitives_match(w: &Schema, r: &Schema) -> bool {
+    let (wb, rb) = (primitive(w), primitive(r));
+    let same_primitive = wb == rb && wb != Primitive::Complex;
+    same_primitive || promotes(wb, rb) || same_special(w, r)
 }
 
 struct Checker<'a> {
@@ -96,26 +125,18 @@ impl<'a> Checker<'a> {
         });
     }
 
-    /// Whether `w` can be read as `r`, without recording anything: for choosing union branches.
-    fn matches(&mut self, w: &'a Schema, r: &'a Schema) -> bool {
-        let mut probe = Checker {
-            writer: self.writer,
-            reader: self.reader,
-            seen: self.seen.clone(),
-            found: Vec::new(),
-        };
-        probe.check(w, r, "$");
-        probe.found.is_empty()
-    }
-
     fn check(&mut self, w: &'a Schema, r: &'a Schema, path: &str) {
         let (w, r) = (self.writer.deref(w), self.reader.deref(r));
         match (w, r) {
             (Schema::Union(wu), Schema::Union(_)) => {
                 for (i, branch) in wu.variants().iter().enumerate() {
-                    if !self.reader_branch_exists(branch, r) {
-                        let m = format!("the writer's union branch {} ({}) has no matching branch in the reader's union", i, describe(self.writer.deref(branch)));
-                        self.fail(path, Kind::MissingUnionBranch, m);
+                    let branch_path = format!("{path}<{i}>");
+                    match self.reader_branch(branch, r) {
+                        Some(rb) => self.check(branch, rb, &branch_path),
+                        None => {
+                            let m = format!("the writer's union branch {} ({}) has no matching branch in the reader's union", i, describe(self.writer.deref(branch)));
+                            self.fail(path, Kind::MissingUnionBranch, m);
+                        }
                     }
                 }
             }
@@ -125,15 +146,16 @@ impl<'a> Checker<'a> {
                     self.check(branch, r, &branch_path);
                 }
             }
-            (_, Schema::Union(_)) => {
-                if !self.reader_branch_exists(w, r) {
+            (_, Schema::Union(_)) => match self.reader_branch(w, r) {
+                Some(rb) => self.check(w, rb, path),
+                None => {
                     let m = format!(
                         "the writer's {} matches no branch of the reader's union",
                         describe(w)
                     );
                     self.fail(path, Kind::MissingUnionBranch, m);
                 }
-            }
+            },
             (Schema::Record(wr), Schema::Record(rr)) => {
                 if !names_match(&wr.name, &rr.name, rr.aliases.as_deref()) {
                     return self.name_mismatch(path, "record", &wr.name, &rr.name);
@@ -193,9 +215,7 @@ impl<'a> Checker<'a> {
                 self.check(&wm.types, &rm.types, &format!("{path}{{}}"))
             }
             (w, r) => {
-                let (wb, rb) = (primitive(w), primitive(r));
-                let same_primitive = wb == rb && wb != Primitive::Complex;
-                if !(same_primitive || promotes(wb, rb) || same_special(w, r)) {
+                if !primitives_match(w, r) {
                     let m = format!(
                         "the writer's {} cannot be read as the reader's {}",
                         describe(w),
@@ -207,11 +227,14 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn reader_branch_exists(&mut self, w: &'a Schema, reader_union: &'a Schema) -> bool {
+    /// The reader union's branch that data of `w` resolves to: the first that matches.
+    fn reader_branch(&self, w: &'a Schema, reader_union: &'a Schema) -> Option<&'a Schema> {
         let Schema::Union(ru) = reader_union else {
-            return false;
+            return None;
         };
-        ru.variants().iter().any(|rb| self.matches(w, rb))
+        ru.variants()
+            .iter()
+            .find(|rb| branch_match(self.writer, w, self.reader, rb))
     }
 
     fn name_mismatch(

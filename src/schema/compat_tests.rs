@@ -232,3 +232,33 @@ fn modes_have_confluent_names() {
     }
     assert_eq!(Compatibility::parse("backward"), None);
 }
+
+/// Ten levels of records, each with ten optional references to the next. Checking it must visit
+/// each type once: a check that re-explored union branches per reference would take ~10^10 steps.
+#[test]
+fn deeply_nested_unions_of_records_are_checked_once_per_type() {
+    let chain = |doc: &str| {
+        let mut schema =
+            r#"{"type":"record","name":"t10","fields":[{"name":"v","type":"int"}]}"#.to_owned();
+        for level in (0..10).rev() {
+            let mut fields = vec![format!(
+                r#"{{"name":"f0","type":["null",{schema}],"default":null}}"#
+            )];
+            for i in 1..10 {
+                fields.push(format!(
+                    r#"{{"name":"f{i}","type":["null","t{}"],"default":null}}"#,
+                    level + 1
+                ));
+            }
+            schema = format!(
+                r#"{{"type":"record","name":"t{level}","doc":"{doc}","fields":[{}]}}"#,
+                fields.join(",")
+            );
+        }
+        parse(&schema)
+    };
+    let (old, new) = (chain("old"), chain("new"));
+    assert!(Compatibility::FullTransitive
+        .check(&new, &[(1, &old)])
+        .is_empty());
+}
