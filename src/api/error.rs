@@ -82,6 +82,10 @@ impl From<store::Error> for ApiError {
             E::EmptyBatch => {
                 Self::unprocessable("empty_batch", "an append needs at least one event")
             }
+            E::UnsupportedText => Self::unprocessable(
+                "unsupported_character",
+                "the request holds a character that cannot be stored, such as \\u0000",
+            ),
             E::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
                 Self::new(

@@ -128,6 +128,16 @@ impl From<Error> for RegistryError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_compatibility_level",
             ),
+            Error::Store(crate::store::Error::UnsupportedText) => {
+                return Self {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    error_code: 42201,
+                    code: "unsupported_character",
+                    message: "the request holds a character that cannot be stored, such as \\u0000"
+                        .into(),
+                    details: json!({}),
+                };
+            }
             Error::Store(e) => {
                 tracing::error!(error = ?e, "schema registry store error");
                 let status = if e.is_retriable() {

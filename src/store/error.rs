@@ -32,6 +32,10 @@ pub enum Error {
     #[error("an append needs at least one event")]
     EmptyBatch,
 
+    /// Text PostgreSQL cannot store, such as a NUL character (`\u0000`) in JSON or a name.
+    #[error("the input holds a character PostgreSQL cannot store (such as \\u0000)")]
+    UnsupportedText,
+
     /// The database could not be reached in time. Safe to retry with the same event ids.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -54,6 +58,19 @@ impl Error {
     }
 }
 
+/// SQLSTATEs after which the same request may well succeed a moment later: connection failures
+/// (08), serialization failures and deadlocks (40001, 40P01), insufficient resources (53),
+/// statement or lock timeouts and cancellation (57014, 55P03), the server going away (57P01-03),
+/// and a read-only server after a failover (25006).
+fn is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "25006"
+        )
+}
+
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match &err {
@@ -63,16 +80,39 @@ impl From<sqlx::Error> for Error {
                 }
                 Self::Database(err)
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(err)
-            }
-            // admin_shutdown, crash_shutdown, cannot_connect_now: the server is going away.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => Self::Unavailable(err),
+            // untranslatable_character, character_not_in_repertoire: bad input, not a fault.
             sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")) =>
+                if matches!(db.code().as_deref(), Some("22P05" | "22021")) =>
             {
+                Self::UnsupportedText
+            }
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_transient) => {
                 Self::Unavailable(err)
             }
             _ => Self::Database(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+
+    #[test]
+    fn transient_sqlstates_are_told_from_faults() {
+        for code in [
+            "08006", "08001", "40001", "40P01", "53300", "53100", "55P03", "57014", "57P01",
+            "25006",
+        ] {
+            assert!(is_transient(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "XX000"] {
+            assert!(!is_transient(code), "{code}");
         }
     }
 }

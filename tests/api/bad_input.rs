@@ -312,3 +312,35 @@ async fn bad_paths_queries_and_routes_get_stable_codes() {
     );
     assert_nothing_written(&app).await;
 }
+
+#[tokio::test]
+async fn text_postgresql_cannot_store_is_refused_not_a_server_error() {
+    let app = spawn_app().await;
+    let agent = Uuid::new_v4();
+    let mut event = agent_state_changed(agent, "running");
+    event["payload"]["reason"] = json!("nul \u{0000} here");
+    let reply = app
+        .append("agent", agent, &json!({"events": [event]}))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.error_code(), "unsupported_character");
+
+    let mut event = agent_state_changed(agent, "running");
+    event["metadata"] = json!({"note": "\u{0000}"});
+    let reply = app
+        .append("agent", agent, &json!({"events": [event]}))
+        .await;
+    assert_eq!(reply.error_code(), "unsupported_character");
+
+    let registry = app.get("/registry/subjects/a%00b/versions").await;
+    assert_eq!(
+        (registry.status, registry.body["error_code"].as_i64()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some(42201))
+    );
+    assert_nothing_written(&app).await;
+}
