@@ -12,7 +12,8 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
 use crate::model::{
-    AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, SchemaRef,
+    AggregateType, AppendResult, AppendedEvent, EventType, ExpectedVersion, Metadata, NewEvent,
+    RecordedEvent, SchemaRef,
 };
 use crate::registry::{UpcastError, VersionSpec};
 use crate::schema;
@@ -81,8 +82,19 @@ async fn append_checked(
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
     let checked = validate_batch(&state, request.events)?;
+    // As sent, for recognising a retry after the type's schema changed (see `replay_as_sent`).
+    let sent: Vec<(Uuid, String, Value)> = checked
+        .iter()
+        .map(|c| {
+            (
+                c.event.id,
+                c.event.event_type.to_string(),
+                c.event.payload.clone(),
+            )
+        })
+        .collect();
     let events = apply_schemas(&state, &aggregate_type, checked).await?;
-    let result = state
+    let appended = state
         .store
         .append(
             &aggregate_type,
@@ -90,7 +102,16 @@ async fn append_checked(
             request.expected_version,
             events,
         )
-        .await?;
+        .await;
+    let result = match appended {
+        Err(conflict @ store::Error::IdempotencyConflict { .. }) => {
+            match replay_as_sent(&state, &aggregate_type, aggregate_id, &sent).await? {
+                Some(original) => original,
+                None => return Err(conflict.into()),
+            }
+        }
+        other => other?,
+    };
     let status = if result.idempotent_replay {
         StatusCode::OK
     } else {
@@ -98,6 +119,59 @@ async fn append_checked(
         StatusCode::CREATED
     };
     Ok((status, axum::Json(result)).into_response())
+}
+
+/// Recognises a retry whose payloads were normalised against a newer schema than the original
+/// (a version registered between the attempts adds defaults, so the stored and the new normalised
+/// payloads differ although the client sent the same thing): each sent payload is normalised
+/// against the schema its stored event was validated with and compared again.
+async fn replay_as_sent(
+    state: &AppState,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    sent: &[(Uuid, String, Value)],
+) -> Result<Option<AppendResult>, ApiError> {
+    let mut events: Vec<AppendedEvent> = Vec::with_capacity(sent.len());
+    for (id, event_type, payload) in sent {
+        let Some(stored) = store::get_event(state.store.pool(), *id).await? else {
+            return Ok(None);
+        };
+        let same_place = stored.aggregate_type == aggregate_type.as_str()
+            && stored.aggregate_id == aggregate_id
+            && &stored.event_type == event_type;
+        let as_stored = match stored.schema_id {
+            Some(schema_id) => {
+                let (_, schema) = state
+                    .registry
+                    .schema_by_id(schema_id)
+                    .await
+                    .map_err(super::registry_error)?;
+                schema::validate(&schema, payload).ok()
+            }
+            None => Some(payload.clone()),
+        };
+        let contiguous = events
+            .last()
+            .is_none_or(|last| stored.version == last.version + 1);
+        if !same_place || as_stored.as_ref() != Some(&stored.payload) || !contiguous {
+            return Ok(None);
+        }
+        events.push(AppendedEvent {
+            id: stored.id,
+            version: stored.version,
+            position: stored.position,
+        });
+    }
+    let Some(version) = events.last().map(|e| e.version) else {
+        return Ok(None);
+    };
+    Ok(Some(AppendResult {
+        aggregate_type: aggregate_type.clone(),
+        aggregate_id,
+        version,
+        events,
+        idempotent_replay: true,
+    }))
 }
 
 /// Turns the request's events into [`NewEvent`]s, refusing the whole batch on the first problem

@@ -205,3 +205,58 @@ async fn the_library_upcasts_a_stored_event_to_the_version_a_reader_declares() {
         .unwrap_err();
     assert!(matches!(err, UpcastError::NoSuchVersion { .. }), "{err}");
 }
+
+/// A client appends, loses the reply, a new schema version is registered (adding a field with a
+/// default), and the client retries: the retry is still recognised as the same events.
+#[tokio::test]
+async fn a_retry_after_a_new_schema_version_is_still_an_idempotent_replay() {
+    let app = spawn_app().await;
+    let service = Uuid::new_v4();
+    let body = json!({"events": [{"id": Uuid::new_v4(), "type": "l12.service_invoked", "payload": invoked_v1()}]});
+    let first = app.append("service", service, &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+
+    let v3 = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/l12.service_invoked/v2.avsc"))
+        .unwrap()
+        .replace(
+            r#"{"name": "attempt", "type": "int", "default": 1, "doc": "1 for the first call, 2 for the first retry..."}"#,
+            r#"{"name": "attempt", "type": "int", "default": 1}, {"name": "zone", "type": "string", "default": "eu"}"#,
+        );
+    let registered = app
+        .post_json(
+            "/registry/subjects/l12.service_invoked/versions",
+            &json!({"schema": v3}),
+        )
+        .await;
+    assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
+    // The registry's latest version is cached for up to a second.
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(5),
+        "v3 to be the latest",
+        || async {
+            let fresh = app
+                .append(
+                    "service",
+                    Uuid::new_v4(),
+                    &json!({"events": [{"type": "l12.service_invoked", "payload": invoked_v1()}]}),
+                )
+                .await;
+            let id = fresh.body["events"][0]["id"].as_str()?.to_owned();
+            (app.get(&format!("/v1/events/{id}")).await.body["schema_version"] == 3).then_some(())
+        },
+    )
+    .await;
+
+    let retry = app.append("service", service, &body).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+    assert_eq!(retry.body["idempotent_replay"], true);
+    assert_eq!(retry.body["events"], first.body["events"]);
+
+    let mut changed = body.clone();
+    changed["events"][0]["payload"]["method"] = json!("replan");
+    let conflict = app.append("service", service, &changed).await;
+    assert_eq!(
+        (conflict.status, conflict.error_code()),
+        (StatusCode::CONFLICT, "idempotency_conflict")
+    );
+}
