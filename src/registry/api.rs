@@ -115,6 +115,7 @@ impl From<Error> for RegistryError {
             Error::SchemaNotFound => (StatusCode::NOT_FOUND, "schema_not_found"),
             Error::SubjectSoftDeleted(_) => (StatusCode::NOT_FOUND, "subject_soft_deleted"),
             Error::SubjectNotSoftDeleted(_) => (StatusCode::NOT_FOUND, "subject_not_soft_deleted"),
+            Error::VersionSoftDeleted { .. } => (StatusCode::NOT_FOUND, "version_soft_deleted"),
             Error::VersionNotSoftDeleted { .. } => {
                 (StatusCode::NOT_FOUND, "version_not_soft_deleted")
             }

@@ -15,6 +15,8 @@ pub enum Error {
     SubjectSoftDeleted(String),
     #[error("subject '{0}' was not deleted first before being permanently deleted")]
     SubjectNotSoftDeleted(String),
+    #[error("version {version} of subject '{subject}' was soft deleted; set permanent=true to delete permanently")]
+    VersionSoftDeleted { subject: String, version: i32 },
     #[error("version {version} of subject '{subject}' was not deleted first before being permanently deleted")]
     VersionNotSoftDeleted { subject: String, version: i32 },
     #[error("subject '{0}' does not have subject-level compatibility configured")]
@@ -51,6 +53,7 @@ impl Error {
             Self::SchemaNotFound => 40403,
             Self::SubjectSoftDeleted(_) => 40404,
             Self::SubjectNotSoftDeleted(_) => 40405,
+            Self::VersionSoftDeleted { .. } => 40406,
             Self::VersionNotSoftDeleted { .. } => 40407,
             Self::SubjectConfigNotFound(_) => 40408,
             Self::Incompatible { .. } => 409,

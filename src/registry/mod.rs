@@ -7,6 +7,10 @@
 //! and the record's full name equals the event type (`agent.state.changed` is record `changed` in
 //! namespace `agent.state`), so Confluent's RecordNameStrategy and keel agree.
 //!
+//! One deliberate difference from Confluent: soft-deleted versions still take part in
+//! compatibility checks. Events written with them may still be in the store, and keel promises
+//! that the newest schema reads every stored event. Delete permanently to take a version out.
+//!
 //! Parsed schemas are cached by id forever (a schema id never changes meaning). Which version is a
 //! subject's latest is cached for [`LATEST_TTL`]: another keel process's registration is seen
 //! within that time; this process's own changes are seen at once.
@@ -162,8 +166,13 @@ impl Registry {
             .bind(subject)
             .execute(&mut *tx)
             .await?;
-        let rows = Self::versions_of(&mut tx, subject, false).await?;
-        if let Some(row) = rows.iter().find(|r| r.schema_text == parsed.identity()) {
+        // Soft-deleted versions still count for compatibility: events written with them may be
+        // in the store, and the newest schema must still read those (see the module docs).
+        let rows = Self::versions_of(&mut tx, subject, true).await?;
+        if let Some(row) = rows
+            .iter()
+            .find(|r| !r.deleted && r.schema_text == parsed.identity())
+        {
             return Ok(Registered {
                 id: row.id,
                 version: row.version,
@@ -387,7 +396,8 @@ impl Registry {
     }
 
     /// Checks `text` against `subject` by the subject's mode: against one version, or with `None`
-    /// against every version the mode looks at. An unknown subject is compatible with anything.
+    /// against every version the mode looks at (soft-deleted ones included, as for a
+    /// registration). A subject with no versions is compatible with anything.
     pub async fn check(
         &self,
         subject: &str,
@@ -398,8 +408,16 @@ impl Registry {
         let mut conn = self.pool.acquire().await?;
         let mode = compatibility_of(&mut conn, subject).await?;
         let rows = match spec {
+            // Clients check against "latest" before a subject's first registration.
+            Some(VersionSpec::Latest)
+                if Self::versions_of(&mut conn, subject, false)
+                    .await?
+                    .is_empty() =>
+            {
+                Vec::new()
+            }
             Some(spec) => vec![self.version(subject, spec, false).await?],
-            None => Self::versions_of(&mut conn, subject, false)
+            None => Self::versions_of(&mut conn, subject, true)
                 .await?
                 .into_iter()
                 .map(Into::into)

@@ -511,3 +511,61 @@ async fn confluents_python_client_and_serdes_work_against_keel() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("confluent client: ok"));
 }
+
+#[tokio::test]
+async fn a_subject_with_no_versions_is_compatible_with_anything() {
+    let app = spawn_app().await;
+    let check = send(
+        &app,
+        reqwest::Method::POST,
+        "/registry/compatibility/subjects/brand.new/versions/latest",
+        Some(json!({"schema": record(r#"{"name":"id","type":"string"}"#)})),
+    )
+    .await;
+    assert_eq!(
+        (check.0, check.1.clone()),
+        (StatusCode::OK, json!({"is_compatible": true}))
+    );
+}
+
+/// Events written with a soft-deleted version may still be stored, so the version still guards
+/// compatibility (a deliberate difference from Confluent).
+#[tokio::test]
+async fn a_soft_deleted_version_still_guards_compatibility() {
+    let app = spawn_app().await;
+    register(&app, "s", &record(r#"{"name":"a","type":"string"}"#)).await;
+    register(&app, "s", &record("")).await;
+    assert_eq!(
+        send(
+            &app,
+            reqwest::Method::DELETE,
+            "/registry/subjects/s/versions/1",
+            None
+        )
+        .await
+        .1,
+        json!(1)
+    );
+
+    // Reads v2's data (no field a: default used) but not v1's (a was a string).
+    let reply = register(
+        &app,
+        "s",
+        &record(r#"{"name":"a","type":"int","default":0}"#),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body["error_code"].as_i64()),
+        (StatusCode::CONFLICT, Some(409)),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("version 1"),
+        "{}",
+        reply.body
+    );
+}
