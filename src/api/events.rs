@@ -334,7 +334,7 @@ pub async fn get_event(
     let wanted = wanted_version(query.schema_version.as_deref())?;
     match store::get_event(state.store.pool(), id).await? {
         Some(event) => {
-            let mut events = present(&state, vec![event], wanted).await?;
+            let mut events = present(&state, vec![event], wanted, true).await?;
             Ok(axum::Json(events.remove(0)).into_response())
         }
         None => Err(ApiError::not_found(
@@ -379,7 +379,7 @@ pub async fn read_stream(
     };
     let events =
         store::read_stream(pool, &aggregate_type, aggregate_id, from_version, limit).await?;
-    let events = present(&state, events, wanted).await?;
+    let events = present(&state, events, wanted, false).await?;
     let next_version = match events.last() {
         Some(last) if last.version < version => Some(last.version + 1),
         _ => None,
@@ -449,7 +449,13 @@ pub async fn query_log(
         store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;
     let next = page.last().map_or(after, |e| e.cursor());
     let has_more = page.len() as i64 == limit;
-    let events = present(&state, page.into_iter().map(|e| e.event).collect(), wanted).await?;
+    let events = present(
+        &state,
+        page.into_iter().map(|e| e.event).collect(),
+        wanted,
+        false,
+    )
+    .await?;
     Ok(
         axum::Json(json!({"events": events, "next": next.encode(), "has_more": has_more}))
             .into_response(),
@@ -482,28 +488,38 @@ fn wanted_version(text: Option<&str>) -> Result<Option<VersionSpec>, ApiError> {
 }
 
 /// Events as the reader asked to see them (see [`crate::registry::Registry::upcast`]).
+///
+/// A single event (`strict`) that cannot be shown in the wanted version is an error. In a list, such
+/// an event (its type has no such version, or it cannot be resolved to it) is returned as stored,
+/// with its own `schema_version`, so that one event never blocks a reader's whole page.
 async fn present(
     state: &AppState,
     mut events: Vec<RecordedEvent>,
     wanted: Option<VersionSpec>,
+    strict: bool,
 ) -> Result<Vec<RecordedEvent>, ApiError> {
     let Some(wanted) = wanted else {
         return Ok(events);
     };
     for event in &mut events {
-        state
-            .registry
-            .upcast(event, wanted)
-            .await
-            .map_err(|err| match err {
-                UpcastError::NoSuchVersion { .. } => {
-                    ApiError::not_found("schema_version_not_found", err.to_string())
-                }
-                UpcastError::Resolve(_) => {
-                    ApiError::unprocessable("schema_resolution_failed", err.to_string())
-                }
-                UpcastError::Registry(e) => super::registry_error(e),
-            })?;
+        // On failure `upcast` leaves the event untouched.
+        match state.registry.upcast(event, wanted).await {
+            Ok(()) => {}
+            Err(UpcastError::Registry(e)) => return Err(super::registry_error(e)),
+            Err(_) if !strict => {}
+            Err(err @ UpcastError::NoSuchVersion { .. }) => {
+                return Err(ApiError::not_found(
+                    "schema_version_not_found",
+                    err.to_string(),
+                ))
+            }
+            Err(err) => {
+                return Err(ApiError::unprocessable(
+                    "schema_resolution_failed",
+                    err.to_string(),
+                ))
+            }
+        }
     }
     Ok(events)
 }

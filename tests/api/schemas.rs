@@ -260,3 +260,33 @@ async fn a_retry_after_a_new_schema_version_is_still_an_idempotent_replay() {
         (StatusCode::CONFLICT, "idempotency_conflict")
     );
 }
+
+/// In a list, an event whose type has no such version is returned as stored (its own
+/// `schema_version` says so) instead of failing the page.
+#[tokio::test]
+async fn a_list_read_as_a_version_some_types_lack_returns_those_events_as_stored() {
+    let app = spawn_app().await;
+    let agent = Uuid::new_v4();
+    let reply = app
+        .append(
+            "agent",
+            agent,
+            &json!({"events": [crate::helpers::agent_state_changed(agent, "up")]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+
+    let page = app
+        .get(&format!(
+            "/v1/aggregates/agent/{agent}/events?schema_version=2"
+        ))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.body["events"][0]["schema_version"], 1);
+    let id = page.body["events"][0]["id"].as_str().unwrap();
+    let one = app.get(&format!("/v1/events/{id}?schema_version=2")).await;
+    assert_eq!(
+        (one.status, one.error_code()),
+        (StatusCode::NOT_FOUND, "schema_version_not_found")
+    );
+}
