@@ -93,6 +93,9 @@ pub struct ApiConfig {
     pub max_page_size: i64,
     /// `limit` when a read names none (`KEEL_API__DEFAULT_PAGE_SIZE`).
     pub default_page_size: i64,
+    /// Largest `offset` the log query accepts; deeper pages use the `after` cursor
+    /// (`KEEL_API__MAX_OFFSET`).
+    pub max_offset: i64,
     /// Check every appended payload against its event type's Avro schema
     /// (`KEEL_API__VALIDATE_PAYLOADS`). Off, events still need a registered type but record no schema.
     pub validate_payloads: bool,
@@ -105,6 +108,7 @@ impl Default for ApiConfig {
             max_batch_events: 1_000,
             max_page_size: 1_000,
             default_page_size: 100,
+            max_offset: 10_000,
             validate_payloads: true,
         }
     }

@@ -418,10 +418,13 @@ pub async fn query_log(
     let limit = state.page_limit(query.limit)?;
     let wanted = wanted_version(query.schema_version.as_deref())?;
     let offset = query.offset.unwrap_or(0);
-    if offset < 0 {
+    let max_offset = state.limits.max_offset;
+    if !(0..=max_offset).contains(&offset) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            "offset must be >= 0",
+            format!(
+                "offset must be between 0 and {max_offset}; page further with the after cursor"
+            ),
         ));
     }
     let after = match query.after.as_deref() {

@@ -283,6 +283,11 @@ async fn bad_paths_queries_and_routes_get_stable_codes() {
             "invalid_query",
         ),
         (
+            "/v1/events?offset=10001",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
             "/v1/events?from=yesterday",
             StatusCode::BAD_REQUEST,
             "invalid_query",

@@ -31,6 +31,7 @@ pub fn test_limits() -> ApiConfig {
         max_batch_events: 20,
         max_page_size: 500,
         default_page_size: 100,
+        max_offset: 10_000,
         validate_payloads: true,
     }
 }
