@@ -27,6 +27,7 @@ impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self, InvalidSchema> {
         let json: serde_json::Value =
             serde_json::from_str(text).map_err(|e| InvalidSchema(format!("not JSON: {e}")))?;
+        refuse_fixed_uuid(&json)?;
         let schema = Schema::parse(&json).map_err(|e| InvalidSchema(e.to_string()))?;
         let names = ResolvedSchema::try_from(&schema)
             .map_err(|e| InvalidSchema(e.to_string()))?
@@ -88,6 +89,25 @@ impl ParsedSchema {
             Schema::Record(r) => Some(full_name(&r.name)),
             _ => None,
         }
+    }
+}
+
+/// The Avro library reads a fixed-based uuid as a string uuid, which would make a `string` field
+/// "compatible" with a `fixed(16)` one; such schemas are refused rather than misread.
+fn refuse_fixed_uuid(json: &serde_json::Value) -> Result<(), InvalidSchema> {
+    match json {
+        serde_json::Value::Object(map) => {
+            if map.get("type").and_then(|t| t.as_str()) == Some("fixed")
+                && map.get("logicalType").and_then(|t| t.as_str()) == Some("uuid")
+            {
+                return Err(InvalidSchema(
+                    "a fixed-based uuid is not supported; use {\"type\": \"string\", \"logicalType\": \"uuid\"}".into(),
+                ));
+            }
+            map.values().try_for_each(refuse_fixed_uuid)
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(refuse_fixed_uuid),
+        _ => Ok(()),
     }
 }
 

@@ -103,6 +103,11 @@ fn branch_match(writer: &ParsedSchema, w: &Schema, reader: &ParsedSchema, r: &Sc
 /// Whether two non-named, non-container schemas match: the same primitive, a promotion, or the
 /// same fixed-based logical type.
 fn primitives_match(w: &Schema, r: &Schema) -> bool {
+    if let (Schema::Decimal(a), Schema::Decimal(b)) = (w, r) {
+        // Two decimals match only with the same precision and scale (the specification), or the
+        // reader would scale every value wrongly.
+        return a.precision == b.precision && a.scale == b.scale && a.inner == b.inner;
+    }
     let (wb, rb) = (primitive(w), primitive(r));
     let same_primitive = wb == rb && wb != Primitive::Complex;
     same_primitive || promotes(wb, rb) || same_special(w, r)
@@ -282,7 +287,6 @@ fn promotes(w: Primitive, r: Primitive) -> bool {
 fn same_special(w: &Schema, r: &Schema) -> bool {
     match (w, r) {
         (Schema::Duration, Schema::Duration) => true,
-        (Schema::Decimal(a), Schema::Decimal(b)) => a.inner == b.inner,
         _ => false,
     }
 }
