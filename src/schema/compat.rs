@@ -283,12 +283,9 @@ fn promotes(w: Primitive, r: Primitive) -> bool {
     )
 }
 
-/// Logical types on a fixed (decimal, duration) match when the writer and reader agree.
+/// `duration` (a logical type on an anonymous fixed) matches only itself.
 fn same_special(w: &Schema, r: &Schema) -> bool {
-    match (w, r) {
-        (Schema::Duration, Schema::Duration) => true,
-        _ => false,
-    }
+    matches!((w, r), (Schema::Duration, Schema::Duration))
 }
 
 fn describe(schema: &Schema) -> String {
