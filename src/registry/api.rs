@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +24,61 @@ use super::{Error, Registry, VersionSpec};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
-type Params = Query<HashMap<String, String>>;
+type Params = RQuery<HashMap<String, String>>;
+
+/// Path parameters; a malformed path is a Confluent-shaped 404.
+struct RPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for RPath<T> {
+    type Rejection = RegistryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|r| RegistryError {
+                status: StatusCode::NOT_FOUND,
+                error_code: 404,
+                code: "invalid_path",
+                message: r.body_text(),
+                details: json!({}),
+            })
+    }
+}
+
+/// Query parameters; a malformed query string is a Confluent-shaped 400.
+struct RQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for RQuery<T> {
+    type Rejection = RegistryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|r| bad_body(r.body_text()))
+    }
+}
+
+/// The raw body; one over the size limit is a Confluent-shaped 413.
+struct RBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RBody {
+    type Rejection = RegistryError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|r| RegistryError {
+                status: r.status(),
+                error_code: u32::from(r.status().as_u16()),
+                code: "invalid_body",
+                message: r.body_text(),
+                details: json!({}),
+            })
+    }
+}
 
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
@@ -218,14 +273,14 @@ async fn root() -> Response {
     reply(json!({}))
 }
 
-async fn subjects(State(r): State<Arc<Registry>>, Query(p): Params) -> Reply {
+async fn subjects(State(r): State<Arc<Registry>>, RQuery(p): Params) -> Reply {
     Ok(reply(json!(r.subjects(flag(&p, "deleted")).await?)))
 }
 
 async fn versions(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    Query(p): Params,
+    RPath(subject): RPath<String>,
+    RQuery(p): Params,
 ) -> Reply {
     Ok(reply(json!(
         r.versions(&subject, flag(&p, "deleted")).await?
@@ -234,8 +289,8 @@ async fn versions(
 
 async fn register(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    body: Bytes,
+    RPath(subject): RPath<String>,
+    RBody(body): RBody,
 ) -> Reply {
     let body = schema_body(&body)?;
     let schema = body.schema.unwrap_or_default();
@@ -247,9 +302,9 @@ async fn register(
 
 async fn lookup(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    Query(p): Params,
-    body: Bytes,
+    RPath(subject): RPath<String>,
+    RQuery(p): Params,
+    RBody(body): RBody,
 ) -> Reply {
     let body = schema_body(&body)?;
     let found = r
@@ -264,8 +319,8 @@ async fn lookup(
 
 async fn version(
     State(r): State<Arc<Registry>>,
-    Path((subject, version)): Path<(String, String)>,
-    Query(p): Params,
+    RPath((subject, version)): RPath<(String, String)>,
+    RQuery(p): Params,
 ) -> Reply {
     let found = r
         .version(&subject, VersionSpec::parse(&version)?, flag(&p, "deleted"))
@@ -275,8 +330,8 @@ async fn version(
 
 async fn version_schema(
     State(r): State<Arc<Registry>>,
-    Path((subject, version)): Path<(String, String)>,
-    Query(p): Params,
+    RPath((subject, version)): RPath<(String, String)>,
+    RQuery(p): Params,
 ) -> Reply {
     let found = r
         .version(&subject, VersionSpec::parse(&version)?, flag(&p, "deleted"))
@@ -291,8 +346,8 @@ async fn version_schema(
 
 async fn delete_subject(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    Query(p): Params,
+    RPath(subject): RPath<String>,
+    RQuery(p): Params,
 ) -> Reply {
     Ok(reply(json!(
         r.delete_subject(&subject, flag(&p, "permanent")).await?
@@ -301,8 +356,8 @@ async fn delete_subject(
 
 async fn delete_version(
     State(r): State<Arc<Registry>>,
-    Path((subject, version)): Path<(String, String)>,
-    Query(p): Params,
+    RPath((subject, version)): RPath<(String, String)>,
+    RQuery(p): Params,
 ) -> Reply {
     let deleted = r
         .delete_version(
@@ -322,20 +377,20 @@ fn schema_id(id: &str) -> Result<i32, RegistryError> {
     id.parse().map_err(|_| Error::SchemaNotFound.into())
 }
 
-async fn schema_by_id(State(r): State<Arc<Registry>>, Path(id): Path<String>) -> Reply {
+async fn schema_by_id(State(r): State<Arc<Registry>>, RPath(id): RPath<String>) -> Reply {
     let (text, _) = r.schema_by_id(schema_id(&id)?).await?;
     Ok(reply(json!({"schema": text})))
 }
 
-async fn raw_schema_by_id(State(r): State<Arc<Registry>>, Path(id): Path<String>) -> Reply {
+async fn raw_schema_by_id(State(r): State<Arc<Registry>>, RPath(id): RPath<String>) -> Reply {
     let (text, _) = r.schema_by_id(schema_id(&id)?).await?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
 async fn schema_usages(
     State(r): State<Arc<Registry>>,
-    Path(id): Path<String>,
-    Query(p): Params,
+    RPath(id): RPath<String>,
+    RQuery(p): Params,
 ) -> Reply {
     let usages = r.usages(schema_id(&id)?, flag(&p, "deleted")).await?;
     let body: Vec<Value> = usages
@@ -377,18 +432,18 @@ async fn check(
 
 async fn check_one(
     State(r): State<Arc<Registry>>,
-    Path((subject, version)): Path<(String, String)>,
-    Query(p): Params,
-    body: Bytes,
+    RPath((subject, version)): RPath<(String, String)>,
+    RQuery(p): Params,
+    RBody(body): RBody,
 ) -> Reply {
     check(&r, &subject, Some(&version), &p, &body).await
 }
 
 async fn check_all(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    Query(p): Params,
-    body: Bytes,
+    RPath(subject): RPath<String>,
+    RQuery(p): Params,
+    RBody(body): RBody,
 ) -> Reply {
     check(&r, &subject, None, &p, &body).await
 }
@@ -414,15 +469,15 @@ async fn global_config(State(r): State<Arc<Registry>>) -> Reply {
     Ok(reply(json!({"compatibilityLevel": mode})))
 }
 
-async fn set_global_config(State(r): State<Arc<Registry>>, body: Bytes) -> Reply {
+async fn set_global_config(State(r): State<Arc<Registry>>, RBody(body): RBody) -> Reply {
     let mode = r.set_config(None, &config_body(&body)?).await?;
     Ok(reply(json!({"compatibility": mode})))
 }
 
 async fn subject_config(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    Query(p): Params,
+    RPath(subject): RPath<String>,
+    RQuery(p): Params,
 ) -> Reply {
     let mode = match r.config(Some(&subject)).await? {
         Some(mode) => mode,
@@ -434,8 +489,8 @@ async fn subject_config(
 
 async fn set_subject_config(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
-    body: Bytes,
+    RPath(subject): RPath<String>,
+    RBody(body): RBody,
 ) -> Reply {
     let mode = r.set_config(Some(&subject), &config_body(&body)?).await?;
     Ok(reply(json!({"compatibility": mode})))
@@ -443,7 +498,7 @@ async fn set_subject_config(
 
 async fn delete_subject_config(
     State(r): State<Arc<Registry>>,
-    Path(subject): Path<String>,
+    RPath(subject): RPath<String>,
 ) -> Reply {
     let previous = r.delete_config(&subject).await?;
     Ok(reply(json!({"compatibilityLevel": previous})))
