@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
@@ -44,14 +45,19 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     let mut app_config = config.clone();
     app_config.database_url = url;
     app_config.listen = ([127, 0, 0, 1], 0).into();
-    app_config.pool.max_connections = app_config.pool.max_connections.max(max_producers as u32);
     app_config.api.max_batch_events = app_config
         .api
         .max_batch_events
         .max(args.batch.iter().copied().max().unwrap_or(1));
     let app = Application::build(&app_config).await?;
     let base = format!("http://{}", app.local_addr());
-    let pool = app.store().pool().clone();
+    // The baseline gets a connection per producer, as a hand-written service would; the two keel
+    // instances keep their configured pools (group commit needs few connections). Together they
+    // stay under PostgreSQL's default max_connections of 100 at 64 producers.
+    let pool = PgPoolOptions::new()
+        .max_connections(max_producers as u32)
+        .connect(&app_config.database_url)
+        .await?;
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     // A second keel on the same database with payload validation off, to price validation.
     app_config.api.validate_payloads = false;
