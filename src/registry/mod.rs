@@ -11,9 +11,10 @@
 //! compatibility checks. Events written with them may still be in the store, and keel promises
 //! that the newest schema reads every stored event. Delete permanently to take a version out.
 //!
-//! Parsed schemas are cached by id forever (a schema id never changes meaning). Which version is a
-//! subject's latest is cached for [`LATEST_TTL`]: another keel process's registration is seen
-//! within that time; this process's own changes are seen at once.
+//! Parsed schemas are cached by id forever (a schema id never changes meaning). Which schema an
+//! append validates with (a subject's latest, or a named version) is cached for about
+//! [`LATEST_TTL`]: another keel process's registration or deletion is seen within that time (a
+//! little longer while a refresh is in flight); this process's own changes are seen at once.
 
 pub mod api;
 mod error;
@@ -88,7 +89,8 @@ pub struct EventSchema {
 pub struct Registry {
     pool: PgPool,
     by_id: RwLock<HashMap<i32, Arc<ParsedSchema>>>,
-    latest: RwLock<HashMap<String, (Instant, Option<EventSchema>)>>,
+    /// `(subject, version)` (`None` = latest) to the schema appends validate with.
+    latest: RwLock<HashMap<(String, Option<i32>), Cached>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -127,7 +129,7 @@ impl Registry {
         self.latest
             .write()
             .expect("registry cache lock")
-            .remove(subject);
+            .retain(|(cached, _), _| cached != subject);
     }
 
     async fn versions_of(
@@ -483,41 +485,71 @@ impl Registry {
 
     /// The schema an event of `subject` is validated with: `version`, or the latest. `None` when
     /// the subject (or that version) does not exist or is deleted.
+    ///
+    /// Answers come from a cache refreshed every [`LATEST_TTL`]. When an entry expires, one caller
+    /// refreshes it and the others keep the previous answer meanwhile, so a busy server asks the
+    /// database once per subject per interval, not once per request.
     pub async fn event_schema(
         &self,
         subject: &str,
         version: Option<i32>,
     ) -> Result<Option<EventSchema>, Error> {
-        if version.is_none() {
-            if let Some((at, cached)) = self
-                .latest
-                .read()
-                .expect("registry cache lock")
-                .get(subject)
-            {
-                if at.elapsed() < LATEST_TTL {
-                    return Ok(cached.clone());
+        let key = (subject.to_owned(), version);
+        {
+            let mut cache = self.latest.write().expect("registry cache lock");
+            if let Some(entry) = cache.get_mut(&key) {
+                if entry.fetched.elapsed() < LATEST_TTL || entry.refreshing {
+                    return Ok(entry.value.clone());
                 }
+                entry.refreshing = true;
             }
         }
+        let found = self.fetch_event_schema(subject, version).await;
+        let mut cache = self.latest.write().expect("registry cache lock");
+        match found {
+            Ok(value) => {
+                let entry = Cached {
+                    fetched: Instant::now(),
+                    value: value.clone(),
+                    refreshing: false,
+                };
+                cache.insert(key, entry);
+                Ok(value)
+            }
+            Err(err) => {
+                if let Some(entry) = cache.get_mut(&key) {
+                    entry.refreshing = false;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn fetch_event_schema(
+        &self,
+        subject: &str,
+        version: Option<i32>,
+    ) -> Result<Option<EventSchema>, Error> {
         let spec = version.map_or(VersionSpec::Latest, VersionSpec::Number);
-        let found = match self.version(subject, spec, false).await {
-            Ok(v) => Some(EventSchema {
+        match self.version(subject, spec, false).await {
+            Ok(v) => Ok(Some(EventSchema {
                 id: v.id,
                 version: v.version,
                 schema: self.parsed(v.id, &v.schema)?,
-            }),
-            Err(Error::SubjectNotFound(_) | Error::VersionNotFound { .. }) => None,
-            Err(other) => return Err(other),
-        };
-        if version.is_none() {
-            self.latest
-                .write()
-                .expect("registry cache lock")
-                .insert(subject.to_owned(), (Instant::now(), found.clone()));
+            })),
+            Err(Error::SubjectNotFound(_) | Error::VersionNotFound { .. }) => Ok(None),
+            Err(other) => Err(other),
         }
-        Ok(found)
     }
+}
+
+/// A cached answer of [`Registry::event_schema`].
+#[derive(Debug)]
+struct Cached {
+    fetched: Instant,
+    value: Option<EventSchema>,
+    /// One caller is fetching a fresh answer; the others use this one meanwhile.
+    refreshing: bool,
 }
 
 /// Why an event could not be shown in the schema version a reader asked for.
