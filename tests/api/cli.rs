@@ -99,6 +99,19 @@ fn a_bad_configuration_fails_fast_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_batch_events"), "{stderr}");
 
+    // A misspelt setting is reported, not silently dropped.
+    let output = keel()
+        .args(["migrate", "--database-url", &fresh_database_url()])
+        .env("KEEL_LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ignoring KEEL_LISTN: not a keel setting"),
+        "{stderr}"
+    );
+
     let output = keel()
         .arg("migrate")
         .env("KEEL_LISTEN", "not-an-address")
