@@ -47,6 +47,8 @@ struct EventInput {
 struct Checked {
     event: NewEvent,
     schema_version: Option<i32>,
+    /// The client chose the id, so this may be a retry of a stored event.
+    client_id: bool,
 }
 
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
@@ -83,16 +85,19 @@ async fn append_checked(
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
     let checked = validate_batch(&state, request.events)?;
     // As sent, for recognising a retry after the type's schema changed (see `replay_as_sent`).
-    let sent: Vec<(Uuid, String, Value)> = checked
-        .iter()
-        .map(|c| {
-            (
-                c.event.id,
-                c.event.event_type.to_string(),
-                c.event.payload.clone(),
-            )
-        })
-        .collect();
+    // Only a batch whose ids the client chose can be a retry, so only such a batch pays the copy.
+    let sent: Option<Vec<(Uuid, String, Value)>> = checked.iter().all(|c| c.client_id).then(|| {
+        checked
+            .iter()
+            .map(|c| {
+                (
+                    c.event.id,
+                    c.event.event_type.to_string(),
+                    c.event.payload.clone(),
+                )
+            })
+            .collect()
+    });
     let events = apply_schemas(&state, &aggregate_type, checked).await?;
     let appended = state
         .store
@@ -105,10 +110,11 @@ async fn append_checked(
         .await;
     let result = match appended {
         Err(conflict @ store::Error::IdempotencyConflict { .. }) => {
-            match replay_as_sent(&state, &aggregate_type, aggregate_id, &sent).await? {
-                Some(original) => original,
-                None => return Err(conflict.into()),
-            }
+            let replayed = match &sent {
+                Some(sent) => replay_as_sent(&state, &aggregate_type, aggregate_id, sent).await?,
+                None => None,
+            };
+            replayed.ok_or_else(|| ApiError::from(conflict))?
         }
         other => other?,
     };
@@ -227,6 +233,7 @@ fn validate_batch(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<Check
                 schema: None,
             },
             schema_version: input.schema_version,
+            client_id: input.id.is_some(),
         });
     }
     Ok(events)
@@ -253,6 +260,7 @@ async fn apply_schemas(
         Checked {
             mut event,
             schema_version,
+            ..
         },
     ) in checked.into_iter().enumerate()
     {
