@@ -274,6 +274,12 @@ impl Registry {
     ) -> Result<SubjectVersion, Error> {
         let mut conn = self.pool.acquire().await?;
         let rows = Self::versions_of(&mut conn, subject, include_deleted).await?;
+        Self::pick(subject, rows, spec).map(Into::into)
+    }
+
+    /// The version `spec` names among a subject's `rows` (oldest first); "latest" is the newest
+    /// live one.
+    fn pick(subject: &str, rows: Vec<VersionRow>, spec: VersionSpec) -> Result<VersionRow, Error> {
         if rows.is_empty() {
             return Err(Error::SubjectNotFound(subject.to_owned()));
         }
@@ -281,7 +287,7 @@ impl Registry {
             VersionSpec::Latest => rows.into_iter().rfind(|r| !r.deleted),
             VersionSpec::Number(n) => rows.into_iter().find(|r| r.version == n),
         };
-        found.map(Into::into).ok_or_else(|| Error::VersionNotFound {
+        found.ok_or_else(|| Error::VersionNotFound {
             subject: subject.to_owned(),
             version: match spec {
                 VersionSpec::Latest => "latest".into(),
@@ -364,16 +370,11 @@ impl Registry {
         spec: VersionSpec,
         permanent: bool,
     ) -> Result<i32, Error> {
-        let target = self.version(subject, spec, permanent).await?;
-        let deleted: bool = sqlx::query_scalar(
-            "SELECT deleted FROM registry_versions WHERE subject = $1 AND version = $2",
-        )
-        .bind(subject)
-        .bind(target.version)
-        .fetch_one(&self.pool)
-        .await?;
+        let mut conn = self.pool.acquire().await?;
+        let rows = Self::versions_of(&mut conn, subject, permanent).await?;
+        let target = Self::pick(subject, rows, spec)?;
         if permanent {
-            if !deleted {
+            if !target.deleted {
                 return Err(Error::VersionNotSoftDeleted {
                     subject: subject.to_owned(),
                     version: target.version,
@@ -382,7 +383,7 @@ impl Registry {
             sqlx::query("DELETE FROM registry_versions WHERE subject = $1 AND version = $2")
                 .bind(subject)
                 .bind(target.version)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
         } else {
             sqlx::query(
@@ -390,7 +391,7 @@ impl Registry {
             )
             .bind(subject)
             .bind(target.version)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         }
         self.forget_latest(subject);
@@ -409,25 +410,19 @@ impl Registry {
         let parsed = ParsedSchema::parse(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
         let mut conn = self.pool.acquire().await?;
         let mode = compatibility_of(&mut conn, subject).await?;
+        let all = Self::versions_of(&mut conn, subject, true).await?;
         let rows = match spec {
             // Clients check against "latest" before a subject's first registration.
-            Some(VersionSpec::Latest)
-                if Self::versions_of(&mut conn, subject, false)
-                    .await?
-                    .is_empty() =>
-            {
-                Vec::new()
+            Some(VersionSpec::Latest) if all.iter().all(|r| r.deleted) => Vec::new(),
+            Some(spec) => {
+                let live = all.into_iter().filter(|r| !r.deleted).collect();
+                vec![Self::pick(subject, live, spec)?]
             }
-            Some(spec) => vec![self.version(subject, spec, false).await?],
-            None => Self::versions_of(&mut conn, subject, true)
-                .await?
-                .into_iter()
-                .map(Into::into)
-                .collect(),
+            None => all,
         };
         let existing = rows
             .iter()
-            .map(|r| Ok((r.version, self.parsed(r.id, &r.schema)?)))
+            .map(|r| Ok((r.version, self.parsed(r.id, &r.schema_text)?)))
             .collect::<Result<Vec<_>, Error>>()?;
         let refs: Vec<(i32, &ParsedSchema)> =
             existing.iter().map(|(v, s)| (*v, s.as_ref())).collect();
