@@ -71,30 +71,12 @@ impl Catalog {
         Ok(Self { entries })
     }
 
-    /// A catalog built in code, for embedding keel or for tests.
-    pub fn from_entries(entries: impl IntoIterator<Item = EventTypeEntry>) -> Self {
-        Self {
-            entries: entries
-                .into_iter()
-                .map(|e| (e.event_type.clone(), e))
-                .collect(),
-        }
-    }
-
     pub fn get(&self, event_type: &EventType) -> Option<&EventTypeEntry> {
         self.entries.get(event_type)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &EventTypeEntry> {
         self.entries.values()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -90,38 +90,24 @@ async fn migrate_creates_the_database_and_serve_answers_until_terminated() {
 
 #[test]
 fn a_bad_configuration_fails_fast_with_the_reason() {
-    let output = keel()
-        .arg("migrate")
-        .env("KEEL_API__MAX_BATCH_EVENTS", "0")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("max_batch_events"), "{stderr}");
+    let (ok, out) = run(keel().arg("migrate").env("KEEL_API__MAX_BATCH_EVENTS", "0"));
+    assert!(!ok && out.contains("max_batch_events"), "{out}");
 
-    // A misspelt setting is reported, not silently dropped.
-    let output = keel()
-        .args(["migrate", "--database-url", &fresh_database_url()])
-        .env("KEEL_LISTN", "127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, out) = run(keel().arg("migrate").env("KEEL_LISTEN", "not-an-address"));
+    let out = out.to_lowercase();
     assert!(
-        stderr.contains("ignoring KEEL_LISTN: not a keel setting"),
-        "{stderr}"
+        !ok && out.contains("invalid configuration") && out.contains("listen"),
+        "{out}"
     );
 
-    let output = keel()
-        .arg("migrate")
-        .env("KEEL_LISTEN", "not-an-address")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+    // A misspelt setting is reported, not silently dropped.
+    let database_url = fresh_database_url();
+    let (ok, out) = run(keel()
+        .args(["migrate", "--database-url", &database_url])
+        .env("KEEL_LISTN", "127.0.0.1:1"));
     assert!(
-        stderr.contains("invalid configuration") && stderr.contains("listen"),
-        "{stderr}"
+        ok && out.contains("ignoring KEEL_LISTN: not a keel setting"),
+        "{out}"
     );
 }
 
