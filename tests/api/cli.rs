@@ -191,6 +191,21 @@ fn schema_sync_registers_the_catalog_and_refuses_a_breaking_change_with_the_reas
     ]));
     assert!(!ok && out.contains("$.entity"), "{out}");
 
+    // `keel serve` registers the catalog at start-up and refuses to start on the breaking change.
+    let (ok, out) = run(keel()
+        .args([
+            "serve",
+            "--database-url",
+            &database_url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--schemas-dir", catalog.to_str().unwrap()]));
+    assert!(
+        !ok && out.contains("state_change/v2.avsc is incompatible"),
+        "{out}"
+    );
+
     let compatible = breaking.replace(r#""type":"long""#, r#""type":"string""#).replace(
         r#"{"name":"to_state","type":"string"},"#,
         r#"{"name":"to_state","type":"string"},{"name":"note","type":["null","string"],"default":null},"#,
