@@ -33,6 +33,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub api: ApiConfig,
     pub append: AppendConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,136 @@ impl Default for AppendConfig {
         Self {
             group_commit_workers: 4,
             group_commit_max_events: 1_000,
+        }
+    }
+}
+
+/// The relay: outbox to Kafka and Redis (see `src/relay`). Every relay process of one database
+/// must use the same sink settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// `keel serve` runs the relay in-process too (`KEEL_RELAY__IN_PROCESS`).
+    pub in_process: bool,
+    /// After each append commit, `keel serve` sends one coalesced `NOTIFY` (outside the append
+    /// transaction) so that separate `keel relay` processes wake at once (`KEEL_RELAY__NOTIFY`).
+    pub notify: bool,
+    /// This relay's name in leases and logs; the host name and process id by default.
+    pub name: Option<String>,
+    /// Most rows read per partition per round (`KEEL_RELAY__BATCH_SIZE`).
+    pub batch_size: i64,
+    /// Fallback poll when no wake-up arrives (`KEEL_RELAY__POLL_INTERVAL_MS`).
+    pub poll_interval_ms: u64,
+    /// A partition lease lasts this long unless renewed; a dead relay's partitions are taken
+    /// over after it (`KEEL_RELAY__LEASE_TTL_MS`).
+    pub lease_ttl_ms: u64,
+    /// How often leases are renewed and rebalanced (`KEEL_RELAY__HEARTBEAT_MS`).
+    pub heartbeat_ms: u64,
+    /// Attempts at a row that fails permanently before it is parked (`KEEL_RELAY__MAX_ATTEMPTS`).
+    pub max_attempts: i32,
+    /// First and longest back-off after a failed round (`KEEL_RELAY__BACKOFF_INITIAL_MS`, `..._MAX_MS`).
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub kafka: KafkaSinkConfig,
+    pub redis: RedisSinkConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            in_process: false,
+            notify: true,
+            name: None,
+            batch_size: 500,
+            poll_interval_ms: 250,
+            lease_ttl_ms: 4_000,
+            heartbeat_ms: 1_000,
+            max_attempts: 5,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+            kafka: KafkaSinkConfig::default(),
+            redis: RedisSinkConfig::default(),
+        }
+    }
+}
+
+impl RelayConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.batch_size < 1 || self.max_attempts < 1 {
+            bail!("relay.batch_size and relay.max_attempts must be positive");
+        }
+        if self.heartbeat_ms == 0 || self.lease_ttl_ms < 2 * self.heartbeat_ms {
+            bail!("relay.lease_ttl_ms must be at least twice relay.heartbeat_ms");
+        }
+        if self.poll_interval_ms == 0 || self.backoff_initial_ms == 0 {
+            bail!("relay.poll_interval_ms and relay.backoff_initial_ms must be positive");
+        }
+        if !self.kafka.enabled && !self.redis.enabled {
+            bail!("the relay needs at least one sink: enable relay.kafka or relay.redis");
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication < 1 {
+            bail!("relay.kafka.partitions and relay.kafka.replication must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// The Kafka sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSinkConfig {
+    /// `KEEL_RELAY__KAFKA__ENABLED`.
+    pub enabled: bool,
+    /// Topic of an event type whose catalog entry names none: this prefix and the aggregate type
+    /// (`KEEL_RELAY__KAFKA__TOPIC_PREFIX`).
+    pub topic_prefix: String,
+    /// Create missing topics through the admin API (`KEEL_RELAY__KAFKA__CREATE_TOPICS`).
+    pub create_topics: bool,
+    /// Partitions and replication factor of the topics keel creates.
+    pub partitions: i32,
+    pub replication: i32,
+    /// Topics that get JSON values instead of Confluent-framed Avro.
+    pub json_topics: Vec<String>,
+    /// Raw librdkafka producer settings, applied last (TLS, SASL, `linger.ms`, ...). In TOML:
+    /// `[relay.kafka.properties]` with quoted keys such as `"security.protocol" = "SSL"`.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic_prefix: "keel.".into(),
+            create_topics: true,
+            partitions: 6,
+            replication: 1,
+            json_topics: Vec::new(),
+            properties: Default::default(),
+        }
+    }
+}
+
+/// The Redis sink: `PUBLISH` for live fan-out and `XADD` for short-lived durable reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSinkConfig {
+    /// `KEEL_RELAY__REDIS__ENABLED`.
+    pub enabled: bool,
+    /// Pub/sub channel of an aggregate type: this prefix and the type (`..._CHANNEL_PREFIX`).
+    pub channel_prefix: String,
+    /// Stream of an aggregate type: this prefix and the type (`..._STREAM_PREFIX`).
+    pub stream_prefix: String,
+    /// Approximate most entries a stream keeps (`XADD ... MAXLEN ~ n`) (`..._STREAM_MAXLEN`).
+    pub stream_maxlen: u64,
+}
+
+impl Default for RedisSinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            channel_prefix: "keel.".into(),
+            stream_prefix: "keel.stream.".into(),
+            stream_maxlen: 100_000,
         }
     }
 }
@@ -127,6 +258,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             api: ApiConfig::default(),
             append: AppendConfig::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -164,6 +296,8 @@ pub struct Overrides {
     pub log: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schemas_dir: Option<PathBuf>,
+    #[serde(skip)]
+    pub relay_in_process: Option<bool>,
 }
 
 impl Config {
@@ -185,12 +319,16 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("invalid configuration")?;
+        let mut config = config;
+        if let Some(on) = overrides.relay_in_process {
+            config.relay.in_process = on;
+        }
         config.validate()?;
         Ok(config)
     }
 
     /// The top-level keys, which `KEEL_*` variables may set.
-    const KEYS: [&'static str; 10] = [
+    const KEYS: [&'static str; 11] = [
         "database_url",
         "listen",
         "redis_url",
@@ -201,6 +339,7 @@ impl Config {
         "pool",
         "api",
         "append",
+        "relay",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -220,6 +359,7 @@ impl Config {
         if self.append.group_commit_max_events == 0 {
             bail!("append.group_commit_max_events must be positive");
         }
+        self.relay.validate()?;
         Ok(())
     }
 

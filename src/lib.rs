@@ -9,7 +9,8 @@
 //!    [`store::append`] inside their own transaction instead.
 //! 3. [`store::log`] is the gap-safe global order: every reader that follows the log (the relay,
 //!    replays, projections) reads through it and never skips a late-committing event.
-//! 4. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
+//! 4. [`relay`] ships outbox rows to Kafka and Redis, in per-aggregate order, at least once.
+//! 5. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
 //!    [`bench`] measures it against raw SQL in the same run.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod registry;
+pub mod relay;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

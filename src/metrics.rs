@@ -18,6 +18,20 @@ pub const GROUP_COMMIT_REQUESTS: &str = "keel_group_commit_batch_requests";
 /// every reader that follows it) waits for it: when this grows, delivery is delayed by that much.
 /// Needs the `pg_read_all_stats` role to see other users' transactions.
 pub const LOG_HORIZON_AGE: &str = "keel_log_horizon_age_seconds";
+/// Outbox rows a sink has not passed yet, over the partitions this relay holds (sum over relays).
+pub const OUTBOX_BACKLOG: &str = "keel_outbox_backlog";
+/// Age of the oldest of those rows: how far behind the sink is.
+pub const OUTBOX_OLDEST_AGE: &str = "keel_outbox_oldest_age_seconds";
+/// Rows parked (waiting for `keel outbox retry|skip`) or held behind them.
+pub const OUTBOX_PARKED: &str = "keel_outbox_parked";
+/// Rows a sink acknowledged, by `sink`.
+pub const RELAY_PUBLISHED: &str = "keel_relay_published_total";
+/// Failed publishes by `sink`, `class` (`retriable`, `permanent`) and `kind` (see the error tables).
+pub const RELAY_ERRORS: &str = "keel_relay_errors_total";
+/// Time from commit to the sink's acknowledgement, for the newest row of the last round.
+pub const RELAY_LAG: &str = "keel_relay_lag_seconds";
+/// Relay partitions this process holds a lease on.
+pub const RELAY_PARTITIONS: &str = "keel_relay_partitions_owned";
 
 /// Installs the process-wide recorder once and returns its handle; later calls return the same
 /// handle (several keel instances in one process, as in tests, share it). `None` when the

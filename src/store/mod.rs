@@ -43,6 +43,7 @@ const ORDER_RETRIES: usize = 5;
 pub struct Store {
     pool: PgPool,
     group_commit: Option<Arc<GroupCommit>>,
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -72,6 +73,7 @@ impl Store {
         Self {
             pool,
             group_commit: None,
+            commits: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -111,10 +113,21 @@ impl Store {
             expected,
             events,
         };
-        match &self.group_commit {
+        let result = match &self.group_commit {
             Some(group) => group.append(request).await,
             None => append_alone(&self.pool, &request).await,
+        };
+        if matches!(&result, Ok(r) if !r.idempotent_replay) {
+            self.commits.send_modify(|n| *n = n.wrapping_add(1));
         }
+        result
+    }
+
+    /// Changes after every append this handle commits: an in-process wake-up for the relay, so
+    /// it does not need a notification inside the append transaction. Appends made with
+    /// [`append`] in a caller's own transaction do not signal; the relay's poll finds them.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// Checks that the database answers; used by the readiness probe.

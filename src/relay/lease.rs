@@ -1,0 +1,182 @@
+//! Partition leases: how several relay processes split the outbox so that no two of them publish
+//! the same aggregate at the same time, and how a dead relay's share is taken over.
+//!
+//! * Each relay heartbeats in `relay_members` and renews its leases every `relay.heartbeat_ms`.
+//!   A lease lasts `relay.lease_ttl_ms` from its last renewal, by PostgreSQL's clock.
+//! * Each relay aims at its fair share, `ceil(16 / live relays)`: it claims free or expired
+//!   partitions up to that share and releases the ones above it.
+//! * A relay stops publishing on its own before its lease can run out: its sink loops treat the
+//!   leases as valid only until `renewal sent + ttl - one heartbeat`, by its local monotonic clock.
+//!   Cursor updates also re-check the lease in the database (see [`super::outbox::commit`]).
+//! * Before releasing a partition the relay waits for its sink loops to finish the round in
+//!   flight (the `gate`), so the next owner starts only after the last send.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::{watch, RwLock};
+use uuid::Uuid;
+
+use super::outbox::PARTITIONS;
+
+/// The partitions this relay may publish, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owned {
+    pub partitions: Vec<i16>,
+    pub valid_until: Option<Instant>,
+}
+
+impl Owned {
+    /// The partitions, if the leases are still safely valid.
+    pub fn current(&self) -> &[i16] {
+        match self.valid_until {
+            Some(until) if Instant::now() < until => &self.partitions,
+            _ => &[],
+        }
+    }
+}
+
+pub struct Leases {
+    pool: PgPool,
+    pub owner: Uuid,
+    name: String,
+    ttl: Duration,
+    heartbeat: Duration,
+    owned: watch::Sender<Owned>,
+    /// Sink loops hold it for reading during a round; releasing a partition takes it for writing.
+    pub gate: Arc<RwLock<()>>,
+}
+
+impl Leases {
+    pub fn new(pool: PgPool, name: String, ttl: Duration, heartbeat: Duration) -> Self {
+        Self {
+            pool,
+            owner: Uuid::new_v4(),
+            name,
+            ttl,
+            heartbeat,
+            owned: watch::Sender::new(Owned::default()),
+            gate: Arc::new(RwLock::new(())),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Owned> {
+        self.owned.subscribe()
+    }
+
+    /// Renews and rebalances every heartbeat until `stop` fires, then releases everything.
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "relay lease round failed; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.heartbeat) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        self.release_all().await;
+    }
+
+    async fn round(&self) -> Result<(), sqlx::Error> {
+        let started = Instant::now();
+        let ttl_ms = self.ttl.as_millis() as i64;
+        sqlx::query(
+            "INSERT INTO relay_members (id, name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(self.owner)
+        .bind(&self.name)
+        .execute(&self.pool)
+        .await?;
+        let mut mine: Vec<i16> = sqlx::query_scalar(
+            "UPDATE relay_leases SET lease_until = now() + $2 * interval '1 millisecond'
+              WHERE owner = $1 AND lease_until > now() RETURNING partition",
+        )
+        .bind(self.owner)
+        .bind(ttl_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM relay_members
+              WHERE heartbeat_at > now() - $1 * interval '1 millisecond'",
+        )
+        .bind(ttl_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let fair = (PARTITIONS as usize).div_ceil(live.max(1) as usize);
+        mine.sort_unstable();
+        if mine.len() > fair {
+            let release = mine.split_off(fair);
+            self.publish(mine.clone(), started);
+            self.release(&release).await?;
+            tracing::info!(?release, "released relay partitions for a fair share");
+        } else if mine.len() < fair {
+            let claimed: Vec<i16> = sqlx::query_scalar(
+                "UPDATE relay_leases l
+                    SET owner = $1, owner_name = $2,
+                        lease_until = now() + $3 * interval '1 millisecond'
+                  WHERE l.partition IN (
+                        SELECT partition FROM relay_leases
+                         WHERE owner IS NULL OR lease_until <= now()
+                         ORDER BY partition LIMIT $4 FOR UPDATE SKIP LOCKED)
+                  RETURNING l.partition",
+            )
+            .bind(self.owner)
+            .bind(&self.name)
+            .bind(ttl_ms)
+            .bind((fair - mine.len()) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            if !claimed.is_empty() {
+                tracing::info!(?claimed, "claimed relay partitions");
+            }
+            mine.extend(claimed);
+            mine.sort_unstable();
+        }
+        self.publish(mine, started);
+        sqlx::query(
+            "DELETE FROM relay_members WHERE heartbeat_at < now() - $1 * interval '1 millisecond'",
+        )
+        .bind(ttl_ms * 10)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn publish(&self, partitions: Vec<i16>, renewed_at: Instant) {
+        let until = renewed_at + self.ttl.saturating_sub(self.heartbeat);
+        self.owned.send_replace(Owned {
+            partitions,
+            valid_until: Some(until),
+        });
+    }
+
+    /// Stops the sink loops from using `partitions`, waits for their round in flight, then frees
+    /// the leases so another relay can take them at once.
+    async fn release(&self, partitions: &[i16]) -> Result<(), sqlx::Error> {
+        drop(self.gate.write().await);
+        sqlx::query(
+            "UPDATE relay_leases SET owner = NULL, owner_name = NULL, lease_until = '-infinity'
+              WHERE owner = $1 AND partition = ANY($2)",
+        )
+        .bind(self.owner)
+        .bind(partitions)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_all(&self) {
+        let all: Vec<i16> = self.owned.borrow().partitions.clone();
+        self.owned.send_replace(Owned::default());
+        if let Err(e) = self.release(&all).await {
+            tracing::warn!(error = %e, "cannot release relay leases; they expire on their own");
+        }
+        let _ = sqlx::query("DELETE FROM relay_members WHERE id = $1")
+            .bind(self.owner)
+            .execute(&self.pool)
+            .await;
+    }
+}

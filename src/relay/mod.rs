@@ -1,0 +1,273 @@
+//! The relay: ships outbox rows to Kafka and to Redis.
+//!
+//! # Guarantees (each has a named test; see docs/guarantees.md)
+//! * **At-least-once.** A sink's cursor moves past a row only after that sink acknowledged it (or
+//!   the row was parked). A crash at any point loses nothing; at worst the rows of the round in
+//!   flight are sent again. Every message carries its event id, so consumers can deduplicate.
+//! * **Per-aggregate order.** An aggregate's rows are all in one relay partition; one relay at a
+//!   time holds that partition ([`lease`]) and sends its rows in log order, which is version order
+//!   (see [`crate::store::log`]). Kafka gets the aggregate id as key (one Kafka partition) from an
+//!   idempotent producer with no local time-out; Redis gets one pipeline per round. A row that
+//!   fails stops its partition's cursor there, so later rows are re-sent after it, never instead
+//!   of it. After a takeover or a retry a consumer may see an event again (same id), but the first
+//!   time it sees each event is in version order.
+//! * **No silent skip.** Rows are read below the transaction horizon of [`crate::store::log`].
+//! * **Independent sinks.** Kafka and Redis each have their own cursors and loop: an outage of one
+//!   builds that sink's backlog only.
+//! * **Parking.** A row that fails permanently `relay.max_attempts` times is parked with its error;
+//!   its aggregate's later rows are held behind it, in order, while other aggregates flow.
+//!   `keel outbox retry|skip` releases them.
+//! * **Bounded outbox.** Rows every sink has passed are deleted every second.
+
+pub mod envelope;
+pub mod kafka;
+pub mod lease;
+pub mod outbox;
+pub mod redis;
+pub mod sink;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use self::kafka::KafkaSink;
+use self::lease::Leases;
+use self::outbox::{OutboxRow, PARTITIONS, WAKE_CHANNEL};
+use self::redis::RedisSink;
+use self::sink::{Outcome, SinkKind};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::metrics;
+use crate::registry::Registry;
+
+/// A sink the relay publishes to.
+pub enum Sink {
+    Kafka(KafkaSink),
+    Redis(RedisSink),
+}
+
+impl Sink {
+    pub fn kind(&self) -> SinkKind {
+        match self {
+            Sink::Kafka(_) => SinkKind::Kafka,
+            Sink::Redis(_) => SinkKind::Redis,
+        }
+    }
+
+    /// Publishes `rows` in order; one outcome per row.
+    pub async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome> {
+        match self {
+            Sink::Kafka(k) => k.publish(rows).await,
+            Sink::Redis(r) => r.publish(rows).await,
+        }
+    }
+
+    /// Drops what is queued but not sent, after a round was abandoned (lease lost, stopping).
+    fn abandon(&self) {
+        if let Sink::Kafka(k) = self {
+            k.purge_queued();
+        }
+    }
+
+    fn shutdown(&self) {
+        if let Sink::Kafka(k) = self {
+            k.flush(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A running relay. [`RelayHandle::shutdown`] stops it and frees its leases at once.
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    owner: Uuid,
+    sinks: Vec<Arc<Sink>>,
+}
+
+impl RelayHandle {
+    /// This relay's id in `relay_leases` and `relay_members`.
+    pub fn owner(&self) -> Uuid {
+        self.owner
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+        for sink in &self.sinks {
+            sink.shutdown();
+        }
+    }
+}
+
+/// Starts the relay's tasks: leases, one loop per enabled sink, clean-up, status metrics, and a
+/// listener for wake-ups. `commits` is an in-process "something was committed" signal (from
+/// [`crate::store::Store::commits`]) when the relay runs inside `keel serve`.
+pub async fn start(
+    config: &Config,
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    registry: Arc<Registry>,
+    commits: Option<watch::Receiver<u64>>,
+) -> anyhow::Result<RelayHandle> {
+    let relay = &config.relay;
+    let mut sinks: Vec<Arc<Sink>> = Vec::new();
+    if relay.kafka.enabled {
+        let k = KafkaSink::new(
+            &config.kafka_brokers,
+            relay.kafka.clone(),
+            catalog,
+            registry,
+        )
+        .context("cannot configure the kafka producer")?;
+        sinks.push(Arc::new(Sink::Kafka(k)));
+    }
+    if relay.redis.enabled {
+        let r =
+            RedisSink::new(&config.redis_url, relay.redis.clone()).context("invalid redis url")?;
+        sinks.push(Arc::new(Sink::Redis(r)));
+    }
+    let name = relay.name.clone().unwrap_or_else(default_name);
+    let leases = Arc::new(Leases::new(
+        pool.clone(),
+        name.clone(),
+        Duration::from_millis(relay.lease_ttl_ms),
+        Duration::from_millis(relay.heartbeat_ms),
+    ));
+    let (stop, stop_rx) = watch::channel(false);
+    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let wake_tx = Arc::new(wake_tx);
+    let mut tasks = JoinSet::new();
+
+    if let Some(mut commits) = commits {
+        let wake = wake_tx.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = commits.changed() => if changed.is_err() { break },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+    }
+    tasks.spawn(listen(pool.clone(), wake_tx.clone(), stop_rx.clone()));
+    {
+        let leases = leases.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { leases.run(stop).await });
+    }
+    for sink in &sinks {
+        let worker = worker::SinkLoop {
+            sink: sink.clone(),
+            pool: pool.clone(),
+            owner: leases.owner,
+            owned: leases.subscribe(),
+            gate: leases.gate.clone(),
+            wake: wake_rx.clone(),
+            config: relay.clone(),
+            attempts: Default::default(),
+        };
+        tasks.spawn(worker.run(stop_rx.clone()));
+    }
+    let kinds: Vec<SinkKind> = sinks.iter().map(|s| s.kind()).collect();
+    tasks.spawn(housekeeping(pool, leases.subscribe(), kinds, stop_rx));
+    tracing::info!(relay = %name, owner = %leases.owner, sinks = sinks.len(), "relay started");
+    Ok(RelayHandle {
+        stop,
+        tasks,
+        owner: leases.owner,
+        sinks,
+    })
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "relay".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Wakes the sink loops on `NOTIFY keel_relay` (sent by `keel serve` after commits, and by
+/// `keel outbox retry|skip`). Reconnects after a lost connection; polling covers the gap.
+async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(WAKE_CHANNEL).await?;
+            loop {
+                l.recv().await?;
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            r = listener => if let Err(e) = r {
+                tracing::debug!(error = %e, "relay wake-up listener lost its connection");
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Every second: delete delivered outbox rows of the partitions held. Every five: export the
+/// backlog metrics for them.
+async fn housekeeping(
+    pool: PgPool,
+    owned: watch::Receiver<lease::Owned>,
+    sinks: Vec<SinkKind>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let parts = owned.borrow().current().to_vec();
+        ::metrics::gauge!(metrics::RELAY_PARTITIONS).set(parts.len() as f64);
+        for p in &parts {
+            if let Err(e) = outbox::cleanup(&pool, *p, &sinks).await {
+                tracing::warn!(partition = p, error = %e, "outbox clean-up failed");
+            }
+        }
+        n += 1;
+        if n % 5 == 1 && !parts.is_empty() {
+            match outbox::status(&pool, &parts).await {
+                Ok(status) => {
+                    for s in status
+                        .iter()
+                        .filter(|s| sinks.iter().any(|k| k.as_str() == s.sink))
+                    {
+                        let sink = s.sink.clone();
+                        ::metrics::gauge!(metrics::OUTBOX_BACKLOG, "sink" => sink.clone())
+                            .set(s.backlog as f64);
+                        ::metrics::gauge!(metrics::OUTBOX_OLDEST_AGE, "sink" => sink.clone())
+                            .set(s.oldest_age_seconds);
+                        ::metrics::gauge!(metrics::OUTBOX_PARKED, "sink" => sink)
+                            .set((s.parked + s.held) as f64);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbox status"),
+            }
+        }
+    }
+}
+
+/// Every partition, for operator views.
+pub fn all_partitions() -> Vec<i16> {
+    (0..PARTITIONS).collect()
+}

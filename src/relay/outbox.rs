@@ -1,0 +1,404 @@
+//! The relay's SQL: reading the outbox in log order, moving cursors, parking, cleaning up, and
+//! the operator's view (`keel outbox status|parked|retry|skip`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::sink::SinkKind;
+use crate::model::RecordedEvent;
+use crate::store::log::LogCursor;
+
+/// The number of relay partitions; fixed by migration 0004.
+pub const PARTITIONS: i16 = 16;
+
+/// An outbox row with its event, as a sink publishes it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub partition: i16,
+    pub tx_id: i64,
+    #[sqlx(flatten)]
+    pub event: RecordedEvent,
+    /// The aggregate has parked or held rows for this sink: this row must wait behind them.
+    pub blocked: bool,
+    /// For rows re-sent from the parked table: their attempts so far.
+    pub attempts: i32,
+}
+
+impl OutboxRow {
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            tx_id: self.tx_id,
+            position: self.event.position,
+        }
+    }
+
+    pub fn aggregate(&self) -> (&str, Uuid) {
+        (&self.event.aggregate_type, self.event.aggregate_id)
+    }
+}
+
+const ROW_COLUMNS: &str = "e.id, e.position, e.aggregate_type, e.aggregate_id, e.version, \
+     e.event_type, e.schema_id, e.schema_version, e.payload, e.metadata, e.created_at";
+
+/// Up to `per_partition` rows after the sink's cursor in each of `partitions`, in log order, and
+/// only below the transaction horizon (see [`crate::store::log`]): a row that commits later
+/// always sorts after the cursor, so nothing is ever skipped.
+pub async fn read_batch(
+    pool: &PgPool,
+    sink: SinkKind,
+    partitions: &[i16],
+    per_partition: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT o.partition, o.tx_id::text::bigint AS tx_id, {ROW_COLUMNS},
+                EXISTS (SELECT 1 FROM relay_parked k
+                         WHERE k.sink = $1 AND k.aggregate_type = o.aggregate_type
+                           AND k.aggregate_id = o.aggregate_id) AS blocked,
+                0 AS attempts
+           FROM relay_progress c
+          CROSS JOIN LATERAL (
+                SELECT * FROM outbox o
+                 WHERE o.partition = c.partition
+                   AND (o.tx_id, o.position) > (c.tx_id, c.position)
+                   AND o.tx_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+                 ORDER BY o.tx_id, o.position
+                 LIMIT $3) o
+           JOIN events e ON e.position = o.position
+          WHERE c.sink = $1 AND c.partition = ANY($2)
+          ORDER BY o.partition, o.tx_id, o.position"
+    );
+    sqlx::query_as(&sql)
+        .bind(sink.as_str())
+        .bind(partitions)
+        .bind(per_partition)
+        .fetch_all(pool)
+        .await
+}
+
+/// Parked-table rows that may be re-sent: those an operator released (`retry`) and those held
+/// behind them, or behind a row that was delivered or skipped. A row stays put while an earlier
+/// row of its aggregate is `parked`. Ordered by aggregate, then log order.
+pub async fn read_redrive(
+    pool: &PgPool,
+    sink: SinkKind,
+    partitions: &[i16],
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT k.partition, k.tx_id::text::bigint AS tx_id, {ROW_COLUMNS},
+                false AS blocked, k.attempts
+           FROM relay_parked k
+           JOIN events e ON e.position = k.position
+          WHERE k.sink = $1 AND k.partition = ANY($2) AND k.state <> 'parked'
+            AND NOT EXISTS (SELECT 1 FROM relay_parked b
+                             WHERE b.sink = k.sink AND b.aggregate_type = k.aggregate_type
+                               AND b.aggregate_id = k.aggregate_id AND b.state = 'parked'
+                               AND (b.tx_id, b.position) < (k.tx_id, k.position))
+          ORDER BY k.aggregate_type, k.aggregate_id, k.tx_id, k.position
+          LIMIT $3"
+    );
+    sqlx::query_as(&sql)
+        .bind(sink.as_str())
+        .bind(partitions)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// A row to put into the parked table.
+#[derive(Debug, Clone)]
+pub struct Park {
+    pub row_position: i64,
+    pub tx_id: i64,
+    pub partition: i16,
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    pub event_type: String,
+    /// `parked` (this row failed) or `held` (behind a parked row).
+    pub state: &'static str,
+    pub error_class: Option<&'static str>,
+    pub error: Option<String>,
+    pub attempts: i32,
+}
+
+impl Park {
+    pub fn of(row: &OutboxRow, state: &'static str) -> Self {
+        Self {
+            row_position: row.event.position,
+            tx_id: row.tx_id,
+            partition: row.partition,
+            event_id: row.event.id,
+            aggregate_type: row.event.aggregate_type.clone(),
+            aggregate_id: row.event.aggregate_id,
+            event_type: row.event.event_type.clone(),
+            state,
+            error_class: None,
+            error: None,
+            attempts: row.attempts,
+        }
+    }
+}
+
+/// One iteration's results, written in one transaction.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// New cursor per partition.
+    pub advance: Vec<(i16, LogCursor)>,
+    /// New parked or held rows (from the main read), and re-parked ones (from a redrive).
+    pub park: Vec<Park>,
+    /// Parked-table rows that were delivered on a redrive.
+    pub delivered: Vec<i64>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.advance.is_empty() && self.park.is_empty() && self.delivered.is_empty()
+    }
+
+    fn partitions(&self) -> Vec<i16> {
+        let mut p: Vec<i16> = self
+            .advance
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(self.park.iter().map(|k| k.partition))
+            .collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+}
+
+/// Writes `commit` if `owner` still holds a lease on every partition it touches; otherwise writes
+/// nothing and returns `false` (another relay owns that work now and will redo it). The lease rows
+/// are share-locked until commit, so no other relay can take them over halfway.
+pub async fn commit(
+    pool: &PgPool,
+    owner: Uuid,
+    sink: SinkKind,
+    commit: &Commit,
+) -> Result<bool, sqlx::Error> {
+    if commit.is_empty() {
+        return Ok(true);
+    }
+    let partitions = commit.partitions();
+    let mut tx = pool.begin().await?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM relay_leases
+          WHERE partition = ANY($1) AND owner = $2 AND lease_until > now() FOR SHARE) l",
+    )
+    .bind(&partitions)
+    .bind(owner)
+    .fetch_one(&mut *tx)
+    .await?;
+    if held != partitions.len() as i64 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    if !commit.advance.is_empty() {
+        let (parts, (txs, positions)): (Vec<i16>, (Vec<i64>, Vec<i64>)) = commit
+            .advance
+            .iter()
+            .map(|(p, c)| (*p, (c.tx_id, c.position)))
+            .unzip();
+        sqlx::query(
+            "UPDATE relay_progress p
+                SET tx_id = v.tx::text::xid8, position = v.pos, updated_at = now()
+               FROM unnest($2::int2[], $3::int8[], $4::int8[]) AS v(partition, tx, pos)
+              WHERE p.sink = $1 AND p.partition = v.partition",
+        )
+        .bind(sink.as_str())
+        .bind(&parts)
+        .bind(&txs)
+        .bind(&positions)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for k in &commit.park {
+        sqlx::query(
+            "INSERT INTO relay_parked (sink, position, tx_id, partition, event_id, aggregate_type,
+                                       aggregate_id, event_type, state, error_class, error, attempts)
+             VALUES ($1, $2, $3::text::xid8, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (sink, position) DO UPDATE
+                SET state = EXCLUDED.state, error_class = EXCLUDED.error_class,
+                    error = EXCLUDED.error, attempts = EXCLUDED.attempts, updated_at = now()",
+        )
+        .bind(sink.as_str())
+        .bind(k.row_position)
+        .bind(k.tx_id.to_string())
+        .bind(k.partition)
+        .bind(k.event_id)
+        .bind(&k.aggregate_type)
+        .bind(k.aggregate_id)
+        .bind(&k.event_type)
+        .bind(k.state)
+        .bind(k.error_class)
+        .bind(&k.error)
+        .bind(k.attempts)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !commit.delivered.is_empty() {
+        sqlx::query("DELETE FROM relay_parked WHERE sink = $1 AND position = ANY($2)")
+            .bind(sink.as_str())
+            .bind(&commit.delivered)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Deletes the outbox rows of `partition` that every sink in `sinks` has passed. Returns how many.
+pub async fn cleanup(
+    pool: &PgPool,
+    partition: i16,
+    sinks: &[SinkKind],
+) -> Result<u64, sqlx::Error> {
+    let sinks: Vec<&str> = sinks.iter().map(|s| s.as_str()).collect();
+    let done = sqlx::query(
+        "DELETE FROM outbox o
+          USING (SELECT tx_id, position FROM relay_progress
+                  WHERE partition = $1 AND sink = ANY($2)
+                  ORDER BY tx_id, position LIMIT 1) c
+          WHERE o.partition = $1 AND (o.tx_id, o.position) <= (c.tx_id, c.position)",
+    )
+    .bind(partition)
+    .bind(&sinks)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// One sink's backlog, as `keel outbox status` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct SinkStatus {
+    pub sink: String,
+    /// Outbox rows the sink has not passed yet.
+    pub backlog: i64,
+    /// Age of the oldest of them, in seconds (0 with no backlog).
+    pub oldest_age_seconds: f64,
+    /// Rows parked for an operator, and rows held behind them.
+    pub parked: i64,
+    pub held: i64,
+}
+
+/// The backlog of every sink over `partitions`.
+pub async fn status(pool: &PgPool, partitions: &[i16]) -> Result<Vec<SinkStatus>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.sink,
+                coalesce(sum(b.n), 0)::bigint AS backlog,
+                coalesce(extract(epoch FROM now() - min(b.oldest)), 0)::float8 AS oldest_age_seconds,
+                (SELECT count(*) FROM relay_parked k
+                  WHERE k.sink = c.sink AND k.partition = ANY($1) AND k.state <> 'held') AS parked,
+                (SELECT count(*) FROM relay_parked k
+                  WHERE k.sink = c.sink AND k.partition = ANY($1) AND k.state = 'held') AS held
+           FROM relay_progress c
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS n, min(o.created_at) AS oldest FROM outbox o
+                 WHERE o.partition = c.partition AND (o.tx_id, o.position) > (c.tx_id, c.position)) b
+          WHERE c.partition = ANY($1)
+          GROUP BY c.sink
+          ORDER BY c.sink",
+    )
+    .bind(partitions)
+    .fetch_all(pool)
+    .await
+}
+
+/// A parked or held row, for `keel outbox parked`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ParkedEntry {
+    pub sink: String,
+    pub event_id: Uuid,
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    pub event_type: String,
+    pub state: String,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub parked_at: DateTime<Utc>,
+}
+
+/// Parked and held rows, oldest first.
+pub async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sink, event_id, position, aggregate_type, aggregate_id, event_type, state,
+                error_class, error, attempts, parked_at
+           FROM relay_parked ORDER BY tx_id, position, sink LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Which parked rows an operator command applies to.
+#[derive(Debug, Clone, Copy)]
+pub enum Selection {
+    /// One event, on every sink it is parked for (or one sink).
+    Event(Uuid, Option<SinkKind>),
+    /// Every parked row (of one sink).
+    All(Option<SinkKind>),
+}
+
+impl Selection {
+    fn binds(&self) -> (Option<Uuid>, Option<&'static str>) {
+        match *self {
+            Selection::Event(id, sink) => (Some(id), sink.map(SinkKind::as_str)),
+            Selection::All(sink) => (None, sink.map(SinkKind::as_str)),
+        }
+    }
+}
+
+/// Releases parked rows to be re-sent (with a fresh attempt count), and wakes the relays.
+/// Returns how many rows were released.
+pub async fn retry(pool: &PgPool, which: Selection) -> Result<u64, sqlx::Error> {
+    let (id, sink) = which.binds();
+    let done = sqlx::query(
+        "UPDATE relay_parked SET state = 'retry', attempts = 0, updated_at = now()
+          WHERE state = 'parked' AND ($1::uuid IS NULL OR event_id = $1)
+            AND ($2::text IS NULL OR sink = $2)",
+    )
+    .bind(id)
+    .bind(sink)
+    .execute(pool)
+    .await?;
+    wake_relays(pool).await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives up on parked rows: they are never delivered to that sink, and the rows held behind them
+/// flow again. Returns the rows skipped.
+pub async fn skip(pool: &PgPool, which: Selection) -> Result<Vec<ParkedEntry>, sqlx::Error> {
+    let (id, sink) = which.binds();
+    let skipped = sqlx::query_as(
+        "DELETE FROM relay_parked
+          WHERE state IN ('parked', 'retry') AND ($1::uuid IS NULL OR event_id = $1)
+            AND ($2::text IS NULL OR sink = $2)
+          RETURNING sink, event_id, position, aggregate_type, aggregate_id, event_type, state,
+                    error_class, error, attempts, parked_at",
+    )
+    .bind(id)
+    .bind(sink)
+    .fetch_all(pool)
+    .await?;
+    wake_relays(pool).await?;
+    Ok(skipped)
+}
+
+/// The channel relays listen on for "there is new work".
+pub const WAKE_CHANNEL: &str = "keel_relay";
+
+/// Tells every relay listening that there is new work. Issued outside append transactions, so it
+/// never adds to their cost or holds their commit.
+pub async fn wake_relays(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
