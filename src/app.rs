@@ -11,11 +11,13 @@ use crate::api::{self, AppState};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::registry::{self, Registry};
+use crate::relay;
 use crate::store::Store;
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    config: Config,
 }
 
 impl Application {
@@ -40,7 +42,11 @@ impl Application {
             limits: Arc::new(config.api.clone()),
             metrics: crate::metrics::install(),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            config: config.clone(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -57,15 +63,54 @@ impl Application {
         &self.state.registry
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then drains in-flight requests. With
+    /// `relay.in_process` the relay runs alongside and stops after the API.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let store = self.state.store.clone();
+        let relay = if self.config.relay.in_process {
+            Some(
+                relay::start(
+                    &self.config,
+                    store.pool().clone(),
+                    self.state.catalog.clone(),
+                    self.state.registry.clone(),
+                    Some(store.commits()),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let notifier = self
+            .config
+            .relay
+            .notify
+            .then(|| tokio::spawn(notify_relays(store)));
         tracing::info!(addr = %self.local_addr(), "keel api listening");
-        axum::serve(self.listener, api::router(self.state))
+        let served = axum::serve(self.listener, api::router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
-            .context("http server failed")
+            .context("http server failed");
+        if let Some(n) = notifier {
+            n.abort();
+        }
+        if let Some(relay) = relay {
+            relay.shutdown().await;
+        }
+        served
+    }
+}
+
+/// Sends one `NOTIFY` per burst of commits, after they committed, so relays in other processes
+/// wake at once. Bursts coalesce: commits made while a notification is on its way share the next.
+async fn notify_relays(store: Store) {
+    let mut commits = store.commits();
+    while commits.changed().await.is_ok() {
+        if let Err(e) = relay::outbox::wake_relays(store.pool()).await {
+            tracing::debug!(error = %e, "cannot notify relays; they poll");
+        }
     }
 }

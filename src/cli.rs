@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -11,6 +12,7 @@ use crate::bench;
 use crate::catalog::Catalog;
 use crate::config::{Config, Overrides};
 use crate::registry::{sync, Registry, VersionSpec};
+use crate::relay::{self, outbox, sink::SinkKind};
 use crate::store::Store;
 
 /// keel: a Kafka-compatible, log-centric event backbone.
@@ -37,6 +39,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP API.
     Serve(ServeArgs),
+    /// Run the relay alone: ship the outbox to Kafka and Redis. Run several for availability.
+    Relay,
+    /// Inspect the outbox and manage parked events.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate,
     /// Manage the event catalog's schemas in the registry.
@@ -67,6 +74,46 @@ pub enum SchemaCommand {
     List,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Each sink's backlog, the age of its oldest row, and its parked and held rows.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List parked rows (and the rows held behind them), oldest first.
+    Parked {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-send a parked event (by event id), or every parked event, after fixing the cause.
+    Retry {
+        /// The event id; see `keel outbox parked`.
+        id: Option<uuid::Uuid>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Only this sink (`kafka` or `redis`).
+        #[arg(long, value_parser = parse_sink)]
+        sink: Option<SinkKind>,
+    },
+    /// Give up on a parked event: it is never delivered to that sink, and the events held behind
+    /// it flow again.
+    Skip {
+        id: uuid::Uuid,
+        /// Only this sink (`kafka` or `redis`).
+        #[arg(long, value_parser = parse_sink)]
+        sink: Option<SinkKind>,
+    },
+}
+
+fn parse_sink(s: &str) -> Result<SinkKind, String> {
+    SinkKind::parse(s).ok_or_else(|| format!("unknown sink {s:?}: use kafka or redis"))
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on; overrides `KEEL_LISTEN`.
@@ -75,6 +122,9 @@ pub struct ServeArgs {
     /// The event catalog folder; overrides `KEEL_SCHEMAS_DIR`.
     #[arg(long)]
     pub schemas_dir: Option<PathBuf>,
+    /// Run the relay in this process too (sets `relay.in_process`).
+    #[arg(long)]
+    pub relay: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -87,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             overrides.listen = args.listen;
             overrides.schemas_dir = args.schemas_dir.clone();
+            overrides.relay_in_process = args.relay.then_some(true);
         }
         Command::Schema(SchemaCommand::Sync { dir }) => overrides.schemas_dir = dir.clone(),
         _ => {}
@@ -99,6 +150,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(&config).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Relay => {
+            let store = Store::connect(&config.database()).await?;
+            let catalog = Arc::new(Catalog::load(&config.schemas_dir)?);
+            let registry = Arc::new(Registry::new(store.pool().clone()));
+            let relay =
+                relay::start(&config, store.pool().clone(), catalog, registry, None).await?;
+            shutdown_signal().await;
+            relay.shutdown().await;
+            Ok(())
+        }
+        Command::Outbox(command) => outbox_command(&config, command).await,
         Command::Migrate => {
             Store::connect(&config.database()).await?;
             tracing::info!("migrations applied");
@@ -166,6 +228,73 @@ async fn schema_command(config: &Config, command: SchemaCommand) -> anyhow::Resu
             Ok(())
         }
     }
+}
+
+async fn outbox_command(config: &Config, command: OutboxCommand) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database()).await?;
+    let pool = store.pool();
+    match command {
+        OutboxCommand::Status { json } => {
+            let status = outbox::status(pool, &relay::all_partitions()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            println!(
+                "{:<6} {:>10} {:>12} {:>8} {:>8}",
+                "sink", "backlog", "oldest (s)", "parked", "held"
+            );
+            for s in status {
+                println!(
+                    "{:<6} {:>10} {:>12.3} {:>8} {:>8}",
+                    s.sink, s.backlog, s.oldest_age_seconds, s.parked, s.held
+                );
+            }
+        }
+        OutboxCommand::Parked { limit, json } => {
+            for p in outbox::parked(pool, limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else {
+                    println!(
+                        "{} {:<6} {:<7} {}/{} {} pos {} attempts {} {}",
+                        p.event_id,
+                        p.sink,
+                        p.state,
+                        p.aggregate_type,
+                        p.aggregate_id,
+                        p.event_type,
+                        p.position,
+                        p.attempts,
+                        p.error.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        OutboxCommand::Retry { id, all, sink } => {
+            let which = match (id, all) {
+                (Some(id), false) => outbox::Selection::Event(id, sink),
+                (None, true) => outbox::Selection::All(sink),
+                _ => bail!("name an event id, or pass --all"),
+            };
+            let n = outbox::retry(pool, which).await?;
+            if n == 0 && matches!(which, outbox::Selection::Event(..)) {
+                bail!("no parked event matches");
+            }
+            println!("released {n} parked row(s) for re-sending");
+        }
+        OutboxCommand::Skip { id, sink } => {
+            let skipped = outbox::skip(pool, outbox::Selection::Event(id, sink)).await?;
+            if skipped.is_empty() {
+                bail!("no parked event matches");
+            }
+            for p in skipped {
+                tracing::warn!(event_id = %p.event_id, sink = %p.sink, "skipped a parked event: it will not be delivered to this sink");
+                println!("skipped {} on {}", p.event_id, p.sink);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.
