@@ -244,7 +244,7 @@ async fn raw_append(
     Ok(new_version)
 }
 
-async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
+pub(super) async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
     let (pg, sync): (String, String) =
         sqlx::query_as("SELECT version(), current_setting('synchronous_commit')")
             .fetch_one(pool)
@@ -255,7 +255,7 @@ async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// `url` with its database name replaced.
-fn sibling_database(url: &str, name: &str) -> anyhow::Result<String> {
+pub(super) fn sibling_database(url: &str, name: &str) -> anyhow::Result<String> {
     let (server, rest) = url
         .rsplit_once('/')
         .context("the database url names no database")?;

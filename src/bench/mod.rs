@@ -2,6 +2,7 @@
 //! run on the same machine, because these machines are too noisy for absolute numbers to travel.
 
 mod append;
+mod relay;
 mod stats;
 
 use clap::{Args, Subcommand};
@@ -12,6 +13,31 @@ use crate::config::Config;
 pub enum Command {
     /// Durable appends through the HTTP API next to the same transaction in raw SQL (sqlx).
     Append(AppendArgs),
+    /// The relay draining a backlog next to a raw rdkafka producer, and commit-to-consume
+    /// latency at a fixed rate, against the broker at `kafka_brokers`.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Events in the backlog to drain.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Aggregates the backlog is spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub aggregates: u64,
+    /// Drain runs (relay and raw alternate); the median ratio is printed.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Appends per second in the latency run (open loop).
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// The database to run in; dropped and recreated. Defaults to `keel_bench_relay`.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -43,5 +69,6 @@ pub struct AppendArgs {
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Append(args) => append::run(config, args).await,
+        Command::Relay(args) => relay::run(config, args).await,
     }
 }

@@ -1,0 +1,497 @@
+//! The relay benchmark, against the broker at `kafka_brokers`:
+//!
+//! (a) **Drain.** A backlog of `--events` outbox rows is written straight into PostgreSQL, then the
+//!     relay (Kafka sink only) drains it. Next to it, a raw rdkafka producer with the same
+//!     settings sends the same records (same keys, values and headers, encoded up front) to a
+//!     topic of its own. Both time from the first send to the last acknowledgement.
+//! (b) **Latency.** Appends at a fixed rate (open loop: a slow reply never delays the next send)
+//!     through the library, with the relay in-process; a Kafka consumer notes when each event
+//!     arrives. Latency runs from the append's commit to the consumer receiving it. The baseline
+//!     is the raw producer's send-to-consume latency at the same rate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{PgPool, Postgres};
+use uuid::Uuid;
+
+use super::append::{print_machine, sibling_database};
+use super::stats::Sample;
+use super::RelayArgs;
+use crate::app::Application;
+use crate::config::Config;
+use crate::model::{AggregateType, EventType, ExpectedVersion, NewEvent, SchemaRef};
+use crate::relay::{self, envelope, kafka, outbox};
+
+const EVENT_TYPE: &str = "state_change";
+const TOPIC: &str = "keel.state_change";
+
+pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => sibling_database(&config.database_url, "keel_bench_relay")?,
+    };
+    if Postgres::database_exists(&url).await? {
+        Postgres::drop_database(&url)
+            .await
+            .context("cannot drop the bench database")?;
+    }
+    let mut config = config.clone();
+    config.database_url = url;
+    config.listen = ([127, 0, 0, 1], 0).into();
+    config.relay.redis.enabled = false;
+    config.relay.in_process = false;
+    let app = Application::build(&config).await?;
+    let pool = app.store().pool().clone();
+    print_machine(&pool).await?;
+    let schema = app
+        .registry()
+        .event_schema(EVENT_TYPE, None)
+        .await?
+        .context("the catalog has no state_change schema")?;
+    let raw_topic = format!("bench.raw.{}", Uuid::new_v4().simple());
+    create_topics(&config, &[TOPIC, &raw_topic]).await?;
+    println!("broker: {}\n", config.kafka_brokers);
+
+    println!(
+        "(a) drain a backlog of {} events, {} run(s)",
+        args.events, args.runs
+    );
+    println!(
+        "{:>4} {:>12} {:>12} {:>9}",
+        "run", "relay ev/s", "raw ev/s", "relay/raw"
+    );
+    let mut ratios = Vec::new();
+    for run in 1..=args.runs {
+        prefill(
+            &pool,
+            args.events,
+            args.aggregates,
+            SchemaRef {
+                id: schema.id,
+                version: schema.version,
+            },
+        )
+        .await?;
+        let records = encode_backlog(&pool, &schema.schema, schema.id).await?;
+        let raw = raw_drain(&config, &raw_topic, &records).await?;
+        drop(records);
+        let keel = relay_drain(&config, &app).await?;
+        let ratio = keel / raw;
+        ratios.push(ratio);
+        println!("{run:>4} {keel:>12.0} {raw:>12.0} {ratio:>9.2}");
+        sqlx::query("TRUNCATE outbox").execute(&pool).await?;
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median relay/raw: {:.2}\n", ratios[ratios.len() / 2]);
+
+    println!(
+        "(b) commit -> consume latency, open loop at {} events/s for {}s",
+        args.rate, args.seconds
+    );
+    let keel = relay_latency(
+        &config,
+        &app,
+        &args,
+        SchemaRef {
+            id: schema.id,
+            version: schema.version,
+        },
+    )
+    .await?;
+    let raw = raw_latency(&config, &raw_topic, &args).await?;
+    println!("{:<8} {:>10} {:>24}", "", "events", "p50/p99/p999 ms");
+    println!(
+        "{:<8} {:>10} {:>24}",
+        "relay",
+        keel.events,
+        keel.percentiles()
+    );
+    println!("{:<8} {:>10} {:>24}", "raw", raw.events, raw.percentiles());
+    Ok(())
+}
+
+async fn create_topics(config: &Config, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                config.relay.kafka.partitions,
+                TopicReplication::Fixed(config.relay.kafka.replication),
+            )
+        })
+        .collect();
+    admin
+        .create_topics(new.iter(), &AdminOptions::new())
+        .await
+        .context("cannot create the bench topics")?;
+    Ok(())
+}
+
+/// Writes `events` events with their outbox rows straight into the tables, spread over
+/// `aggregates` aggregates, in chunks of 50,000 per transaction.
+async fn prefill(
+    pool: &PgPool,
+    events: u64,
+    aggregates: u64,
+    schema: SchemaRef,
+) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE events, outbox, streams")
+        .execute(pool)
+        .await?;
+    let started = Instant::now();
+    let chunk = 50_000u64;
+    let mut from = 0u64;
+    while from < events {
+        let to = (from + chunk).min(events);
+        sqlx::query(
+            "WITH rows AS (
+                 SELECT i, gen_random_uuid() AS id,
+                        ('00000000-0000-4000-8000-' || lpad(to_hex(i % $3), 12, '0'))::uuid AS aggregate_id,
+                        (i / $3 + 1)::int AS version
+                   FROM generate_series($1::bigint, $2::bigint - 1) AS i),
+             e AS (
+                 INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type,
+                                     schema_id, schema_version, payload)
+                 SELECT id, 'bench', aggregate_id, version, $4, $5, $6,
+                        jsonb_build_object('entity', 'bench', 'from_state', NULL, 'to_state', 'running',
+                                           'attributes', jsonb_build_object('pad', repeat('x', 200)))
+                   FROM rows ORDER BY i
+                 RETURNING id, position, aggregate_id)
+             INSERT INTO outbox (position, event_id, aggregate_type, aggregate_id, event_type)
+             SELECT position, id, 'bench', aggregate_id, $4 FROM e",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(aggregates as i64)
+        .bind(EVENT_TYPE)
+        .bind(schema.id)
+        .bind(schema.version)
+        .execute(pool)
+        .await?;
+        from = to;
+    }
+    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE events").execute(pool).await?;
+    eprintln!(
+        "  prefilled {events} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One record as the relay would send it.
+struct Record {
+    key: String,
+    value: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Encodes the backlog the same way the relay does, before the clock starts.
+async fn encode_backlog(
+    pool: &PgPool,
+    schema: &Arc<crate::schema::ParsedSchema>,
+    schema_id: i32,
+) -> anyhow::Result<Vec<Record>> {
+    let rows = outbox::read_batch(
+        pool,
+        relay::sink::SinkKind::Kafka,
+        &relay::all_partitions(),
+        i64::MAX,
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let value = envelope::confluent_avro(schema_id, schema, &r.event.payload)
+                .map_err(anyhow::Error::msg)?;
+            Ok(Record {
+                key: r.event.aggregate_id.to_string(),
+                value,
+                headers: envelope::headers(&r.event, envelope::CONTENT_AVRO, Some((schema_id, 1))),
+            })
+        })
+        .collect()
+}
+
+fn producer(config: &Config) -> anyhow::Result<FutureProducer> {
+    Ok(kafka::producer_config(&config.kafka_brokers, &config.relay.kafka.properties).create()?)
+}
+
+/// Sends every record with a raw producer; returns records per second, first send to last ack.
+async fn raw_drain(config: &Config, topic: &str, records: &[Record]) -> anyhow::Result<f64> {
+    let producer = producer(config)?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(records.len());
+    for r in records {
+        pending.push(raw_send(&producer, topic, r).await?);
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn raw_send(
+    producer: &FutureProducer,
+    topic: &str,
+    r: &Record,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    let mut headers = OwnedHeaders::new();
+    for (k, v) in &r.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    let mut record = FutureRecord::to(topic)
+        .key(r.key.as_str())
+        .payload(&r.value)
+        .headers(headers);
+    loop {
+        match producer.send_result(record) {
+            Ok(d) => return Ok(d),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Starts a relay and times it until every partition's Kafka cursor reaches the backlog's end.
+async fn relay_drain(config: &Config, app: &Application) -> anyhow::Result<f64> {
+    let pool = app.store().pool();
+    let (count, ends): (i64, Vec<(i16, i64, i64)>) = {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(pool)
+            .await?;
+        let ends = sqlx::query_as(
+            "SELECT DISTINCT ON (partition) partition, tx_id::text::bigint, position FROM outbox
+              ORDER BY partition, tx_id DESC, position DESC",
+        )
+        .fetch_all(pool)
+        .await?;
+        (count, ends)
+    };
+    sqlx::query("UPDATE relay_progress SET tx_id = '0', position = 0")
+        .execute(pool)
+        .await?;
+    let catalog = Arc::new(crate::catalog::Catalog::load(&config.schemas_dir)?);
+    let started = Instant::now();
+    let handle = relay::start(config, pool.clone(), catalog, app.registry().clone(), None).await?;
+    loop {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM unnest($1::int2[], $2::int8[], $3::int8[]) AS e(partition, tx, pos)
+               JOIN relay_progress p ON p.sink = 'kafka' AND p.partition = e.partition
+              WHERE (p.tx_id, p.position) < (e.tx::text::xid8, e.pos)",
+        )
+        .bind(ends.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.1).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.2).collect::<Vec<_>>())
+        .fetch_one(pool)
+        .await?;
+        if behind == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    handle.shutdown().await;
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// A consumer that notes when each event id arrives on `topic`, from the end of the topic.
+async fn arrivals(
+    config: &Config,
+    topic: &str,
+) -> anyhow::Result<(StreamConsumer, Arc<Mutex<HashMap<Uuid, Instant>>>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set(
+            "group.id",
+            format!("keel-bench-{}", Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    // Wait for the assignment, so that nothing sent later is missed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.assignment()?.count() == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bench consumer got no partitions"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    Ok((consumer, Arc::new(Mutex::new(HashMap::new()))))
+}
+
+fn spawn_reader(
+    consumer: StreamConsumer,
+    seen: Arc<Mutex<HashMap<Uuid, Instant>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok(m) = consumer.recv().await else {
+                continue;
+            };
+            let now = Instant::now();
+            let id = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "keel-event-id")
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse().ok())
+            });
+            if let Some(id) = id {
+                seen.lock().expect("arrivals").insert(id, now);
+            }
+        }
+    })
+}
+
+fn latency_sample(
+    sent: &HashMap<Uuid, Instant>,
+    seen: &HashMap<Uuid, Instant>,
+    elapsed: Duration,
+) -> anyhow::Result<Sample> {
+    let mut h: Histogram<u64> = Sample::new_histogram();
+    let mut missing = 0;
+    for (id, at) in sent {
+        match seen.get(id) {
+            Some(got) => h.record(got.saturating_duration_since(*at).as_micros().max(1) as u64)?,
+            None => missing += 1,
+        }
+    }
+    anyhow::ensure!(missing == 0, "{missing} events never arrived");
+    Ok(Sample {
+        events: sent.len() as u64,
+        elapsed,
+        latency_us: h,
+    })
+}
+
+async fn relay_latency(
+    config: &Config,
+    app: &Application,
+    args: &RelayArgs,
+    schema: SchemaRef,
+) -> anyhow::Result<Sample> {
+    sqlx::query("TRUNCATE outbox")
+        .execute(app.store().pool())
+        .await?;
+    let catalog = Arc::new(crate::catalog::Catalog::load(&config.schemas_dir)?);
+    let store = app.store().clone();
+    let handle = relay::start(
+        config,
+        store.pool().clone(),
+        catalog,
+        app.registry().clone(),
+        Some(store.commits()),
+    )
+    .await?;
+    let (consumer, seen) = arrivals(config, TOPIC).await?;
+    let reader = spawn_reader(consumer, seen.clone());
+    let sent = Arc::new(Mutex::new(HashMap::new()));
+    let started = Instant::now();
+    let total = args.rate * args.seconds;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let bench = AggregateType::parse("bench")?;
+    let event_type = EventType::parse(EVENT_TYPE)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tick.tick().await;
+        let (store, sent, bench, event_type) = (
+            store.clone(),
+            sent.clone(),
+            bench.clone(),
+            event_type.clone(),
+        );
+        tasks.spawn(async move {
+            let mut event = NewEvent::new(event_type, json!({"entity": "bench", "from_state": null, "to_state": "running", "attributes": {"i": i.to_string()}}));
+            event.schema = Some(schema);
+            let id = event.id;
+            let result = store.append(&bench, Uuid::new_v4(), ExpectedVersion::NoStream, vec![event]).await;
+            let committed = Instant::now();
+            result.map(|_| sent.lock().expect("sent").insert(id, committed))
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let elapsed = started.elapsed();
+    let sent = sent.lock().expect("sent").clone();
+    wait_for_all(&sent, &seen).await;
+    reader.abort();
+    handle.shutdown().await;
+    let seen = seen.lock().expect("arrivals").clone();
+    latency_sample(&sent, &seen, elapsed)
+}
+
+async fn raw_latency(config: &Config, topic: &str, args: &RelayArgs) -> anyhow::Result<Sample> {
+    let producer = producer(config)?;
+    let (consumer, seen) = arrivals(config, topic).await?;
+    let reader = spawn_reader(consumer, seen.clone());
+    let mut sent = HashMap::new();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = Vec::new();
+    for i in 0..args.rate * args.seconds {
+        tick.tick().await;
+        let id = Uuid::now_v7();
+        let record = Record {
+            key: Uuid::new_v4().to_string(),
+            value: format!("{{\"i\":{i}}}").into_bytes(),
+            headers: vec![("keel-event-id", id.to_string())],
+        };
+        sent.insert(id, Instant::now());
+        pending.push(raw_send(&producer, topic, &record).await?);
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    let elapsed = started.elapsed();
+    wait_for_all(&sent, &seen).await;
+    reader.abort();
+    let seen = seen.lock().expect("arrivals").clone();
+    latency_sample(&sent, &seen, elapsed)
+}
+
+async fn wait_for_all(sent: &HashMap<Uuid, Instant>, seen: &Mutex<HashMap<Uuid, Instant>>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if sent
+            .keys()
+            .all(|id| seen.lock().expect("arrivals").contains_key(id))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
