@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 pub struct TestApp {
+    pub config: Config,
     pub addr: SocketAddr,
     pub store: Store,
     pub registry: Arc<Registry>,
@@ -47,9 +48,13 @@ pub fn fresh_database_url() -> String {
 }
 
 pub async fn spawn_app() -> TestApp {
-    let database_url = fresh_database_url();
-    let config = Config {
-        database_url: database_url.clone(),
+    spawn_app_with(|_| {}).await
+}
+
+/// The configuration tests run keel with, on a fresh database.
+pub fn test_config() -> Config {
+    Config {
+        database_url: fresh_database_url(),
         listen: ([127, 0, 0, 1], 0).into(),
         schemas_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas"),
         pool: PoolConfig {
@@ -58,7 +63,13 @@ pub async fn spawn_app() -> TestApp {
         },
         api: test_limits(),
         ..Config::default()
-    };
+    }
+}
+
+/// Like [`spawn_app`], with `adjust` applied to the test configuration first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config();
+    adjust(&mut config);
     let app = Application::build(&config)
         .await
         .expect("keel builds against the test database");
@@ -67,6 +78,7 @@ pub async fn spawn_app() -> TestApp {
     let registry = app.registry().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
+        config,
         addr,
         store,
         registry,

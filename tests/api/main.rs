@@ -10,4 +10,6 @@ mod log;
 mod metrics;
 mod reads;
 mod registry;
+mod relay;
+mod relay_support;
 mod schemas;

@@ -1,0 +1,635 @@
+//! The relay against a real Kafka-protocol broker (nisshi), real Redis and real PostgreSQL: order,
+//! no loss across crashes and outages, parking, encoding, and a bounded outbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use keel::relay::sink::SinkKind;
+use keel::relay::{self, outbox};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::helpers::{agent_state_changed, eventually, spawn_app_with, TestApp};
+use crate::relay_support::{
+    assert_in_order, fast_relay, Broker, KafkaReader, Received, RedisServer, RelayProcess,
+};
+
+const AGENT_TOPIC: &str = "keel.agent";
+
+/// Appends one event to `agent`; records its id at its version.
+async fn append_one(
+    app: &TestApp,
+    agent: Uuid,
+    log: &Mutex<HashMap<Uuid, Vec<Uuid>>>,
+    body: Value,
+) {
+    let reply = app
+        .append(
+            "agent",
+            agent,
+            &json!({"expected_version": "any", "events": [body]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id: Uuid = reply.body["events"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let version = reply.body["events"][0]["version"].as_u64().unwrap() as usize;
+    let mut log = log.lock().await;
+    let ids = log.entry(agent).or_default();
+    if ids.len() < version {
+        ids.resize(version, Uuid::nil());
+    }
+    ids[version - 1] = id;
+}
+
+/// `producers` concurrent writers append `per_aggregate` events to each of `aggregates` agents,
+/// interleaved, several at once on the same agent too. Returns each agent's event ids in version
+/// order.
+async fn append_concurrently(
+    app: &TestApp,
+    aggregates: usize,
+    per_aggregate: usize,
+    producers: usize,
+) -> HashMap<Uuid, Vec<Uuid>> {
+    let agents: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
+    let log = Mutex::new(HashMap::new());
+    let jobs: Vec<(Uuid, usize)> = (0..per_aggregate)
+        .flat_map(|round| agents.iter().map(move |a| (*a, round)))
+        .collect();
+    futures::stream::iter(jobs)
+        .for_each_concurrent(producers, |(agent, round)| {
+            let log = &log;
+            async move {
+                append_one(
+                    app,
+                    agent,
+                    log,
+                    agent_state_changed(agent, &format!("s{round}")),
+                )
+                .await;
+            }
+        })
+        .await;
+    let log = log.into_inner();
+    assert!(log.values().flatten().all(|id| !id.is_nil()));
+    log
+}
+
+fn all_ids(expected: &HashMap<Uuid, Vec<Uuid>>) -> Vec<Uuid> {
+    expected.values().flatten().copied().collect()
+}
+
+async fn outbox_status(app: &TestApp, sink: SinkKind) -> outbox::SinkStatus {
+    outbox::status(app.store.pool(), &relay::all_partitions())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.sink == sink.as_str())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn relay_publishes_avro_with_headers_to_kafka_and_json_to_redis_and_empties_the_outbox() {
+    let broker = Broker::start();
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
+        c.relay.in_process = true;
+    })
+    .await;
+    let redis = redis::Client::open(app.config.redis_url.as_str()).unwrap();
+    let channel = format!("{}agent", app.config.relay.redis.channel_prefix);
+    let stream = format!("{}agent", app.config.relay.redis.stream_prefix);
+    let mut pubsub = redis.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(&channel).await.unwrap();
+
+    let agent = Uuid::new_v4();
+    let correlation = Uuid::new_v4();
+    let mut event = agent_state_changed(agent, "running");
+    event["metadata"] = json!({
+        "correlation_id": correlation.to_string(),
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    });
+    let reply = app
+        .append("agent", agent, &json!({"expected_version": "no_stream", "events": [event, agent_state_changed(agent, "idle")]}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let ids: Vec<Uuid> = reply.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+
+    // Kafka: the catalog's topic, keyed by aggregate id, Confluent-framed Avro, keel's headers.
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&ids, Duration::from_secs(30)).await;
+    let first = reader
+        .received
+        .iter()
+        .find(|r| r.event_id() == ids[0])
+        .unwrap();
+    assert_eq!(first.topic, AGENT_TOPIC);
+    assert_eq!(first.key, agent.to_string());
+    for (header, value) in [
+        ("keel-event-type", "agent.state.changed".to_owned()),
+        ("keel-aggregate-type", "agent".to_owned()),
+        ("keel-aggregate-id", agent.to_string()),
+        ("keel-aggregate-version", "1".to_owned()),
+        ("keel-schema-version", "1".to_owned()),
+        (
+            "keel-content-type",
+            "application/vnd.confluent.avro".to_owned(),
+        ),
+        ("keel-correlation-id", correlation.to_string()),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        ),
+    ] {
+        assert_eq!(first.headers.get(header), Some(&value), "header {header}");
+    }
+    assert!(first.headers["keel-created-at"].ends_with('Z'));
+    assert!(first.headers["keel-position"].parse::<i64>().unwrap() > 0);
+    // The value decodes with the schema the registry serves for the id in its first five bytes.
+    assert_eq!(first.value[0], 0, "Confluent magic byte");
+    let schema_id = i32::from_be_bytes(first.value[1..5].try_into().unwrap());
+    assert_eq!(first.headers["keel-schema-id"], schema_id.to_string());
+    let (_, schema) = app.registry.schema_by_id(schema_id).await.unwrap();
+    let decoded =
+        apache_avro::from_avro_datum(schema.schema(), &mut &first.value[5..], None).unwrap();
+    let decoded: Value = serde_json::Value::try_from(decoded).unwrap();
+    assert_eq!(decoded["to_state"], "running");
+    assert_eq!(decoded["agent_id"], agent.to_string());
+    assert_eq!(decoded["from_state"], Value::Null);
+
+    // Redis pub/sub: the JSON envelope, in order.
+    let mut messages = pubsub.on_message();
+    for (i, id) in ids.iter().enumerate() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("a pub/sub message")
+            .unwrap();
+        let envelope: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        assert_eq!(envelope["id"], id.to_string());
+        assert_eq!(envelope["version"], i as i64 + 1);
+        assert_eq!(envelope["payload"]["agent_id"], agent.to_string());
+    }
+    // Redis stream: the same, durable, with the event id as a field.
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async::<redis::Value>(&mut conn)
+        .await
+        .map(|v| redis::from_redis_value(v).unwrap())
+        .unwrap();
+    let stream_ids: Vec<String> = entries
+        .iter()
+        .map(|(_, fields)| fields.iter().find(|(k, _)| k == "id").unwrap().1.clone())
+        .collect();
+    assert_eq!(
+        stream_ids,
+        ids.iter().map(Uuid::to_string).collect::<Vec<_>>()
+    );
+
+    // Delivered to every sink: the outbox is emptied.
+    eventually(Duration::from_secs(10), "an empty outbox", || async {
+        (app.count("outbox").await == 0).then_some(())
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn two_relays_split_the_partitions_and_keep_each_aggregates_order() {
+    let broker = Broker::start();
+    let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
+    let mut config = app.config.clone();
+    config.relay.redis.enabled = false;
+    let _a = RelayProcess::start(&config, "relay-a");
+    let _b = RelayProcess::start(&config, "relay-b");
+    eventually(
+        Duration::from_secs(20),
+        "two relays holding 8 partitions each",
+        || async {
+            let split: Vec<i64> = sqlx::query_scalar(
+            "SELECT count(*) FROM relay_leases WHERE lease_until > now() GROUP BY owner ORDER BY 1",
+        )
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+            (split == [8, 8]).then_some(())
+        },
+    )
+    .await;
+
+    let expected = append_concurrently(&app, 40, 8, 16).await;
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader
+        .read_ids(&all_ids(&expected), Duration::from_secs(60))
+        .await;
+    assert_in_order(&reader.received, &expected);
+}
+
+#[tokio::test]
+async fn a_relay_killed_mid_stream_is_taken_over_without_loss_or_reordering() {
+    let broker = Broker::start();
+    let app = Arc::new(
+        spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await,
+    );
+    let mut config = app.config.clone();
+    config.relay.redis.enabled = false;
+    let mut a = RelayProcess::start(&config, "relay-a");
+    let _b = RelayProcess::start(&config, "relay-b");
+    let owner_of = |name: &'static str| {
+        let app = app.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM relay_leases WHERE owner_name = $1 AND lease_until > now()",
+            )
+            .bind(name)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "both relays holding partitions",
+        || async {
+            (owner_of("relay-a").await == 8 && owner_of("relay-b").await == 8).then_some(())
+        },
+    )
+    .await;
+
+    let writer = {
+        let app = app.clone();
+        tokio::spawn(async move { append_concurrently(&app, 30, 20, 8).await })
+    };
+    // Kill relay A while the writers are busy and it has published part of the stream.
+    eventually(Duration::from_secs(30), "relay A to publish", || async {
+        let moved: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM relay_progress p JOIN relay_leases l USING (partition)
+              WHERE p.sink = 'kafka' AND l.owner_name = 'relay-a' AND p.position > 0",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+        (moved > 0).then_some(())
+    })
+    .await;
+    a.kill();
+    let killed = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "relay B to take over every partition",
+        || async { (owner_of("relay-b").await == 16).then_some(()) },
+    )
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(6),
+        "takeover took {takeover:?}"
+    );
+
+    let expected = writer.await.unwrap();
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader
+        .read_ids(&all_ids(&expected), Duration::from_secs(60))
+        .await;
+    assert_in_order(&reader.received, &expected);
+}
+
+#[tokio::test]
+async fn a_broker_outage_builds_a_backlog_that_drains_without_loss_when_it_returns() {
+    // keel's producer has no local time-out: sends wait for the broker.
+    broker_outage(None).await;
+}
+
+#[tokio::test]
+async fn with_a_finite_send_timeout_a_broker_outage_still_loses_nothing() {
+    // An operator's finite time-out turns the outage into failed sends, which must not move the
+    // cursor.
+    broker_outage(Some("1000")).await;
+}
+
+async fn broker_outage(message_timeout_ms: Option<&str>) {
+    let mut broker = Broker::start_persistent();
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
+        c.relay.in_process = true;
+        c.relay.redis.enabled = false;
+        if let Some(ms) = message_timeout_ms {
+            c.relay
+                .kafka
+                .properties
+                .insert("message.timeout.ms".into(), ms.into());
+        }
+    })
+    .await;
+    let before = append_concurrently(&app, 10, 5, 4).await;
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader
+        .read_ids(&all_ids(&before), Duration::from_secs(30))
+        .await;
+    drop(reader);
+
+    broker.stop();
+    // Appends do not depend on the broker: they succeed, and the backlog grows.
+    let during = append_concurrently(&app, 10, 10, 4).await;
+    let backlog = outbox_status(&app, SinkKind::Kafka).await;
+    assert_eq!(backlog.backlog, 100, "{backlog:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(outbox_status(&app, SinkKind::Kafka).await.backlog, 100);
+    broker.restart();
+
+    eventually(Duration::from_secs(60), "the backlog to drain", || async {
+        (outbox_status(&app, SinkKind::Kafka).await.backlog == 0).then_some(())
+    })
+    .await;
+    let mut expected = before;
+    for (agent, ids) in during {
+        expected.entry(agent).or_default().extend(ids);
+    }
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader
+        .read_ids(&all_ids(&expected), Duration::from_secs(60))
+        .await;
+    assert_in_order(&reader.received, &expected);
+}
+
+async fn stream_ids(redis_url: &str, stream: &str) -> Option<Vec<Uuid>> {
+    let client = redis::Client::open(redis_url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    Some(
+        entries
+            .iter()
+            .filter_map(|(_, f)| {
+                f.iter()
+                    .find(|(k, _)| k == "id")
+                    .map(|(_, v)| v.parse().unwrap())
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_returns() {
+    let broker = Broker::start();
+    let mut redis_server = RedisServer::start();
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), &redis_server.url());
+        c.relay.in_process = true;
+    })
+    .await;
+    let stream = format!("{}agent", app.config.relay.redis.stream_prefix);
+    let before = append_concurrently(&app, 5, 4, 4).await;
+    eventually(
+        Duration::from_secs(20),
+        "redis to receive the first events",
+        || async {
+            let got = stream_ids(&redis_server.url(), &stream).await?;
+            (got.len() == 20).then_some(())
+        },
+    )
+    .await;
+
+    redis_server.stop();
+    let during = append_concurrently(&app, 5, 6, 4).await;
+    let mut expected = before;
+    for (agent, ids) in during {
+        expected.entry(agent).or_default().extend(ids);
+    }
+    // Kafka carries on while Redis is down.
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader
+        .read_ids(&all_ids(&expected), Duration::from_secs(30))
+        .await;
+    assert_in_order(&reader.received, &expected);
+    assert_eq!(outbox_status(&app, SinkKind::Redis).await.backlog, 30);
+    assert_eq!(outbox_status(&app, SinkKind::Kafka).await.backlog, 0);
+
+    redis_server.restart();
+    let got = eventually(Duration::from_secs(30), "redis to catch up", || async {
+        let got = stream_ids(&redis_server.url(), &stream).await?;
+        let want = all_ids(&expected).len();
+        (got.len() >= want).then_some(got)
+    })
+    .await;
+    // Per aggregate, the stream holds each event once... or again after a retry, in version order.
+    let as_received: Vec<Received> = got
+        .iter()
+        .map(|id| {
+            let (agent, index) = expected
+                .iter()
+                .find_map(|(a, ids)| ids.iter().position(|x| x == id).map(|i| (*a, i)))
+                .expect("an appended event");
+            Received {
+                topic: stream.clone(),
+                key: agent.to_string(),
+                value: Vec::new(),
+                headers: [
+                    ("keel-event-id".to_owned(), id.to_string()),
+                    ("keel-aggregate-id".to_owned(), agent.to_string()),
+                    ("keel-aggregate-version".to_owned(), (index + 1).to_string()),
+                ]
+                .into(),
+            }
+        })
+        .collect();
+    assert_in_order(&as_received, &expected);
+}
+
+#[tokio::test]
+async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_delivers_in_order() {
+    let broker = Broker::start();
+    let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
+    let mut strict = app.config.clone();
+    strict.relay.redis.enabled = false;
+    // The cause: a producer limit the big event does not fit.
+    strict
+        .relay
+        .kafka
+        .properties
+        .insert("message.max.bytes".into(), "3000".into());
+    let relay = relay::start(
+        &strict,
+        app.store.pool().clone(),
+        Arc::new(keel::catalog::Catalog::load(&strict.schemas_dir).unwrap()),
+        app.registry.clone(),
+        Some(app.store.commits()),
+    )
+    .await
+    .unwrap();
+
+    let (poisoned, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let log = Mutex::new(HashMap::new());
+    append_one(&app, poisoned, &log, agent_state_changed(poisoned, "a")).await;
+    let mut big = agent_state_changed(poisoned, "b");
+    big["payload"]["reason"] = json!("x".repeat(5_000));
+    append_one(&app, poisoned, &log, big).await;
+    append_one(&app, poisoned, &log, agent_state_changed(poisoned, "c")).await;
+    for s in ["1", "2", "3"] {
+        append_one(&app, other, &log, agent_state_changed(other, s)).await;
+    }
+    let expected = log.into_inner();
+    let (p, o) = (&expected[&poisoned], &expected[&other]);
+
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader
+        .read_ids(&[p[0], o[0], o[1], o[2]], Duration::from_secs(30))
+        .await;
+    let parked = eventually(
+        Duration::from_secs(20),
+        "the poison event to be parked",
+        || async {
+            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            (rows.len() == 2).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        (parked[0].event_id, parked[0].state.as_str()),
+        (p[1], "parked")
+    );
+    assert_eq!(parked[0].error_class.as_deref(), Some("message_too_large"));
+    assert_eq!(parked[0].attempts, 2);
+    assert_eq!(
+        (parked[1].event_id, parked[1].state.as_str()),
+        (p[2], "held")
+    );
+    // Later events of the parked aggregate keep waiting behind it; they are not sent.
+    let mut log = Mutex::new(expected.clone());
+    append_one(&app, poisoned, &log, agent_state_changed(poisoned, "d")).await;
+    let other_later = {
+        append_one(&app, other, &log, agent_state_changed(other, "4")).await;
+        *log.get_mut().get(&other).unwrap().last().unwrap()
+    };
+    reader
+        .read_ids(&[other_later], Duration::from_secs(20))
+        .await;
+    assert!(
+        !reader
+            .received
+            .iter()
+            .any(|r| r.aggregate_id() == poisoned && r.version() > 1),
+        "an event of the parked aggregate was sent"
+    );
+    assert_eq!(outbox_status(&app, SinkKind::Kafka).await.held, 2);
+    relay.shutdown().await;
+
+    // The cause is fixed (a relay with default limits), and an operator releases the event.
+    let relay = relay::start(
+        &{
+            let mut c = app.config.clone();
+            c.relay.redis.enabled = false;
+            c
+        },
+        app.store.pool().clone(),
+        Arc::new(keel::catalog::Catalog::load(&app.config.schemas_dir).unwrap()),
+        app.registry.clone(),
+        Some(app.store.commits()),
+    )
+    .await
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["outbox", "retry", &p[1].to_string()])
+        .env("KEEL_DATABASE_URL", &app.config.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = log.into_inner();
+    reader
+        .read_ids(&all_ids(&expected), Duration::from_secs(30))
+        .await;
+    assert_in_order(&reader.received, &expected);
+    eventually(
+        Duration::from_secs(10),
+        "the parked table to empty",
+        || async {
+            outbox::parked(app.store.pool(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
+    let broker = Broker::start();
+    let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
+    let mut strict = app.config.clone();
+    strict.relay.redis.enabled = false;
+    strict
+        .relay
+        .kafka
+        .properties
+        .insert("message.max.bytes".into(), "3000".into());
+    let relay = relay::start(
+        &strict,
+        app.store.pool().clone(),
+        Arc::new(keel::catalog::Catalog::load(&strict.schemas_dir).unwrap()),
+        app.registry.clone(),
+        Some(app.store.commits()),
+    )
+    .await
+    .unwrap();
+    let agent = Uuid::new_v4();
+    let log = Mutex::new(HashMap::new());
+    let mut big = agent_state_changed(agent, "a");
+    big["payload"]["reason"] = json!("x".repeat(5_000));
+    append_one(&app, agent, &log, big).await;
+    append_one(&app, agent, &log, agent_state_changed(agent, "b")).await;
+    let ids = log.into_inner().remove(&agent).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the first event to be parked",
+        || async {
+            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            (rows.len() == 2 && rows[0].state == "parked").then_some(())
+        },
+    )
+    .await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["outbox", "skip", &ids[0].to_string(), "--sink", "kafka"])
+        .env("KEEL_DATABASE_URL", &app.config.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&[ids[1]], Duration::from_secs(30)).await;
+    assert!(!reader.received.iter().any(|r| r.event_id() == ids[0]));
+    relay.shutdown().await;
+}

@@ -1,0 +1,417 @@
+//! Support for the relay tests: a real Kafka-protocol broker (nisshi) and a Redis server of the
+//! test's own on loopback ports, `keel relay` processes, and a plain rdkafka consumer.
+//!
+//! The broker binary comes from `KEEL_TEST_NISSHI`, or the cache `scripts/broker` builds it into.
+//! A missing broker fails the test: the relay is never tested against a fake.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel::config::Config;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use uuid::Uuid;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listening(port) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-test-{name}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+pub fn nisshi_bin() -> PathBuf {
+    let bin = std::env::var_os("KEEL_TEST_NISSHI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/keel-tools/nisshi/bin/nisshi"));
+    assert!(
+        bin.exists(),
+        "the nisshi broker is missing at {}: run scripts/broker once to build it (or set KEEL_TEST_NISSHI)",
+        bin.display()
+    );
+    bin
+}
+
+/// A nisshi broker on a loopback port of its own, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    storage: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Memory storage: fast, gone when the broker stops.
+    pub fn start() -> Self {
+        Self::start_with("memory://nisshi/")
+    }
+
+    /// SQLite storage in a scratch folder, so that topics and offsets survive a restart.
+    pub fn start_persistent() -> Self {
+        // nisshi reads a sqlite:// path relative to its working directory.
+        Self::start_with("sqlite://nisshi.db")
+    }
+
+    fn start_with(storage: &str) -> Self {
+        let mut broker = Self {
+            port: free_port(),
+            storage: storage.to_owned(),
+            dir: scratch_dir("broker"),
+            child: None,
+        };
+        broker.up();
+        broker
+    }
+
+    fn up(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(nisshi_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", &self.storage])
+            .args(["--group-initial-rebalance-delay", "0s"])
+            .env("RUST_LOG", "error")
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nisshi");
+        self.child = Some(child);
+        wait_listening(self.port, "nisshi");
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL), like a crash.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.up();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A redis-server of the test's own (append-only file, so a restart keeps the streams).
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: scratch_dir("redis"),
+            child: None,
+        };
+        server.up();
+        server
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_listening(self.port, "redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.up();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Relay settings for tests: fast leases and polling, few attempts before parking.
+pub fn fast_relay(config: &mut Config, brokers: &str, redis_url: &str) {
+    config.kafka_brokers = brokers.to_owned();
+    config.redis_url = redis_url.to_owned();
+    let r = &mut config.relay;
+    r.lease_ttl_ms = 2_000;
+    r.heartbeat_ms = 500;
+    r.poll_interval_ms = 50;
+    r.max_attempts = 2;
+    r.backoff_initial_ms = 50;
+    r.backoff_max_ms = 500;
+    let prefix = format!("keel.test.{}.", Uuid::new_v4().simple());
+    r.redis.channel_prefix = prefix.clone();
+    r.redis.stream_prefix = format!("{prefix}stream.");
+}
+
+/// A `keel relay` process with `config`'s settings, killed on drop.
+pub struct RelayProcess {
+    child: Option<Child>,
+}
+
+impl RelayProcess {
+    pub fn start(config: &Config, name: &str) -> Self {
+        let r = &config.relay;
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("relay")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KEEL_DATABASE_URL", &config.database_url)
+            .env("KEEL_KAFKA_BROKERS", &config.kafka_brokers)
+            .env("KEEL_REDIS_URL", &config.redis_url)
+            .env("KEEL_SCHEMAS_DIR", &config.schemas_dir)
+            .env("KEEL_LOG", "warn")
+            .env("KEEL_RELAY__NAME", name)
+            .env("KEEL_RELAY__LEASE_TTL_MS", r.lease_ttl_ms.to_string())
+            .env("KEEL_RELAY__HEARTBEAT_MS", r.heartbeat_ms.to_string())
+            .env(
+                "KEEL_RELAY__POLL_INTERVAL_MS",
+                r.poll_interval_ms.to_string(),
+            )
+            .env("KEEL_RELAY__REDIS__ENABLED", r.redis.enabled.to_string())
+            .env("KEEL_RELAY__REDIS__CHANNEL_PREFIX", &r.redis.channel_prefix)
+            .env("KEEL_RELAY__REDIS__STREAM_PREFIX", &r.redis.stream_prefix)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start keel relay");
+        Self { child: Some(child) }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One Kafka record as a plain consumer saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Received {
+    pub fn event_id(&self) -> Uuid {
+        self.headers["keel-event-id"]
+            .parse()
+            .expect("event id header")
+    }
+    pub fn aggregate_id(&self) -> Uuid {
+        self.headers["keel-aggregate-id"]
+            .parse()
+            .expect("aggregate id header")
+    }
+    pub fn version(&self) -> i32 {
+        self.headers["keel-aggregate-version"]
+            .parse()
+            .expect("version header")
+    }
+}
+
+/// A plain rdkafka consumer in a group of its own, reading `topics` from the beginning.
+pub struct KafkaReader {
+    consumer: StreamConsumer,
+    pub received: Vec<Received>,
+}
+
+impl KafkaReader {
+    pub fn new(brokers: &str, topics: &[&str]) -> Self {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("keel-test-{}", Uuid::new_v4().simple()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .set("topic.metadata.refresh.interval.ms", "500")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("kafka consumer");
+        consumer.subscribe(topics).expect("subscribe");
+        Self {
+            consumer,
+            received: Vec::new(),
+        }
+    }
+
+    /// Reads until `done(received so far)` holds, or panics after `timeout`.
+    pub async fn read_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.received) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; received {} records",
+                self.received.len()
+            );
+            let next =
+                tokio::time::timeout(left.min(Duration::from_millis(500)), self.consumer.recv())
+                    .await;
+            let Ok(next) = next else { continue };
+            match next {
+                Ok(m) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    let v =
+                                        h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                    (h.key.to_owned(), v.unwrap_or_default())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    self.received.push(Received {
+                        topic: m.topic().to_owned(),
+                        key: m
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .unwrap_or_default(),
+                        value: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                }
+                Err(e) => tracing::debug!(error = %e, "test consumer error"),
+            }
+        }
+    }
+
+    /// Reads until every id in `ids` has been seen.
+    pub async fn read_ids(&mut self, ids: &[Uuid], timeout: Duration) {
+        let want: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+        self.read_until(timeout, &format!("{} events", want.len()), |got| {
+            let seen: std::collections::HashSet<Uuid> =
+                got.iter().map(Received::event_id).collect();
+            want.is_subset(&seen)
+        })
+        .await;
+    }
+}
+
+/// Checks what a consumer saw against what was appended (`expected`: each aggregate's event ids in
+/// version order). Every event must arrive; for each aggregate, the first sight of each event must
+/// be in version order; a repeat must be an event already seen (same id, same version).
+pub fn assert_in_order(received: &[Received], expected: &HashMap<Uuid, Vec<Uuid>>) {
+    let mut seen: HashMap<Uuid, usize> = HashMap::new();
+    let mut duplicates = 0;
+    for r in received {
+        let aggregate = r.aggregate_id();
+        let Some(ids) = expected.get(&aggregate) else {
+            continue;
+        };
+        let index = (r.version() - 1) as usize;
+        assert_eq!(
+            ids.get(index),
+            Some(&r.event_id()),
+            "aggregate {aggregate} version {} carries the wrong event id",
+            r.version()
+        );
+        let next = seen.entry(aggregate).or_default();
+        if index < *next {
+            duplicates += 1;
+            continue;
+        }
+        assert_eq!(
+            index,
+            *next,
+            "aggregate {aggregate}: version {} arrived before version {}",
+            index + 1,
+            *next + 1
+        );
+        *next += 1;
+    }
+    for (aggregate, ids) in expected {
+        assert_eq!(
+            seen.get(aggregate).copied().unwrap_or(0),
+            ids.len(),
+            "aggregate {aggregate} is missing events"
+        );
+    }
+    if duplicates > 0 {
+        eprintln!("{duplicates} duplicate deliveries (allowed: same event id, already seen)");
+    }
+}
