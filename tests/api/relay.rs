@@ -86,6 +86,15 @@ fn all_ids(expected: &HashMap<Uuid, Vec<Uuid>>) -> Vec<Uuid> {
     expected.values().flatten().copied().collect()
 }
 
+async fn metrics_text(app: &TestApp) -> String {
+    reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn outbox_status(app: &TestApp, sink: SinkKind) -> outbox::SinkStatus {
     outbox::status(app.store.pool(), &relay::all_partitions())
         .await
@@ -199,6 +208,24 @@ async fn relay_publishes_avro_with_headers_to_kafka_and_json_to_redis_and_emptie
         stream_ids,
         ids.iter().map(Uuid::to_string).collect::<Vec<_>>()
     );
+
+    // The relay's metrics are on /metrics.
+    eventually(Duration::from_secs(10), "the relay's metrics", || async {
+        let body = metrics_text(&app).await;
+        [
+            "keel_relay_published_total{sink=\"kafka\"}",
+            "keel_relay_published_total{sink=\"redis\"}",
+            "keel_relay_lag_seconds{sink=\"kafka\"}",
+            "keel_outbox_backlog{sink=\"kafka\"}",
+            "keel_outbox_oldest_age_seconds{sink=\"redis\"}",
+            "keel_outbox_parked{sink=\"kafka\"}",
+            "keel_relay_partitions_owned",
+        ]
+        .iter()
+        .all(|m| body.contains(m))
+        .then_some(())
+    })
+    .await;
 
     // Delivered to every sink: the outbox is emptied.
     eventually(Duration::from_secs(10), "an empty outbox", || async {
