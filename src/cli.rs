@@ -154,6 +154,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&config.database()).await?;
             let catalog = Arc::new(Catalog::load(&config.schemas_dir)?);
             let registry = Arc::new(Registry::new(store.pool().clone()));
+            let metrics = relay::serve_metrics(config.relay.listen).await?;
+            tracing::info!(addr = %metrics, "relay metrics on /metrics");
             let relay =
                 relay::start(&config, store.pool().clone(), catalog, registry, None).await?;
             shutdown_signal().await;
@@ -235,7 +237,16 @@ async fn outbox_command(config: &Config, command: OutboxCommand) -> anyhow::Resu
     let pool = store.pool();
     match command {
         OutboxCommand::Status { json } => {
-            let status = outbox::status(pool, &relay::all_partitions()).await?;
+            let enabled = |sink: &str| match SinkKind::parse(sink) {
+                Some(SinkKind::Kafka) => config.relay.kafka.enabled,
+                Some(SinkKind::Redis) => config.relay.redis.enabled,
+                None => false,
+            };
+            let status: Vec<_> = outbox::status(pool, &relay::all_partitions())
+                .await?
+                .into_iter()
+                .filter(|s| enabled(&s.sink))
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 return Ok(());

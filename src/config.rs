@@ -94,6 +94,9 @@ pub struct RelayConfig {
     pub notify: bool,
     /// This relay's name in leases and logs; the host name and process id by default.
     pub name: Option<String>,
+    /// Where `keel relay` serves `GET /metrics` and `GET /v1/health/live`
+    /// (`KEEL_RELAY__LISTEN`). `keel serve` exports the relay's metrics on its own listener.
+    pub listen: SocketAddr,
     /// Most rows read per partition per round (`KEEL_RELAY__BATCH_SIZE`).
     pub batch_size: i64,
     /// Fallback poll when no wake-up arrives (`KEEL_RELAY__POLL_INTERVAL_MS`).
@@ -118,6 +121,7 @@ impl Default for RelayConfig {
             in_process: false,
             notify: true,
             name: None,
+            listen: ([127, 0, 0, 1], 9464).into(),
             batch_size: 500,
             poll_interval_ms: 250,
             lease_ttl_ms: 4_000,

@@ -267,6 +267,35 @@ async fn housekeeping(
     }
 }
 
+/// Serves `GET /metrics` (Prometheus) and `GET /v1/health/live` for a standalone relay on
+/// `addr`; returns the bound address.
+pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+    use axum::routing::get;
+    let handle = metrics::install();
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { handle.map(|h| h.render()).unwrap_or_default() }
+            }),
+        )
+        .route(
+            "/v1/health/live",
+            get(|| async { axum::Json(serde_json::json!({"status": "live"})) }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (relay.listen)"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "relay metrics server failed");
+        }
+    });
+    Ok(bound)
+}
+
 /// Every partition, for operator views.
 pub fn all_partitions() -> Vec<i16> {
     (0..PARTITIONS).collect()

@@ -214,11 +214,14 @@ pub fn fast_relay(config: &mut Config, brokers: &str, redis_url: &str) {
 /// A `keel relay` process with `config`'s settings, killed on drop.
 pub struct RelayProcess {
     child: Option<Child>,
+    /// Where it serves `/metrics`.
+    pub metrics_port: u16,
 }
 
 impl RelayProcess {
     pub fn start(config: &Config, name: &str) -> Self {
         let r = &config.relay;
+        let metrics_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .arg("relay")
             .env_clear()
@@ -229,6 +232,7 @@ impl RelayProcess {
             .env("KEEL_SCHEMAS_DIR", &config.schemas_dir)
             .env("KEEL_LOG", "warn")
             .env("KEEL_RELAY__NAME", name)
+            .env("KEEL_RELAY__LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("KEEL_RELAY__LEASE_TTL_MS", r.lease_ttl_ms.to_string())
             .env("KEEL_RELAY__HEARTBEAT_MS", r.heartbeat_ms.to_string())
             .env(
@@ -242,7 +246,10 @@ impl RelayProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start keel relay");
-        Self { child: Some(child) }
+        Self {
+            child: Some(child),
+            metrics_port,
+        }
     }
 
     /// `kill -9`.
