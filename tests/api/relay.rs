@@ -245,7 +245,7 @@ async fn two_relays_split_the_partitions_and_keep_each_aggregates_order() {
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
     let mut config = app.config.clone();
     config.relay.redis.enabled = false;
-    let _a = RelayProcess::start(&config, "relay-a");
+    let a = RelayProcess::start(&config, "relay-a");
     let _b = RelayProcess::start(&config, "relay-b");
     eventually(
         Duration::from_secs(20),
@@ -268,6 +268,16 @@ async fn two_relays_split_the_partitions_and_keep_each_aggregates_order() {
         .read_ids(&all_ids(&expected), Duration::from_secs(60))
         .await;
     assert_in_order(&reader.received, &expected);
+
+    // A standalone relay serves its own metrics.
+    let url = format!("http://127.0.0.1:{}/metrics", a.metrics_port);
+    eventually(Duration::from_secs(10), "relay A's metrics", || async {
+        let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        (body.contains("keel_relay_partitions_owned 8")
+            && body.contains("keel_relay_published_total{sink=\"kafka\"}"))
+        .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
