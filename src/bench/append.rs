@@ -32,15 +32,7 @@ const AGGREGATE_TYPE: &str = "bench";
 const EVENT_TYPE: &str = "state_change";
 
 pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
-    let url = match &args.database_url {
-        Some(url) => url.clone(),
-        None => sibling_database(&config.database_url, "keel_bench")?,
-    };
-    if Postgres::database_exists(&url).await? {
-        Postgres::drop_database(&url)
-            .await
-            .context("cannot drop the bench database")?;
-    }
+    let url = fresh_database(config, args.database_url.as_deref(), "keel_bench").await?;
     let max_producers = args.producers.iter().copied().max().unwrap_or(1);
     let mut app_config = config.clone();
     app_config.database_url = url;
@@ -254,8 +246,27 @@ pub(super) async fn print_machine(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url`, or the database `name` on the configured server; dropped if it exists, so that keel
+/// creates it anew.
+pub(super) async fn fresh_database(
+    config: &Config,
+    url: Option<&str>,
+    name: &str,
+) -> anyhow::Result<String> {
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => sibling_database(&config.database_url, name)?,
+    };
+    if Postgres::database_exists(&url).await? {
+        Postgres::drop_database(&url)
+            .await
+            .context("cannot drop the bench database")?;
+    }
+    Ok(url)
+}
+
 /// `url` with its database name replaced.
-pub(super) fn sibling_database(url: &str, name: &str) -> anyhow::Result<String> {
+fn sibling_database(url: &str, name: &str) -> anyhow::Result<String> {
     let (server, rest) = url
         .rsplit_once('/')
         .context("the database url names no database")?;

@@ -22,11 +22,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use sqlx::migrate::MigrateDatabase;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::append::{print_machine, sibling_database};
+use super::append::{fresh_database, print_machine};
 use super::stats::Sample;
 use super::RelayArgs;
 use crate::app::Application;
@@ -38,15 +37,7 @@ const EVENT_TYPE: &str = "state_change";
 const TOPIC: &str = "keel.state_change";
 
 pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
-    let url = match &args.database_url {
-        Some(url) => url.clone(),
-        None => sibling_database(&config.database_url, "keel_bench_relay")?,
-    };
-    if Postgres::database_exists(&url).await? {
-        Postgres::drop_database(&url)
-            .await
-            .context("cannot drop the bench database")?;
-    }
+    let url = fresh_database(config, args.database_url.as_deref(), "keel_bench_relay").await?;
     let mut config = config.clone();
     config.database_url = url;
     config.listen = ([127, 0, 0, 1], 0).into();

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::helpers::{agent_state_changed, eventually, spawn_app_with, TestApp};
 use crate::relay_support::{
-    assert_in_order, fast_relay, Broker, KafkaReader, Received, RedisServer, RelayProcess,
+    assert_in_order, fast_relay, Broker, KafkaReader, Received, RedisServer, RelayProcess, Server,
 };
 
 const AGENT_TOPIC: &str = "keel.agent";
@@ -82,8 +82,57 @@ async fn append_concurrently(
     log
 }
 
+/// Each aggregate's events of `before`, then of `after`.
+fn merge(
+    mut before: HashMap<Uuid, Vec<Uuid>>,
+    after: HashMap<Uuid, Vec<Uuid>>,
+) -> HashMap<Uuid, Vec<Uuid>> {
+    for (agent, ids) in after {
+        before.entry(agent).or_default().extend(ids);
+    }
+    before
+}
+
+/// Reads the agent topic from the beginning until every expected event arrived, and checks the
+/// order.
+async fn expect_on_kafka(broker: &Server, expected: &HashMap<Uuid, Vec<Uuid>>, timeout: Duration) {
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&all_ids(expected), timeout).await;
+    assert_in_order(&reader.received, expected);
+}
+
 fn all_ids(expected: &HashMap<Uuid, Vec<Uuid>>) -> Vec<Uuid> {
     expected.values().flatten().copied().collect()
+}
+
+/// An in-process relay for `app` (Kafka only), with librdkafka's `message.max.bytes` set.
+async fn start_relay(app: &TestApp, message_max_bytes: Option<&str>) -> relay::RelayHandle {
+    let mut config = app.config.clone();
+    config.relay.redis.enabled = false;
+    if let Some(max) = message_max_bytes {
+        config
+            .relay
+            .kafka
+            .properties
+            .insert("message.max.bytes".into(), max.into());
+    }
+    let catalog = keel::catalog::Catalog::load(&config.schemas_dir).unwrap();
+    relay::start(
+        &config,
+        app.store.pool().clone(),
+        Arc::new(catalog),
+        app.registry.clone(),
+        Some(app.store.commits()),
+    )
+    .await
+    .unwrap()
+}
+
+/// An `agent.state.changed` event too big for a 3000-byte message limit.
+fn too_big(agent: Uuid, to: &str) -> Value {
+    let mut event = agent_state_changed(agent, to);
+    event["payload"]["reason"] = json!("x".repeat(5_000));
+    event
 }
 
 async fn metrics_text(app: &TestApp) -> String {
@@ -263,11 +312,7 @@ async fn two_relays_split_the_partitions_and_keep_each_aggregates_order() {
     .await;
 
     let expected = append_concurrently(&app, 40, 8, 16).await;
-    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
-    reader
-        .read_ids(&all_ids(&expected), Duration::from_secs(60))
-        .await;
-    assert_in_order(&reader.received, &expected);
+    expect_on_kafka(&broker, &expected, Duration::from_secs(60)).await;
 
     // A standalone relay serves its own metrics.
     let url = format!("http://127.0.0.1:{}/metrics", a.metrics_port);
@@ -342,11 +387,7 @@ async fn a_relay_killed_mid_stream_is_taken_over_without_loss_or_reordering() {
     );
 
     let expected = writer.await.unwrap();
-    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
-    reader
-        .read_ids(&all_ids(&expected), Duration::from_secs(60))
-        .await;
-    assert_in_order(&reader.received, &expected);
+    expect_on_kafka(&broker, &expected, Duration::from_secs(60)).await;
 }
 
 #[tokio::test]
@@ -396,15 +437,8 @@ async fn broker_outage(message_timeout_ms: Option<&str>) {
         (outbox_status(&app, SinkKind::Kafka).await.backlog == 0).then_some(())
     })
     .await;
-    let mut expected = before;
-    for (agent, ids) in during {
-        expected.entry(agent).or_default().extend(ids);
-    }
-    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
-    reader
-        .read_ids(&all_ids(&expected), Duration::from_secs(60))
-        .await;
-    assert_in_order(&reader.received, &expected);
+    let expected = merge(before, during);
+    expect_on_kafka(&broker, &expected, Duration::from_secs(60)).await;
 }
 
 async fn stream_ids(redis_url: &str, stream: &str) -> Option<Vec<Uuid>> {
@@ -452,16 +486,9 @@ async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_ret
 
     redis_server.stop();
     let during = append_concurrently(&app, 5, 6, 4).await;
-    let mut expected = before;
-    for (agent, ids) in during {
-        expected.entry(agent).or_default().extend(ids);
-    }
+    let expected = merge(before, during);
     // Kafka carries on while Redis is down.
-    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
-    reader
-        .read_ids(&all_ids(&expected), Duration::from_secs(30))
-        .await;
-    assert_in_order(&reader.received, &expected);
+    expect_on_kafka(&broker, &expected, Duration::from_secs(30)).await;
     assert_eq!(outbox_status(&app, SinkKind::Redis).await.backlog, 30);
     assert_eq!(outbox_status(&app, SinkKind::Kafka).await.backlog, 0);
 
@@ -500,30 +527,13 @@ async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_ret
 async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_delivers_in_order() {
     let broker = Broker::start();
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
-    let mut strict = app.config.clone();
-    strict.relay.redis.enabled = false;
     // The cause: a producer limit the big event does not fit.
-    strict
-        .relay
-        .kafka
-        .properties
-        .insert("message.max.bytes".into(), "3000".into());
-    let relay = relay::start(
-        &strict,
-        app.store.pool().clone(),
-        Arc::new(keel::catalog::Catalog::load(&strict.schemas_dir).unwrap()),
-        app.registry.clone(),
-        Some(app.store.commits()),
-    )
-    .await
-    .unwrap();
+    let relay = start_relay(&app, Some("3000")).await;
 
     let (poisoned, other) = (Uuid::new_v4(), Uuid::new_v4());
     let log = Mutex::new(HashMap::new());
     append_one(&app, poisoned, &log, agent_state_changed(poisoned, "a")).await;
-    let mut big = agent_state_changed(poisoned, "b");
-    big["payload"]["reason"] = json!("x".repeat(5_000));
-    append_one(&app, poisoned, &log, big).await;
+    append_one(&app, poisoned, &log, too_big(poisoned, "b")).await;
     append_one(&app, poisoned, &log, agent_state_changed(poisoned, "c")).await;
     for s in ["1", "2", "3"] {
         append_one(&app, other, &log, agent_state_changed(other, s)).await;
@@ -575,19 +585,7 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
     relay.shutdown().await;
 
     // The cause is fixed (a relay with default limits), and an operator releases the event.
-    let relay = relay::start(
-        &{
-            let mut c = app.config.clone();
-            c.relay.redis.enabled = false;
-            c
-        },
-        app.store.pool().clone(),
-        Arc::new(keel::catalog::Catalog::load(&app.config.schemas_dir).unwrap()),
-        app.registry.clone(),
-        Some(app.store.commits()),
-    )
-    .await
-    .unwrap();
+    let relay = start_relay(&app, None).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["outbox", "retry", &p[1].to_string()])
         .env("KEEL_DATABASE_URL", &app.config.database_url)
@@ -622,27 +620,10 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
 async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
     let broker = Broker::start();
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
-    let mut strict = app.config.clone();
-    strict.relay.redis.enabled = false;
-    strict
-        .relay
-        .kafka
-        .properties
-        .insert("message.max.bytes".into(), "3000".into());
-    let relay = relay::start(
-        &strict,
-        app.store.pool().clone(),
-        Arc::new(keel::catalog::Catalog::load(&strict.schemas_dir).unwrap()),
-        app.registry.clone(),
-        Some(app.store.commits()),
-    )
-    .await
-    .unwrap();
+    let relay = start_relay(&app, Some("3000")).await;
     let agent = Uuid::new_v4();
     let log = Mutex::new(HashMap::new());
-    let mut big = agent_state_changed(agent, "a");
-    big["payload"]["reason"] = json!("x".repeat(5_000));
-    append_one(&app, agent, &log, big).await;
+    append_one(&app, agent, &log, too_big(agent, "a")).await;
     append_one(&app, agent, &log, agent_state_changed(agent, "b")).await;
     let ids = log.into_inner().remove(&agent).unwrap();
     eventually(

@@ -56,95 +56,21 @@ pub fn nisshi_bin() -> PathBuf {
     bin
 }
 
-/// A nisshi broker on a loopback port of its own, killed on drop.
-pub struct Broker {
+/// A server process of the test's own on a free loopback port, killed on drop; `restart` starts
+/// it again with the same command.
+pub struct Server {
     pub port: u16,
-    storage: String,
-    dir: PathBuf,
+    command: Box<dyn Fn(u16) -> Command + Send + Sync>,
+    what: &'static str,
     child: Option<Child>,
 }
 
-impl Broker {
-    /// Memory storage: fast, gone when the broker stops.
-    pub fn start() -> Self {
-        Self::start_with("memory://nisshi/")
-    }
-
-    /// SQLite storage in a scratch folder, so that topics and offsets survive a restart.
-    pub fn start_persistent() -> Self {
-        // nisshi reads a sqlite:// path relative to its working directory.
-        Self::start_with("sqlite://nisshi.db")
-    }
-
-    fn start_with(storage: &str) -> Self {
-        let mut broker = Self {
-            port: free_port(),
-            storage: storage.to_owned(),
-            dir: scratch_dir("broker"),
-            child: None,
-        };
-        broker.up();
-        broker
-    }
-
-    fn up(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(nisshi_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", &self.storage])
-            .args(["--group-initial-rebalance-delay", "0s"])
-            .env("RUST_LOG", "error")
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        self.child = Some(child);
-        wait_listening(self.port, "nisshi");
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the broker (SIGKILL), like a crash.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.up();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A redis-server of the test's own (append-only file, so a restart keeps the streams).
-pub struct RedisServer {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
+impl Server {
+    fn start(what: &'static str, command: impl Fn(u16) -> Command + Send + Sync + 'static) -> Self {
         let mut server = Self {
             port: free_port(),
-            dir: scratch_dir("redis"),
+            command: Box::new(command),
+            what,
             child: None,
         };
         server.up();
@@ -152,30 +78,16 @@ impl RedisServer {
     }
 
     fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
+        let child = (self.command)(self.port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.what));
         self.child = Some(child);
-        wait_listening(self.port, "redis-server");
+        wait_listening(self.port, self.what);
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
+    /// Kills the server (SIGKILL), like a crash.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -189,9 +101,79 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A nisshi broker.
+pub struct Broker;
+
+impl Broker {
+    /// Memory storage: fast, gone when the broker stops.
+    pub fn start() -> Server {
+        Self::start_with("memory://nisshi/")
+    }
+
+    /// SQLite storage in a scratch folder, so that topics and offsets survive a restart.
+    pub fn start_persistent() -> Server {
+        // nisshi reads a sqlite:// path relative to its working directory.
+        Self::start_with("sqlite://nisshi.db")
+    }
+
+    fn start_with(storage: &'static str) -> Server {
+        let dir = scratch_dir("broker");
+        Server::start("nisshi", move |port| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut c = Command::new(nisshi_bin());
+            c.args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", storage])
+            .args(["--group-initial-rebalance-delay", "0s"])
+            .env("RUST_LOG", "error")
+            .current_dir(&dir);
+            c
+        })
+    }
+}
+
+/// A redis-server (append-only file, so a restart keeps the streams).
+pub struct RedisServer;
+
+impl RedisServer {
+    pub fn start() -> Server {
+        let dir = scratch_dir("redis");
+        Server::start("redis-server", move |port| {
+            let mut c = Command::new("redis-server");
+            c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(&dir);
+            c
+        })
+    }
+}
+
+impl Server {
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 }
 
