@@ -135,6 +135,23 @@ fn too_big(agent: Uuid, to: &str) -> Value {
     event
 }
 
+/// Runs `keel outbox ARGS` against `app`'s database; returns its standard output.
+fn keel_outbox(app: &TestApp, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("outbox")
+        .args(args)
+        .env("KEEL_DATABASE_URL", &app.config.database_url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "keel outbox {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 async fn metrics_text(app: &TestApp) -> String {
     reqwest::get(app.url("/metrics"))
         .await
@@ -423,6 +440,12 @@ async fn broker_outage(message_timeout_ms: Option<&str>) {
         .read_ids(&all_ids(&before), Duration::from_secs(30))
         .await;
     drop(reader);
+    eventually(
+        Duration::from_secs(10),
+        "the relay to record its progress",
+        || async { (outbox_status(&app, SinkKind::Kafka).await.backlog == 0).then_some(()) },
+    )
+    .await;
 
     broker.stop();
     // Appends do not depend on the broker: they succeed, and the backlog grows.
@@ -489,8 +512,13 @@ async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_ret
     let expected = merge(before, during);
     // Kafka carries on while Redis is down.
     expect_on_kafka(&broker, &expected, Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(10),
+        "kafka's cursors to pass every row",
+        || async { (outbox_status(&app, SinkKind::Kafka).await.backlog == 0).then_some(()) },
+    )
+    .await;
     assert_eq!(outbox_status(&app, SinkKind::Redis).await.backlog, 30);
-    assert_eq!(outbox_status(&app, SinkKind::Kafka).await.backlog, 0);
 
     redis_server.restart();
     let got = eventually(Duration::from_secs(30), "redis to catch up", || async {
@@ -581,21 +609,17 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
             .any(|r| r.aggregate_id() == poisoned && r.version() > 1),
         "an event of the parked aggregate was sent"
     );
-    assert_eq!(outbox_status(&app, SinkKind::Kafka).await.held, 2);
+    // (The round that sent it records the held row when it commits, just after the send.)
+    eventually(Duration::from_secs(10), "two held rows", || async {
+        (outbox_status(&app, SinkKind::Kafka).await.held == 2).then_some(())
+    })
+    .await;
     relay.shutdown().await;
 
     // The cause is fixed (a relay with default limits), and an operator releases the event.
     let relay = start_relay(&app, None).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["outbox", "retry", &p[1].to_string()])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = keel_outbox(&app, &["retry", &p[1].to_string()]);
+    assert!(out.contains("released 1 parked row"), "{out}");
     let expected = log.into_inner();
     reader
         .read_ids(&all_ids(&expected), Duration::from_secs(30))
@@ -636,15 +660,12 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
     )
     .await;
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["outbox", "skip", &ids[0].to_string(), "--sink", "kafka"])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .output()
-        .unwrap();
+    let parked = keel_outbox(&app, &["parked"]);
+    assert!(parked.contains(&ids[0].to_string()), "{parked}");
+    let out = keel_outbox(&app, &["skip", &ids[0].to_string(), "--sink", "kafka"]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.contains(&format!("skipped {} on kafka", ids[0])),
+        "{out}"
     );
     let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
     reader.read_ids(&[ids[1]], Duration::from_secs(30)).await;
