@@ -99,6 +99,9 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Most rows read per partition per round (`KEEL_RELAY__BATCH_SIZE`).
     pub batch_size: i64,
+    /// Concurrent loops per sink, each over its own share of the held partitions, so that one
+    /// loop's database read overlaps another's sends (`KEEL_RELAY__LANES`, 1 to 16).
+    pub lanes: i16,
     /// Fallback poll when no wake-up arrives (`KEEL_RELAY__POLL_INTERVAL_MS`).
     pub poll_interval_ms: u64,
     /// A partition lease lasts this long unless renewed; a dead relay's partitions are taken
@@ -123,6 +126,7 @@ impl Default for RelayConfig {
             name: None,
             listen: ([127, 0, 0, 1], 9464).into(),
             batch_size: 500,
+            lanes: 4,
             poll_interval_ms: 250,
             lease_ttl_ms: 4_000,
             heartbeat_ms: 1_000,
@@ -137,6 +141,9 @@ impl Default for RelayConfig {
 
 impl RelayConfig {
     fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=16).contains(&self.lanes) {
+            bail!("relay.lanes must be between 1 and 16");
+        }
         if self.batch_size < 1 || self.max_attempts < 1 {
             bail!("relay.batch_size and relay.max_attempts must be positive");
         }

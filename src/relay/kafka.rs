@@ -102,6 +102,19 @@ impl KafkaSink {
             .unwrap_or_else(|| format!("{}{aggregate_type}", self.config.topic_prefix))
     }
 
+    /// [`KafkaSink::topic_for`] for each row, worked out once per (event type, aggregate type).
+    fn topics<'r>(&self, rows: &[&'r OutboxRow]) -> Vec<Arc<str>> {
+        let mut seen: HashMap<(&'r str, &'r str), Arc<str>> = HashMap::new();
+        rows.iter()
+            .map(|r| {
+                let key = (r.event.event_type.as_str(), r.event.aggregate_type.as_str());
+                seen.entry(key)
+                    .or_insert_with(|| self.topic_for(key.0, key.1).into())
+                    .clone()
+            })
+            .collect()
+    }
+
     fn producer(&self) -> FutureProducer {
         self.producer.lock().expect("producer lock").clone()
     }
@@ -119,7 +132,7 @@ impl KafkaSink {
     }
 
     /// Creates the topics in `topics` that keel has not seen yet.
-    async fn ensure_topics(&self, topics: &HashSet<String>) {
+    async fn ensure_topics(&self, topics: &HashSet<&str>) {
         if !self.config.create_topics {
             return;
         }
@@ -127,8 +140,8 @@ impl KafkaSink {
             let known = self.topics.lock().expect("topics lock");
             topics
                 .iter()
-                .filter(|t| !known.contains(*t))
-                .cloned()
+                .filter(|t| !known.contains(**t))
+                .map(|t| t.to_string())
                 .collect()
         };
         if missing.is_empty() {
@@ -227,12 +240,10 @@ impl KafkaSink {
 
     /// Sends `rows` in order and waits for every acknowledgement. A row whose aggregate already
     /// failed earlier in the batch is not sent ([`Outcome::NotSent`]).
-    pub async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome> {
-        let topics: Vec<String> = rows
-            .iter()
-            .map(|r| self.topic_for(&r.event.event_type, &r.event.aggregate_type))
-            .collect();
-        self.ensure_topics(&topics.iter().cloned().collect()).await;
+    pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
+        let topics = self.topics(rows);
+        self.ensure_topics(&topics.iter().map(|t| &**t).collect())
+            .await;
         let producer = self.producer();
         let mut failed: HashSet<(&str, Uuid)> = HashSet::new();
         let mut pending = Vec::with_capacity(rows.len());

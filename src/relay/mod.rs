@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -62,7 +62,7 @@ impl Sink {
     }
 
     /// Publishes `rows` in order; one outcome per row.
-    pub async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome> {
+    pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
         match self {
             Sink::Kafka(k) => k.publish(rows).await,
             Sink::Redis(r) => r.publish(rows).await,
@@ -117,6 +117,7 @@ pub async fn start(
     commits: Option<watch::Receiver<u64>>,
 ) -> anyhow::Result<RelayHandle> {
     let relay = &config.relay;
+    let pool = relay_pool(&pool, relay).await?;
     let mut sinks: Vec<Arc<Sink>> = Vec::new();
     if relay.kafka.enabled {
         let k = KafkaSink::new(
@@ -165,17 +166,20 @@ pub async fn start(
         tasks.spawn(async move { leases.run(stop).await });
     }
     for sink in &sinks {
-        let worker = worker::SinkLoop {
-            sink: sink.clone(),
-            pool: pool.clone(),
-            owner: leases.owner,
-            owned: leases.subscribe(),
-            gate: leases.gate.clone(),
-            wake: wake_rx.clone(),
-            config: relay.clone(),
-            attempts: Default::default(),
-        };
-        tasks.spawn(worker.run(stop_rx.clone()));
+        for lane in 0..relay.lanes {
+            let worker = worker::SinkLoop {
+                sink: sink.clone(),
+                pool: pool.clone(),
+                owner: leases.owner,
+                owned: leases.subscribe(),
+                gate: leases.gate.clone(),
+                wake: wake_rx.clone(),
+                config: relay.clone(),
+                attempts: Default::default(),
+                lane: (lane, relay.lanes),
+            };
+            tasks.spawn(worker.run(stop_rx.clone()));
+        }
     }
     let kinds: Vec<SinkKind> = sinks.iter().map(|s| s.kind()).collect();
     tasks.spawn(housekeeping(pool, leases.subscribe(), kinds, stop_rx));
@@ -186,6 +190,22 @@ pub async fn start(
         owner: leases.owner,
         sinks,
     })
+}
+
+/// The relay's own connections, apart from the API's: every sink lane and the lease, listener and
+/// housekeeping tasks get one, so a busy API never starves the relay (nor the reverse). Bitmap
+/// scans are off on them: see [`outbox::read_batch`].
+async fn relay_pool(pool: &PgPool, relay: &crate::config::RelayConfig) -> anyhow::Result<PgPool> {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("enable_bitmapscan", "off")]);
+    let connections = 2 * relay.lanes as u32 + 4;
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("the relay cannot connect to the database")
 }
 
 fn default_name() -> String {

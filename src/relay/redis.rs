@@ -57,7 +57,7 @@ impl RedisSink {
         Ok(c)
     }
 
-    pub async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome> {
+    pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for row in rows {

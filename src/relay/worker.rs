@@ -29,6 +29,10 @@ pub(crate) struct SinkLoop {
     pub config: RelayConfig,
     /// Failed attempts so far at rows not yet parked, by position.
     pub attempts: HashMap<i64, i32>,
+    /// This loop handles the held partitions `p` with `p % lanes.1 == lanes.0`; the other lanes
+    /// of the sink handle the rest, concurrently. Partitions never share a lane, so each keeps
+    /// its order.
+    pub lane: (i16, i16),
 }
 
 /// What a round found.
@@ -66,7 +70,11 @@ impl SinkLoop {
                 }
             }
             let guard = self.gate.clone().read_owned().await;
-            let parts = self.owned.borrow().current().to_vec();
+            let (lane, lanes) = self.lane;
+            let parts: Vec<i16> = (self.owned.borrow().current().iter())
+                .copied()
+                .filter(|p| p % lanes == lane)
+                .collect();
             if parts.is_empty() {
                 again = false;
                 continue;
@@ -118,18 +126,20 @@ impl SinkLoop {
         if redrive {
             let rows = outbox::read_redrive(&self.pool, kind, parts, batch).await?;
             if !rows.is_empty() {
-                let outcomes = self.sink.publish(&rows).await;
+                let outcomes = self.sink.publish(&rows.iter().collect::<Vec<_>>()).await;
                 round.failed |= self.settle_redrive(&rows, &outcomes, &mut commit);
                 round.full |= rows.len() as i64 == batch;
             }
         }
+        let started = Instant::now();
         let rows = outbox::read_batch(&self.pool, kind, parts, batch).await?;
+        let read = started.elapsed();
         let mut per_partition: HashMap<i16, i64> = HashMap::new();
         for r in &rows {
             *per_partition.entry(r.partition).or_default() += 1;
         }
         round.full |= per_partition.values().any(|n| *n == batch);
-        let send: Vec<OutboxRow> = rows.iter().filter(|r| !r.blocked).cloned().collect();
+        let send: Vec<&OutboxRow> = rows.iter().filter(|r| !r.blocked).collect();
         let mut outcomes = if send.is_empty() {
             Vec::new()
         } else {
@@ -140,6 +150,7 @@ impl SinkLoop {
             .iter()
             .map(|r| if r.blocked { None } else { outcomes.next() })
             .collect();
+        let published = started.elapsed();
         round.failed |= self.settle(&rows, &aligned, &mut commit);
         let delivered = commit.delivered.len()
             + aligned
@@ -149,6 +160,10 @@ impl SinkLoop {
         if !outbox::commit(&self.pool, self.owner, kind, &commit).await? {
             tracing::warn!(sink = %kind, "lost a partition lease mid-round; its rows will be re-sent by the new owner");
             return Ok(round);
+        }
+        if !rows.is_empty() {
+            tracing::debug!(sink = %kind, rows = rows.len(), ?read, publish = ?(published - read),
+                commit = ?(started.elapsed() - published), "relay round");
         }
         if delivered > 0 {
             ::metrics::counter!(metrics::RELAY_PUBLISHED, "sink" => kind.as_str())
@@ -180,12 +195,12 @@ impl SinkLoop {
     ) -> bool {
         let mut failed = false;
         let mut stopped: HashSet<i16> = HashSet::new();
-        let mut parked_now: HashSet<(String, Uuid)> = HashSet::new();
+        let mut parked_now: HashSet<(&str, Uuid)> = HashSet::new();
         for (row, outcome) in rows.iter().zip(outcomes) {
             if stopped.contains(&row.partition) {
                 continue;
             }
-            let aggregate = (row.event.aggregate_type.clone(), row.event.aggregate_id);
+            let aggregate = row.aggregate();
             let advance = if row.blocked || parked_now.contains(&aggregate) {
                 // Held behind a parked row of its aggregate. If it was sent anyway (its aggregate
                 // was parked later in this batch), a duplicate follows on redrive; order holds.
