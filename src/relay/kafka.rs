@@ -56,7 +56,7 @@ pub fn producer_config(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", "1")
         .set("message.timeout.ms", "0")
         .set("retry.backoff.ms", "100")
         .set("retry.backoff.max.ms", "5000")
