@@ -7,9 +7,12 @@
 //! * Value: Confluent-framed Avro with the registry's schema id, or the JSON envelope on the topics
 //!   listed in `relay.kafka.json_topics`. Headers: see [`super::envelope`].
 //! * Producer: `enable.idempotence=true` (so `acks=all` and in-order retries), lz4 compression,
-//!   `linger.ms=5`, and no local message time-out: while a broker is away, librdkafka keeps
-//!   retrying in order rather than failing some messages and delivering later ones. Settings in
-//!   `relay.kafka.properties` are applied last.
+//!   `linger.ms=1`, and no local message time-out: while a broker is away, librdkafka keeps
+//!   retrying in order rather than failing some messages and delivering later ones. With
+//!   `enable.gapless.guarantee=true` a message the broker refuses for good (too large for the
+//!   topic, not authorised) fails every message queued after it too, so a later event of its
+//!   aggregate is never delivered ahead of it; the producer is then replaced and the round
+//!   re-sent. Settings in `relay.kafka.properties` are applied last.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use uuid::Uuid;
 
@@ -54,6 +57,7 @@ pub fn producer_config(
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "1")
@@ -288,11 +292,6 @@ impl KafkaSink {
             self.renew_producer();
         }
         outcomes
-    }
-
-    /// Drops messages queued but not yet sent; their rows are read again from the outbox.
-    pub fn purge_queued(&self) {
-        self.producer().purge(PurgeConfig::default().queue());
     }
 
     /// Waits up to `timeout` for queued messages to be acknowledged (on shutdown).

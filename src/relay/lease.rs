@@ -8,8 +8,10 @@
 //! * A relay stops publishing on its own before its lease can run out: its sink loops treat the
 //!   leases as valid only until `renewal sent + ttl - one heartbeat`, by its local monotonic clock.
 //!   Cursor updates also re-check the lease in the database (see [`super::outbox::commit`]).
-//! * Before releasing a partition the relay waits for its sink loops to finish the round in
-//!   flight (the `gate`), so the next owner starts only after the last send.
+//! * Before releasing a partition the relay waits for the sink loops of that partition's lane to
+//!   finish (or abandon) the round in flight (the lane's gate), so the next owner starts only
+//!   after the last send. Other lanes, and a sink stuck in an outage on another lane, are not
+//!   waited for.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +46,14 @@ pub struct Leases {
     ttl: Duration,
     heartbeat: Duration,
     owned: watch::Sender<Owned>,
-    /// Sink loops hold it for reading during a round; releasing a partition takes it for writing.
-    pub gate: Arc<RwLock<()>>,
+    /// One gate per lane: a sink loop holds its lane's gate for reading during a round; releasing
+    /// a partition takes the gate of the partition's lane for writing, so it waits only for the
+    /// loops that publish that partition.
+    gates: Vec<Arc<RwLock<()>>>,
 }
 
 impl Leases {
-    pub fn new(pool: PgPool, name: String, ttl: Duration, heartbeat: Duration) -> Self {
+    pub fn new(pool: PgPool, name: String, ttl: Duration, heartbeat: Duration, lanes: i16) -> Self {
         Self {
             pool,
             owner: Uuid::new_v4(),
@@ -57,8 +61,15 @@ impl Leases {
             ttl,
             heartbeat,
             owned: watch::Sender::new(Owned::default()),
-            gate: Arc::new(RwLock::new(())),
+            gates: (0..lanes.max(1))
+                .map(|_| Arc::new(RwLock::new(())))
+                .collect(),
         }
+    }
+
+    /// The gate of lane `lane` (partitions `p` with `p % lanes == lane`).
+    pub fn gate(&self, lane: i16) -> Arc<RwLock<()>> {
+        self.gates[lane as usize].clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Owned> {
@@ -156,7 +167,13 @@ impl Leases {
     /// Stops the sink loops from using `partitions`, waits for their round in flight, then frees
     /// the leases so another relay can take them at once.
     async fn release(&self, partitions: &[i16]) -> Result<(), sqlx::Error> {
-        drop(self.gate.write().await);
+        let lanes = self.gates.len() as i16;
+        let mut affected: Vec<i16> = partitions.iter().map(|p| p % lanes).collect();
+        affected.sort_unstable();
+        affected.dedup();
+        for lane in affected {
+            drop(self.gates[lane as usize].write().await);
+        }
         sqlx::query(
             "UPDATE relay_leases SET owner = NULL, owner_name = NULL, lease_until = '-infinity'
               WHERE owner = $1 AND partition = ANY($2)",

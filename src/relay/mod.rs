@@ -69,13 +69,6 @@ impl Sink {
         }
     }
 
-    /// Drops what is queued but not sent, after a round was abandoned (lease lost, stopping).
-    fn abandon(&self) {
-        if let Sink::Kafka(k) = self {
-            k.purge_queued();
-        }
-    }
-
     fn shutdown(&self) {
         if let Sink::Kafka(k) = self {
             k.flush(Duration::from_secs(5));
@@ -140,6 +133,7 @@ pub async fn start(
         name.clone(),
         Duration::from_millis(relay.lease_ttl_ms),
         Duration::from_millis(relay.heartbeat_ms),
+        relay.lanes,
     ));
     let (stop, stop_rx) = watch::channel(false);
     let (wake_tx, wake_rx) = watch::channel(0u64);
@@ -172,7 +166,7 @@ pub async fn start(
                 pool: pool.clone(),
                 owner: leases.owner,
                 owned: leases.subscribe(),
-                gate: leases.gate.clone(),
+                gate: leases.gate(lane),
                 wake: wake_rx.clone(),
                 config: relay.clone(),
                 attempts: Default::default(),

@@ -84,7 +84,8 @@ pub async fn read_batch(
 
 /// Parked-table rows that may be re-sent: those an operator released (`retry`) and those held
 /// behind them, or behind a row that was delivered or skipped. A row stays put while an earlier
-/// row of its aggregate is `parked`. Ordered by aggregate, then log order.
+/// row of its aggregate is `parked`. Ordered by aggregate, then log order; at most
+/// [`REDRIVE_PER_AGGREGATE`] rows of each aggregate.
 pub async fn read_redrive(
     pool: &PgPool,
     sink: SinkKind,
@@ -94,13 +95,16 @@ pub async fn read_redrive(
     let sql = format!(
         "SELECT k.partition, k.tx_id::text::bigint AS tx_id, {ROW_COLUMNS},
                 false AS blocked, k.attempts
-           FROM relay_parked k
+           FROM (SELECT k.*, row_number() OVER (PARTITION BY k.aggregate_type, k.aggregate_id
+                                                ORDER BY k.tx_id, k.position) AS n
+                   FROM relay_parked k
+                  WHERE k.sink = $1 AND k.partition = ANY($2) AND k.state <> 'parked'
+                    AND NOT EXISTS (SELECT 1 FROM relay_parked b
+                                     WHERE b.sink = k.sink AND b.aggregate_type = k.aggregate_type
+                                       AND b.aggregate_id = k.aggregate_id AND b.state = 'parked'
+                                       AND (b.tx_id, b.position) < (k.tx_id, k.position))) k
            JOIN events e ON e.position = k.position
-          WHERE k.sink = $1 AND k.partition = ANY($2) AND k.state <> 'parked'
-            AND NOT EXISTS (SELECT 1 FROM relay_parked b
-                             WHERE b.sink = k.sink AND b.aggregate_type = k.aggregate_type
-                               AND b.aggregate_id = k.aggregate_id AND b.state = 'parked'
-                               AND (b.tx_id, b.position) < (k.tx_id, k.position))
+          WHERE k.n <= $4
           ORDER BY k.aggregate_type, k.aggregate_id, k.tx_id, k.position
           LIMIT $3"
     );
@@ -108,9 +112,14 @@ pub async fn read_redrive(
         .bind(sink.as_str())
         .bind(partitions)
         .bind(limit)
+        .bind(REDRIVE_PER_AGGREGATE)
         .fetch_all(pool)
         .await
 }
+
+/// Most rows of one aggregate a redrive takes, so that one aggregate that keeps failing cannot
+/// crowd the others out of every redrive.
+const REDRIVE_PER_AGGREGATE: i64 = 50;
 
 /// A row to put into the parked table.
 #[derive(Debug, Clone)]
@@ -154,8 +163,8 @@ pub struct Commit {
     pub advance: Vec<(i16, LogCursor)>,
     /// New parked or held rows (from the main read), and re-parked ones (from a redrive).
     pub park: Vec<Park>,
-    /// Parked-table rows that were delivered on a redrive.
-    pub delivered: Vec<i64>,
+    /// Parked-table rows that were delivered on a redrive: (partition, position).
+    pub delivered: Vec<(i16, i64)>,
 }
 
 impl Commit {
@@ -169,6 +178,7 @@ impl Commit {
             .iter()
             .map(|(p, _)| *p)
             .chain(self.park.iter().map(|k| k.partition))
+            .chain(self.delivered.iter().map(|(p, _)| *p))
             .collect();
         p.sort_unstable();
         p.dedup();
@@ -246,9 +256,10 @@ pub async fn commit(
         .await?;
     }
     if !commit.delivered.is_empty() {
+        let positions: Vec<i64> = commit.delivered.iter().map(|(_, p)| *p).collect();
         sqlx::query("DELETE FROM relay_parked WHERE sink = $1 AND position = ANY($2)")
             .bind(sink.as_str())
-            .bind(&commit.delivered)
+            .bind(&positions)
             .execute(&mut *tx)
             .await?;
     }

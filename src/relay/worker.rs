@@ -102,8 +102,10 @@ impl SinkLoop {
                 }
                 None => {
                     // Lease lost or stopping mid-round: nothing was committed, so the next owner
-                    // (or this relay, later) re-sends from the stored cursor.
-                    self.sink.abandon();
+                    // (or this relay, later) re-sends from the stored cursor. Messages already
+                    // queued in the producer are left to go out: they are earlier events the next
+                    // owner re-sends too, so first sights stay in order. (Purging the producer's
+                    // queue would also drop other lanes' messages and let their later ones pass.)
                     again = false;
                 }
             }
@@ -202,8 +204,9 @@ impl SinkLoop {
             }
             let aggregate = row.aggregate();
             let advance = if row.blocked || parked_now.contains(&aggregate) {
-                // Held behind a parked row of its aggregate. If it was sent anyway (its aggregate
-                // was parked later in this batch), a duplicate follows on redrive; order holds.
+                // Held behind a parked row of its aggregate. A row sent in the same batch as the
+                // row that failed was acknowledged before it failed for good: the producer is
+                // gapless (see `kafka.rs`), so this row was not sent after it.
                 commit.park.push(Park::of(row, "held"));
                 true
             } else {
@@ -264,7 +267,7 @@ impl SinkLoop {
                 continue;
             }
             match outcome {
-                Outcome::Delivered => commit.delivered.push(row.event.position),
+                Outcome::Delivered => commit.delivered.push((row.partition, row.event.position)),
                 Outcome::NotSent => {
                     stopped.insert(row.aggregate());
                 }

@@ -672,3 +672,38 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
     assert!(!reader.received.iter().any(|r| r.event_id() == ids[0]));
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn missing_topics_are_created_with_the_configured_partitions_and_json_topics_get_json() {
+    let broker = Broker::start();
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
+        c.relay.in_process = true;
+        c.relay.redis.enabled = false;
+        c.relay.kafka.partitions = 3;
+        c.relay.kafka.json_topics = vec![AGENT_TOPIC.to_owned()];
+    })
+    .await;
+    let agent = Uuid::new_v4();
+    let log = Mutex::new(HashMap::new());
+    append_one(&app, agent, &log, agent_state_changed(agent, "running")).await;
+    let id = log.into_inner()[&agent][0];
+
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&[id], Duration::from_secs(30)).await;
+    let record = &reader.received[0];
+    assert_eq!(record.headers["keel-content-type"], "application/json");
+    let envelope: Value = serde_json::from_slice(&record.value).unwrap();
+    assert_eq!(envelope["id"], id.to_string());
+    assert_eq!(envelope["payload"]["to_state"], "running");
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let metadata_client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .create()
+        .unwrap();
+    let metadata = metadata_client
+        .fetch_metadata(Some(AGENT_TOPIC), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), 3);
+}
