@@ -7,7 +7,8 @@
 //! * **Per-aggregate order.** An aggregate's rows are all in one relay partition; one relay at a
 //!   time holds that partition ([`lease`]) and sends its rows in log order, which is version order
 //!   (see [`crate::store::log`]). Kafka gets the aggregate id as key (one Kafka partition) from an
-//!   idempotent producer with no local time-out; Redis gets one pipeline per round. A row that
+//!   idempotent, gapless producer with no local time-out; Redis gets one ordered script run per
+//!   round that skips an aggregate's later rows after one fails. A row that
 //!   fails stops its partition's cursor there, so later rows are re-sent after it, never instead
 //!   of it. After a takeover or a retry a consumer may see an event again (same id), but the first
 //!   time it sees each event is in version order.

@@ -3,14 +3,16 @@
 //! stream, trimmed to about `relay.redis.stream_maxlen` entries (short-lived durable reads with
 //! Redis consumer groups).
 //!
-//! A batch goes out as one pipeline on one connection, so Redis applies it in order. Stream
-//! entries have the fields `id` (the event id, for deduplication), `type`, `aggregate_id`,
-//! `version` and `event` (the envelope). The channel carries the envelope alone.
+//! A batch goes out as one Lua script run (`EVALSHA`), so Redis applies it atomically and in
+//! order; after an event of an aggregate fails, the script skips that aggregate's later events.
+//! Stream entries have the fields `id` (the event id, for deduplication), `type`, `aggregate_id`,
+//! `version` and `event` (the envelope). The channel carries the envelope alone, published after
+//! the stream entry was added.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult, Value};
+use redis::{RedisError, RedisResult};
 use tokio::sync::Mutex;
 
 use super::envelope::json_envelope;
@@ -22,6 +24,7 @@ pub struct RedisSink {
     client: redis::Client,
     config: RedisSinkConfig,
     connection: Mutex<Option<ConnectionManager>>,
+    script: redis::Script,
 }
 
 impl RedisSink {
@@ -30,6 +33,7 @@ impl RedisSink {
             client: redis::Client::open(url)?,
             config,
             connection: Mutex::new(None),
+            script: redis::Script::new(PUBLISH_SCRIPT),
         })
     }
 
@@ -57,48 +61,40 @@ impl RedisSink {
         Ok(c)
     }
 
+    /// Publishes `rows` with one script run: Redis runs it atomically and in order, and the
+    /// script skips the rest of an aggregate's rows after one of them fails, so a later event
+    /// never reaches the stream or the channel ahead of an earlier one.
     pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        let mut call = self.script.prepare_invoke();
+        call.arg(self.config.stream_maxlen);
         for row in rows {
             let e = &row.event;
-            let body = json_envelope(e).to_string();
-            pipe.cmd("PUBLISH")
+            call.key(self.stream(&e.aggregate_type))
+                .arg(format!("{}/{}", e.aggregate_type, e.aggregate_id))
                 .arg(self.channel(&e.aggregate_type))
-                .arg(&body);
-            pipe.cmd("XADD")
-                .arg(self.stream(&e.aggregate_type))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.stream_maxlen)
-                .arg("*")
-                .arg("id")
                 .arg(e.id.to_string())
-                .arg("type")
                 .arg(&e.event_type)
-                .arg("aggregate_id")
                 .arg(e.aggregate_id.to_string())
-                .arg("version")
                 .arg(e.version)
-                .arg("event")
-                .arg(&body);
+                .arg(json_envelope(e).to_string());
         }
-        let results: RedisResult<Vec<RedisResult<Value>>> = match self.connection().await {
-            Ok(mut c) => pipe.query_async(&mut c).await,
+        let replies: RedisResult<Vec<String>> = match self.connection().await {
+            Ok(mut c) => call.invoke_async(&mut c).await,
             Err(e) => Err(e),
         };
-        match results {
-            Ok(results) if results.len() == rows.len() * 2 => results
-                .chunks(2)
-                .map(|pair| match pair.iter().find_map(|r| r.as_ref().err()) {
-                    None => Outcome::Delivered,
-                    Some(e) => Outcome::Failed(classify(e)),
+        match replies {
+            Ok(replies) if replies.len() == rows.len() => replies
+                .iter()
+                .map(|r| match r.as_str() {
+                    "ok" => Outcome::Delivered,
+                    "skip" => Outcome::NotSent,
+                    error => Outcome::Failed(classify_reply(error)),
                 })
                 .collect(),
-            Ok(results) => {
+            Ok(replies) => {
                 let e = SinkError::retriable(
                     "protocol",
-                    format!("{} replies for {} commands", results.len(), rows.len() * 2),
+                    format!("{} replies for {} events", replies.len(), rows.len()),
                 );
                 vec![Outcome::Failed(e); rows.len()]
             }
@@ -107,17 +103,54 @@ impl RedisSink {
     }
 }
 
-/// Redis's error table: a key of the wrong type or a command Redis refuses for this data is
-/// permanent; everything else (connection refused or dropped, time-outs, loading, read-only
-/// replica, out of memory) is retriable.
-pub fn classify(e: &RedisError) -> SinkError {
-    match e.code() {
-        Some("WRONGTYPE") => SinkError::permanent("wrong_type", e.to_string()),
-        Some("ERR") if !e.is_io_error() => SinkError::permanent("refused", e.to_string()),
-        _ if e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error() => {
-            SinkError::retriable("unavailable", e.to_string())
-        }
-        _ if e.is_timeout() => SinkError::retriable("timeout", e.to_string()),
-        _ => SinkError::retriable("redis_error", e.to_string()),
+/// KEYS: each event's stream. ARGV: the stream length, then per event its aggregate, channel, id,
+/// type, aggregate id, version and envelope. Returns per event `ok`, `skip` (an earlier event of
+/// its aggregate failed) or the error.
+const PUBLISH_SCRIPT: &str = r#"
+local maxlen = ARGV[1]
+local failed = {}
+local out = {}
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 7
+  local aggregate = ARGV[a]
+  if failed[aggregate] then
+    out[i] = 'skip'
+  else
+    local r = redis.pcall('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*',
+      'id', ARGV[a + 2], 'type', ARGV[a + 3], 'aggregate_id', ARGV[a + 4],
+      'version', ARGV[a + 5], 'event', ARGV[a + 6])
+    if type(r) == 'table' and r.err then
+      failed[aggregate] = true
+      out[i] = r.err
+    else
+      redis.call('PUBLISH', ARGV[a + 1], ARGV[a + 6])
+      out[i] = 'ok'
+    end
+  end
+end
+return out
+"#;
+
+/// The error table for an error the script caught: a key of the wrong type is permanent; anything
+/// else (out of memory, loading, busy) is retriable.
+fn classify_reply(error: &str) -> SinkError {
+    if error.starts_with("WRONGTYPE") {
+        SinkError::permanent("wrong_type", error)
+    } else {
+        SinkError::retriable("redis_error", error)
     }
+}
+
+/// An error of the whole call (connection refused or dropped, time-out, scripting refused): never
+/// an event's fault, so always retriable. Errors of single events come back in the script's reply
+/// ([`classify_reply`]).
+pub fn classify(e: &RedisError) -> SinkError {
+    let kind = if e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error() {
+        "unavailable"
+    } else if e.is_timeout() {
+        "timeout"
+    } else {
+        "redis_error"
+    };
+    SinkError::retriable(kind, e.to_string())
 }

@@ -707,3 +707,70 @@ async fn missing_topics_are_created_with_the_configured_partitions_and_json_topi
         .unwrap();
     assert_eq!(metadata.topics()[0].partitions().len(), 3);
 }
+
+#[tokio::test]
+async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers_in_order() {
+    let app = spawn_app_with(|c| {
+        fast_relay(c, "127.0.0.1:1", "redis://127.0.0.1:6379");
+        c.relay.in_process = true;
+        c.relay.kafka.enabled = false;
+    })
+    .await;
+    let stream = format!("{}agent", app.config.relay.redis.stream_prefix);
+    let redis = redis::Client::open(app.config.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    // The cause: someone else's string where keel's stream should be.
+    let _: () = redis::cmd("SET")
+        .arg(&stream)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let agent = Uuid::new_v4();
+    let log = Mutex::new(HashMap::new());
+    append_one(&app, agent, &log, agent_state_changed(agent, "a")).await;
+    append_one(&app, agent, &log, agent_state_changed(agent, "b")).await;
+    let ids = log.into_inner().remove(&agent).unwrap();
+    let parked = eventually(
+        Duration::from_secs(20),
+        "the event to be parked",
+        || async {
+            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            (rows.len() == 2 && rows[0].state == "parked").then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        (parked[0].event_id, parked[0].sink.as_str()),
+        (ids[0], "redis")
+    );
+    assert_eq!(parked[0].error_class.as_deref(), Some("wrong_type"));
+    assert_eq!(
+        (parked[1].event_id, parked[1].state.as_str()),
+        (ids[1], "held")
+    );
+
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let out = keel_outbox(&app, &["retry", "--all", "--sink", "redis"]);
+    assert!(out.contains("released 1 parked row"), "{out}");
+    let got = eventually(
+        Duration::from_secs(20),
+        "the stream to get both events",
+        || async {
+            let got = stream_ids(&app.config.redis_url, &stream).await?;
+            (got.len() >= 2).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got, ids);
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
