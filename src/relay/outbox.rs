@@ -200,6 +200,11 @@ pub async fn commit(
     }
     let partitions = commit.partitions();
     let mut tx = pool.begin().await?;
+    // Progress need not survive a database crash: a lost cursor move only re-sends rows, and the
+    // parked rows move together with it. Skipping the WAL flush takes milliseconds off every round.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let held: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM relay_leases
           WHERE partition = ANY($1) AND owner = $2 AND lease_until > now() FOR SHARE) l",
