@@ -245,6 +245,12 @@ impl KafkaSink {
     /// Sends `rows` in order and waits for every acknowledgement. A row whose aggregate already
     /// failed earlier in the batch is not sent ([`Outcome::NotSent`]).
     pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
+        self.send(rows).await.wait(self).await
+    }
+
+    /// Queues `rows` in order without waiting for acknowledgements; [`KafkaSent::wait`] collects
+    /// them. `KafkaSent::clean` tells whether every row was queued.
+    pub async fn send(&self, rows: &[&OutboxRow]) -> KafkaSent {
         let topics = self.topics(rows);
         self.ensure_topics(&topics.iter().map(|t| &**t).collect())
             .await;
@@ -270,9 +276,40 @@ impl KafkaSink {
                 }
             }
         }
-        let mut outcomes = Vec::with_capacity(pending.len());
+        KafkaSent {
+            clean: failed.is_empty(),
+            pending,
+            producer,
+        }
+    }
+
+    /// Waits up to `timeout` for queued messages to be acknowledged (on shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer().flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "kafka producer did not flush before shutdown");
+        }
+    }
+}
+
+enum Pending {
+    Sent(rdkafka::producer::DeliveryFuture),
+    Done(Outcome),
+}
+
+/// A batch queued by [`KafkaSink::send`], waiting for its acknowledgements.
+pub struct KafkaSent {
+    /// Every row was queued: none failed before it was sent.
+    pub clean: bool,
+    pending: Vec<Pending>,
+    producer: FutureProducer,
+}
+
+impl KafkaSent {
+    /// Waits for every acknowledgement; one outcome per row, in order.
+    pub async fn wait(self, sink: &KafkaSink) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(self.pending.len());
         let mut fatal = false;
-        for p in pending {
+        for p in self.pending {
             outcomes.push(match p {
                 Pending::Done(outcome) => outcome,
                 Pending::Sent(delivery) => match delivery.await {
@@ -288,23 +325,11 @@ impl KafkaSink {
                 },
             });
         }
-        if fatal || producer.client().fatal_error().is_some() {
-            self.renew_producer();
+        if fatal || self.producer.client().fatal_error().is_some() {
+            sink.renew_producer();
         }
         outcomes
     }
-
-    /// Waits up to `timeout` for queued messages to be acknowledged (on shutdown).
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer().flush(Timeout::After(timeout)) {
-            tracing::warn!(error = %e, "kafka producer did not flush before shutdown");
-        }
-    }
-}
-
-enum Pending {
-    Sent(rdkafka::producer::DeliveryFuture),
-    Done(Outcome),
 }
 
 async fn send(

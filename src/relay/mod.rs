@@ -75,6 +75,40 @@ impl Sink {
             k.flush(Duration::from_secs(5));
         }
     }
+
+    /// Starts publishing `rows`: Kafka queues them and returns at once; Redis finishes.
+    async fn send(&self, rows: &[&OutboxRow]) -> Sent {
+        match self {
+            Sink::Kafka(k) => Sent::Kafka(k.send(rows).await),
+            Sink::Redis(r) => Sent::Ready(r.publish(rows).await),
+        }
+    }
+}
+
+/// A batch handed to a sink, whose outcomes may still be on their way.
+enum Sent {
+    Kafka(kafka::KafkaSent),
+    Ready(Vec<Outcome>),
+}
+
+impl Sent {
+    /// Every row reached the sink or its queue: none failed before it was sent.
+    fn clean(&self) -> bool {
+        match self {
+            Sent::Kafka(k) => k.clean,
+            Sent::Ready(outcomes) => outcomes.iter().all(|o| *o == Outcome::Delivered),
+        }
+    }
+
+    async fn outcomes(self, sink: &Sink) -> Vec<Outcome> {
+        match (self, sink) {
+            (Sent::Kafka(k), Sink::Kafka(s)) => k.wait(s).await,
+            (Sent::Ready(outcomes), _) => outcomes,
+            (Sent::Kafka(_), Sink::Redis(_)) => {
+                unreachable!("a Kafka batch is waited on by the Kafka sink")
+            }
+        }
+    }
 }
 
 /// A running relay. [`RelayHandle::shutdown`] stops it and frees its leases at once.
@@ -172,6 +206,7 @@ pub async fn start(
                 config: relay.clone(),
                 attempts: Default::default(),
                 lane: (lane, relay.lanes),
+                inflight: None,
             };
             tasks.spawn(worker.run(stop_rx.clone()));
         }

@@ -42,13 +42,45 @@ impl OutboxRow {
 const ROW_COLUMNS: &str = "e.id, e.position, e.aggregate_type, e.aggregate_id, e.version, \
      e.event_type, e.schema_id, e.schema_version, e.payload, e.metadata, e.created_at";
 
-/// Up to `per_partition` rows after the sink's cursor in each of `partitions`, in log order, and
-/// only below the transaction horizon (see [`crate::store::log`]): a row that commits later
-/// always sorts after the cursor, so nothing is ever skipped.
+/// The sink's stored cursor of each of `partitions`.
+pub async fn cursors(
+    pool: &PgPool,
+    sink: SinkKind,
+    partitions: &[i16],
+) -> Result<Vec<(i16, LogCursor)>, sqlx::Error> {
+    let rows: Vec<(i16, i64, i64)> = sqlx::query_as(
+        "SELECT partition, tx_id::text::bigint, position FROM relay_progress
+          WHERE sink = $1 AND partition = ANY($2) ORDER BY partition",
+    )
+    .bind(sink.as_str())
+    .bind(partitions)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, tx_id, position)| (p, LogCursor { tx_id, position }))
+        .collect())
+}
+
+/// Up to `per_partition` rows after the sink's stored cursor in each of `partitions`; see
+/// [`read_batch_from`].
 pub async fn read_batch(
     pool: &PgPool,
     sink: SinkKind,
     partitions: &[i16],
+    per_partition: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let from = cursors(pool, sink, partitions).await?;
+    read_batch_from(pool, sink, &from, per_partition).await
+}
+
+/// Up to `per_partition` rows after each `(partition, cursor)`, in log order per partition, and
+/// only below the transaction horizon (see [`crate::store::log`]): a row that commits later
+/// always sorts after the cursor, so nothing is ever skipped.
+pub async fn read_batch_from(
+    pool: &PgPool,
+    sink: SinkKind,
+    from: &[(i16, LogCursor)],
     per_partition: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     // Only the outbox index is read (ordered, stopping at the limit); the rest comes from
@@ -60,20 +92,21 @@ pub async fn read_batch(
                          WHERE k.sink = $1 AND k.aggregate_type = e.aggregate_type
                            AND k.aggregate_id = e.aggregate_id) AS blocked,
                 0 AS attempts
-           FROM relay_progress c
+           FROM unnest($2::int2[], $3::int8[], $4::int8[]) AS c(partition, tx, pos)
           CROSS JOIN LATERAL (
                 SELECT o.tx_id, o.position FROM outbox o
                  WHERE o.partition = c.partition
-                   AND (o.tx_id, o.position) > (c.tx_id, c.position)
+                   AND (o.tx_id, o.position) > (c.tx::text::xid8, c.pos)
                    AND o.tx_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
                  ORDER BY o.tx_id, o.position
-                 LIMIT $3) o
-           JOIN events e ON e.position = o.position
-          WHERE c.sink = $1 AND c.partition = ANY($2)"
+                 LIMIT $5) o
+           JOIN events e ON e.position = o.position"
     );
     let mut rows: Vec<OutboxRow> = sqlx::query_as(&sql)
         .bind(sink.as_str())
-        .bind(partitions)
+        .bind(from.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+        .bind(from.iter().map(|(_, c)| c.tx_id).collect::<Vec<_>>())
+        .bind(from.iter().map(|(_, c)| c.position).collect::<Vec<_>>())
         .bind(per_partition)
         .fetch_all(pool)
         .await?;

@@ -12,9 +12,10 @@ use uuid::Uuid;
 use super::lease::Owned;
 use super::outbox::{self, Commit, OutboxRow, Park};
 use super::sink::{ErrorClass, Outcome, SinkError, SinkKind};
-use super::Sink;
+use super::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
+use crate::store::log::LogCursor;
 
 /// How often parked rows released by an operator (or freed by a skip) are looked for.
 const REDRIVE_EVERY: Duration = Duration::from_millis(500);
@@ -33,6 +34,17 @@ pub(crate) struct SinkLoop {
     /// of the sink handle the rest, concurrently. Partitions never share a lane, so each keeps
     /// its order.
     pub lane: (i16, i16),
+    /// The batch sent last, settled while the next one is on its way.
+    pub inflight: Option<InFlight>,
+}
+
+/// A batch sent and not yet settled.
+pub(crate) struct InFlight {
+    parts: Vec<i16>,
+    rows: Vec<OutboxRow>,
+    sent: Sent,
+    /// Where each partition's next read starts: after this batch's rows.
+    ends: Vec<(i16, LogCursor)>,
 }
 
 /// What a round found.
@@ -76,6 +88,7 @@ impl SinkLoop {
                 .filter(|p| p % lanes == lane)
                 .collect();
             if parts.is_empty() {
+                self.inflight = None;
                 again = false;
                 continue;
             }
@@ -89,6 +102,16 @@ impl SinkLoop {
                 _ = lost(&mut owned, &parts) => None,
                 _ = stop.wait_for(|s| *s) => None,
             };
+            if result.is_none() && *stop.borrow() {
+                // Stopping: settle the batch in flight while the lease is still held, so that a
+                // clean shutdown leaves nothing to send twice.
+                if let Some(batch) = self.inflight.take() {
+                    let settle = self.finish(batch);
+                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), settle).await {
+                        tracing::warn!(sink = %self.kind(), error = %e, "cannot settle the last batch");
+                    }
+                }
+            }
             drop(guard);
             match result {
                 Some(Ok(round)) => {
@@ -96,11 +119,13 @@ impl SinkLoop {
                     backoff = round.failed.then(|| self.next_backoff(backoff));
                 }
                 Some(Err(e)) => {
+                    self.inflight = None;
                     tracing::warn!(sink = %self.kind(), error = %e, "relay round failed");
                     again = false;
                     backoff = Some(self.next_backoff(backoff));
                 }
                 None => {
+                    self.inflight = None;
                     // Lease lost or stopping mid-round: nothing was committed, so the next owner
                     // (or this relay, later) re-sends from the stored cursor. Messages already
                     // queued in the producer are left to go out: they are earlier events the next
@@ -120,65 +145,124 @@ impl SinkLoop {
         }
     }
 
+    /// One step of the pipeline: read the next batch (after the batch in flight, or from the
+    /// stored cursors), send it, then settle the batch before it while this one is on its way.
+    /// A failure anywhere drops what is in flight; its rows are read again from the stored
+    /// cursors, after the failed row.
     async fn round(&mut self, parts: &[i16], redrive: bool) -> Result<Round, sqlx::Error> {
         let kind = self.kind();
         let batch = self.config.batch_size;
-        let mut commit = Commit::default();
         let mut round = Round::default();
+        // Carry on after the batch in flight only if it covers the same partitions and every
+        // row of it was queued; otherwise (and before a redrive) settle it first.
+        let mut from = match &self.inflight {
+            Some(f) if !redrive && f.parts == parts && f.sent.clean() => Some(f.ends.clone()),
+            _ => None,
+        };
+        if from.is_none() {
+            if let Some(prev) = self.inflight.take() {
+                if self.finish(prev).await? {
+                    round.failed = true;
+                    return Ok(round);
+                }
+            }
+        }
         if redrive {
             let rows = outbox::read_redrive(&self.pool, kind, parts, batch).await?;
             if !rows.is_empty() {
+                let mut commit = Commit::default();
                 let outcomes = self.sink.publish(&rows.iter().collect::<Vec<_>>()).await;
                 round.failed |= self.settle_redrive(&rows, &outcomes, &mut commit);
                 round.full |= rows.len() as i64 == batch;
+                outbox::commit(&self.pool, self.owner, kind, &commit).await?;
+                self.count_delivered(commit.delivered.len(), &rows);
             }
         }
-        let started = Instant::now();
-        let rows = outbox::read_batch(&self.pool, kind, parts, batch).await?;
-        let read = started.elapsed();
+        let from = match from.take() {
+            Some(ends) => ends,
+            None => outbox::cursors(&self.pool, kind, parts).await?,
+        };
+        let rows = outbox::read_batch_from(&self.pool, kind, &from, batch).await?;
         let mut per_partition: HashMap<i16, i64> = HashMap::new();
         for r in &rows {
             *per_partition.entry(r.partition).or_default() += 1;
         }
         round.full |= per_partition.values().any(|n| *n == batch);
+        let ends = from
+            .iter()
+            .map(|(p, c)| {
+                let last = rows.iter().rev().find(|r| r.partition == *p);
+                (*p, last.map_or(*c, |r| r.cursor()))
+            })
+            .collect();
         let send: Vec<&OutboxRow> = rows.iter().filter(|r| !r.blocked).collect();
-        let mut outcomes = if send.is_empty() {
-            Vec::new()
+        let sent = if send.is_empty() {
+            Sent::Ready(Vec::new())
         } else {
-            self.sink.publish(&send).await
+            self.sink.send(&send).await
+        };
+        let next = InFlight {
+            parts: parts.to_vec(),
+            rows,
+            sent,
+            ends,
+        };
+        if let Some(prev) = self.inflight.take() {
+            if self.finish(prev).await? {
+                // `next` went out behind a failure: drop it (what it queued may still arrive,
+                // as duplicates of rows re-sent in order) and start again from the cursors.
+                round.failed = true;
+                return Ok(round);
+            }
         }
-        .into_iter();
-        let aligned: Vec<Option<Outcome>> = rows
+        // Rows just sent: come straight back to settle them.
+        round.full |= !next.rows.is_empty();
+        self.inflight = Some(next);
+        Ok(round)
+    }
+
+    /// Waits for a batch's outcomes and commits how far each partition's cursor moves. Returns
+    /// whether the pipeline must start again from the stored cursors (a row failed, or a lease
+    /// was lost).
+    async fn finish(&mut self, batch: InFlight) -> Result<bool, sqlx::Error> {
+        let kind = self.kind();
+        let mut outcomes = batch.sent.outcomes(&self.sink).await.into_iter();
+        let aligned: Vec<Option<Outcome>> = batch
+            .rows
             .iter()
             .map(|r| if r.blocked { None } else { outcomes.next() })
             .collect();
-        let published = started.elapsed();
-        round.failed |= self.settle(&rows, &aligned, &mut commit);
-        let delivered = commit.delivered.len()
-            + aligned
-                .iter()
-                .filter(|o| matches!(o, Some(Outcome::Delivered)))
-                .count();
+        let mut commit = Commit::default();
+        let failed = self.settle(&batch.rows, &aligned, &mut commit);
         if !outbox::commit(&self.pool, self.owner, kind, &commit).await? {
             tracing::warn!(sink = %kind, "lost a partition lease mid-round; its rows will be re-sent by the new owner");
-            return Ok(round);
+            return Ok(true);
         }
-        if !rows.is_empty() {
-            tracing::debug!(sink = %kind, rows = rows.len(), ?read, publish = ?(published - read),
-                commit = ?(started.elapsed() - published), "relay round");
+        let delivered = aligned
+            .iter()
+            .filter(|o| matches!(o, Some(Outcome::Delivered)))
+            .count();
+        if !batch.rows.is_empty() {
+            tracing::debug!(sink = %kind, rows = batch.rows.len(), delivered, "relay batch settled");
         }
-        if delivered > 0 {
-            ::metrics::counter!(metrics::RELAY_PUBLISHED, "sink" => kind.as_str())
-                .increment(delivered as u64);
-            if let Some(newest) = rows.iter().map(|r| r.event.created_at).max() {
-                let lag = (chrono::Utc::now() - newest)
-                    .num_microseconds()
-                    .unwrap_or(0);
-                ::metrics::gauge!(metrics::RELAY_LAG, "sink" => kind.as_str())
-                    .set(lag.max(0) as f64 / 1e6);
-            }
+        self.count_delivered(delivered, &batch.rows);
+        Ok(failed)
+    }
+
+    fn count_delivered(&self, delivered: usize, rows: &[OutboxRow]) {
+        if delivered == 0 {
+            return;
         }
-        Ok(round)
+        let kind = self.kind();
+        ::metrics::counter!(metrics::RELAY_PUBLISHED, "sink" => kind.as_str())
+            .increment(delivered as u64);
+        if let Some(newest) = rows.iter().map(|r| r.event.created_at).max() {
+            let lag = (chrono::Utc::now() - newest)
+                .num_microseconds()
+                .unwrap_or(0);
+            ::metrics::gauge!(metrics::RELAY_LAG, "sink" => kind.as_str())
+                .set(lag.max(0) as f64 / 1e6);
+        }
     }
 
     fn record_error(&self, e: &SinkError) {
