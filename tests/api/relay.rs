@@ -106,9 +106,14 @@ fn all_ids(expected: &HashMap<Uuid, Vec<Uuid>>) -> Vec<Uuid> {
 }
 
 /// An in-process relay for `app` (Kafka only), with librdkafka's `message.max.bytes` set.
+///
+/// Batches hold one row per partition, so an aggregate's events go out in successive batches,
+/// the next one sent while the previous one is in flight: a failure must stop the aggregate's
+/// later events across batches too, not only within one.
 async fn start_relay(app: &TestApp, message_max_bytes: Option<&str>) -> relay::RelayHandle {
     let mut config = app.config.clone();
     config.relay.redis.enabled = false;
+    config.relay.batch_size = 1;
     if let Some(max) = message_max_bytes {
         config
             .relay
