@@ -1,5 +1,11 @@
-//! One sink's loop: read the next rows of the partitions this relay holds, publish them, and move
-//! each partition's cursor past the rows the sink acknowledged, or parked.
+//! One sink lane's loop: read the next rows of the partitions this lane holds, publish them, and
+//! move each partition's cursor past the rows the sink acknowledged, or parked.
+//!
+//! The loop is a two-deep pipeline: it sends batch N+1 (read after batch N's last rows) while batch
+//! N's acknowledgements are on their way, then settles batch N. It carries on this way only while
+//! every row of batch N was queued; after any failure (or a lost lease) it drops what is in flight
+//! and reads again from the stored cursors, so a row that failed is never overtaken by a later row
+//! of its aggregate from a batch sent after the failure was known.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
