@@ -667,6 +667,17 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
 
     let parked = keel_outbox(&app, &["parked"]);
     assert!(parked.contains(&ids[0].to_string()), "{parked}");
+    let status: Value = serde_json::from_str(&keel_outbox(&app, &["status", "--json"])).unwrap();
+    let kafka = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sink"] == "kafka")
+        .expect("a kafka row");
+    assert_eq!(
+        (kafka["parked"].as_i64(), kafka["held"].as_i64()),
+        (Some(1), Some(1))
+    );
     let out = keel_outbox(&app, &["skip", &ids[0].to_string(), "--sink", "kafka"]);
     assert!(
         out.contains(&format!("skipped {} on kafka", ids[0])),
