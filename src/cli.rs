@@ -41,6 +41,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the relay alone: ship the outbox to Kafka and Redis. Run several for availability.
     Relay,
+    /// Tail topics as decoded JSON lines (keel's headers, Avro through the registry).
+    Consume(crate::consumer::tail::ConsumeArgs),
     /// Inspect the outbox and manage parked events.
     #[command(subcommand)]
     Outbox(OutboxCommand),
@@ -163,6 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox(command) => outbox_command(&config, command).await,
+        Command::Consume(args) => crate::consumer::tail::run(&config, args).await,
         Command::Migrate => {
             Store::connect(&config.database()).await?;
             tracing::info!("migrations applied");

@@ -10,7 +10,8 @@
 //! 3. [`store::log`] is the gap-safe global order: every reader that follows the log (the relay,
 //!    replays, projections) reads through it and never skips a late-committing event.
 //! 4. [`relay`] ships outbox rows to Kafka and Redis, in per-aggregate order, at least once.
-//! 5. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
+//! 5. [`consumer`] decodes what the relay published, for subscribers (`keel consume`).
+//! 6. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
 //!    [`bench`] measures it against raw SQL in the same run.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod metrics;
 pub mod model;
 pub mod registry;

@@ -4,6 +4,7 @@ mod append;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod consume;
 mod helpers;
 mod library;
 mod log;
