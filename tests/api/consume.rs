@@ -9,18 +9,12 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app_with;
-use crate::relay_support::{fast_relay, Broker};
+use crate::relay_support::{spawn_kafka_relayed_app, Broker};
 
 #[tokio::test]
 async fn a_subscriber_declaring_v2_gets_v1_events_with_the_defaults_filled_in() {
     let broker = Broker::start();
-    let app = spawn_app_with(|c| {
-        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
-        c.relay.in_process = true;
-        c.relay.redis.enabled = false;
-    })
-    .await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let service = Uuid::new_v4();
     let v1 = |method: &str| {
         json!({

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::helpers::{agent_state_changed, eventually, spawn_app_with, TestApp};
 use crate::relay_support::{
-    assert_in_order, fast_relay, Broker, KafkaReader, Received, RedisServer, RelayProcess, Server,
+    assert_in_order, fast_relay, spawn_kafka_relayed_app, Broker, KafkaReader, Received,
+    RedisServer, RelayProcess, Server,
 };
 
 const AGENT_TOPIC: &str = "keel.agent";
@@ -427,10 +428,7 @@ async fn with_a_finite_send_timeout_a_broker_outage_still_loses_nothing() {
 
 async fn broker_outage(message_timeout_ms: Option<&str>) {
     let mut broker = Broker::start_persistent();
-    let app = spawn_app_with(|c| {
-        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
-        c.relay.in_process = true;
-        c.relay.redis.enabled = false;
+    let app = spawn_kafka_relayed_app(&broker, |c| {
         if let Some(ms) = message_timeout_ms {
             c.relay
                 .kafka
@@ -692,10 +690,7 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
 #[tokio::test]
 async fn missing_topics_are_created_with_the_configured_partitions_and_json_topics_get_json() {
     let broker = Broker::start();
-    let app = spawn_app_with(|c| {
-        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
-        c.relay.in_process = true;
-        c.relay.redis.enabled = false;
+    let app = spawn_kafka_relayed_app(&broker, |c| {
         c.relay.kafka.partitions = 3;
         c.relay.kafka.json_topics = vec![AGENT_TOPIC.to_owned()];
     })

@@ -193,6 +193,21 @@ pub fn fast_relay(config: &mut Config, brokers: &str, redis_url: &str) {
     r.redis.stream_prefix = format!("{prefix}stream.");
 }
 
+/// A keel API on a fresh database with the relay in-process, Kafka only (to `broker`), with the
+/// fast test settings; `adjust` goes last.
+pub async fn spawn_kafka_relayed_app(
+    broker: &Server,
+    adjust: impl FnOnce(&mut Config),
+) -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
+        c.relay.in_process = true;
+        c.relay.redis.enabled = false;
+        adjust(c);
+    })
+    .await
+}
+
 /// A `keel relay` process with `config`'s settings, killed on drop.
 pub struct RelayProcess {
     child: Option<Child>,
