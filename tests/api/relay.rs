@@ -785,3 +785,64 @@ async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering() {
+    let broker = Broker::start();
+    let app = Arc::new(
+        spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await,
+    );
+    let mut config = app.config.clone();
+    config.relay.redis.enabled = false;
+    let _a = RelayProcess::start(&config, "relay-a");
+    let held_by = |name: &'static str| {
+        let app = app.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM relay_leases WHERE owner_name = $1 AND lease_until > now()",
+            )
+            .bind(name)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "relay A to hold every partition",
+        || async { (held_by("relay-a").await == 16).then_some(()) },
+    )
+    .await;
+
+    let writer = {
+        let app = app.clone();
+        tokio::spawn(async move { append_concurrently(&app, 40, 60, 8).await })
+    };
+    // Relay B joins while A is publishing: A hands 8 partitions over, each only after its round
+    // in flight has finished, and B carries on from the stored cursors.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = RelayProcess::start(&config, "relay-b");
+    eventually(Duration::from_secs(20), "an 8/8 split", || async {
+        (held_by("relay-a").await == 8 && held_by("relay-b").await == 8).then_some(())
+    })
+    .await;
+    let during = writer.await.unwrap();
+    // And after the split, so that B surely publishes.
+    let after = append_concurrently(&app, 30, 5, 8).await;
+    let expected = merge(during, after);
+    expect_on_kafka(&broker, &expected, Duration::from_secs(60)).await;
+    let url = format!("http://127.0.0.1:{}/metrics", b.metrics_port);
+    eventually(
+        Duration::from_secs(10),
+        "relay B to have published",
+        || async {
+            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let line = body
+                .lines()
+                .find(|l| l.starts_with("keel_relay_published_total{sink=\"kafka\"}"))?;
+            let n: f64 = line.rsplit(' ').next()?.parse().ok()?;
+            (n > 0.0).then_some(())
+        },
+    )
+    .await;
+}
