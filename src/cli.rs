@@ -41,6 +41,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the relay alone: ship the outbox to Kafka and Redis. Run several for availability.
     Relay,
+    /// Read history back from the event store.
+    #[command(subcommand)]
+    Replay(ReplayCommand),
     /// Tail topics as decoded JSON lines (keel's headers, Avro through the registry).
     Consume(crate::consumer::tail::ConsumeArgs),
     /// Inspect the outbox and manage parked events.
@@ -74,6 +77,19 @@ pub enum SchemaCommand {
     },
     /// List the registered subjects with their versions, schema ids and compatibility modes.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Print an aggregate's events as JSON lines, in version order, resolved to the latest schema
+    /// of their types.
+    Aggregate {
+        aggregate_type: String,
+        aggregate_id: uuid::Uuid,
+        /// Stop at this version, or at this RFC 3339 time (events created at or before it).
+        #[arg(long)]
+        as_of: Option<crate::replay::AsOf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +182,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Outbox(command) => outbox_command(&config, command).await,
         Command::Consume(args) => crate::consumer::tail::run(&config, args).await,
+        Command::Replay(ReplayCommand::Aggregate {
+            aggregate_type,
+            aggregate_id,
+            as_of,
+        }) => {
+            let aggregate_type = crate::model::AggregateType::parse(aggregate_type)?;
+            let store = Store::connect(&config.database()).await?;
+            let registry = Registry::new(store.pool().clone());
+            let events =
+                crate::replay::history(&store, &registry, &aggregate_type, aggregate_id, as_of)
+                    .await?;
+            if events.is_empty() {
+                bail!(
+                    "aggregate {aggregate_type}/{aggregate_id} has no events{}",
+                    if as_of.is_some() { " as of then" } else { "" }
+                );
+            }
+            for event in events {
+                println!("{}", serde_json::to_string(&event)?);
+            }
+            Ok(())
+        }
         Command::Migrate => {
             Store::connect(&config.database()).await?;
             tracing::info!("migrations applied");

@@ -11,7 +11,8 @@
 //!    replays, projections) reads through it and never skips a late-committing event.
 //! 4. [`relay`] ships outbox rows to Kafka and Redis, in per-aggregate order, at least once.
 //! 5. [`consumer`] decodes what the relay published, for subscribers (`keel consume`).
-//! 6. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
+//! 6. [`replay`] reads history back from the store (`keel replay aggregate`).
+//! 7. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
 //!    [`bench`] measures it against raw SQL in the same run.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod relay;
+pub mod replay;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

@@ -13,4 +13,5 @@ mod reads;
 mod registry;
 mod relay;
 mod relay_support;
+mod replay;
 mod schemas;
