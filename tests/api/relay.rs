@@ -83,6 +83,17 @@ async fn append_concurrently(
     log
 }
 
+/// How many partitions the relay named `name` holds a live lease on.
+async fn leases_held(app: &TestApp, name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM relay_leases WHERE owner_name = $1 AND lease_until > now()",
+    )
+    .bind(name)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap()
+}
+
 /// Each aggregate's events of `before`, then of `after`.
 fn merge(
     mut before: HashMap<Uuid, Vec<Uuid>>,
@@ -358,23 +369,12 @@ async fn a_relay_killed_mid_stream_is_taken_over_without_loss_or_reordering() {
     config.relay.redis.enabled = false;
     let mut a = RelayProcess::start(&config, "relay-a");
     let _b = RelayProcess::start(&config, "relay-b");
-    let owner_of = |name: &'static str| {
-        let app = app.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM relay_leases WHERE owner_name = $1 AND lease_until > now()",
-            )
-            .bind(name)
-            .fetch_one(app.store.pool())
-            .await
-            .unwrap()
-        }
-    };
     eventually(
         Duration::from_secs(20),
         "both relays holding partitions",
         || async {
-            (owner_of("relay-a").await == 8 && owner_of("relay-b").await == 8).then_some(())
+            (leases_held(&app, "relay-a").await == 8 && leases_held(&app, "relay-b").await == 8)
+                .then_some(())
         },
     )
     .await;
@@ -400,7 +400,7 @@ async fn a_relay_killed_mid_stream_is_taken_over_without_loss_or_reordering() {
     eventually(
         Duration::from_secs(15),
         "relay B to take over every partition",
-        || async { (owner_of("relay-b").await == 16).then_some(()) },
+        || async { (leases_held(&app, "relay-b").await == 16).then_some(()) },
     )
     .await;
     let takeover = killed.elapsed();
@@ -795,22 +795,10 @@ async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering
     let mut config = app.config.clone();
     config.relay.redis.enabled = false;
     let _a = RelayProcess::start(&config, "relay-a");
-    let held_by = |name: &'static str| {
-        let app = app.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM relay_leases WHERE owner_name = $1 AND lease_until > now()",
-            )
-            .bind(name)
-            .fetch_one(app.store.pool())
-            .await
-            .unwrap()
-        }
-    };
     eventually(
         Duration::from_secs(20),
         "relay A to hold every partition",
-        || async { (held_by("relay-a").await == 16).then_some(()) },
+        || async { (leases_held(&app, "relay-a").await == 16).then_some(()) },
     )
     .await;
 
@@ -823,7 +811,8 @@ async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b = RelayProcess::start(&config, "relay-b");
     eventually(Duration::from_secs(20), "an 8/8 split", || async {
-        (held_by("relay-a").await == 8 && held_by("relay-b").await == 8).then_some(())
+        (leases_held(&app, "relay-a").await == 8 && leases_held(&app, "relay-b").await == 8)
+            .then_some(())
     })
     .await;
     let during = writer.await.unwrap();
