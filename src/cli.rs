@@ -90,6 +90,9 @@ pub enum ReplayCommand {
         #[arg(long)]
         as_of: Option<crate::replay::AsOf>,
     },
+    /// Re-send stored events to a Kafka topic in log order (per-aggregate order kept), rate-limited
+    /// and resumable.
+    Republish(crate::replay::republish::RepublishArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +185,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Outbox(command) => outbox_command(&config, command).await,
         Command::Consume(args) => crate::consumer::tail::run(&config, args).await,
+        Command::Replay(ReplayCommand::Republish(args)) => {
+            crate::replay::republish::run(&config, args).await
+        }
         Command::Replay(ReplayCommand::Aggregate {
             aggregate_type,
             aggregate_id,

@@ -47,6 +47,8 @@ pub struct KafkaSink {
     admin: AdminClient<DefaultClientContext>,
     topics: Mutex<HashSet<String>>,
     schemas: Mutex<HashMap<i32, Arc<ParsedSchema>>>,
+    /// Every event goes to this topic instead (for `keel replay republish`).
+    only_topic: Option<String>,
 }
 
 /// The producer settings keel uses, before `relay.kafka.properties`.
@@ -95,11 +97,21 @@ impl KafkaSink {
             registry,
             topics: Mutex::new(HashSet::new()),
             schemas: Mutex::new(HashMap::new()),
+            only_topic: None,
         })
+    }
+
+    /// Sends every event to `topic`, whatever the catalog says.
+    pub fn to_topic(mut self, topic: &str) -> Self {
+        self.only_topic = Some(topic.to_owned());
+        self
     }
 
     /// The topic an event goes to.
     pub fn topic_for(&self, event_type: &str, aggregate_type: &str) -> String {
+        if let Some(topic) = &self.only_topic {
+            return topic.clone();
+        }
         EventType::parse(event_type)
             .ok()
             .and_then(|t| self.catalog.get(&t).and_then(|e| e.spec.topic.clone()))

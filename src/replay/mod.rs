@@ -2,8 +2,11 @@
 //! retention).
 //!
 //! So far: reading one aggregate's history as of a version or a time, resolved to its types'
-//! latest schemas, and folding it into state with [`Aggregate`] (`keel replay aggregate`).
-//! Projection rebuilds and republishing build on the same reads.
+//! latest schemas, and folding it into state with [`Aggregate`] (`keel replay aggregate`), and
+//! re-sending stored events to a topic ([`republish`]). Projection rebuilds build on the same
+//! reads.
+
+pub mod republish;
 
 use std::str::FromStr;
 

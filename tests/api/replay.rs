@@ -121,3 +121,61 @@ async fn replayed_events_are_resolved_to_the_latest_schema_and_bad_input_is_refu
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("neither a version nor an RFC 3339 time"));
 }
+
+#[tokio::test]
+async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates_order() {
+    use crate::relay_support::{assert_in_order, Broker, KafkaReader};
+    use std::collections::HashMap;
+
+    let broker = Broker::start();
+    let app = spawn_app().await;
+    let mut expected: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    let agents: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for round in 0..5 {
+        for agent in &agents {
+            let e = append(
+                &app,
+                "agent",
+                *agent,
+                agent_state_changed(*agent, &format!("s{round}")),
+            )
+            .await;
+            expected
+                .entry(*agent)
+                .or_default()
+                .push(e["id"].as_str().unwrap().parse().unwrap());
+        }
+    }
+    let service = Uuid::new_v4();
+    append(
+        &app,
+        "service",
+        service,
+        json!({"type": "l12.service_invoked",
+               "payload": {"service_name": "billing", "method": "charge", "execution_time": 3.0, "status": "OK"}}),
+    )
+    .await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["replay", "republish", "--topic", "replay.copy"])
+        .args(["--event-type", "agent.state.changed", "--rate", "1000"])
+        .env("KEEL_DATABASE_URL", &app.config.database_url)
+        .env("KEEL_KAFKA_BROKERS", broker.brokers())
+        .env("KEEL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("republished 15 events to replay.copy"));
+
+    let mut reader = KafkaReader::new(&broker.brokers(), &["replay.copy"]);
+    let all: Vec<Uuid> = expected.values().flatten().copied().collect();
+    reader
+        .read_ids(&all, std::time::Duration::from_secs(30))
+        .await;
+    assert_in_order(&reader.received, &expected);
+    assert!(reader.received.iter().all(|r| r.aggregate_id() != service));
+}
