@@ -169,6 +169,10 @@ fn keel_outbox(app: &TestApp, args: &[&str]) -> String {
     stdout
 }
 
+async fn redis_del(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let _: () = redis::cmd("DEL").arg(key).query_async(conn).await.unwrap();
+}
+
 async fn metrics_text(app: &TestApp) -> String {
     reqwest::get(app.url("/metrics"))
         .await
@@ -315,11 +319,7 @@ async fn relay_publishes_avro_with_headers_to_kafka_and_json_to_redis_and_emptie
         (app.count("outbox").await == 0).then_some(())
     })
     .await;
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis_del(&mut conn, &stream).await;
 }
 
 #[tokio::test]
@@ -762,11 +762,7 @@ async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers
         (ids[1], "held")
     );
 
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis_del(&mut conn, &stream).await;
     let out = keel_outbox(&app, &["retry", "--all", "--sink", "redis"]);
     assert!(out.contains("released 1 parked row"), "{out}");
     let got = eventually(
@@ -779,11 +775,7 @@ async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers
     )
     .await;
     assert_eq!(got, ids);
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis_del(&mut conn, &stream).await;
 }
 
 #[tokio::test]
