@@ -147,9 +147,9 @@ async fn replay_as_sent(
             && &stored.event_type == event_type;
         let as_stored = match stored.schema_id {
             Some(schema_id) => {
-                let (_, schema) = state
+                let schema = state
                     .registry
-                    .schema_by_id(schema_id)
+                    .parsed_by_id(schema_id)
                     .await
                     .map_err(super::registry_error)?;
                 schema::validate(&schema, payload).ok()

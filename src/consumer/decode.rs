@@ -3,13 +3,13 @@
 //! * The envelope (id, type, aggregate, version, position, created-at, tracing ids) comes from
 //!   keel's headers; see [`crate::relay::envelope`].
 //! * A Confluent-framed value is decoded with the writer's schema, fetched from keel's registry by
-//!   the id in its first five bytes and cached. A JSON value (topics in `relay.kafka.json_topics`)
+//!   the id in its first five bytes (cached by the registry). A JSON value (topics in `relay.kafka.json_topics`)
 //!   is the envelope itself.
 //! * With a reader version, the payload is resolved to it: fields the writer lacked get their
 //!   defaults (upcasting), exactly as reads through the API do.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -40,18 +40,14 @@ pub enum DecodeError {
     Upcast(String),
 }
 
-/// Decodes records; caches writer schemas by id. Cheap to share.
+/// Decodes records; writer schemas come from the registry's cache by id.
 pub struct Decoder {
     registry: Arc<Registry>,
-    schemas: Mutex<HashMap<i32, Arc<ParsedSchema>>>,
 }
 
 impl Decoder {
     pub fn new(registry: Arc<Registry>) -> Self {
-        Self {
-            registry,
-            schemas: Mutex::new(HashMap::new()),
-        }
+        Self { registry }
     }
 
     /// The event in a record with `headers` and `value`; with `reader`, its payload resolved to
@@ -108,22 +104,13 @@ impl Decoder {
     }
 
     async fn schema(&self, id: i32) -> Result<Arc<ParsedSchema>, DecodeError> {
-        if let Some(s) = self.schemas.lock().expect("schema cache").get(&id) {
-            return Ok(s.clone());
-        }
-        let (_, parsed) =
-            self.registry
-                .schema_by_id(id)
-                .await
-                .map_err(|e| DecodeError::Schema {
-                    id,
-                    reason: e.to_string(),
-                })?;
-        self.schemas
-            .lock()
-            .expect("schema cache")
-            .insert(id, parsed.clone());
-        Ok(parsed)
+        self.registry
+            .parsed_by_id(id)
+            .await
+            .map_err(|e| DecodeError::Schema {
+                id,
+                reason: e.to_string(),
+            })
     }
 }
 

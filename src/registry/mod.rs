@@ -308,6 +308,16 @@ impl Registry {
         Ok((text, parsed))
     }
 
+    /// The parsed schema with global id `id`, from memory after the first lookup: an id means one
+    /// schema forever, so this never goes stale. Decoders, the relay and upcasting call it per
+    /// event; only the first call per id reads the database.
+    pub async fn parsed_by_id(&self, id: i32) -> Result<Arc<ParsedSchema>, Error> {
+        if let Some(found) = self.by_id.read().expect("registry cache lock").get(&id) {
+            return Ok(found.clone());
+        }
+        self.schema_by_id(id).await.map(|(_, parsed)| parsed)
+    }
+
     /// Every `(subject, version)` that uses schema `id`.
     pub async fn usages(
         &self,
@@ -583,7 +593,7 @@ impl Registry {
                 version: version.map_or_else(|| "latest".to_owned(), |v| v.to_string()),
             })?;
         if reader.id != writer_id {
-            let (_, writer) = self.schema_by_id(writer_id).await?;
+            let writer = self.parsed_by_id(writer_id).await?;
             event.payload = resolve(&writer, &reader.schema, &event.payload)?;
         }
         event.schema_id = Some(reader.id);

@@ -46,7 +46,6 @@ pub struct KafkaSink {
     producer: Mutex<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     topics: Mutex<HashSet<String>>,
-    schemas: Mutex<HashMap<i32, Arc<ParsedSchema>>>,
     /// Every event goes to this topic instead (for `keel replay republish`).
     only_topic: Option<String>,
 }
@@ -96,7 +95,6 @@ impl KafkaSink {
             catalog,
             registry,
             topics: Mutex::new(HashSet::new()),
-            schemas: Mutex::new(HashMap::new()),
             only_topic: None,
         })
     }
@@ -197,17 +195,9 @@ impl KafkaSink {
     }
 
     async fn schema(&self, id: i32) -> Result<Arc<ParsedSchema>, SinkError> {
-        if let Some(s) = self.schemas.lock().expect("schemas lock").get(&id) {
-            return Ok(s.clone());
-        }
-        let (_, parsed) = self.registry.schema_by_id(id).await.map_err(|e| {
+        self.registry.parsed_by_id(id).await.map_err(|e| {
             SinkError::retriable("registry", format!("cannot read schema id {id}: {e}"))
-        })?;
-        self.schemas
-            .lock()
-            .expect("schemas lock")
-            .insert(id, parsed.clone());
-        Ok(parsed)
+        })
     }
 
     /// The record value and its content type. An event stored without a schema (validation was
