@@ -827,3 +827,87 @@ async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_separate_relay_wakes_on_the_servers_notification_and_frees_its_leases_on_sigterm() {
+    let broker = Broker::start();
+    let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
+    let mut config = app.config.clone();
+    config.relay.redis.enabled = false;
+    // Polling alone would take 20 s to notice an event, and a lease would outlive the relay by
+    // as long: only the notification and the release on shutdown make this test pass.
+    config.relay.poll_interval_ms = 20_000;
+    config.relay.lease_ttl_ms = 20_000;
+    config.relay.heartbeat_ms = 1_000;
+    let mut relay = RelayProcess::start(&config, "relay-a");
+    eventually(
+        Duration::from_secs(20),
+        "the relay to hold every partition",
+        || async { (leases_held(&app, "relay-a").await == 16).then_some(()) },
+    )
+    .await;
+    let health = reqwest::get(format!(
+        "http://127.0.0.1:{}/v1/health/live",
+        relay.metrics_port
+    ))
+    .await
+    .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // Let the relay's first rounds pass, so that it is idle and waiting for a wake-up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let agent = Uuid::new_v4();
+    let log = Mutex::new(HashMap::new());
+    append_one(&app, agent, &log, agent_state_changed(agent, "a")).await;
+    let id = log.into_inner()[&agent][0];
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&[id], Duration::from_secs(8)).await;
+
+    let stopped = Instant::now();
+    assert!(
+        relay.terminate(),
+        "keel relay did not exit cleanly on SIGTERM"
+    );
+    let free: i64 = sqlx::query_scalar("SELECT count(*) FROM relay_leases WHERE owner IS NULL")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(free, 16, "leases were not released on shutdown");
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn redis_streams_are_trimmed_to_about_the_configured_length() {
+    let app = spawn_app_with(|c| {
+        fast_relay(c, "127.0.0.1:1", "redis://127.0.0.1:6379");
+        c.relay.in_process = true;
+        c.relay.kafka.enabled = false;
+        c.relay.redis.stream_maxlen = 10;
+    })
+    .await;
+    let agent = Uuid::new_v4();
+    for round in 0..25 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| agent_state_changed(agent, &format!("s{round}-{i}")))
+            .collect();
+        let reply = app.append("agent", agent, &json!({"events": events})).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    eventually(
+        Duration::from_secs(20),
+        "redis to pass every row",
+        || async { (outbox_status(&app, SinkKind::Redis).await.backlog == 0).then_some(()) },
+    )
+    .await;
+    let stream = format!("{}agent", app.config.relay.redis.stream_prefix);
+    let redis = redis::Client::open(app.config.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let len: i64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // `MAXLEN ~` trims whole internal nodes (100 entries by default): about, never below.
+    assert!((10..250).contains(&len), "stream length {len}");
+    redis_del(&mut conn, &stream).await;
+}

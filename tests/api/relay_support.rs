@@ -249,6 +249,18 @@ impl RelayProcess {
         }
     }
 
+    /// SIGTERM, as an orchestrator stops it; returns whether it then exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        sent && child.wait().is_ok_and(|s| s.success())
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
