@@ -132,6 +132,19 @@ impl Registry {
             .retain(|(cached, _), _| cached != subject);
     }
 
+    /// [`Registry::versions_of`], or [`Error::SubjectNotFound`] when the subject has none.
+    async fn existing_versions(
+        conn: &mut PgConnection,
+        subject: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<VersionRow>, Error> {
+        let rows = Self::versions_of(conn, subject, include_deleted).await?;
+        if rows.is_empty() {
+            return Err(Error::SubjectNotFound(subject.to_owned()));
+        }
+        Ok(rows)
+    }
+
     async fn versions_of(
         conn: &mut PgConnection,
         subject: &str,
@@ -237,10 +250,7 @@ impl Registry {
     ) -> Result<SubjectVersion, Error> {
         let parsed = ParsedSchema::parse(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
         let mut conn = self.pool.acquire().await?;
-        let rows = Self::versions_of(&mut conn, subject, include_deleted).await?;
-        if rows.is_empty() {
-            return Err(Error::SubjectNotFound(subject.to_owned()));
-        }
+        let rows = Self::existing_versions(&mut conn, subject, include_deleted).await?;
         rows.into_iter()
             .rev()
             .find(|r| r.schema_text == parsed.identity())
@@ -259,10 +269,7 @@ impl Registry {
 
     pub async fn versions(&self, subject: &str, include_deleted: bool) -> Result<Vec<i32>, Error> {
         let mut conn = self.pool.acquire().await?;
-        let rows = Self::versions_of(&mut conn, subject, include_deleted).await?;
-        if rows.is_empty() {
-            return Err(Error::SubjectNotFound(subject.to_owned()));
-        }
+        let rows = Self::existing_versions(&mut conn, subject, include_deleted).await?;
         Ok(rows.into_iter().map(|r| r.version).collect())
     }
 
@@ -338,10 +345,7 @@ impl Registry {
     /// Soft-deletes every version of `subject`, or with `permanent` removes the soft-deleted ones.
     pub async fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<i32>, Error> {
         let mut tx = self.pool.begin().await?;
-        let rows = Self::versions_of(&mut tx, subject, true).await?;
-        if rows.is_empty() {
-            return Err(Error::SubjectNotFound(subject.to_owned()));
-        }
+        let rows = Self::existing_versions(&mut tx, subject, true).await?;
         let live = rows.iter().any(|r| !r.deleted);
         let versions: Vec<i32> = if permanent {
             if live {
