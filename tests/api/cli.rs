@@ -182,13 +182,16 @@ fn schema_sync_registers_the_catalog_and_refuses_a_breaking_change_with_the_reas
         "{out}"
     );
 
-    let (ok, out) = run(keel().args([
-        "schema",
-        "check",
-        "--database-url",
-        &database_url,
-        catalog.join("state_change/v2.avsc").to_str().unwrap(),
-    ]));
+    let check_v2 = || {
+        run(keel().args([
+            "schema",
+            "check",
+            "--database-url",
+            &database_url,
+            catalog.join("state_change/v2.avsc").to_str().unwrap(),
+        ]))
+    };
+    let (ok, out) = check_v2();
     assert!(!ok && out.contains("$.entity"), "{out}");
 
     // `keel serve` registers the catalog at start-up and refuses to start on the breaking change.
@@ -211,13 +214,7 @@ fn schema_sync_registers_the_catalog_and_refuses_a_breaking_change_with_the_reas
         r#"{"name":"to_state","type":"string"},{"name":"note","type":["null","string"],"default":null},"#,
     );
     std::fs::write(catalog.join("state_change/v2.avsc"), compatible).unwrap();
-    let (ok, out) = run(keel().args([
-        "schema",
-        "check",
-        "--database-url",
-        &database_url,
-        catalog.join("state_change/v2.avsc").to_str().unwrap(),
-    ]));
+    let (ok, out) = check_v2();
     assert!(
         ok && out.contains("is compatible with subject state_change (BACKWARD_TRANSITIVE)"),
         "{out}"
