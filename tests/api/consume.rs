@@ -62,13 +62,7 @@ async fn a_subscriber_declaring_v2_gets_v1_events_with_the_defaults_filled_in() 
     }
     assert!(child.wait().await.unwrap().success());
 
-    let v2_id = app
-        .registry
-        .event_schema("l12.service_invoked", Some(2))
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let v2_id = app.schema_id("l12.service_invoked", 2).await;
     for (line, (id, method)) in events.iter().zip(ids.iter().zip(["charge", "refund"])) {
         assert_eq!(line["record"]["topic"], "keel.service");
         assert_eq!(line["record"]["key"], service.to_string());

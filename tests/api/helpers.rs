@@ -157,6 +157,16 @@ impl TestApp {
         .await
     }
 
+    /// The registry id of version `version` of `event_type`'s schema.
+    pub async fn schema_id(&self, event_type: &str, version: i32) -> i32 {
+        self.registry
+            .event_schema(event_type, Some(version))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{event_type} has no schema version {version}"))
+            .id
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(self.store.pool())

@@ -578,25 +578,13 @@ async fn a_schema_is_read_from_the_database_once_per_id_and_then_served_from_mem
         .await
         .unwrap();
     let registry = keel::registry::Registry::new(pool.clone());
-    let v1 = app
-        .registry
-        .event_schema("l12.service_invoked", Some(1))
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let v1 = app.schema_id("l12.service_invoked", 1).await;
     let first = registry.parsed_by_id(v1).await.unwrap();
     // With its database gone, the registry still serves the schema it has read...
     pool.close().await;
     let again = registry.parsed_by_id(v1).await.unwrap();
     assert!(std::sync::Arc::ptr_eq(&first, &again));
     // ...but not one it has not.
-    let v2 = app
-        .registry
-        .event_schema("l12.service_invoked", Some(2))
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let v2 = app.schema_id("l12.service_invoked", 2).await;
     assert!(registry.parsed_by_id(v2).await.is_err());
 }
