@@ -93,13 +93,21 @@ impl Leases {
     async fn round(&self) -> Result<(), sqlx::Error> {
         let started = Instant::now();
         let ttl_ms = self.ttl.as_millis() as i64;
-        sqlx::query(
-            "INSERT INTO relay_members (id, name) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        // One statement: this relay's heartbeat, forgetting long-dead relays, and counting the
+        // live ones (the others, as of before this statement, plus this one).
+        let live: i64 = sqlx::query_scalar(
+            "WITH beat AS (INSERT INTO relay_members (id, name) VALUES ($1, $2)
+                           ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()),
+                  gone AS (DELETE FROM relay_members
+                            WHERE id <> $1 AND heartbeat_at < now() - $4 * interval '1 millisecond')
+             SELECT 1 + count(*) FROM relay_members
+              WHERE id <> $1 AND heartbeat_at > now() - $3 * interval '1 millisecond'",
         )
         .bind(self.owner)
         .bind(&self.name)
-        .execute(&self.pool)
+        .bind(ttl_ms)
+        .bind(ttl_ms * 10)
+        .fetch_one(&self.pool)
         .await?;
         let mut mine: Vec<i16> = sqlx::query_scalar(
             "UPDATE relay_leases SET lease_until = now() + $2 * interval '1 millisecond'
@@ -108,13 +116,6 @@ impl Leases {
         .bind(self.owner)
         .bind(ttl_ms)
         .fetch_all(&self.pool)
-        .await?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM relay_members
-              WHERE heartbeat_at > now() - $1 * interval '1 millisecond'",
-        )
-        .bind(ttl_ms)
-        .fetch_one(&self.pool)
         .await?;
         let fair = (PARTITIONS as usize).div_ceil(live.max(1) as usize);
         mine.sort_unstable();
@@ -147,12 +148,6 @@ impl Leases {
             mine.sort_unstable();
         }
         self.publish(mine, started);
-        sqlx::query(
-            "DELETE FROM relay_members WHERE heartbeat_at < now() - $1 * interval '1 millisecond'",
-        )
-        .bind(ttl_ms * 10)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
