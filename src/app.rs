@@ -88,7 +88,27 @@ impl Application {
             .config
             .relay
             .notify
-            .then(|| tokio::spawn(notify_relays(store)));
+            .then(|| tokio::spawn(notify_relays(store.clone())));
+        let (stop_projections, stopped) = tokio::sync::oneshot::channel::<()>();
+        let projections = if self.config.projections.in_process {
+            let (config, pool, registry, catalog) = (
+                self.config.clone(),
+                store.pool().clone(),
+                self.state.registry.clone(),
+                self.state.catalog.clone(),
+            );
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stopped.await;
+                };
+                crate::projection::runner::run_configured(
+                    &config, pool, registry, &catalog, stopped,
+                )
+                .await
+            }))
+        } else {
+            None
+        };
         tracing::info!(addr = %self.local_addr(), "keel api listening");
         let served = axum::serve(self.listener, api::router(self.state))
             .with_graceful_shutdown(shutdown)
@@ -96,6 +116,12 @@ impl Application {
             .context("http server failed");
         if let Some(n) = notifier {
             n.abort();
+        }
+        let _ = stop_projections.send(());
+        if let Some(p) = projections {
+            if let Ok(Err(e)) = p.await {
+                tracing::error!(error = %format!("{e:#}"), "projections failed");
+            }
         }
         if let Some(relay) = relay {
             relay.shutdown().await;

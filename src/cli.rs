@@ -49,6 +49,11 @@ pub enum Command {
     /// Inspect the outbox and manage parked events.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Run projections (read models in PostgreSQL) from Kafka, exactly once.
+    Project,
+    /// Inspect and redrive consumer groups' dead-letter rows.
+    #[command(subcommand)]
+    Dlq(crate::consumer::admin::DlqCommand),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate,
     /// Manage the event catalog's schemas in the registry.
@@ -93,6 +98,51 @@ pub enum ReplayCommand {
     /// Re-send stored events to a Kafka topic in log order (per-aggregate order kept), rate-limited
     /// and resumable.
     Republish(crate::replay::republish::RepublishArgs),
+    /// Rebuild a projection from the event store into a shadow schema and swap it in, while live
+    /// traffic continues. Ctrl-C stops safely; running it again resumes.
+    Projection(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The projection, for example `agent_status`.
+    pub name: String,
+    /// Build a point-in-time view of the events at or before this position or RFC 3339 time,
+    /// into `keel_proj_<name>_until`, beside the live one.
+    #[arg(long, conflicts_with = "aggregate")]
+    pub until: Option<crate::projection::rebuild::Until>,
+    /// Rebuild only this aggregate, in place.
+    #[arg(long)]
+    pub aggregate: Option<uuid::Uuid>,
+    /// Start over instead of resuming an interrupted rebuild.
+    #[arg(long)]
+    pub restart: bool,
+    /// Events per transaction.
+    #[arg(long, default_value_t = 2000)]
+    pub page: i64,
+}
+
+async fn rebuild_command(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
+    use crate::projection::rebuild::{rebuild, RebuildOptions};
+    let projection = crate::projection::find(&args.name)?;
+    let store = Store::connect(&config.database()).await?;
+    let registry = Arc::new(Registry::new(store.pool().clone()));
+    let options = RebuildOptions {
+        until: args.until,
+        aggregate: args.aggregate,
+        restart: args.restart,
+        page: args.page,
+    };
+    let report = rebuild(
+        store.pool(),
+        &registry,
+        projection.as_ref(),
+        &options,
+        shutdown_signal(),
+    )
+    .await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +196,9 @@ pub struct ServeArgs {
     /// Run the relay in this process too (sets `relay.in_process`).
     #[arg(long)]
     pub relay: bool,
+    /// Run the projection runners in this process too (sets `projections.in_process`).
+    #[arg(long)]
+    pub projections: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -159,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             overrides.listen = args.listen;
             overrides.schemas_dir = args.schemas_dir.clone();
             overrides.relay_in_process = args.relay.then_some(true);
+            overrides.projections_in_process = args.projections.then_some(true);
         }
         Command::Schema(SchemaCommand::Sync { dir }) => overrides.schemas_dir = dir.clone(),
         _ => {}
@@ -183,8 +237,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             relay.shutdown().await;
             Ok(())
         }
+        Command::Project => {
+            let store = Store::connect(&config.database()).await?;
+            let catalog = Catalog::load(&config.schemas_dir)?;
+            let registry = Arc::new(Registry::new(store.pool().clone()));
+            crate::projection::runner::run_configured(
+                &config,
+                store.pool().clone(),
+                registry,
+                &catalog,
+                shutdown_signal(),
+            )
+            .await
+        }
+        Command::Replay(ReplayCommand::Projection(args)) => rebuild_command(&config, args).await,
         Command::Outbox(command) => outbox_command(&config, command).await,
         Command::Consume(args) => crate::consumer::tail::run(&config, args).await,
+        Command::Dlq(command) => crate::consumer::admin::run(&config, command).await,
         Command::Replay(ReplayCommand::Republish(args)) => {
             crate::replay::republish::run(&config, args).await
         }

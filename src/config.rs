@@ -34,6 +34,32 @@ pub struct Config {
     pub api: ApiConfig,
     pub append: AppendConfig,
     pub relay: RelayConfig,
+    pub projections: ProjectionsConfig,
+}
+
+/// Projections (`keel project`, or in-process with `keel serve --projections`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionsConfig {
+    /// `keel serve` runs the projection runners in-process too (`KEEL_PROJECTIONS__IN_PROCESS`).
+    pub in_process: bool,
+    /// Which projections run; empty for all of keel's (`KEEL_PROJECTIONS__RUN`).
+    pub run: Vec<String>,
+    /// Most records applied per transaction (`KEEL_PROJECTIONS__BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Raw librdkafka consumer settings for the runners.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ProjectionsConfig {
+    fn default() -> Self {
+        Self {
+            in_process: false,
+            run: Vec::new(),
+            batch_size: 1000,
+            properties: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +296,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             append: AppendConfig::default(),
             relay: RelayConfig::default(),
+            projections: ProjectionsConfig::default(),
         }
     }
 }
@@ -309,6 +336,8 @@ pub struct Overrides {
     pub schemas_dir: Option<PathBuf>,
     #[serde(skip)]
     pub relay_in_process: Option<bool>,
+    #[serde(skip)]
+    pub projections_in_process: Option<bool>,
 }
 
 impl Config {
@@ -334,12 +363,15 @@ impl Config {
         if let Some(on) = overrides.relay_in_process {
             config.relay.in_process = on;
         }
+        if let Some(on) = overrides.projections_in_process {
+            config.projections.in_process = on;
+        }
         config.validate()?;
         Ok(config)
     }
 
     /// The top-level keys, which `KEEL_*` variables may set.
-    const KEYS: [&'static str; 11] = [
+    const KEYS: [&'static str; 12] = [
         "database_url",
         "listen",
         "redis_url",
@@ -351,6 +383,7 @@ impl Config {
         "api",
         "append",
         "relay",
+        "projections",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -371,6 +404,12 @@ impl Config {
             bail!("append.group_commit_max_events must be positive");
         }
         self.relay.validate()?;
+        if self.projections.batch_size == 0 {
+            bail!("projections.batch_size must be positive");
+        }
+        for name in &self.projections.run {
+            crate::projection::find(name)?;
+        }
         Ok(())
     }
 

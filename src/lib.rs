@@ -24,6 +24,7 @@ pub mod config;
 pub mod consumer;
 pub mod metrics;
 pub mod model;
+pub mod projection;
 pub mod registry;
 pub mod relay;
 pub mod replay;

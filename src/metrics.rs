@@ -33,6 +33,16 @@ pub const RELAY_LAG: &str = "keel_relay_lag_seconds";
 /// Relay partitions this process holds a lease on.
 pub const RELAY_PARTITIONS: &str = "keel_relay_partitions_owned";
 
+/// Records a consumer group's handler saw, by `group` and `outcome` (`handled`, `retriable`,
+/// `permanent`).
+pub const CONSUMER_HANDLED: &str = "keel_consumer_handled_total";
+/// A consumer group's open dead-letter rows (parked, held or waiting for redelivery), by `group`.
+pub const DLQ_DEPTH: &str = "keel_dlq_depth";
+/// Age of the group's oldest open dead-letter row, by `group`.
+pub const DLQ_OLDEST_AGE: &str = "keel_dlq_oldest_age_seconds";
+/// Parked records that could not be mirrored to their `.dlq` topic.
+pub const DLQ_MIRROR_ERRORS: &str = "keel_dlq_mirror_errors_total";
+
 /// Installs the process-wide recorder once and returns its handle; later calls return the same
 /// handle (several keel instances in one process, as in tests, share it). `None` when the
 /// embedding program installed a recorder of its own: keel's metrics then go to that one.

@@ -1,9 +1,17 @@
 //! Subscriptions: reading what the relay published.
 //!
-//! So far this holds the decoding every subscriber needs ([`decode`]): the envelope from keel's
-//! headers, the payload from the Confluent-framed Avro value, resolved to the schema version the
-//! subscriber reads. `keel consume` tails a topic with it. The consumer runtime (groups, retries,
-//! the dead-letter queue, projections) builds on it.
+//! * [`decode`]: the envelope from keel's headers, the payload from the Confluent-framed Avro
+//!   value, resolved to the schema version the subscriber reads.
+//! * [`runtime`]: consumer groups with per-partition order, commits after success, retries, and
+//!   the dead-letter store ([`dlq`]) that keeps per-key order.
+//! * [`tail`]: `keel consume`, which prints decoded records; [`admin`]: `keel dlq`.
+//!
+//! Projections, which keep their offsets in PostgreSQL instead, are in [`crate::projection`].
 
+pub mod admin;
 pub mod decode;
+pub mod dlq;
+pub mod runtime;
 pub mod tail;
+
+pub use runtime::{run, Delivery, Handler, HandlerError, Subscription};

@@ -6,6 +6,7 @@
 //! re-sending stored events to a topic ([`republish`]). Projection rebuilds build on the same
 //! reads.
 
+pub mod progress;
 pub mod republish;
 
 use std::str::FromStr;

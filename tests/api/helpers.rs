@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+#[derive(Clone)]
 pub struct TestApp {
     pub config: Config,
     pub addr: SocketAddr,

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod consume;
+mod consumer;
 mod helpers;
 mod library;
 mod log;

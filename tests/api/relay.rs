@@ -15,73 +15,11 @@ use uuid::Uuid;
 
 use crate::helpers::{agent_state_changed, eventually, spawn_app_with, TestApp};
 use crate::relay_support::{
-    assert_in_order, fast_relay, spawn_kafka_relayed_app, Broker, KafkaReader, Received,
-    RedisServer, RelayProcess, Server,
+    all_ids, append_concurrently, append_one, assert_in_order, fast_relay, merge,
+    spawn_kafka_relayed_app, Broker, KafkaReader, Received, RedisServer, RelayProcess, Server,
 };
 
 const AGENT_TOPIC: &str = "keel.agent";
-
-/// Appends one event to `agent`; records its id at its version.
-async fn append_one(
-    app: &TestApp,
-    agent: Uuid,
-    log: &Mutex<HashMap<Uuid, Vec<Uuid>>>,
-    body: Value,
-) {
-    let reply = app
-        .append(
-            "agent",
-            agent,
-            &json!({"expected_version": "any", "events": [body]}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    let id: Uuid = reply.body["events"][0]["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let version = reply.body["events"][0]["version"].as_u64().unwrap() as usize;
-    let mut log = log.lock().await;
-    let ids = log.entry(agent).or_default();
-    if ids.len() < version {
-        ids.resize(version, Uuid::nil());
-    }
-    ids[version - 1] = id;
-}
-
-/// `producers` concurrent writers append `per_aggregate` events to each of `aggregates` agents,
-/// interleaved, several at once on the same agent too. Returns each agent's event ids in version
-/// order.
-async fn append_concurrently(
-    app: &TestApp,
-    aggregates: usize,
-    per_aggregate: usize,
-    producers: usize,
-) -> HashMap<Uuid, Vec<Uuid>> {
-    let agents: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
-    let log = Mutex::new(HashMap::new());
-    let jobs: Vec<(Uuid, usize)> = (0..per_aggregate)
-        .flat_map(|round| agents.iter().map(move |a| (*a, round)))
-        .collect();
-    futures::stream::iter(jobs)
-        .for_each_concurrent(producers, |(agent, round)| {
-            let log = &log;
-            async move {
-                append_one(
-                    app,
-                    agent,
-                    log,
-                    agent_state_changed(agent, &format!("s{round}")),
-                )
-                .await;
-            }
-        })
-        .await;
-    let log = log.into_inner();
-    assert!(log.values().flatten().all(|id| !id.is_nil()));
-    log
-}
 
 /// How many partitions the relay named `name` holds a live lease on.
 async fn leases_held(app: &TestApp, name: &str) -> i64 {
@@ -94,27 +32,12 @@ async fn leases_held(app: &TestApp, name: &str) -> i64 {
     .unwrap()
 }
 
-/// Each aggregate's events of `before`, then of `after`.
-fn merge(
-    mut before: HashMap<Uuid, Vec<Uuid>>,
-    after: HashMap<Uuid, Vec<Uuid>>,
-) -> HashMap<Uuid, Vec<Uuid>> {
-    for (agent, ids) in after {
-        before.entry(agent).or_default().extend(ids);
-    }
-    before
-}
-
 /// Reads the agent topic from the beginning until every expected event arrived, and checks the
 /// order.
 async fn expect_on_kafka(broker: &Server, expected: &HashMap<Uuid, Vec<Uuid>>, timeout: Duration) {
     let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
     reader.read_ids(&all_ids(expected), timeout).await;
     assert_in_order(&reader.received, expected);
-}
-
-fn all_ids(expected: &HashMap<Uuid, Vec<Uuid>>) -> Vec<Uuid> {
-    expected.values().flatten().copied().collect()
 }
 
 /// An in-process relay for `app` (Kafka only), with librdkafka's `message.max.bytes` set.

@@ -10,7 +10,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use keel::config::Config;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::helpers::{agent_state_changed, TestApp};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -430,4 +436,81 @@ pub fn assert_in_order(received: &[Received], expected: &HashMap<Uuid, Vec<Uuid>
     if duplicates > 0 {
         eprintln!("{duplicates} duplicate deliveries (allowed: same event id, already seen)");
     }
+}
+
+/// Appends one event to `agent`; records its id at its version.
+pub async fn append_one(
+    app: &TestApp,
+    agent: Uuid,
+    log: &Mutex<HashMap<Uuid, Vec<Uuid>>>,
+    body: Value,
+) {
+    let reply = app
+        .append(
+            "agent",
+            agent,
+            &json!({"expected_version": "any", "events": [body]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id: Uuid = reply.body["events"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let version = reply.body["events"][0]["version"].as_u64().unwrap() as usize;
+    let mut log = log.lock().await;
+    let ids = log.entry(agent).or_default();
+    if ids.len() < version {
+        ids.resize(version, Uuid::nil());
+    }
+    ids[version - 1] = id;
+}
+
+/// `producers` concurrent writers append `per_aggregate` events to each of `aggregates` agents,
+/// interleaved, several at once on the same agent too. Returns each agent's event ids in version
+/// order.
+pub async fn append_concurrently(
+    app: &TestApp,
+    aggregates: usize,
+    per_aggregate: usize,
+    producers: usize,
+) -> HashMap<Uuid, Vec<Uuid>> {
+    let agents: Vec<Uuid> = (0..aggregates).map(|_| Uuid::new_v4()).collect();
+    let log = Mutex::new(HashMap::new());
+    let jobs: Vec<(Uuid, usize)> = (0..per_aggregate)
+        .flat_map(|round| agents.iter().map(move |a| (*a, round)))
+        .collect();
+    futures::stream::iter(jobs)
+        .for_each_concurrent(producers, |(agent, round)| {
+            let log = &log;
+            async move {
+                append_one(
+                    app,
+                    agent,
+                    log,
+                    agent_state_changed(agent, &format!("s{round}")),
+                )
+                .await;
+            }
+        })
+        .await;
+    let log = log.into_inner();
+    assert!(log.values().flatten().all(|id| !id.is_nil()));
+    log
+}
+
+/// Each aggregate's events of `before`, then of `after`.
+pub fn merge(
+    mut before: HashMap<Uuid, Vec<Uuid>>,
+    after: HashMap<Uuid, Vec<Uuid>>,
+) -> HashMap<Uuid, Vec<Uuid>> {
+    for (agent, ids) in after {
+        before.entry(agent).or_default().extend(ids);
+    }
+    before
+}
+
+pub fn all_ids(expected: &HashMap<Uuid, Vec<Uuid>>) -> Vec<Uuid> {
+    expected.values().flatten().copied().collect()
 }

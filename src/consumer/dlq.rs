@@ -1,0 +1,397 @@
+//! The dead-letter store: records a consumer group could not handle, kept in PostgreSQL where
+//! they can be listed, inspected and redriven (`keel dlq`).
+//!
+//! Per-key order: once a record is **parked**, the same group's later records with the same key
+//! are stored behind it as **held**, in offset order, and are not handled until the parked one is
+//! delivered or skipped. `retry` marks a key's chain for redelivery; the consumer that owns the
+//! partition then redelivers it in order and stops at the first record that fails again.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::model::RecordedEvent;
+
+/// A record as the consumer received it, owned.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The key as text; `""` when the record had none. keel keys records by aggregate id.
+    pub key: String,
+    pub headers: HashMap<String, String>,
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    pub fn event_type(&self) -> Option<&str> {
+        self.headers.get("keel-event-type").map(String::as_str)
+    }
+
+    /// A keel header parsed, when present and well-formed.
+    pub fn header<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.headers.get(name)?.parse().ok()
+    }
+}
+
+/// Why a record was parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkReason {
+    /// The handler said the record can never succeed.
+    Permanent,
+    /// The handler kept failing with retriable errors.
+    RetriesExhausted,
+    /// The consumer died (or was stopped) handling it, too many times.
+    CrashLoop,
+    /// The record does not decode (bad framing, unknown schema...).
+    Undecodable,
+    /// An earlier record with the same key is parked.
+    Held,
+}
+
+impl ParkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::Permanent => "permanent",
+            ParkReason::RetriesExhausted => "retries_exhausted",
+            ParkReason::CrashLoop => "crash_loop",
+            ParkReason::Undecodable => "undecodable",
+            ParkReason::Held => "held",
+        }
+    }
+}
+
+/// One row of the store.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DlqRow {
+    pub id: i64,
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub kafka_offset: i64,
+    pub record_key: String,
+    pub state: String,
+    pub reason_class: String,
+    pub reason: String,
+    pub attempts: i32,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub aggregate_id: Option<Uuid>,
+    pub version: Option<i32>,
+    pub headers: Value,
+    #[serde(skip)]
+    pub value: Option<Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl DlqRow {
+    /// The stored record, for redelivery.
+    pub fn record(&self) -> Record {
+        let headers = self
+            .headers
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.kafka_offset,
+            key: self.record_key.clone(),
+            headers,
+            value: self.value.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state.as_str(), "parked" | "held" | "retry")
+    }
+}
+
+const COLUMNS: &str =
+    "id, group_id, topic, partition, kafka_offset, record_key, state, reason_class,
+    reason, attempts, event_id, event_type, aggregate_id, version, headers, value, created_at,
+    updated_at";
+
+/// Stores `record` as parked (or held, for [`ParkReason::Held`]). A record already stored (a
+/// redelivery after a crash) is left as it is. Returns whether a row was written.
+pub async fn park(
+    pool: &PgPool,
+    group: &str,
+    record: &Record,
+    reason: ParkReason,
+    detail: &str,
+    attempts: i32,
+    event: Option<&RecordedEvent>,
+) -> Result<bool, sqlx::Error> {
+    let state = if reason == ParkReason::Held {
+        "held"
+    } else {
+        "parked"
+    };
+    let headers = serde_json::to_value(&record.headers).unwrap_or_default();
+    let written = sqlx::query(
+        "INSERT INTO consumer_dlq (group_id, topic, partition, kafka_offset, record_key, state,
+             reason_class, reason, attempts, event_id, event_type, aggregate_id, version, headers,
+             value)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (group_id, topic, partition, kafka_offset) DO NOTHING",
+    )
+    .bind(group)
+    .bind(&record.topic)
+    .bind(record.partition)
+    .bind(record.offset)
+    .bind(&record.key)
+    .bind(state)
+    .bind(reason.as_str())
+    .bind(detail)
+    .bind(attempts)
+    .bind(
+        event
+            .map(|e| e.id)
+            .or_else(|| record.header("keel-event-id")),
+    )
+    .bind(
+        event
+            .map(|e| e.event_type.clone())
+            .or_else(|| record.event_type().map(str::to_owned)),
+    )
+    .bind(
+        event
+            .map(|e| e.aggregate_id)
+            .or_else(|| record.header("keel-aggregate-id")),
+    )
+    .bind(
+        event
+            .map(|e| e.version)
+            .or_else(|| record.header("keel-aggregate-version")),
+    )
+    .bind(headers)
+    .bind(&record.value)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(written == 1)
+}
+
+/// A partition's open rows (parked, held, retry), in offset order.
+pub async fn open(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<DlqRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM consumer_dlq
+          WHERE group_id = $1 AND topic = $2 AND partition = $3
+            AND state IN ('parked', 'held', 'retry')
+          ORDER BY kafka_offset"
+    ))
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_all(pool)
+    .await
+}
+
+/// A redelivered row was handled.
+pub async fn delivered(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE consumer_dlq SET state = 'delivered', updated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A redelivered row failed again: it is parked again, and the key's later rows that were
+/// waiting to be redelivered are held behind it again.
+pub async fn failed_again(
+    pool: &PgPool,
+    row: &DlqRow,
+    reason: ParkReason,
+    detail: &str,
+    attempts: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE consumer_dlq
+            SET state = CASE WHEN id = $1 THEN 'parked' ELSE 'held' END,
+                reason_class = CASE WHEN id = $1 THEN $2 ELSE reason_class END,
+                reason = CASE WHEN id = $1 THEN $3 ELSE reason END,
+                attempts = CASE WHEN id = $1 THEN attempts + $4 ELSE attempts END,
+                updated_at = now()
+          WHERE group_id = $5 AND topic = $6 AND partition = $7 AND record_key = $8
+            AND (id = $1 OR (state = 'retry' AND kafka_offset > $9))",
+    )
+    .bind(row.id)
+    .bind(reason.as_str())
+    .bind(detail)
+    .bind(attempts)
+    .bind(&row.group_id)
+    .bind(&row.topic)
+    .bind(row.partition)
+    .bind(&row.record_key)
+    .bind(row.kafka_offset)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Which rows a `keel dlq` command acts on, within one group.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Id(i64),
+    Key(String),
+    All,
+}
+
+/// Rows of a group (open ones only unless `include_closed`), optionally of one key, oldest first.
+pub async fn list(
+    pool: &PgPool,
+    group: &str,
+    key: Option<&str>,
+    include_closed: bool,
+) -> Result<Vec<DlqRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM consumer_dlq
+          WHERE group_id = $1 AND ($2::text IS NULL OR record_key = $2)
+            AND ($3 OR state IN ('parked', 'held', 'retry'))
+          ORDER BY topic, partition, kafka_offset"
+    ))
+    .bind(group)
+    .bind(key)
+    .bind(include_closed)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn show(pool: &PgPool, id: i64) -> Result<Option<DlqRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM consumer_dlq WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Why a `keel dlq` command changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("no dead-letter row {0} in group {1:?}")]
+    NotFound(i64, String),
+    #[error("row {id} is {state}; only parked rows can be retried or skipped one by one (a held row waits for the parked row of its key: retry or skip that one, or use --key)")]
+    NotParked { id: i64, state: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Marks the selected parked rows, and the rows held behind them, for redelivery by the running
+/// consumer. Returns how many rows were marked.
+pub async fn retry(pool: &PgPool, group: &str, selection: &Selection) -> Result<u64, ManageError> {
+    const SET: &str = "UPDATE consumer_dlq SET state = 'retry', updated_at = now()
+         WHERE state IN ('parked', 'held') AND group_id = $1";
+    let done = match selection {
+        Selection::Id(id) => {
+            let row = parked_row(pool, group, *id).await?;
+            sqlx::query(&format!(
+                "{SET} AND topic = $2 AND partition = $3 AND record_key = $4"
+            ))
+            .bind(group)
+            .bind(&row.topic)
+            .bind(row.partition)
+            .bind(&row.record_key)
+            .execute(pool)
+            .await?
+        }
+        Selection::Key(key) => {
+            sqlx::query(&format!("{SET} AND record_key = $2"))
+                .bind(group)
+                .bind(key)
+                .execute(pool)
+                .await?
+        }
+        Selection::All => sqlx::query(SET).bind(group).execute(pool).await?,
+    };
+    Ok(done.rows_affected())
+}
+
+/// Drops the selected rows. Skipping one parked row releases the rows held behind it: they are
+/// marked for redelivery, in order. `--key` and `--all` drop the whole chain. Returns how many
+/// rows were skipped.
+pub async fn skip(pool: &PgPool, group: &str, selection: &Selection) -> Result<u64, ManageError> {
+    let mut tx = pool.begin().await?;
+    let skipped = match selection {
+        Selection::Id(id) => {
+            let row = parked_row(pool, group, *id).await?;
+            let n = sqlx::query(
+                "UPDATE consumer_dlq SET state = 'skipped', updated_at = now() WHERE id = $1",
+            )
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "UPDATE consumer_dlq SET state = 'retry', updated_at = now()
+                  WHERE group_id = $1 AND topic = $2 AND partition = $3 AND record_key = $4
+                    AND state = 'held'",
+            )
+            .bind(group)
+            .bind(&row.topic)
+            .bind(row.partition)
+            .bind(&row.record_key)
+            .execute(&mut *tx)
+            .await?;
+            n
+        }
+        Selection::Key(key) => sqlx::query(
+            "UPDATE consumer_dlq SET state = 'skipped', updated_at = now()
+              WHERE group_id = $1 AND record_key = $2 AND state IN ('parked', 'held', 'retry')",
+        )
+        .bind(group)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected(),
+        Selection::All => sqlx::query(
+            "UPDATE consumer_dlq SET state = 'skipped', updated_at = now()
+              WHERE group_id = $1 AND state IN ('parked', 'held', 'retry')",
+        )
+        .bind(group)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected(),
+    };
+    tx.commit().await?;
+    Ok(skipped)
+}
+
+async fn parked_row(pool: &PgPool, group: &str, id: i64) -> Result<DlqRow, ManageError> {
+    let row = show(pool, id)
+        .await?
+        .filter(|r| r.group_id == group)
+        .ok_or_else(|| ManageError::NotFound(id, group.to_owned()))?;
+    if row.state != "parked" {
+        return Err(ManageError::NotParked {
+            id,
+            state: row.state,
+        });
+    }
+    Ok(row)
+}
+
+/// A group's open rows and the age of the oldest, in seconds.
+pub async fn depth(pool: &PgPool, group: &str) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+           FROM consumer_dlq WHERE group_id = $1 AND state IN ('parked', 'held', 'retry')",
+    )
+    .bind(group)
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,453 @@
+//! `keel replay projection NAME`: rebuild a projection from the PostgreSQL event store, the source
+//! of truth, so it is not limited by Kafka retention.
+//!
+//! * **Full rebuild.** Events are read in the gap-safe log order, page by page, into a shadow
+//!   schema (`keel_proj_<name>_rebuild`), each page in one transaction together with the rebuild's
+//!   cursor. Live runners keep applying to the live schema meanwhile. A cancelled rebuild resumes
+//!   from its cursor when run again (`--restart` starts over).
+//! * **Swap.** Once the shadow has caught up, one transaction locks the projection's row
+//!   `FOR UPDATE` (live batches take it `FOR SHARE`, so they pause), reads the last events, brings
+//!   every aggregate up to at least the version the live schema had applied (events the live
+//!   runner got from Kafka before they were below the log's horizon), and renames the shadow into
+//!   place. The live runner then carries on from its stored offsets, and skips whatever the
+//!   rebuild already applied by each aggregate's version: no gap and no double application.
+//! * **`--until`** builds a point-in-time view into `keel_proj_<name>_until`, left beside the live
+//!   one, from the events at or before a position or a time.
+//! * **`--aggregate`** rebuilds one aggregate in place, for projections whose rows are per
+//!   aggregate.
+//!
+//! Rebuilds call [`Projection::apply`] with `replaying` set, so side effects can be suppressed.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{apply_once, create_schema, live_schema, run_script, ApplyContext, Projection};
+use crate::model::{EventType, RecordedEvent};
+use crate::registry::Registry;
+use crate::replay::progress::Progress;
+use crate::store::log::{read_committed_after, LogCursor, LogFilter};
+
+/// Where a point-in-time view stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Events at or before this global position.
+    Position(i64),
+    /// Events created at or before this time.
+    Time(DateTime<Utc>),
+}
+
+impl FromStr for Until {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(p) = text.parse::<i64>() {
+            return if p > 0 {
+                Ok(Until::Position(p))
+            } else {
+                Err(format!("position {p}: positions start at 1"))
+            };
+        }
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| Until::Time(t.with_timezone(&Utc)))
+            .map_err(|_| format!("{text:?} is neither a position nor an RFC 3339 time"))
+    }
+}
+
+impl Until {
+    fn includes(&self, e: &RecordedEvent) -> bool {
+        match *self {
+            Until::Position(p) => e.position <= p,
+            Until::Time(t) => e.created_at <= t,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RebuildOptions {
+    pub until: Option<Until>,
+    pub aggregate: Option<Uuid>,
+    /// Start a full rebuild over instead of resuming an interrupted one.
+    pub restart: bool,
+    /// Events per transaction.
+    pub page: i64,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildReport {
+    /// The schema the result is in.
+    pub schema: String,
+    pub events_read: u64,
+    pub events_applied: u64,
+    pub seconds: f64,
+    /// Whether the result replaced the live read model.
+    pub swapped: bool,
+    /// Cancelled before the end; run again to resume.
+    pub cancelled: bool,
+}
+
+pub async fn rebuild(
+    pool: &PgPool,
+    registry: &Arc<Registry>,
+    projection: &dyn Projection,
+    options: &RebuildOptions,
+    cancel: impl Future<Output = ()>,
+) -> anyhow::Result<RebuildReport> {
+    super::ensure(pool, projection).await?;
+    let page = if options.page > 0 { options.page } else { 2000 };
+    let started = Instant::now();
+    let mut r = Rebuild {
+        registry: registry.clone(),
+        projection,
+        filter: filter_for(projection),
+        report: RebuildReport {
+            schema: String::new(),
+            events_read: 0,
+            events_applied: 0,
+            seconds: 0.0,
+            swapped: false,
+            cancelled: false,
+        },
+    };
+    if let Some(aggregate) = options.aggregate {
+        r.one_aggregate(pool, aggregate).await?;
+    } else {
+        r.full(pool, options, page, cancel).await?;
+    }
+    r.report.seconds = started.elapsed().as_secs_f64();
+    Ok(r.report)
+}
+
+/// A single-type projection reads with the log's type filter; others filter in [`Rebuild::page`].
+fn filter_for(projection: &dyn Projection) -> LogFilter {
+    let mut filter = LogFilter::default();
+    if let [only] = projection.event_types() {
+        filter.event_type = EventType::parse(*only).ok();
+    }
+    filter
+}
+
+struct Rebuild<'p> {
+    registry: Arc<Registry>,
+    projection: &'p dyn Projection,
+    filter: LogFilter,
+    report: RebuildReport,
+}
+
+const REPLAYING: ApplyContext = ApplyContext { replaying: true };
+
+impl Rebuild<'_> {
+    async fn full(
+        &mut self,
+        pool: &PgPool,
+        options: &RebuildOptions,
+        page: i64,
+        cancel: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let name = self.projection.name();
+        let schema = match options.until {
+            Some(_) => format!("{}_until", live_schema(name)),
+            None => format!("{}_rebuild", live_schema(name)),
+        };
+        self.report.schema = schema.clone();
+        let mut conn = pool.acquire().await?;
+        let resume = options.until.is_none()
+            && !options.restart
+            && cursor(&mut conn, &schema).await?.is_some();
+        if !resume {
+            let mut tx = pool.begin().await?;
+            run_script(&mut tx, format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
+            create_schema(&mut tx, self.projection, &schema).await?;
+            run_script(
+                &mut tx,
+                format!(
+                    "CREATE TABLE {schema}.keel_rebuild (tx_id bigint NOT NULL, position bigint NOT NULL);
+                     INSERT INTO {schema}.keel_rebuild VALUES (0, 0);"
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        let mut after = cursor(&mut conn, &schema)
+            .await?
+            .unwrap_or(LogCursor::START);
+        drop(conn);
+        let total = remaining(pool, self.projection, after).await?;
+        let progress = Progress::new(&format!("rebuilding {name}"), Some(total));
+        if resume {
+            progress.note(&format!("resuming an interrupted rebuild from {after}"));
+        }
+        tokio::pin!(cancel);
+        loop {
+            let mut tx = pool.begin().await?;
+            let (read, last) = self
+                .page(&mut tx, &schema, after, page, options.until)
+                .await?;
+            tx.commit().await?;
+            progress.advance(read);
+            if let Some(last) = last {
+                after = last;
+            }
+            if (read as i64) < page {
+                break;
+            }
+            if futures_cancelled(&mut cancel).await {
+                self.report.cancelled = true;
+                progress.finish(&format!(
+                    "cancelled at {after}; run the same command again to resume"
+                ));
+                return Ok(());
+            }
+        }
+        if options.until.is_some() {
+            run_script(
+                &mut *pool.acquire().await?,
+                format!("DROP TABLE {schema}.keel_rebuild"),
+            )
+            .await?;
+            progress.finish(&format!("point-in-time view built in schema {schema}"));
+            return Ok(());
+        }
+        self.swap(pool, &schema, page).await?;
+        progress.finish(&format!("rebuilt {name} and swapped it in"));
+        Ok(())
+    }
+
+    /// Reads and applies one page after `after` into `schema`, storing the cursor. Returns the
+    /// events read and the last one's cursor.
+    async fn page(
+        &mut self,
+        conn: &mut PgConnection,
+        schema: &str,
+        after: LogCursor,
+        page: i64,
+        until: Option<Until>,
+    ) -> anyhow::Result<(u64, Option<LogCursor>)> {
+        let logged = read_committed_after(&mut *conn, after, &self.filter, page, 0).await?;
+        let read = logged.len() as u64;
+        let last = logged.last().map(|e| e.cursor());
+        let wanted = self.projection.event_types();
+        let mut events = Vec::with_capacity(logged.len());
+        for l in logged {
+            let mut e = l.event;
+            if !wanted.contains(&e.event_type.as_str()) || until.is_some_and(|u| !u.includes(&e)) {
+                continue;
+            }
+            self.registry
+                .upcast(&mut e, self.projection.reader())
+                .await
+                .with_context(|| {
+                    format!("event {} cannot be read as the projection's version", e.id)
+                })?;
+            events.push(e);
+        }
+        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+            .execute(&mut *conn)
+            .await?;
+        self.report.events_applied +=
+            apply_once(conn, self.projection, &events, REPLAYING).await? as u64;
+        self.report.events_read += read;
+        if let Some(c) = last {
+            sqlx::query("UPDATE keel_rebuild SET tx_id = $1, position = $2")
+                .bind(c.tx_id)
+                .bind(c.position)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok((read, last))
+    }
+
+    /// Catches the shadow up and renames it into place, with live batches paused.
+    async fn swap(&mut self, pool: &PgPool, shadow: &str, page: i64) -> anyhow::Result<()> {
+        let name = self.projection.name();
+        let live = live_schema(name);
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let mut after = cursor(&mut tx, shadow).await?.unwrap_or(LogCursor::START);
+        loop {
+            let (read, last) = self.page(&mut tx, shadow, after, page, None).await?;
+            if let Some(last) = last {
+                after = last;
+            }
+            if (read as i64) < page {
+                break;
+            }
+        }
+        // Aggregates the live schema has applied further than the log's horizon let the shadow.
+        let behind: Vec<(String, Uuid, i32, i32)> = sqlx::query_as(&format!(
+            "SELECT l.aggregate_type, l.aggregate_id, COALESCE(s.version, 0), l.version
+               FROM {live}.keel_applied l
+               LEFT JOIN {shadow}.keel_applied s USING (aggregate_type, aggregate_id)
+              WHERE l.version > COALESCE(s.version, 0)"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        for (aggregate_type, id, from, to) in behind {
+            let events = self
+                .aggregate_events(&mut tx, &aggregate_type, id, from, Some(to))
+                .await?;
+            self.report.events_read += events.len() as u64;
+            self.report.events_applied +=
+                apply_once(&mut tx, self.projection, &events, REPLAYING).await? as u64;
+        }
+        run_script(
+            &mut tx,
+            format!(
+                "DROP TABLE {shadow}.keel_rebuild;
+                 ALTER SCHEMA {live} RENAME TO {live}_old;
+                 ALTER SCHEMA {shadow} RENAME TO {live};
+                 DROP SCHEMA {live}_old CASCADE;"
+            ),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE projections SET rebuilt_at = now(), state = 'running', error = NULL,
+                    updated_at = now() WHERE name = $1",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.report.swapped = true;
+        self.report.schema = live;
+        Ok(())
+    }
+
+    /// One aggregate's events of the projection's types with versions in `(from, to]`, resolved
+    /// to the projection's reader version.
+    async fn aggregate_events(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_type: &str,
+        id: Uuid,
+        from: i32,
+        to: Option<i32>,
+    ) -> anyhow::Result<Vec<RecordedEvent>> {
+        let types: Vec<String> = self
+            .projection
+            .event_types()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        let mut events: Vec<RecordedEvent> = sqlx::query_as(&format!(
+            "SELECT {} FROM public.events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3
+                AND ($4::int IS NULL OR version <= $4) AND event_type = ANY($5)
+              ORDER BY version",
+            crate::store::EVENT_COLUMNS
+        ))
+        .bind(aggregate_type)
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(&types)
+        .fetch_all(&mut *conn)
+        .await?;
+        for e in &mut events {
+            self.registry.upcast(e, self.projection.reader()).await?;
+        }
+        Ok(events)
+    }
+
+    /// Rebuilds one aggregate in the live schema, with live batches paused.
+    async fn one_aggregate(&mut self, pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
+        let name = self.projection.name();
+        let live = live_schema(name);
+        self.report.schema = live.clone();
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("SET LOCAL search_path TO {live}, public"))
+            .execute(&mut *tx)
+            .await?;
+        if !self.projection.forget(&mut tx, id).await? {
+            bail!(
+                "projection {name} cannot rebuild one aggregate: its rows combine many aggregates; rebuild it whole"
+            );
+        }
+        let types: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT aggregate_type FROM keel_applied WHERE aggregate_id = $1
+             UNION SELECT DISTINCT aggregate_type FROM public.events WHERE aggregate_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM keel_applied WHERE aggregate_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for aggregate_type in types {
+            let events = self
+                .aggregate_events(&mut tx, &aggregate_type, id, 0, None)
+                .await?;
+            self.report.events_read += events.len() as u64;
+            self.report.events_applied +=
+                apply_once(&mut tx, self.projection, &events, REPLAYING).await? as u64;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A shadow schema's stored cursor, if it has one.
+async fn cursor(conn: &mut PgConnection, schema: &str) -> anyhow::Result<Option<LogCursor>> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'keel_rebuild')",
+    )
+    .bind(schema)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let row: Option<(i64, i64)> = sqlx::query_as(&format!(
+        "SELECT tx_id, position FROM {schema}.keel_rebuild"
+    ))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(tx_id, position)| LogCursor { tx_id, position }))
+}
+
+/// How many events of the projection's types are after `after`, for the progress bar.
+async fn remaining(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    after: LogCursor,
+) -> anyhow::Result<u64> {
+    let types: Vec<String> = projection
+        .event_types()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = ANY($1)
+            AND (tx_id, position) > ($2::bigint::text::xid8, $3)",
+    )
+    .bind(&types)
+    .bind(after.tx_id)
+    .bind(after.position)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
+}
+
+/// Whether `cancel` has resolved, without waiting.
+async fn futures_cancelled<F: Future<Output = ()>>(cancel: &mut std::pin::Pin<&mut F>) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.as_mut() => true,
+        _ = std::future::ready(()) => false,
+    }
+}

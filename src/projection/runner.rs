@@ -1,0 +1,476 @@
+//! Runs a projection live from Kafka, exactly once.
+//!
+//! Records are applied in batches (up to `batch_size`, gathered for at most `linger`). Each batch
+//! is one PostgreSQL transaction that:
+//! 1. takes the projection's `projections` row `FOR SHARE` (a rebuild's swap takes it `FOR
+//!    UPDATE`, so a batch never straddles a swap);
+//! 2. locks the projection's `projection_offsets` rows and checks that each partition in the
+//!    batch still starts where this runner believes it does. If another runner moved it (after a
+//!    rebalance), those records are dropped and the partition is re-read from the stored offset;
+//! 3. applies the events through [`super::apply_once`] (which skips any event at or below its
+//!    aggregate's applied version), then stores the next offsets, and commits.
+//!
+//! Kafka's committed offsets are never used: on assignment the runner seeks to the stored ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{apply_once, live_schema, ApplyContext, Projection};
+use crate::consumer::decode::Decoder;
+use crate::model::RecordedEvent;
+use crate::registry::Registry;
+
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub batch_size: usize,
+    /// How long a batch waits for more records once it has one.
+    pub linger: Duration,
+    /// Raw librdkafka consumer settings, applied last.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            linger: Duration::from_millis(20),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The consumer group a projection's runners share.
+pub fn group_of(projection: &dyn Projection) -> String {
+    format!("keel-projection-{}", projection.name())
+}
+
+/// Runs `projection` from `topics` until `shutdown` resolves. Several runners of one projection
+/// (in one process or many) share its partitions through the consumer group.
+pub async fn run(
+    pool: PgPool,
+    registry: Arc<Registry>,
+    brokers: &str,
+    topics: &[String],
+    projection: Arc<dyn Projection>,
+    options: RunnerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    super::ensure(&pool, projection.as_ref()).await?;
+    let (resets_tx, mut resets) = mpsc::unbounded_channel();
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_of(projection.as_ref()))
+        .set("client.id", group_of(projection.as_ref()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &options.properties {
+        config.set(k, v);
+    }
+    let consumer: StreamConsumer<Resets> = config
+        .create_with_context(Resets(resets_tx))
+        .context("creating the projection's Kafka consumer")?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    let mut runner = Runner {
+        pool,
+        decoder: Decoder::new(registry),
+        projection,
+        consumer,
+        parts: HashMap::new(),
+        schema: String::new(),
+    };
+    runner.schema = live_schema(runner.projection.name());
+    tracing::info!(
+        projection = runner.projection.name(),
+        ?topics,
+        "projection runner started"
+    );
+    tokio::pin!(shutdown);
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = report.tick() => { runner.report_lag().await; continue; }
+            m = runner.consumer.recv() => match m {
+                Ok(m) => { let r = owned(&m); drop(m); runner.take(r, &mut resets, &mut batch).await? }
+                Err(e) => { tracing::warn!(error = %e, "kafka consumer error"); continue; }
+            },
+        }
+        let deadline = Instant::now() + options.linger;
+        while batch.len() < options.batch_size {
+            match tokio::time::timeout_at(deadline, runner.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let r = owned(&m);
+                    drop(m);
+                    runner.take(r, &mut resets, &mut batch).await?;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        while !batch.is_empty() {
+            match runner.apply(&mut batch).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(projection = runner.projection.name(), error = %format!("{e:#}"), "projection batch failed; retrying");
+                    let _ = sqlx::query(
+                        "UPDATE projections SET state = 'failing', error = $2, updated_at = now() WHERE name = $1",
+                    )
+                    .bind(runner.projection.name())
+                    .bind(format!("{e:#}"))
+                    .execute(&runner.pool)
+                    .await;
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    runner.consumer.unsubscribe();
+    tracing::info!(
+        projection = runner.projection.name(),
+        "projection runner stopped"
+    );
+    Ok(())
+}
+
+/// A record the runner took, owned.
+struct Taken {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    event_type: Option<String>,
+    headers: HashMap<String, String>,
+    value: Vec<u8>,
+}
+
+fn owned(m: &BorrowedMessage<'_>) -> Taken {
+    let headers: HashMap<String, String> = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| {
+                    Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Taken {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        event_type: headers.get("keel-event-type").cloned(),
+        headers,
+        value: m.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+/// What the runner knows of one partition.
+struct Part {
+    /// The next offset stored in PostgreSQL (`None`: no row yet).
+    stored: Option<i64>,
+    /// The next offset expected from the fetch; earlier records are stale (before a seek).
+    next: i64,
+}
+
+struct Runner {
+    pool: PgPool,
+    decoder: Decoder,
+    projection: Arc<dyn Projection>,
+    consumer: StreamConsumer<Resets>,
+    parts: HashMap<(String, i32), Part>,
+    schema: String,
+}
+
+impl Runner {
+    /// Adds a record to the batch, unless it is before the partition's stored offset (then the
+    /// fetch is moved there).
+    async fn take(
+        &mut self,
+        r: Taken,
+        resets: &mut mpsc::UnboundedReceiver<Vec<(String, i32)>>,
+        batch: &mut Vec<Taken>,
+    ) -> anyhow::Result<()> {
+        while let Ok(list) = resets.try_recv() {
+            for p in list {
+                self.parts.remove(&p);
+            }
+        }
+        let key = (r.topic.clone(), r.partition);
+        if !self.parts.contains_key(&key) {
+            let stored = self.stored(&r.topic, r.partition).await?;
+            let next = match stored {
+                Some(s) if r.offset < s => {
+                    self.seek(&r.topic, r.partition, Offset::Offset(s));
+                    s
+                }
+                Some(s) if r.offset > s => {
+                    tracing::warn!(topic = %r.topic, partition = r.partition, stored = s, first = r.offset,
+                        "records between the stored offset and the first one fetched are gone (retention?); rebuild the projection from the store");
+                    r.offset
+                }
+                _ => r.offset,
+            };
+            self.parts.insert(key.clone(), Part { stored, next });
+        }
+        let part = self.parts.get_mut(&key).expect("inserted above");
+        if r.offset < part.next {
+            return Ok(());
+        }
+        part.next = r.offset + 1;
+        batch.push(r);
+        Ok(())
+    }
+
+    async fn stored(&self, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT next_offset FROM projection_offsets
+              WHERE projection = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(self.projection.name())
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    fn seek(&self, topic: &str, partition: i32, offset: Offset) {
+        if let Err(e) = self
+            .consumer
+            .seek(topic, partition, offset, Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, topic, partition, "seek failed");
+        }
+    }
+
+    /// Applies a batch in one transaction (see the module docs). Records of partitions another
+    /// runner has moved on are removed from `batch` and the rest is left for another call; after
+    /// success `batch` is empty; on error `batch` is kept for a retry.
+    async fn apply(&mut self, batch: &mut Vec<Taken>) -> anyhow::Result<()> {
+        let name = self.projection.name();
+        let wanted = self.projection.event_types();
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        for r in batch.iter() {
+            if r.event_type.as_deref().is_some_and(|t| wanted.contains(&t)) {
+                let event = self
+                    .decoder
+                    .decode(&r.headers, &r.value, Some(self.projection.reader()))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{}/{} offset {} does not decode",
+                            r.topic, r.partition, r.offset
+                        )
+                    })?;
+                events.push(event);
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR SHARE")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT topic, partition, next_offset FROM projection_offsets
+              WHERE projection = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored: HashMap<(String, i32), i64> =
+            rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for r in batch.iter() {
+            last.insert((r.topic.clone(), r.partition), r.offset);
+        }
+        let fenced: Vec<(String, i32)> = last
+            .keys()
+            .filter(|k| stored.get(*k).copied() != self.parts.get(*k).and_then(|p| p.stored))
+            .cloned()
+            .collect();
+        if !fenced.is_empty() {
+            tx.rollback().await?;
+            tracing::info!(projection = name, partitions = ?fenced, "another runner moved these partitions; re-reading them from the stored offsets");
+            for k in &fenced {
+                self.parts.remove(k);
+                let to = stored
+                    .get(k)
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                self.seek(&k.0, k.1, to);
+            }
+            batch.retain(|r| !fenced.contains(&(r.topic.clone(), r.partition)));
+            return Ok(());
+        }
+        sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        let applied = apply_once(
+            &mut tx,
+            self.projection.as_ref(),
+            &events,
+            ApplyContext::default(),
+        )
+        .await?;
+        let (topics, partitions, nexts): (Vec<String>, Vec<i32>, Vec<i64>) = last
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, o + 1))
+            .fold(Default::default(), |mut acc, (t, p, o)| {
+                acc.0.push(t);
+                acc.1.push(p);
+                acc.2.push(o);
+                acc
+            });
+        sqlx::query(
+            "INSERT INTO public.projection_offsets (projection, topic, partition, next_offset)
+             SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[])
+             ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+        )
+        .bind(name)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&nexts)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE public.projections
+                SET events_applied = events_applied + $2,
+                    last_event_at = greatest(last_event_at, $3),
+                    last_applied_at = now(), state = 'running', error = NULL, updated_at = now()
+              WHERE name = $1",
+        )
+        .bind(name)
+        .bind(applied as i64)
+        .bind(events.iter().map(|e| e.created_at).max())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for ((t, p), next) in topics.into_iter().zip(partitions).zip(nexts) {
+            if let Some(part) = self.parts.get_mut(&(t, p)) {
+                part.stored = Some(next);
+            }
+        }
+        batch.clear();
+        Ok(())
+    }
+
+    /// Stores how many records the runner's partitions are behind their high watermarks.
+    async fn report_lag(&self) {
+        let mut lag = 0i64;
+        for ((topic, partition), part) in &self.parts {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(topic, *partition, Duration::from_secs(2))
+            {
+                lag += (high - part.stored.unwrap_or(0)).max(0);
+            }
+        }
+        let _ = sqlx::query("UPDATE projections SET lag_records = $2 WHERE name = $1")
+            .bind(self.projection.name())
+            .bind(lag)
+            .execute(&self.pool)
+            .await;
+    }
+}
+
+/// Forgets what the runner knew of partitions on every assignment change, so that a partition
+/// assigned again is read from its stored offset.
+struct Resets(mpsc::UnboundedSender<Vec<(String, i32)>>);
+
+impl ClientContext for Resets {}
+
+impl ConsumerContext for Resets {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let tpl = match rebalance {
+            Rebalance::Assign(tpl) | Rebalance::Revoke(tpl) => tpl,
+            Rebalance::Error(_) => return,
+        };
+        let parts = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let _ = self.0.send(parts);
+    }
+}
+
+/// Runs the configured projections (`projections.run`, or all of keel's) until `shutdown`
+/// resolves; each has its own consumer group.
+pub async fn run_configured(
+    config: &crate::config::Config,
+    pool: PgPool,
+    registry: Arc<Registry>,
+    catalog: &crate::catalog::Catalog,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let projections = if config.projections.run.is_empty() {
+        super::builtin()
+    } else {
+        config
+            .projections
+            .run
+            .iter()
+            .map(|n| super::find(n))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for projection in projections {
+        let topics = super::topics(
+            projection.as_ref(),
+            catalog,
+            &config.relay.kafka.topic_prefix,
+        )?;
+        let options = RunnerOptions {
+            batch_size: config.projections.batch_size,
+            properties: config.projections.properties.clone(),
+            ..Default::default()
+        };
+        let (pool, registry, brokers) =
+            (pool.clone(), registry.clone(), config.kafka_brokers.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let name = projection.name();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            run(
+                pool, registry, &brokers, &topics, projection, options, stopped,
+            )
+            .await
+            .with_context(|| format!("projection {name}"))
+        });
+    }
+    tokio::pin!(shutdown);
+    let mut result = Ok(());
+    tokio::select! {
+        _ = &mut shutdown => {}
+        Some(done) = tasks.join_next() => {
+            result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::error!(error = %format!("{e:#}"), "projection runner failed");
+        }
+    }
+    result
+}
