@@ -165,6 +165,8 @@ pub async fn run<H: Handler>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // Topics created after the subscription (by the relay) are noticed within seconds.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set(
             "auto.offset.reset",
             if subscription.from_beginning {

@@ -75,7 +75,9 @@ pub async fn run(
         .set("client.id", group_of(projection.as_ref()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Topics created after the subscription (by the relay) are noticed within seconds.
+        .set("topic.metadata.refresh.interval.ms", "5000");
     for (k, v) in &options.properties {
         config.set(k, v);
     }

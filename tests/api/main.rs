@@ -10,6 +10,7 @@ mod helpers;
 mod library;
 mod log;
 mod metrics;
+mod projections;
 mod reads;
 mod registry;
 mod relay;
