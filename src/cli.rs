@@ -118,7 +118,7 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub restart: bool,
     /// Events per transaction.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     pub page: i64,
 }
 

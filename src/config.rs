@@ -56,7 +56,7 @@ impl Default for ProjectionsConfig {
         Self {
             in_process: false,
             run: Vec::new(),
-            batch_size: 1000,
+            batch_size: 5000,
             properties: Default::default(),
         }
     }

@@ -2,6 +2,7 @@
 //! run on the same machine, because these machines are too noisy for absolute numbers to travel.
 
 mod append;
+mod projection;
 mod relay;
 mod stats;
 
@@ -16,6 +17,28 @@ pub enum Command {
     /// The relay draining a backlog next to a raw rdkafka producer, and commit-to-consume
     /// latency at a fixed rate, against the broker at `kafka_brokers`.
     Relay(RelayArgs),
+    /// Projection catch-up next to a raw rdkafka consumer of the same topic, and a rebuild from
+    /// the event store next to a raw ordered scan of the same events.
+    Projection(ProjectionArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionArgs {
+    /// Events in the topic and the store.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Services (aggregates) the events are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub aggregates: u64,
+    /// Runs of each measurement; the median ratio is printed.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Events per rebuild transaction.
+    #[arg(long, default_value_t = 2000)]
+    pub page: i64,
+    /// The database to run in; dropped and recreated. Defaults to `keel_bench_projection`.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -70,5 +93,6 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Append(args) => append::run(config, args).await,
         Command::Relay(args) => relay::run(config, args).await,
+        Command::Projection(args) => projection::run(config, args).await,
     }
 }

@@ -114,7 +114,7 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_topics(config: &Config, topics: &[&str]) -> anyhow::Result<()> {
+pub(super) async fn create_topics(config: &Config, topics: &[&str]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_brokers)
         .create()?;
@@ -188,14 +188,14 @@ async fn prefill(
 }
 
 /// One record as the relay would send it.
-struct Record {
-    key: String,
-    value: Vec<u8>,
-    headers: Vec<(&'static str, String)>,
+pub(super) struct Record {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Encodes the backlog the same way the relay does, before the clock starts.
-async fn encode_backlog(
+pub(super) async fn encode_backlog(
     pool: &PgPool,
     schema: &Arc<crate::schema::ParsedSchema>,
     schema_id: i32,
@@ -230,7 +230,7 @@ async fn encode_backlog(
     Ok(records)
 }
 
-fn producer(config: &Config) -> anyhow::Result<FutureProducer> {
+pub(super) fn producer(config: &Config) -> anyhow::Result<FutureProducer> {
     Ok(kafka::producer_config(&config.kafka_brokers, &config.relay.kafka.properties).create()?)
 }
 
@@ -248,7 +248,7 @@ async fn raw_drain(config: &Config, topic: &str, records: &[Record]) -> anyhow::
     Ok(records.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn raw_send(
+pub(super) async fn raw_send(
     producer: &FutureProducer,
     topic: &str,
     r: &Record,

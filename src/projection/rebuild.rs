@@ -101,7 +101,7 @@ pub async fn rebuild(
     cancel: impl Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
     super::ensure(pool, projection).await?;
-    let page = if options.page > 0 { options.page } else { 2000 };
+    let page = if options.page > 0 { options.page } else { 10_000 };
     let started = Instant::now();
     let mut r = Rebuild {
         registry: registry.clone(),
@@ -248,9 +248,13 @@ impl Rebuild<'_> {
                 })?;
             events.push(e);
         }
-        sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
-            .execute(&mut *conn)
-            .await?;
+        // The page and the cursor commit together, so a page lost to a server crash is read
+        // again: the commit need not wait for the WAL flush.
+        run_script(
+            conn,
+            format!("SET LOCAL search_path TO {schema}, public; SET LOCAL synchronous_commit = off"),
+        )
+        .await?;
         self.report.events_applied +=
             apply_once(conn, self.projection, &events, REPLAYING).await? as u64;
         self.report.events_read += read;

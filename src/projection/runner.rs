@@ -43,7 +43,7 @@ pub struct RunnerOptions {
 impl Default for RunnerOptions {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 5000,
             linger: Duration::from_millis(20),
             properties: BTreeMap::new(),
         }
@@ -321,9 +321,16 @@ impl Runner {
             batch.retain(|r| !fenced.contains(&(r.topic.clone(), r.partition)));
             return Ok(());
         }
-        sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.schema))
-            .execute(&mut *tx)
-            .await?;
+        // The read model and its offsets commit together: a commit lost to a server crash loses
+        // both, and the records are applied again. So the commit need not wait for the flush.
+        super::run_script(
+            &mut tx,
+            format!(
+                "SET LOCAL search_path TO {}, public; SET LOCAL synchronous_commit = off",
+                self.schema
+            ),
+        )
+        .await?;
         let applied = apply_once(
             &mut tx,
             self.projection.as_ref(),

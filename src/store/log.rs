@@ -145,7 +145,8 @@ pub async fn read_committed_after<'e>(
     if let Some(to) = filter.to {
         q.push(" AND created_at < ").push_bind(to);
     }
-    q.push(" ORDER BY tx_id, position LIMIT ")
+    // Qualified: a bare `tx_id` would name the bigint output column, which no index orders.
+    q.push(" ORDER BY events.tx_id, events.position LIMIT ")
         .push_bind(limit)
         .push(" OFFSET ")
         .push_bind(offset);

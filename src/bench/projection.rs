@@ -1,0 +1,263 @@
+//! The projection benchmark, with `service_invocations` (every event upcast from v1 to v2,
+//! aggregated into per-method counters and a histogram):
+//!
+//! (a) **Catch-up.** `--events` events are written straight into PostgreSQL, encoded as the relay
+//!     encodes them and produced to a fresh topic. A raw rdkafka consumer (new group, from the
+//!     beginning) reads the topic to its end; then the projection runner, with its state reset,
+//!     applies the same topic from the beginning until every event is applied. Runs alternate.
+//! (b) **Rebuild.** `keel replay projection` rebuilds from the event store, next to a raw ordered
+//!     scan of the same events (`SELECT ... ORDER BY tx_id, position`, streamed through sqlx).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::TryStreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::append::{fresh_database, print_machine};
+use super::relay::{create_topics, encode_backlog, producer, raw_send};
+use super::ProjectionArgs;
+use crate::app::Application;
+use crate::config::Config;
+use crate::projection::rebuild::{rebuild, RebuildOptions};
+use crate::projection::runner::{self, RunnerOptions};
+use crate::projection::{self, Projection};
+
+const EVENT_TYPE: &str = "l12.service_invoked";
+
+pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
+    let url = fresh_database(
+        config,
+        args.database_url.as_deref(),
+        "keel_bench_projection",
+    )
+    .await?;
+    let mut config = config.clone();
+    config.database_url = url;
+    config.listen = ([127, 0, 0, 1], 0).into();
+    let app = Application::build(&config).await?;
+    let pool = app.store().pool().clone();
+    let registry = app.registry().clone();
+    print_machine(&pool).await?;
+    let v1 = registry
+        .event_schema(EVENT_TYPE, Some(1))
+        .await?
+        .context("the catalog has no l12.service_invoked v1")?;
+    prefill(&pool, args.events, args.aggregates, v1.id).await?;
+    let topic = format!("bench.projection.{}", Uuid::new_v4().simple());
+    create_topics(&config, &[&topic]).await?;
+    let records = encode_backlog(&pool, &v1.schema, v1.id).await?;
+    let producer = producer(&config)?;
+    let mut pending = Vec::with_capacity(records.len());
+    for r in &records {
+        pending.push(raw_send(&producer, &topic, r).await?);
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    drop(records);
+    sqlx::query("TRUNCATE outbox").execute(&pool).await?;
+    println!("broker: {}, topic {topic}\n", config.kafka_brokers);
+
+    let projection = projection::find("service_invocations")?;
+    println!(
+        "(a) catch-up over {} records, {} run(s), batch size {}",
+        args.events, args.runs, config.projections.batch_size
+    );
+    println!(
+        "{:>4} {:>14} {:>12} {:>9}",
+        "run", "projection/s", "raw/s", "proj/raw"
+    );
+    let mut ratios = Vec::new();
+    for run in 1..=args.runs {
+        let raw = raw_consume(&config, &topic, args.events).await?;
+        let keel = catch_up(&config, &app, projection.clone(), &topic, args.events).await?;
+        ratios.push(keel / raw);
+        println!("{run:>4} {keel:>14.0} {raw:>12.0} {:>9.2}", keel / raw);
+    }
+    println!("median projection/raw: {:.2}\n", median(&mut ratios));
+
+    println!("(b) rebuild from the event store, {} run(s)", args.runs);
+    println!(
+        "{:>4} {:>14} {:>12} {:>9}",
+        "run", "rebuild/s", "scan/s", "rebuild/scan"
+    );
+    let mut ratios = Vec::new();
+    for run in 1..=args.runs {
+        let scan = raw_scan(&pool, args.events).await?;
+        let started = Instant::now();
+        let options = RebuildOptions {
+            restart: true,
+            page: args.page,
+            ..Default::default()
+        };
+        let report = rebuild(&pool, &registry, projection.as_ref(), &options, std::future::pending()).await?;
+        anyhow::ensure!(report.events_read == args.events, "the rebuild read {} events", report.events_read);
+        let keel = args.events as f64 / started.elapsed().as_secs_f64();
+        ratios.push(keel / scan);
+        println!("{run:>4} {keel:>14.0} {scan:>12.0} {:>9.2}", keel / scan);
+    }
+    println!("median rebuild/scan: {:.2}", median(&mut ratios));
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// `events` v1 `l12.service_invoked` events with their outbox rows, over `aggregates` services
+/// with four methods each, in chunks of 50,000 per transaction.
+async fn prefill(pool: &PgPool, events: u64, aggregates: u64, schema_id: i32) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE events, outbox, streams").execute(pool).await?;
+    let started = Instant::now();
+    let chunk = 50_000u64;
+    let mut from = 0u64;
+    while from < events {
+        let to = (from + chunk).min(events);
+        sqlx::query(
+            "WITH rows AS (
+                 SELECT i, gen_random_uuid() AS id,
+                        ('00000000-0000-4000-8000-' || lpad(to_hex(i % $3), 12, '0'))::uuid AS aggregate_id,
+                        (i / $3 + 1)::int AS version
+                   FROM generate_series($1::bigint, $2::bigint - 1) AS i),
+             e AS (
+                 INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type,
+                                     schema_id, schema_version, payload)
+                 SELECT id, 'service', aggregate_id, version, $4, $5, 1,
+                        jsonb_build_object('service_name', 'svc' || (i % $3),
+                                           'method', (ARRAY['get','put','list','delete'])[1 + i % 4],
+                                           'execution_time', (i * 7919 % 100000) / 100.0,
+                                           'status', (ARRAY['OK','OK','OK','ERROR','TIMEOUT'])[1 + i % 5])
+                   FROM rows ORDER BY i
+                 RETURNING id, position, aggregate_id)
+             INSERT INTO outbox (position, event_id, aggregate_type, aggregate_id, event_type)
+             SELECT position, id, 'service', aggregate_id, $4 FROM e",
+        )
+        .bind(from as i64)
+        .bind(to as i64)
+        .bind(aggregates as i64)
+        .bind(EVENT_TYPE)
+        .bind(schema_id)
+        .execute(pool)
+        .await?;
+        from = to;
+    }
+    sqlx::query("VACUUM ANALYZE events").execute(pool).await?;
+    eprintln!("  prefilled {events} events in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A raw consumer in a new group reads `events` records from the beginning; records per second.
+async fn raw_consume(config: &Config, topic: &str, events: u64) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("group.id", format!("bench-raw-{}", Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut seen = 0u64;
+    let mut started = None;
+    while seen < events {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("the raw consumer got nothing for 60 s")??;
+        drop(m);
+        started.get_or_insert_with(Instant::now);
+        seen += 1;
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    Ok(events as f64 / elapsed.as_secs_f64())
+}
+
+/// Resets the projection and runs it from the beginning of `topic` until `events` are applied;
+/// events per second from the first applied batch to the last (the raw consumer's clock likewise
+/// starts at its first record, after the group join).
+async fn catch_up(
+    config: &Config,
+    app: &Application,
+    projection: Arc<dyn Projection>,
+    topic: &str,
+    events: u64,
+) -> anyhow::Result<f64> {
+    let pool = app.store().pool().clone();
+    let name = projection.name();
+    let mut conn = pool.acquire().await?;
+    crate::projection::run_script(
+        &mut conn,
+        format!("DROP SCHEMA IF EXISTS {} CASCADE", projection::live_schema(name)),
+    )
+    .await?;
+    drop(conn);
+    sqlx::query("DELETE FROM projections WHERE name = $1")
+        .bind(name)
+        .execute(&pool)
+        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let options = RunnerOptions {
+        batch_size: config.projections.batch_size,
+        properties: config.projections.properties.clone(),
+        ..Default::default()
+    };
+    let (brokers, topics, registry) = (
+        config.kafka_brokers.clone(),
+        vec![topic.to_owned()],
+        app.registry().clone(),
+    );
+    let runner = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let stopped = async {
+                let _ = stop_rx.await;
+            };
+            runner::run(pool, registry, &brokers, &topics, projection, options, stopped).await
+        }
+    });
+    let mut started = None;
+    loop {
+        let applied: i64 = sqlx::query_scalar("SELECT events_applied FROM projections WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&pool)
+            .await?
+            .unwrap_or(0);
+        if applied > 0 {
+            started.get_or_insert_with(Instant::now);
+        }
+        if applied as u64 >= events {
+            break;
+        }
+        if runner.is_finished() {
+            runner.await??;
+            anyhow::bail!("the projection runner stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    let _ = stop_tx.send(());
+    runner.await??;
+    Ok(events as f64 / elapsed.as_secs_f64())
+}
+
+/// Streams the same events in log order, every column, into `RecordedEvent`s; rows per second.
+async fn raw_scan(pool: &PgPool, events: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let sql = format!(
+        "SELECT {} FROM events WHERE event_type = $1 ORDER BY tx_id, position",
+        crate::store::EVENT_COLUMNS
+    );
+    let mut rows = sqlx::query_as::<_, crate::model::RecordedEvent>(&sql)
+        .bind(EVENT_TYPE)
+        .fetch(pool);
+    let mut n = 0u64;
+    while let Some(row) = rows.try_next().await? {
+        std::hint::black_box(row);
+        n += 1;
+    }
+    anyhow::ensure!(n == events, "the scan read {n} events");
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
