@@ -95,8 +95,19 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
             page: args.page,
             ..Default::default()
         };
-        let report = rebuild(&pool, &registry, projection.as_ref(), &options, std::future::pending()).await?;
-        anyhow::ensure!(report.events_read == args.events, "the rebuild read {} events", report.events_read);
+        let report = rebuild(
+            &pool,
+            &registry,
+            projection.as_ref(),
+            &options,
+            std::future::pending(),
+        )
+        .await?;
+        anyhow::ensure!(
+            report.events_read == args.events,
+            "the rebuild read {} events",
+            report.events_read
+        );
         let keel = args.events as f64 / started.elapsed().as_secs_f64();
         ratios.push(keel / scan);
         println!("{run:>4} {keel:>14.0} {scan:>12.0} {:>9.2}", keel / scan);
@@ -112,8 +123,15 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// `events` v1 `l12.service_invoked` events with their outbox rows, over `aggregates` services
 /// with four methods each, in chunks of 50,000 per transaction.
-async fn prefill(pool: &PgPool, events: u64, aggregates: u64, schema_id: i32) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE events, outbox, streams").execute(pool).await?;
+async fn prefill(
+    pool: &PgPool,
+    events: u64,
+    aggregates: u64,
+    schema_id: i32,
+) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE events, outbox, streams")
+        .execute(pool)
+        .await?;
     let started = Instant::now();
     let chunk = 50_000u64;
     let mut from = 0u64;
@@ -148,7 +166,10 @@ async fn prefill(pool: &PgPool, events: u64, aggregates: u64, schema_id: i32) ->
         from = to;
     }
     sqlx::query("VACUUM ANALYZE events").execute(pool).await?;
-    eprintln!("  prefilled {events} events in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "  prefilled {events} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -190,7 +211,10 @@ async fn catch_up(
     let mut conn = pool.acquire().await?;
     crate::projection::run_script(
         &mut conn,
-        format!("DROP SCHEMA IF EXISTS {} CASCADE", projection::live_schema(name)),
+        format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            projection::live_schema(name)
+        ),
     )
     .await?;
     drop(conn);
@@ -215,16 +239,20 @@ async fn catch_up(
             let stopped = async {
                 let _ = stop_rx.await;
             };
-            runner::run(pool, registry, &brokers, &topics, projection, options, stopped).await
+            runner::run(
+                pool, registry, &brokers, &topics, projection, options, stopped,
+            )
+            .await
         }
     });
     let mut started = None;
     loop {
-        let applied: i64 = sqlx::query_scalar("SELECT events_applied FROM projections WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&pool)
-            .await?
-            .unwrap_or(0);
+        let applied: i64 =
+            sqlx::query_scalar("SELECT events_applied FROM projections WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&pool)
+                .await?
+                .unwrap_or(0);
         if applied > 0 {
             started.get_or_insert_with(Instant::now);
         }

@@ -101,7 +101,11 @@ pub async fn rebuild(
     cancel: impl Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
     super::ensure(pool, projection).await?;
-    let page = if options.page > 0 { options.page } else { 10_000 };
+    let page = if options.page > 0 {
+        options.page
+    } else {
+        10_000
+    };
     let started = Instant::now();
     let mut r = Rebuild {
         registry: registry.clone(),
@@ -252,7 +256,9 @@ impl Rebuild<'_> {
         // again: the commit need not wait for the WAL flush.
         run_script(
             conn,
-            format!("SET LOCAL search_path TO {schema}, public; SET LOCAL synchronous_commit = off"),
+            format!(
+                "SET LOCAL search_path TO {schema}, public; SET LOCAL synchronous_commit = off"
+            ),
         )
         .await?;
         self.report.events_applied +=
