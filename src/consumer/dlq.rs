@@ -122,8 +122,9 @@ const COLUMNS: &str =
     reason, attempts, event_id, event_type, aggregate_id, version, headers, value, created_at,
     updated_at";
 
-/// Stores `record` as parked (or held, for [`ParkReason::Held`]). A record already stored (a
-/// redelivery after a crash) is left as it is. Returns whether a row was written.
+/// Stores `record` as parked (or held, for [`ParkReason::Held`]). A record already open in the
+/// store (a redelivery after a crash) is left as it is; one closed earlier (delivered or skipped,
+/// then read again after an offset reset) is reopened. Returns whether a row was written.
 pub async fn park(
     pool: &PgPool,
     group: &str,
@@ -144,7 +145,13 @@ pub async fn park(
              reason_class, reason, attempts, event_id, event_type, aggregate_id, version, headers,
              value)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (group_id, topic, partition, kafka_offset) DO NOTHING",
+         ON CONFLICT (group_id, topic, partition, kafka_offset) DO UPDATE
+            SET state = EXCLUDED.state, reason_class = EXCLUDED.reason_class,
+                reason = EXCLUDED.reason, attempts = consumer_dlq.attempts + EXCLUDED.attempts,
+                updated_at = now()
+          -- A record read again after an offset reset and failing again is reopened; one that
+          -- is still open (a redelivery after a crash) is left as it is.
+          WHERE consumer_dlq.state IN ('delivered', 'skipped')",
     )
     .bind(group)
     .bind(&record.topic)

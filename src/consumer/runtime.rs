@@ -456,9 +456,21 @@ async fn handle_batch<H: Handler>(
     .await?;
     state.marker = Some((first, reach, attempts));
 
+    // Stopping on purpose (revocation, shutdown) before `offset` is not a crash there.
+    let stopped_at = |offset: i64| async move {
+        let _ = write_marker(
+            &shared.pool,
+            &sub.group,
+            &topic,
+            partition,
+            (offset, reach, 0),
+        )
+        .await;
+        Some(offset)
+    };
     for record in &batch {
         if gate.is_revoked() {
-            return Some(record.offset);
+            return stopped_at(record.offset).await;
         }
         if !sub.wants(record) {
             continue;
@@ -521,7 +533,7 @@ async fn handle_batch<H: Handler>(
                 park(shared, record, reason, &detail, tries, Some(&event), gate).await?;
                 state.blocked.insert(record.key.clone());
             }
-            Outcome::Abandoned => return Some(record.offset),
+            Outcome::Abandoned => return stopped_at(record.offset).await,
         }
     }
     Some(last + 1)
@@ -580,9 +592,13 @@ async fn deliver<H: Handler>(
             ::metrics::counter!(crate::metrics::CONSUMER_HANDLED, "group" => sub.group.clone(), "outcome" => "handled").increment(1);
             return Outcome::Handled;
         }
-        tokio::time::sleep(backoff).await;
+        let revoked = gate.revoked_signal.notified();
         if gate.is_revoked() {
             return Outcome::Abandoned;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = revoked => return Outcome::Abandoned,
         }
         backoff = (backoff * 2).min(sub.backoff_max);
         delivery.attempt += 1;
@@ -633,7 +649,9 @@ async fn redrive_open<H: Handler>(
         if stuck.contains(row.record_key.as_str()) {
             continue;
         }
-        if row.state != "retry" {
+        // Rows are in offset order: a held row with nothing parked before it lost its blocker
+        // (delivered or skipped meanwhile) and is due, like a retry row.
+        if row.state == "parked" {
             stuck.insert(&row.record_key);
             continue;
         }
@@ -863,6 +881,8 @@ type GateMap = Arc<Mutex<HashMap<(String, i32), Arc<Gate>>>>;
 #[derive(Default)]
 struct Gate {
     revoked: AtomicBool,
+    /// Wakes a partition task sleeping between retries when its partition is revoked.
+    revoked_signal: tokio::sync::Notify,
     busy: Mutex<bool>,
     idle: Condvar,
 }
@@ -891,7 +911,18 @@ impl Gate {
     fn revoke_and_wait(&self, wait: Duration) {
         let busy = self.busy.lock().expect("gate");
         self.revoked.store(true, Ordering::SeqCst);
-        let _ = self.idle.wait_timeout_while(busy, wait, |busy| *busy);
+        self.revoked_signal.notify_waiters();
+        let wait_idle = || {
+            let _ = self.idle.wait_timeout_while(busy, wait, |busy| *busy);
+        };
+        // The rebalance callback runs on a runtime thread: let the runtime move other tasks
+        // (the partition tasks it waits for) off it meanwhile.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait_idle)
+            }
+            _ => wait_idle(),
+        }
     }
 }
 

@@ -97,6 +97,7 @@ pub fn topics(
     prefix: &str,
 ) -> anyhow::Result<Vec<String>> {
     let mut topics = Vec::new();
+    let mut by_aggregate = std::collections::HashMap::new();
     for t in projection.event_types() {
         let entry = EventType::parse(*t)
             .ok()
@@ -109,6 +110,18 @@ pub fn topics(
                 "event type {t} names neither a topic nor an aggregate type, so its topic is unknown"
             ),
         };
+        // keel_applied keeps one version per aggregate, which is only sound if each
+        // aggregate's events reach the projection through one topic, in order.
+        if let Some(aggregate) = &entry.spec.aggregate_type {
+            match by_aggregate.insert(aggregate.as_str().to_owned(), topic.clone()) {
+                Some(other) if other != topic => anyhow::bail!(
+                    "projection {}: aggregate type {} arrives on topics {other} and {topic}; a projection needs each aggregate's events on one topic",
+                    projection.name(),
+                    aggregate.as_str()
+                ),
+                _ => {}
+            }
+        }
         if !topics.contains(&topic) {
             topics.push(topic);
         }

@@ -4,8 +4,8 @@
 //! is one PostgreSQL transaction that:
 //! 1. takes the projection's `projections` row `FOR SHARE` (a rebuild's swap takes it `FOR
 //!    UPDATE`, so a batch never straddles a swap);
-//! 2. locks the projection's `projection_offsets` rows and checks that each partition in the
-//!    batch still starts where this runner believes it does. If another runner moved it (after a
+//! 2. takes a transaction-scoped advisory lock per partition in the batch and checks that each
+//!    still starts where this runner believes it does (its `projection_offsets` row). If another runner moved it (after a
 //!    rebalance), those records are dropped and the partition is re-read from the stored offset;
 //! 3. applies the events through [`super::apply_once`] (which skips any event at or below its
 //!    aggregate's applied version), then stores the next offsets, and commits.
@@ -218,7 +218,17 @@ impl Runner {
         }
         let key = (r.topic.clone(), r.partition);
         if !self.parts.contains_key(&key) {
-            let stored = self.stored(&r.topic, r.partition).await?;
+            let mut backoff = Duration::from_millis(100);
+            let stored = loop {
+                match self.stored(&r.topic, r.partition).await {
+                    Ok(stored) => break stored,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot read a projection offset; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
             let next = match stored {
                 Some(s) if r.offset < s => {
                     self.seek(&r.topic, r.partition, Offset::Offset(s));
@@ -290,19 +300,30 @@ impl Runner {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for r in batch.iter() {
+            last.insert((r.topic.clone(), r.partition), r.offset);
+        }
+        // One applier per partition at a time, even before its offset row exists (a row lock
+        // would lock nothing then). Taken in a fixed order, so runners cannot deadlock.
+        for (topic, partition) in last.keys() {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtext('keel_projection:' || $1 || ':' || $2), $3)",
+            )
+            .bind(name)
+            .bind(topic)
+            .bind(partition)
+            .execute(&mut *tx)
+            .await?;
+        }
         let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, next_offset FROM projection_offsets
-              WHERE projection = $1 FOR UPDATE",
+            "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = $1",
         )
         .bind(name)
         .fetch_all(&mut *tx)
         .await?;
         let stored: HashMap<(String, i32), i64> =
             rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
-        let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for r in batch.iter() {
-            last.insert((r.topic.clone(), r.partition), r.offset);
-        }
         let fenced: Vec<(String, i32)> = last
             .keys()
             .filter(|k| stored.get(*k).copied() != self.parts.get(*k).and_then(|p| p.stored))
