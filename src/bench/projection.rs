@@ -19,10 +19,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::append::{fresh_database, print_machine};
-use super::relay::{create_topics, encode_backlog, producer, raw_send};
+use super::relay::{create_topics, encode_backlog, prefill_events, producer, raw_send, Generated};
 use super::ProjectionArgs;
 use crate::app::Application;
 use crate::config::Config;
+use crate::model::SchemaRef;
 use crate::projection::rebuild::{rebuild, RebuildOptions};
 use crate::projection::runner::{self, RunnerOptions};
 use crate::projection::{self, Projection};
@@ -122,55 +123,27 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// `events` v1 `l12.service_invoked` events with their outbox rows, over `aggregates` services
-/// with four methods each, in chunks of 50,000 per transaction.
+/// with four methods each.
 async fn prefill(
     pool: &PgPool,
     events: u64,
     aggregates: u64,
     schema_id: i32,
 ) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE events, outbox, streams")
-        .execute(pool)
-        .await?;
-    let started = Instant::now();
-    let chunk = 50_000u64;
-    let mut from = 0u64;
-    while from < events {
-        let to = (from + chunk).min(events);
-        sqlx::query(
-            "WITH rows AS (
-                 SELECT i, gen_random_uuid() AS id,
-                        ('00000000-0000-4000-8000-' || lpad(to_hex(i % $3), 12, '0'))::uuid AS aggregate_id,
-                        (i / $3 + 1)::int AS version
-                   FROM generate_series($1::bigint, $2::bigint - 1) AS i),
-             e AS (
-                 INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type,
-                                     schema_id, schema_version, payload)
-                 SELECT id, 'service', aggregate_id, version, $4, $5, 1,
-                        jsonb_build_object('service_name', 'svc' || (i % $3),
-                                           'method', (ARRAY['get','put','list','delete'])[1 + i % 4],
-                                           'execution_time', (i * 7919 % 100000) / 100.0,
-                                           'status', (ARRAY['OK','OK','OK','ERROR','TIMEOUT'])[1 + i % 5])
-                   FROM rows ORDER BY i
-                 RETURNING id, position, aggregate_id)
-             INSERT INTO outbox (position, event_id, aggregate_type, aggregate_id, event_type)
-             SELECT position, id, 'service', aggregate_id, $4 FROM e",
-        )
-        .bind(from as i64)
-        .bind(to as i64)
-        .bind(aggregates as i64)
-        .bind(EVENT_TYPE)
-        .bind(schema_id)
-        .execute(pool)
-        .await?;
-        from = to;
-    }
-    sqlx::query("VACUUM ANALYZE events").execute(pool).await?;
-    eprintln!(
-        "  prefilled {events} events in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let payload = "jsonb_build_object('service_name', 'svc' || (i % $3),
+                       'method', (ARRAY['get','put','list','delete'])[1 + i % 4],
+                       'execution_time', (i * 7919 % 100000) / 100.0,
+                       'status', (ARRAY['OK','OK','OK','ERROR','TIMEOUT'])[1 + i % 5])";
+    let generated = Generated {
+        aggregate_type: "service",
+        event_type: EVENT_TYPE,
+        schema: SchemaRef {
+            id: schema_id,
+            version: 1,
+        },
+        payload,
+    };
+    prefill_events(pool, events, aggregates, &generated).await
 }
 
 /// A raw consumer in a new group reads `events` records from the beginning; records per second.

@@ -143,42 +143,73 @@ async fn prefill(
     aggregates: u64,
     schema: SchemaRef,
 ) -> anyhow::Result<()> {
+    let payload = "jsonb_build_object('entity', 'bench', 'from_state', NULL, 'to_state', 'running',
+                                      'attributes', jsonb_build_object('pad', repeat('x', 200)))";
+    let generated = Generated {
+        aggregate_type: "bench",
+        event_type: EVENT_TYPE,
+        schema,
+        payload,
+    };
+    prefill_events(pool, events, aggregates, &generated).await?;
+    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
+    Ok(())
+}
+
+/// Events a benchmark writes straight into the tables.
+pub(super) struct Generated<'a> {
+    pub aggregate_type: &'a str,
+    pub event_type: &'a str,
+    pub schema: SchemaRef,
+    /// A SQL expression for the payload, of the row number `i` and the aggregate count `$3`.
+    pub payload: &'a str,
+}
+
+/// Empties the store, then writes `events` events of `generated` with their outbox rows over
+/// `aggregates` aggregates (event `i` goes to aggregate `i % aggregates`), in chunks of 50,000
+/// per transaction.
+pub(super) async fn prefill_events(
+    pool: &PgPool,
+    events: u64,
+    aggregates: u64,
+    generated: &Generated<'_>,
+) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE events, outbox, streams")
         .execute(pool)
         .await?;
     let started = Instant::now();
     let chunk = 50_000u64;
     let mut from = 0u64;
+    let sql = format!(
+        "WITH rows AS (
+             SELECT i, gen_random_uuid() AS id,
+                    ('00000000-0000-4000-8000-' || lpad(to_hex(i % $3), 12, '0'))::uuid AS aggregate_id,
+                    (i / $3 + 1)::int AS version
+               FROM generate_series($1::bigint, $2::bigint - 1) AS i),
+         e AS (
+             INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type,
+                                 schema_id, schema_version, payload)
+             SELECT id, $7, aggregate_id, version, $4, $5, $6, {}
+               FROM rows ORDER BY i
+             RETURNING id, position, aggregate_id)
+         INSERT INTO outbox (position, event_id, aggregate_type, aggregate_id, event_type)
+         SELECT position, id, $7, aggregate_id, $4 FROM e",
+        generated.payload
+    );
     while from < events {
         let to = (from + chunk).min(events);
-        sqlx::query(
-            "WITH rows AS (
-                 SELECT i, gen_random_uuid() AS id,
-                        ('00000000-0000-4000-8000-' || lpad(to_hex(i % $3), 12, '0'))::uuid AS aggregate_id,
-                        (i / $3 + 1)::int AS version
-                   FROM generate_series($1::bigint, $2::bigint - 1) AS i),
-             e AS (
-                 INSERT INTO events (id, aggregate_type, aggregate_id, version, event_type,
-                                     schema_id, schema_version, payload)
-                 SELECT id, 'bench', aggregate_id, version, $4, $5, $6,
-                        jsonb_build_object('entity', 'bench', 'from_state', NULL, 'to_state', 'running',
-                                           'attributes', jsonb_build_object('pad', repeat('x', 200)))
-                   FROM rows ORDER BY i
-                 RETURNING id, position, aggregate_id)
-             INSERT INTO outbox (position, event_id, aggregate_type, aggregate_id, event_type)
-             SELECT position, id, 'bench', aggregate_id, $4 FROM e",
-        )
-        .bind(from as i64)
-        .bind(to as i64)
-        .bind(aggregates as i64)
-        .bind(EVENT_TYPE)
-        .bind(schema.id)
-        .bind(schema.version)
-        .execute(pool)
-        .await?;
+        sqlx::query(&sql)
+            .bind(from as i64)
+            .bind(to as i64)
+            .bind(aggregates as i64)
+            .bind(generated.event_type)
+            .bind(generated.schema.id)
+            .bind(generated.schema.version)
+            .bind(generated.aggregate_type)
+            .execute(pool)
+            .await?;
         from = to;
     }
-    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
     sqlx::query("VACUUM ANALYZE events").execute(pool).await?;
     eprintln!(
         "  prefilled {events} events in {:.1}s",

@@ -29,6 +29,33 @@ pub struct Record {
 }
 
 impl Record {
+    /// Copies a record out of librdkafka's buffer. Headers that are not UTF-8 are left out (keel
+    /// writes only UTF-8 ones); a missing key is `""`.
+    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        use rdkafka::message::{Headers, Message};
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| {
+                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            headers,
+            value: m.payload().unwrap_or_default().to_vec(),
+        }
+    }
+
     pub fn event_type(&self) -> Option<&str> {
         self.headers.get("keel-event-type").map(String::as_str)
     }

@@ -33,7 +33,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -278,7 +278,7 @@ fn dispatch<H: Handler>(
     lanes: &mut HashMap<(String, i32), Lane>,
     m: &BorrowedMessage<'_>,
 ) {
-    let record = owned(m);
+    let record = Record::from_message(m);
     let place = (record.topic.clone(), record.partition);
     let stale = lanes
         .get(&place)
@@ -320,30 +320,6 @@ fn dispatch<H: Handler>(
         let _ = shared.consumer.pause(&one_partition(&place.0, place.1));
     }
     let _ = lane.tx.send(record);
-}
-
-fn owned(m: &BorrowedMessage<'_>) -> Record {
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .filter_map(|h| {
-                    Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-        headers,
-        value: m.payload().unwrap_or_default().to_vec(),
-    }
 }
 
 fn one_partition(topic: &str, partition: i32) -> TopicPartitionList {

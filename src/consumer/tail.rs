@@ -1,17 +1,17 @@
 //! `keel consume`: tail topics as JSON lines, one decoded event per record, for debugging. Like
 //! kcat, but it reads keel's headers and decodes Avro through keel's registry.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::decode::Decoder;
+use super::dlq::Record;
 use crate::config::Config;
 use crate::registry::{Registry, VersionSpec};
 use crate::store::Store;
@@ -78,26 +78,14 @@ pub async fn run(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let headers: HashMap<String, String> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| {
-                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let record = Record::from_message(&m);
         let place = json!({
             "topic": m.topic(),
             "partition": m.partition(),
             "offset": m.offset(),
             "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         });
-        let line = match decoder
-            .decode(&headers, m.payload().unwrap_or_default(), reader)
-            .await
-        {
+        let line = match decoder.decode(&record.headers, &record.value, reader).await {
             Ok(event) => json!({"record": place, "event": event}),
             Err(e) => json!({"record": place, "error": e.to_string()}),
         };

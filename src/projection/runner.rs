@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+
 use rdkafka::{ClientContext, Offset};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::{apply_once, live_schema, ApplyContext, Projection};
 use crate::consumer::decode::Decoder;
+use crate::consumer::dlq::Record;
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
 
@@ -108,7 +109,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = report.tick() => { runner.report_lag().await; continue; }
             m = runner.consumer.recv() => match m {
-                Ok(m) => { let r = owned(&m); drop(m); runner.take(r, &mut resets, &mut batch).await? }
+                Ok(m) => { let r = Record::from_message(&m); drop(m); runner.take(r, &mut resets, &mut batch).await? }
                 Err(e) => { tracing::warn!(error = %e, "kafka consumer error"); continue; }
             },
         }
@@ -116,7 +117,7 @@ pub async fn run(
         while batch.len() < options.batch_size {
             match tokio::time::timeout_at(deadline, runner.consumer.recv()).await {
                 Ok(Ok(m)) => {
-                    let r = owned(&m);
+                    let r = Record::from_message(&m);
                     drop(m);
                     runner.take(r, &mut resets, &mut batch).await?;
                 }
@@ -154,37 +155,6 @@ pub async fn run(
     Ok(())
 }
 
-/// A record the runner took, owned.
-struct Taken {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    event_type: Option<String>,
-    headers: HashMap<String, String>,
-    value: Vec<u8>,
-}
-
-fn owned(m: &BorrowedMessage<'_>) -> Taken {
-    let headers: HashMap<String, String> = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .filter_map(|h| {
-                    Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Taken {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        event_type: headers.get("keel-event-type").cloned(),
-        headers,
-        value: m.payload().unwrap_or_default().to_vec(),
-    }
-}
-
 /// What the runner knows of one partition.
 struct Part {
     /// The next offset stored in PostgreSQL (`None`: no row yet).
@@ -207,9 +177,9 @@ impl Runner {
     /// fetch is moved there).
     async fn take(
         &mut self,
-        r: Taken,
+        r: Record,
         resets: &mut mpsc::UnboundedReceiver<Vec<(String, i32)>>,
-        batch: &mut Vec<Taken>,
+        batch: &mut Vec<Record>,
     ) -> anyhow::Result<()> {
         while let Ok(list) = resets.try_recv() {
             for p in list {
@@ -276,12 +246,12 @@ impl Runner {
     /// Applies a batch in one transaction (see the module docs). Records of partitions another
     /// runner has moved on are removed from `batch` and the rest is left for another call; after
     /// success `batch` is empty; on error `batch` is kept for a retry.
-    async fn apply(&mut self, batch: &mut Vec<Taken>) -> anyhow::Result<()> {
+    async fn apply(&mut self, batch: &mut Vec<Record>) -> anyhow::Result<()> {
         let name = self.projection.name();
         let wanted = self.projection.event_types();
         let mut events: Vec<RecordedEvent> = Vec::new();
         for r in batch.iter() {
-            if r.event_type.as_deref().is_some_and(|t| wanted.contains(&t)) {
+            if r.event_type().is_some_and(|t| wanted.contains(&t)) {
                 let event = self
                     .decoder
                     .decode(&r.headers, &r.value, Some(self.projection.reader()))
@@ -305,7 +275,7 @@ impl Runner {
             last.insert((r.topic.clone(), r.partition), r.offset);
         }
         // One applier per partition at a time, even before its offset row exists (a row lock
-        // would lock nothing then). Taken in a fixed order, so runners cannot deadlock.
+        // would lock nothing then). Record in a fixed order, so runners cannot deadlock.
         for (topic, partition) in last.keys() {
             sqlx::query(
                 "SELECT pg_advisory_xact_lock(hashtext('keel_projection:' || $1 || ':' || $2), $3)",
