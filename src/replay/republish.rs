@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::Args;
 
+use super::progress::Progress;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::EventType;
@@ -78,6 +79,25 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
         to: args.to,
         ..Default::default()
     };
+    let type_names: Vec<String> = types.iter().map(|t| t.as_str().to_owned()).collect();
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2)
+            AND (cardinality($3::text[]) = 0 OR event_type = ANY($3))
+            AND ($4::timestamptz IS NULL OR created_at >= $4)
+            AND ($5::timestamptz IS NULL OR created_at < $5)",
+    )
+    .bind(cursor.tx_id)
+    .bind(cursor.position)
+    .bind(&type_names)
+    .bind(args.from)
+    .bind(args.to)
+    .fetch_one(store.pool())
+    .await?;
+    let progress = Progress::new(
+        &format!("republishing to {}", args.topic),
+        Some(total as u64),
+    );
     let started = Instant::now();
     let mut sent: u64 = 0;
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
@@ -110,23 +130,21 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
             );
         }
         sent += rows.len() as u64;
+        progress.advance(rows.len() as u64);
         cursor = last;
         let due = Duration::from_secs_f64(sent as f64 / args.rate as f64);
         let elapsed = started.elapsed();
-        eprintln!(
-            "republished {sent} events, {:.0}/s, cursor {}",
-            sent as f64 / elapsed.as_secs_f64().max(1e-3),
-            cursor.encode()
-        );
         tokio::select! {
             _ = tokio::time::sleep(due.saturating_sub(elapsed)) => {}
             _ = &mut interrupted => {
+                progress.finish(&format!("interrupted; resume with --after {}", cursor.encode()));
                 println!("interrupted after {sent} events; resume with --after {}", cursor.encode());
                 return Ok(());
             }
         }
     }
     sink.flush(Duration::from_secs(5));
+    progress.finish("done");
     println!("republished {sent} events to {}", args.topic);
     Ok(())
 }
