@@ -71,8 +71,19 @@ pub async fn history(
     aggregate_id: Uuid,
     as_of: Option<AsOf>,
 ) -> Result<Vec<RecordedEvent>, store::Error> {
+    history_from(store, registry, aggregate_type, aggregate_id, 1, as_of).await
+}
+
+/// [`history`] from version `from` on.
+async fn history_from(
+    store: &Store,
+    registry: &Registry,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    mut from: i32,
+    as_of: Option<AsOf>,
+) -> Result<Vec<RecordedEvent>, store::Error> {
     let mut events = Vec::new();
-    let mut from = 1;
     loop {
         let page =
             store::read_stream(store.pool(), aggregate_type, aggregate_id, from, PAGE).await?;
@@ -108,6 +119,74 @@ pub async fn load<A: Aggregate>(
         state.apply(event);
     }
     Ok((state, events.last().map_or(0, |e| e.version)))
+}
+
+/// An aggregate whose state can be kept as a snapshot, so that loading it folds only the events
+/// after the snapshot.
+pub trait Snapshot: Aggregate + serde::Serialize + serde::de::DeserializeOwned {
+    /// Names the state's shape, for example `"agent-v1"`. Change it whenever the state's fields
+    /// or `apply` change: snapshots of another kind are ignored (and replaced), never misread.
+    const KIND: &'static str;
+}
+
+/// Like [`load`], starting from the aggregate's snapshot of kind `A::KIND` when there is one. When
+/// more than `every` events had to be folded after it, a new snapshot is stored.
+pub async fn load_snapshotted<A: Snapshot>(
+    store: &Store,
+    registry: &Registry,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+    every: i32,
+) -> Result<(A, i32), store::Error> {
+    let snapshot: Option<(i32, serde_json::Value)> = sqlx::query_as(
+        "SELECT version, state FROM aggregate_snapshots
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND kind = $3",
+    )
+    .bind(aggregate_type.as_str())
+    .bind(aggregate_id)
+    .bind(A::KIND)
+    .fetch_optional(store.pool())
+    .await?;
+    let (mut state, version) = match snapshot.map(|(v, s)| (v, serde_json::from_value::<A>(s))) {
+        Some((v, Ok(state))) => (state, v),
+        Some((_, Err(e))) => {
+            tracing::warn!(%aggregate_id, kind = A::KIND, error = %e, "ignoring a snapshot that does not deserialize");
+            (A::default(), 0)
+        }
+        None => (A::default(), 0),
+    };
+    let events = history_from(
+        store,
+        registry,
+        aggregate_type,
+        aggregate_id,
+        version + 1,
+        None,
+    )
+    .await?;
+    for event in &events {
+        state.apply(event);
+    }
+    let now = events.last().map_or(version, |e| e.version);
+    if events.len() as i32 > every {
+        let json = serde_json::to_value(&state)
+            .map_err(|e| store::Error::Database(sqlx::Error::Encode(Box::new(e))))?;
+        sqlx::query(
+            "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, kind, version, state)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (aggregate_type, aggregate_id, kind) DO UPDATE
+                SET version = EXCLUDED.version, state = EXCLUDED.state, created_at = now()
+              WHERE aggregate_snapshots.version < EXCLUDED.version",
+        )
+        .bind(aggregate_type.as_str())
+        .bind(aggregate_id)
+        .bind(A::KIND)
+        .bind(now)
+        .bind(json)
+        .execute(store.pool())
+        .await?;
+    }
+    Ok((state, now))
 }
 
 #[cfg(test)]

@@ -179,3 +179,77 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
     assert_in_order(&reader.received, &expected);
     assert!(reader.received.iter().all(|r| r.aggregate_id() != service));
 }
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Snapped(Vec<String>);
+
+impl Aggregate for Snapped {
+    fn apply(&mut self, event: &RecordedEvent) {
+        self.0
+            .push(event.payload["to_state"].as_str().unwrap().to_owned());
+    }
+}
+
+impl replay::Snapshot for Snapped {
+    const KIND: &'static str = "test-states-v1";
+}
+
+#[tokio::test]
+async fn a_snapshotted_load_folds_only_the_events_after_its_snapshot() {
+    let app = spawn_app().await;
+    let agent = Uuid::new_v4();
+    let agent_type = AggregateType::parse("agent").unwrap();
+    for state in ["a", "b", "c", "d", "e"] {
+        append(&app, "agent", agent, agent_state_changed(agent, state)).await;
+    }
+    let load =
+        || replay::load_snapshotted::<Snapped>(&app.store, &app.registry, &agent_type, agent, 2);
+    let (state, version) = load().await.unwrap();
+    assert_eq!((state.0.join(""), version), ("abcde".to_owned(), 5));
+    let stored: (i32, Value) = sqlx::query_as(
+        "SELECT version, state FROM aggregate_snapshots WHERE aggregate_id = $1 AND kind = 'test-states-v1'",
+    )
+    .bind(agent)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, (5, json!(["a", "b", "c", "d", "e"])));
+    // Mark the snapshot: a later load starts from it and folds only the new events.
+    sqlx::query("UPDATE aggregate_snapshots SET state = '[\"S\"]' WHERE aggregate_id = $1")
+        .bind(agent)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    for state in ["f", "g"] {
+        append(&app, "agent", agent, agent_state_changed(agent, state)).await;
+    }
+    let (state, version) = load().await.unwrap();
+    assert_eq!((state.0.join(""), version), ("Sfg".to_owned(), 7));
+    // Two events after the snapshot are not more than `every`: the snapshot stays at 5.
+    let version: i32 =
+        sqlx::query_scalar("SELECT version FROM aggregate_snapshots WHERE aggregate_id = $1")
+            .bind(agent)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(version, 5);
+    // A snapshot of another kind is ignored: a new state shape folds everything.
+    let (v2, version) =
+        replay::load_snapshotted::<SnappedV2>(&app.store, &app.registry, &agent_type, agent, 100)
+            .await
+            .unwrap();
+    assert_eq!((v2.0 .0.join(""), version), ("abcdefg".to_owned(), 7));
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct SnappedV2(Snapped);
+
+impl Aggregate for SnappedV2 {
+    fn apply(&mut self, event: &RecordedEvent) {
+        self.0.apply(event);
+    }
+}
+
+impl replay::Snapshot for SnappedV2 {
+    const KIND: &'static str = "test-states-v2";
+}
