@@ -281,32 +281,42 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
     let broker = Broker::start();
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let mut projector = Projector::start(&app, &broker, 25);
+    // Appends keep coming for about 20 s, in rounds.
     let load = tokio::spawn({
         let app = app.clone();
         async move {
-            for _ in 0..4 {
+            for _ in 0..6 {
                 append_concurrently(&app, 30, 5, 16).await;
                 invoke_services(&app, 4, 10).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     });
-    // Kill the projector whenever it is applying, and start it again.
-    for _ in 0..4 {
-        let before = events_applied(&app, "agent_status").await
-            + events_applied(&app, "service_invocations").await;
+    // While they do, kill the projector whenever it is applying, and start it again.
+    let applied = || async {
+        events_applied(&app, "agent_status").await
+            + events_applied(&app, "service_invocations").await
+    };
+    let mut kills = 0;
+    while !load.is_finished() && kills < 4 {
+        let before = applied().await;
         eventually(
             Duration::from_secs(60),
             "the projector to apply events",
-            || async {
-                let now = events_applied(&app, "agent_status").await
-                    + events_applied(&app, "service_invocations").await;
-                (now > before).then_some(())
-            },
+            || async { (applied().await > before || load.is_finished()).then_some(()) },
         )
         .await;
+        if load.is_finished() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(150)).await;
         projector.restart();
+        kills += 1;
     }
+    assert!(
+        kills >= 2,
+        "only {kills} kill(s) landed while events were appended"
+    );
     load.await.unwrap();
     // Publish every agent event a second time: the projection must not apply them again.
     succeeded(&keel(
