@@ -46,17 +46,14 @@ pub enum Until {
 impl FromStr for Until {
     type Err = String;
 
+    /// A positive global position, or an RFC 3339 time.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if let Ok(p) = text.parse::<i64>() {
-            return if p > 0 {
-                Ok(Until::Position(p))
-            } else {
-                Err(format!("position {p}: positions start at 1"))
-            };
-        }
-        DateTime::parse_from_rfc3339(text)
-            .map(|t| Until::Time(t.with_timezone(&Utc)))
-            .map_err(|_| format!("{text:?} is neither a position nor an RFC 3339 time"))
+        Ok(
+            match crate::replay::number_or_time::<i64>(text, "position")? {
+                Ok(p) => Until::Position(p),
+                Err(t) => Until::Time(t),
+            },
+        )
     }
 }
 
@@ -459,5 +456,24 @@ async fn futures_cancelled<F: Future<Output = ()>>(cancel: &mut std::pin::Pin<&m
         biased;
         _ = cancel.as_mut() => true,
         _ = std::future::ready(()) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_takes_a_position_or_a_time_and_refuses_anything_else() {
+        assert_eq!("42".parse(), Ok(Until::Position(42)));
+        assert!(matches!(
+            "2026-11-27T10:00:00Z".parse::<Until>(),
+            Ok(Until::Time(_))
+        ));
+        assert_eq!(
+            "0".parse::<Until>(),
+            Err("position 0: positions start at 1".to_owned())
+        );
+        assert!("soon".parse::<Until>().is_err());
     }
 }

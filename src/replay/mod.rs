@@ -32,17 +32,29 @@ impl FromStr for AsOf {
 
     /// A positive version number, or an RFC 3339 time.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if let Ok(v) = text.parse::<i32>() {
-            return if v > 0 {
-                Ok(AsOf::Version(v))
-            } else {
-                Err(format!("version {v}: versions start at 1"))
-            };
-        }
-        DateTime::parse_from_rfc3339(text)
-            .map(|t| AsOf::Time(t.with_timezone(&Utc)))
-            .map_err(|_| format!("{text:?} is neither a version nor an RFC 3339 time"))
+        Ok(match number_or_time::<i32>(text, "version")? {
+            Ok(v) => AsOf::Version(v),
+            Err(t) => AsOf::Time(t),
+        })
     }
+}
+
+/// Parses a command-line bound: a positive number (`Ok`), or an RFC 3339 time (`Err`). `noun`
+/// names the number in the error message.
+pub(crate) fn number_or_time<N>(text: &str, noun: &str) -> Result<Result<N, DateTime<Utc>>, String>
+where
+    N: FromStr + PartialOrd + Default + std::fmt::Display,
+{
+    if let Ok(n) = text.parse::<N>() {
+        return if n > N::default() {
+            Ok(Ok(n))
+        } else {
+            Err(format!("{noun} {n}: {noun}s start at 1"))
+        };
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| Err(t.with_timezone(&Utc)))
+        .map_err(|_| format!("{text:?} is neither a {noun} nor an RFC 3339 time"))
 }
 
 impl AsOf {
