@@ -75,6 +75,16 @@ impl Catalog {
         self.entries.get(event_type)
     }
 
+    /// The Kafka topic of an event of `event_type` on an aggregate of `aggregate_type`: the
+    /// type's catalog topic, or `prefix` plus the aggregate type. The relay publishes there and
+    /// projections subscribe there.
+    pub fn topic(&self, event_type: &str, aggregate_type: &str, prefix: &str) -> String {
+        EventType::parse(event_type)
+            .ok()
+            .and_then(|t| self.get(&t).and_then(|e| e.spec.topic.clone()))
+            .unwrap_or_else(|| format!("{prefix}{aggregate_type}"))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &EventTypeEntry> {
         self.entries.values()
     }

@@ -103,13 +103,13 @@ pub fn topics(
             .ok()
             .and_then(|t| catalog.get(&t))
             .ok_or_else(|| anyhow::anyhow!("event type {t} is not in the catalog"))?;
-        let topic = match (&entry.spec.topic, &entry.spec.aggregate_type) {
-            (Some(topic), _) => topic.clone(),
-            (None, Some(aggregate)) => format!("{prefix}{}", aggregate.as_str()),
-            (None, None) => anyhow::bail!(
+        let aggregate = entry.spec.aggregate_type.as_ref().map(|a| a.as_str());
+        if entry.spec.topic.is_none() && aggregate.is_none() {
+            anyhow::bail!(
                 "event type {t} names neither a topic nor an aggregate type, so its topic is unknown"
-            ),
-        };
+            );
+        }
+        let topic = catalog.topic(t, aggregate.unwrap_or_default(), prefix);
         // keel_applied keeps one version per aggregate, which is only sound if each
         // aggregate's events reach the projection through one topic, in order.
         if let Some(aggregate) = &entry.spec.aggregate_type {

@@ -34,7 +34,6 @@ use super::sink::ErrorClass;
 use super::sink::{Outcome, SinkError};
 use crate::catalog::Catalog;
 use crate::config::KafkaSinkConfig;
-use crate::model::EventType;
 use crate::registry::Registry;
 use crate::schema::{self, ParsedSchema};
 
@@ -110,10 +109,8 @@ impl KafkaSink {
         if let Some(topic) = &self.only_topic {
             return topic.clone();
         }
-        EventType::parse(event_type)
-            .ok()
-            .and_then(|t| self.catalog.get(&t).and_then(|e| e.spec.topic.clone()))
-            .unwrap_or_else(|| format!("{}{aggregate_type}", self.config.topic_prefix))
+        self.catalog
+            .topic(event_type, aggregate_type, &self.config.topic_prefix)
     }
 
     /// [`KafkaSink::topic_for`] for each row, worked out once per (event type, aggregate type).
