@@ -787,11 +787,10 @@ struct Mirror {
 
 impl Mirror {
     fn new(brokers: &str, suffix: &str, partitions: i32) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
+        // The relay's producer settings (idempotent, acks=all), with a finite time-out: a mirror
+        // that cannot be written must not hold the partition back.
+        let mut config = crate::relay::kafka::producer_config(brokers, &BTreeMap::new());
         config
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
             .set("message.timeout.ms", "10000")
             .set("client.id", "keel-dlq-mirror");
         Ok(Self {
