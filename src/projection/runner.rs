@@ -91,7 +91,7 @@ pub async fn run(
         pool,
         decoder: Decoder::new(registry),
         projection,
-        consumer,
+        consumer: Arc::new(consumer),
         parts: HashMap::new(),
         schema: String::new(),
     };
@@ -167,7 +167,7 @@ struct Runner {
     pool: PgPool,
     decoder: Decoder,
     projection: Arc<dyn Projection>,
-    consumer: StreamConsumer<Resets>,
+    consumer: Arc<StreamConsumer<Resets>>,
     parts: HashMap<(String, i32), Part>,
     schema: String,
 }
@@ -275,17 +275,19 @@ impl Runner {
             last.insert((r.topic.clone(), r.partition), r.offset);
         }
         // One applier per partition at a time, even before its offset row exists (a row lock
-        // would lock nothing then). Record in a fixed order, so runners cannot deadlock.
-        for (topic, partition) in last.keys() {
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtext('keel_projection:' || $1 || ':' || $2), $3)",
-            )
-            .bind(name)
-            .bind(topic)
-            .bind(partition)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // would lock nothing then). One statement, in the batch's sorted order, so runners
+        // cannot deadlock.
+        let (topics, partitions): (Vec<&str>, Vec<i32>) =
+            last.keys().map(|(t, p)| (t.as_str(), *p)).unzip();
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(hashtext('keel_projection:' || $1 || ':' || t), p))
+               FROM (SELECT * FROM unnest($2::text[], $3::int[]) AS u(t, p) ORDER BY t, p) AS sorted",
+        )
+        .bind(name)
+        .bind(&topics)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
         let rows: Vec<(String, i32, i64)> = sqlx::query_as(
             "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = $1",
         )
@@ -373,15 +375,26 @@ impl Runner {
 
     /// Stores how many records the runner's partitions are behind their high watermarks.
     async fn report_lag(&self) {
-        let mut lag = 0i64;
-        for ((topic, partition), part) in &self.parts {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(topic, *partition, Duration::from_secs(2))
-            {
-                lag += (high - part.stored.unwrap_or(0)).max(0);
-            }
-        }
+        let stored: Vec<(String, i32, i64)> = self
+            .parts
+            .iter()
+            .map(|((t, p), part)| (t.clone(), *p, part.stored.unwrap_or(0)))
+            .collect();
+        // Watermark lookups block: keep them off the runtime's threads.
+        let consumer = self.consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || {
+            stored
+                .iter()
+                .filter_map(|(topic, partition, next)| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(topic, *partition, Duration::from_secs(2))
+                        .ok()?;
+                    Some((high - next).max(0))
+                })
+                .sum::<i64>()
+        })
+        .await
+        .unwrap_or(0);
         let _ = sqlx::query("UPDATE projections SET lag_records = $2 WHERE name = $1")
             .bind(self.projection.name())
             .bind(lag)
