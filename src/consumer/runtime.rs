@@ -503,7 +503,8 @@ async fn handle_batch<H: Handler>(
                 continue;
             }
         };
-        match deliver(shared, record, &event, false, gate).await {
+        let (outcome, event) = deliver(shared, record, event, false, gate).await;
+        match outcome {
             Outcome::Handled => {}
             Outcome::Park(reason, detail, tries) => {
                 park(shared, record, reason, &detail, tries, Some(&event), gate).await?;
@@ -525,13 +526,13 @@ enum Outcome {
 async fn deliver<H: Handler>(
     shared: &Shared<H>,
     record: &Record,
-    event: &RecordedEvent,
+    event: RecordedEvent,
     redelivery: bool,
     gate: &Gate,
-) -> Outcome {
+) -> (Outcome, RecordedEvent) {
     let sub = &shared.subscription;
     let mut delivery = Delivery {
-        event: event.clone(),
+        event,
         topic: record.topic.clone(),
         partition: record.partition,
         offset: record.offset,
@@ -545,19 +546,19 @@ async fn deliver<H: Handler>(
             Ok(()) => "handled",
             Err(HandlerError::Permanent(e)) => {
                 ::metrics::counter!(crate::metrics::CONSUMER_HANDLED, "group" => sub.group.clone(), "outcome" => "permanent").increment(1);
-                return Outcome::Park(
-                    ParkReason::Permanent,
-                    format!("{e:#}"),
-                    delivery.attempt as i32,
+                let attempts = delivery.attempt as i32;
+                return (
+                    Outcome::Park(ParkReason::Permanent, format!("{e:#}"), attempts),
+                    delivery.event,
                 );
             }
             Err(HandlerError::Retriable(e)) => {
                 ::metrics::counter!(crate::metrics::CONSUMER_HANDLED, "group" => sub.group.clone(), "outcome" => "retriable").increment(1);
                 if delivery.attempt > sub.max_retries {
-                    return Outcome::Park(
-                        ParkReason::RetriesExhausted,
-                        format!("{e:#}"),
-                        delivery.attempt as i32,
+                    let attempts = delivery.attempt as i32;
+                    return (
+                        Outcome::Park(ParkReason::RetriesExhausted, format!("{e:#}"), attempts),
+                        delivery.event,
                     );
                 }
                 tracing::debug!(error = %e, attempt = delivery.attempt, "handler failed; retrying");
@@ -566,15 +567,15 @@ async fn deliver<H: Handler>(
         };
         if outcome == "handled" {
             ::metrics::counter!(crate::metrics::CONSUMER_HANDLED, "group" => sub.group.clone(), "outcome" => "handled").increment(1);
-            return Outcome::Handled;
+            return (Outcome::Handled, delivery.event);
         }
         let revoked = gate.revoked_signal.notified();
         if gate.is_revoked() {
-            return Outcome::Abandoned;
+            return (Outcome::Abandoned, delivery.event);
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = revoked => return Outcome::Abandoned,
+            _ = revoked => return (Outcome::Abandoned, delivery.event),
         }
         backoff = (backoff * 2).min(sub.backoff_max);
         delivery.attempt += 1;
@@ -621,6 +622,7 @@ async fn redrive_open<H: Handler>(
         return;
     };
     let mut stuck: HashSet<&str> = HashSet::new();
+    let mut delivered: HashSet<i64> = HashSet::new();
     for row in &rows {
         if stuck.contains(row.record_key.as_str()) {
             continue;
@@ -651,8 +653,11 @@ async fn redrive_open<H: Handler>(
                 continue;
             }
         };
-        let result = match deliver(shared, &record, &event, true, gate).await {
-            Outcome::Handled => dlq::delivered(&shared.pool, row.id).await,
+        let result = match deliver(shared, &record, event, true, gate).await.0 {
+            Outcome::Handled => {
+                delivered.insert(row.id);
+                dlq::delivered(&shared.pool, row.id).await
+            }
             Outcome::Park(reason, detail, tries) => {
                 stuck.insert(&row.record_key);
                 dlq::failed_again(&shared.pool, row, reason, &detail, tries).await
@@ -664,9 +669,12 @@ async fn redrive_open<H: Handler>(
             return;
         }
     }
-    if let Some(keys) = open_keys(shared, topic, partition, gate).await {
-        state.blocked = keys;
-    }
+    // A key stays blocked while any of its rows is still open.
+    state.blocked = rows
+        .iter()
+        .filter(|r| !delivered.contains(&r.id))
+        .map(|r| r.record_key.clone())
+        .collect();
 }
 
 async fn open_keys<H: Handler>(
