@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use apache_avro::types::Value as AvroValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::model::{Metadata, RecordedEvent};
 use crate::schema::ParsedSchema;
@@ -43,23 +43,6 @@ pub fn confluent_avro(
     out.extend_from_slice(&schema_id.to_be_bytes());
     out.extend_from_slice(&datum);
     Ok(out)
-}
-
-/// The JSON envelope: the event as keel's read API returns it.
-pub fn json_envelope(event: &RecordedEvent) -> Value {
-    json!({
-        "id": event.id,
-        "type": event.event_type,
-        "aggregate_type": event.aggregate_type,
-        "aggregate_id": event.aggregate_id,
-        "version": event.version,
-        "position": event.position,
-        "schema_id": event.schema_id,
-        "schema_version": event.schema_version,
-        "created_at": event.created_at,
-        "metadata": event.metadata,
-        "payload": event.payload,
-    })
 }
 
 /// The headers of a Kafka record, as `(name, value)` pairs in a fixed order.
@@ -104,6 +87,7 @@ pub fn headers(
 mod tests {
     use super::*;
     use apache_avro::from_avro_datum;
+    use serde_json::json;
 
     fn schema() -> Arc<ParsedSchema> {
         Arc::new(

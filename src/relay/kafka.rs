@@ -206,7 +206,7 @@ impl KafkaSink {
     ) -> Result<(Vec<u8>, &'static str, Option<(i32, i32)>), SinkError> {
         let event = &row.event;
         if self.config.json_topics.iter().any(|t| t == topic) {
-            let body = serde_json::to_vec(&envelope::json_envelope(event))
+            let body = serde_json::to_vec(event)
                 .map_err(|e| SinkError::permanent("serialization", e.to_string()))?;
             let schema = event.schema_id.zip(event.schema_version);
             return Ok((body, CONTENT_JSON, schema));

@@ -15,7 +15,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult};
 use tokio::sync::Mutex;
 
-use super::envelope::json_envelope;
 use super::outbox::OutboxRow;
 use super::sink::{Outcome, SinkError};
 use crate::config::RedisSinkConfig;
@@ -76,7 +75,8 @@ impl RedisSink {
                 .arg(&e.event_type)
                 .arg(e.aggregate_id.to_string())
                 .arg(e.version)
-                .arg(json_envelope(e).to_string());
+                // The JSON envelope: the event as keel's read API returns it.
+                .arg(serde_json::to_string(e).unwrap_or_default());
         }
         let replies: RedisResult<Vec<String>> = match self.connection().await {
             Ok(mut c) => call.invoke_async(&mut c).await,
