@@ -283,8 +283,12 @@ impl KafkaSink {
     }
 
     /// Waits up to `timeout` for queued messages to be acknowledged (on shutdown).
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer().flush(Timeout::After(timeout)) {
+    /// librdkafka's flush blocks, so it runs off the runtime's threads.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+        if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "kafka producer did not flush before shutdown");
         }
     }

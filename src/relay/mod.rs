@@ -36,7 +36,6 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
 use self::kafka::KafkaSink;
 use self::lease::Leases;
@@ -70,9 +69,9 @@ impl Sink {
         }
     }
 
-    fn shutdown(&self) {
+    async fn shutdown(&self) {
         if let Sink::Kafka(k) = self {
-            k.flush(Duration::from_secs(5));
+            k.flush(Duration::from_secs(5)).await;
         }
     }
 
@@ -115,21 +114,15 @@ impl Sent {
 pub struct RelayHandle {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    owner: Uuid,
     sinks: Vec<Arc<Sink>>,
 }
 
 impl RelayHandle {
-    /// This relay's id in `relay_leases` and `relay_members`.
-    pub fn owner(&self) -> Uuid {
-        self.owner
-    }
-
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
         while self.tasks.join_next().await.is_some() {}
         for sink in &self.sinks {
-            sink.shutdown();
+            sink.shutdown().await;
         }
     }
 }
@@ -214,12 +207,7 @@ pub async fn start(
     let kinds: Vec<SinkKind> = sinks.iter().map(|s| s.kind()).collect();
     tasks.spawn(housekeeping(pool, leases.subscribe(), kinds, stop_rx));
     tracing::info!(relay = %name, owner = %leases.owner, sinks = sinks.len(), "relay started");
-    Ok(RelayHandle {
-        stop,
-        tasks,
-        owner: leases.owner,
-        sinks,
-    })
+    Ok(RelayHandle { stop, tasks, sinks })
 }
 
 /// The relay's own connections, apart from the API's: every sink lane and the lease, listener and

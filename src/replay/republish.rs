@@ -143,7 +143,7 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
             }
         }
     }
-    sink.flush(Duration::from_secs(5));
+    sink.flush(Duration::from_secs(5)).await;
     progress.finish("done");
     println!("republished {sent} events to {}", args.topic);
     Ok(())
