@@ -448,11 +448,13 @@ pub async fn query_log(
             .as_deref()
             .map(|id| parse_uuid(id, "invalid_aggregate_id", "aggregate id"))
             .transpose()?,
-        event_type: query
+        event_types: query
             .event_type
             .map(EventType::parse)
             .transpose()
-            .map_err(|e| ApiError::bad_request("invalid_event_type", e.to_string()))?,
+            .map_err(|e| ApiError::bad_request("invalid_event_type", e.to_string()))?
+            .into_iter()
+            .collect(),
         from: query.from,
         to: query.to,
     };

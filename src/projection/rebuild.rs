@@ -32,7 +32,7 @@ use super::{apply_once, create_schema, live_schema, run_script, ApplyContext, Pr
 use crate::model::{EventType, RecordedEvent};
 use crate::registry::Registry;
 use crate::replay::progress::Progress;
-use crate::store::log::{read_committed_after, LogCursor, LogFilter};
+use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
 
 /// Where a point-in-time view stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,13 +126,16 @@ pub async fn rebuild(
     Ok(r.report)
 }
 
-/// A single-type projection reads with the log's type filter; others filter in [`Rebuild::page`].
+/// The log filter for a projection's event types.
 fn filter_for(projection: &dyn Projection) -> LogFilter {
-    let mut filter = LogFilter::default();
-    if let [only] = projection.event_types() {
-        filter.event_type = EventType::parse(*only).ok();
+    LogFilter {
+        event_types: projection
+            .event_types()
+            .iter()
+            .filter_map(|t| EventType::parse(*t).ok())
+            .collect(),
+        ..Default::default()
     }
-    filter
 }
 
 struct Rebuild<'p> {
@@ -180,7 +183,7 @@ impl Rebuild<'_> {
             .await?
             .unwrap_or(LogCursor::START);
         drop(conn);
-        let total = remaining(pool, self.projection, after).await?;
+        let total = count_committed_after(pool, after, &self.filter).await? as u64;
         let progress = Progress::new(&format!("rebuilding {name}"), Some(total));
         if resume {
             progress.note(&format!("resuming an interrupted rebuild from {after}"));
@@ -425,29 +428,6 @@ async fn cursor(conn: &mut PgConnection, schema: &str) -> anyhow::Result<Option<
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(tx_id, position)| LogCursor { tx_id, position }))
-}
-
-/// How many events of the projection's types are after `after`, for the progress bar.
-async fn remaining(
-    pool: &PgPool,
-    projection: &dyn Projection,
-    after: LogCursor,
-) -> anyhow::Result<u64> {
-    let types: Vec<String> = projection
-        .event_types()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = ANY($1)
-            AND (tx_id, position) > ($2::bigint::text::xid8, $3)",
-    )
-    .bind(&types)
-    .bind(after.tx_id)
-    .bind(after.position)
-    .fetch_one(pool)
-    .await?;
-    Ok(n as u64)
 }
 
 /// Whether `cancel` has resolved, without waiting.

@@ -22,7 +22,7 @@ use crate::registry::Registry;
 use crate::relay::kafka::KafkaSink;
 use crate::relay::outbox::OutboxRow;
 use crate::relay::sink::Outcome;
-use crate::store::log::{read_committed_after, LogCursor, LogFilter};
+use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
 use crate::store::Store;
 
 #[derive(Debug, Clone, Args)]
@@ -75,25 +75,12 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
     .context("cannot configure the kafka producer")?
     .to_topic(&args.topic);
     let filter = LogFilter {
+        event_types: types,
         from: args.from,
         to: args.to,
         ..Default::default()
     };
-    let type_names: Vec<String> = types.iter().map(|t| t.as_str().to_owned()).collect();
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events
-          WHERE (tx_id, position) > ($1::bigint::text::xid8, $2)
-            AND (cardinality($3::text[]) = 0 OR event_type = ANY($3))
-            AND ($4::timestamptz IS NULL OR created_at >= $4)
-            AND ($5::timestamptz IS NULL OR created_at < $5)",
-    )
-    .bind(cursor.tx_id)
-    .bind(cursor.position)
-    .bind(&type_names)
-    .bind(args.from)
-    .bind(args.to)
-    .fetch_one(store.pool())
-    .await?;
+    let total = count_committed_after(store.pool(), cursor, &filter).await?;
     let progress = Progress::new(
         &format!("republishing to {}", args.topic),
         Some(total as u64),
@@ -108,7 +95,6 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
         };
         let rows: Vec<OutboxRow> = page
             .into_iter()
-            .filter(|e| types.is_empty() || types.iter().any(|t| t.as_str() == e.event.event_type))
             .map(|e| OutboxRow {
                 partition: 0,
                 tx_id: e.tx_id,

@@ -87,7 +87,8 @@ impl fmt::Display for LogCursor {
 pub struct LogFilter {
     pub aggregate_type: Option<AggregateType>,
     pub aggregate_id: Option<Uuid>,
-    pub event_type: Option<EventType>,
+    /// Events of these types; empty for every type.
+    pub event_types: Vec<EventType>,
     /// Events created at or after this time.
     pub from: Option<DateTime<Utc>>,
     /// Events created before this time.
@@ -124,20 +125,54 @@ pub async fn read_committed_after<'e>(
     offset: i64,
 ) -> Result<Vec<LoggedEvent>, Error> {
     let mut q = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS tx_id FROM events WHERE (tx_id, position) > ("
+        "SELECT {EVENT_COLUMNS}, tx_id::text::bigint AS tx_id FROM events"
     ));
-    q.push_bind(after.tx_id)
+    push_committed_after(&mut q, after, filter);
+    // Qualified: a bare `tx_id` would name the bigint output column, which no index orders.
+    q.push(" ORDER BY events.tx_id, events.position LIMIT ")
+        .push_bind(limit)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    Ok(q.build_query_as().fetch_all(executor).await?)
+}
+
+/// How many events [`read_committed_after`] would return from `after` with no limit: for
+/// progress reports.
+pub async fn count_committed_after<'e>(
+    executor: impl PgExecutor<'e>,
+    after: LogCursor,
+    filter: &LogFilter,
+) -> Result<i64, Error> {
+    let mut q = QueryBuilder::<Postgres>::new("SELECT count(*) FROM events");
+    push_committed_after(&mut q, after, filter);
+    Ok(q.build_query_scalar().fetch_one(executor).await?)
+}
+
+/// The `WHERE` clause both readers share: after the cursor, below the horizon, and the filters.
+fn push_committed_after(q: &mut QueryBuilder<'_, Postgres>, after: LogCursor, filter: &LogFilter) {
+    q.push(" WHERE (tx_id, position) > (")
+        .push_bind(after.tx_id)
         .push("::bigint::text::xid8, ")
         .push_bind(after.position)
         .push(") AND tx_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))");
     if let Some(t) = &filter.aggregate_type {
-        q.push(" AND aggregate_type = ").push_bind(t.as_str());
+        q.push(" AND aggregate_type = ")
+            .push_bind(t.as_str().to_owned());
     }
     if let Some(id) = filter.aggregate_id {
         q.push(" AND aggregate_id = ").push_bind(id);
     }
-    if let Some(t) = &filter.event_type {
-        q.push(" AND event_type = ").push_bind(t.as_str());
+    match filter.event_types.as_slice() {
+        [] => {}
+        // One type as a plain equality, which the (event_type, tx_id, position) index serves.
+        [t] => {
+            q.push(" AND event_type = ")
+                .push_bind(t.as_str().to_owned());
+        }
+        many => {
+            let names: Vec<String> = many.iter().map(|t| t.as_str().to_owned()).collect();
+            q.push(" AND event_type = ANY(").push_bind(names).push(")");
+        }
     }
     if let Some(from) = filter.from {
         q.push(" AND created_at >= ").push_bind(from);
@@ -145,12 +180,6 @@ pub async fn read_committed_after<'e>(
     if let Some(to) = filter.to {
         q.push(" AND created_at < ").push_bind(to);
     }
-    // Qualified: a bare `tx_id` would name the bigint output column, which no index orders.
-    q.push(" ORDER BY events.tx_id, events.position LIMIT ")
-        .push_bind(limit)
-        .push(" OFFSET ")
-        .push_bind(offset);
-    Ok(q.build_query_as().fetch_all(executor).await?)
 }
 
 /// How long the oldest write transaction on the server has been open, in seconds (0 when none
