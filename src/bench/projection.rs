@@ -51,7 +51,7 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
     prefill(&pool, args.events, args.aggregates, v1.id).await?;
     let topic = format!("bench.projection.{}", Uuid::new_v4().simple());
     create_topics(&config, &[&topic]).await?;
-    let records = encode_backlog(&pool, &v1.schema, v1.id).await?;
+    let records = encode_backlog(&pool, &v1).await?;
     let producer = producer(&config)?;
     let mut pending = Vec::with_capacity(records.len());
     for r in &records {

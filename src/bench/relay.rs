@@ -19,8 +19,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use sqlx::PgPool;
@@ -76,7 +76,7 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
-        let records = encode_backlog(&pool, &schema.schema, schema.id).await?;
+        let records = encode_backlog(&pool, &schema).await?;
         let raw = raw_drain(&config, &raw_topic, &records).await?;
         drop(records);
         let keel = relay_drain(&config, &app).await?;
@@ -228,8 +228,7 @@ pub(super) struct Record {
 /// Encodes the backlog the same way the relay does, before the clock starts.
 pub(super) async fn encode_backlog(
     pool: &PgPool,
-    schema: &Arc<crate::schema::ParsedSchema>,
-    schema_id: i32,
+    schema: &crate::registry::EventSchema,
 ) -> anyhow::Result<Vec<Record>> {
     let started = Instant::now();
     let rows = outbox::read_batch(
@@ -243,12 +242,16 @@ pub(super) async fn encode_backlog(
     let records = rows
         .iter()
         .map(|r| {
-            let value = envelope::confluent_avro(schema_id, schema, &r.event.payload)
+            let value = envelope::confluent_avro(schema.id, &schema.schema, &r.event.payload)
                 .map_err(anyhow::Error::msg)?;
             Ok(Record {
                 key: r.event.aggregate_id.to_string(),
                 value,
-                headers: envelope::headers(&r.event, envelope::CONTENT_AVRO, Some((schema_id, 1))),
+                headers: envelope::headers(
+                    &r.event,
+                    envelope::CONTENT_AVRO,
+                    Some((schema.id, schema.version)),
+                ),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -284,32 +287,7 @@ pub(super) async fn raw_send(
     topic: &str,
     r: &Record,
 ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-    let mut headers = OwnedHeaders::new();
-    for (k, v) in &r.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
-    let mut record = FutureRecord::to(topic)
-        .key(r.key.as_str())
-        .payload(&r.value)
-        .headers(headers);
-    loop {
-        match producer.send_result(record) {
-            Ok(d) => return Ok(d),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+    Ok(kafka::enqueue(producer, topic, &r.key, &r.value, &r.headers).await?)
 }
 
 /// Starts a relay and times it until every partition's Kafka cursor reaches the backlog's end.

@@ -33,8 +33,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
@@ -813,33 +813,36 @@ impl Mirror {
     async fn send(&self, group: &str, record: &Record, reason: ParkReason, detail: &str) {
         let topic = format!("{}{}", record.topic, self.suffix);
         self.ensure(&topic).await;
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &record.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        for (k, v) in [
-            ("keel-dlq-group", group),
-            ("keel-dlq-reason", reason.as_str()),
-            ("keel-dlq-detail", detail),
-            ("keel-dlq-topic", record.topic.as_str()),
-            ("keel-dlq-partition", partition.as_str()),
-            ("keel-dlq-offset", offset.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let out = FutureRecord::to(&topic)
-            .key(&record.key)
-            .payload(&record.value)
-            .headers(headers);
-        if let Err((e, _)) = self.producer.send(out, Duration::from_secs(10)).await {
+        let mut headers: Vec<(&str, String)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        headers.extend([
+            ("keel-dlq-group", group.to_owned()),
+            ("keel-dlq-reason", reason.as_str().to_owned()),
+            ("keel-dlq-detail", detail.to_owned()),
+            ("keel-dlq-topic", record.topic.clone()),
+            ("keel-dlq-partition", record.partition.to_string()),
+            ("keel-dlq-offset", record.offset.to_string()),
+        ]);
+        let sent = crate::relay::kafka::enqueue(
+            &self.producer,
+            &topic,
+            &record.key,
+            &record.value,
+            &headers,
+        )
+        .await;
+        let delivered = match sent {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("the producer was dropped".to_owned()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = delivered {
             tracing::warn!(error = %e, topic, "could not mirror a parked record to the .dlq topic");
             ::metrics::counter!(crate::metrics::DLQ_MIRROR_ERRORS).increment(1);
         }

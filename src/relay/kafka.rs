@@ -344,26 +344,40 @@ async fn send(
     schema: Option<(i32, i32)>,
 ) -> Result<rdkafka::producer::DeliveryFuture, SinkError> {
     let key = row.event.aggregate_id.to_string();
-    let mut headers = OwnedHeaders::new();
-    for (name, v) in envelope::headers(&row.event, content_type, schema) {
-        headers = headers.insert(Header {
+    let headers = envelope::headers(&row.event, content_type, schema);
+    enqueue(producer, topic, &key, value, &headers)
+        .await
+        .map_err(|e| classify(&e))
+}
+
+/// Hands one record to librdkafka and returns its delivery future. A full local queue is waited
+/// out (deliveries drain it), never reported as an error.
+pub async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    headers: &[(&str, String)],
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (name, v) in headers {
+        owned = owned.insert(Header {
             key: name,
             value: Some(v.as_bytes()),
         });
     }
     let mut record = FutureRecord::to(topic)
-        .key(key.as_str())
+        .key(key)
         .payload(value)
-        .headers(headers);
+        .headers(owned);
     loop {
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                // The local queue is full: let deliveries drain, then try again.
                 record = back;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err((e, _)) => return Err(classify(&e)),
+            Err((e, _)) => return Err(e),
         }
     }
 }
