@@ -384,4 +384,33 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
         },
     )
     .await;
+    // `keel dlq show` says why; the group's depth counts both rows.
+    let parked_id = keel_dlq(&app, &["list", "--group", group, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["state"] == "parked")
+        .unwrap()["id"]
+        .to_string();
+    let shown: Value = serde_json::from_str(&keel_dlq(&app, &["show", &parked_id])).unwrap();
+    assert_eq!(shown["reason_class"], "crash_loop");
+    assert_eq!(shown["event_id"], ids[1].to_string());
+    assert!(shown["value_base64"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    let (depth, age) = keel::consumer::dlq::depth(app.store.pool(), group)
+        .await
+        .unwrap();
+    assert_eq!(depth, 2);
+    assert!(age >= 0.0);
+    // Skipping the parked record releases the one held behind it; the skipped one is never handled.
+    keel_dlq(&app, &["skip", "--group", group, &parked_id]);
+    let rest: HashMap<Uuid, Vec<Uuid>> = [(agent, vec![ids[0], ids[2]])].into();
+    wait_handled(&app, &rest, Duration::from_secs(30)).await;
+    assert!(handled(&app).await.iter().all(|r| r.3 != ids[1]));
+    eventually(
+        Duration::from_secs(10),
+        "an empty dead-letter list",
+        || async { dlq_rows(&app, group).is_empty().then_some(()) },
+    )
+    .await;
 }
