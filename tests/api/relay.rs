@@ -834,3 +834,35 @@ async fn redis_streams_are_trimmed_to_about_the_configured_length() {
     assert!((10..250).contains(&len), "stream length {len}");
     redis_del(&mut conn, &stream).await;
 }
+
+#[tokio::test]
+async fn an_in_process_relay_wakes_on_the_apis_commit_signal() {
+    let broker = Broker::start();
+    // A 20 s poll and no NOTIFY: only the in-process signal after each commit can wake the relay
+    // within the 8 s below.
+    let app = spawn_kafka_relayed_app(&broker, |c| {
+        c.relay.poll_interval_ms = 20_000;
+        c.relay.notify = false;
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the relay to hold every partition",
+        || async {
+            let held: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM relay_leases WHERE lease_until > now()")
+                    .fetch_one(app.store.pool())
+                    .await
+                    .unwrap();
+            (held == 16).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agent = Uuid::new_v4();
+    let log = Mutex::new(HashMap::new());
+    append_one(&app, agent, &log, agent_state_changed(agent, "a")).await;
+    let id = log.into_inner()[&agent][0];
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&[id], Duration::from_secs(8)).await;
+}
