@@ -178,6 +178,44 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
         .await;
     assert_in_order(&reader.received, &expected);
     assert!(reader.received.iter().all(|r| r.aggregate_id() != service));
+
+    // Resuming with --after (a cursor from the log API, the kind republish prints when
+    // interrupted) re-sends only what follows it.
+    let first = app
+        .get("/v1/events?event_type=agent.state.changed&limit=5")
+        .await;
+    let skipped: Vec<Uuid> = first.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let after = first.body["next"].as_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "replay",
+            "republish",
+            "--topic",
+            "replay.rest",
+            "--after",
+            after,
+        ])
+        .args(["--event-type", "agent.state.changed", "--rate", "1000"])
+        .env("KEEL_DATABASE_URL", &app.config.database_url)
+        .env("KEEL_KAFKA_BROKERS", broker.brokers())
+        .env("KEEL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("republished 10 events to replay.rest"));
+    let rest: Vec<Uuid> = all.into_iter().filter(|id| !skipped.contains(id)).collect();
+    let mut reader = KafkaReader::new(&broker.brokers(), &["replay.rest"]);
+    reader
+        .read_ids(&rest, std::time::Duration::from_secs(30))
+        .await;
+    assert!(reader
+        .received
+        .iter()
+        .all(|r| !skipped.contains(&r.event_id())));
 }
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
