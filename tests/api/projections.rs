@@ -406,6 +406,44 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.error_code(), "invalid_agent_id");
+
+    // A record that cannot be decoded stops the projection, visibly, instead of being skipped.
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "keel-event-type",
+        value: Some("agent.state.changed"),
+    });
+    producer
+        .send(
+            FutureRecord::to("keel.agent")
+                .key("not-an-aggregate")
+                .payload("not avro")
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let status = eventually(
+        Duration::from_secs(30),
+        "the projection to report failing",
+        || async {
+            let s = app.get("/v1/projections/agent_status").await.body;
+            (s["state"] == "failing").then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not decode"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
