@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::model::{Metadata, RecordedEvent};
+use crate::model::RecordedEvent;
 use crate::registry::{Registry, VersionSpec};
-use crate::relay::envelope::{CONTENT_AVRO, CONTENT_JSON};
+use crate::relay::envelope::{header, CONTENT_AVRO, CONTENT_JSON, METADATA_HEADERS};
 use crate::schema::ParsedSchema;
 
 /// Why a record cannot be decoded. A subscriber treats these as permanent: the record will not
@@ -59,7 +59,7 @@ impl Decoder {
         reader: Option<VersionSpec>,
     ) -> Result<RecordedEvent, DecodeError> {
         let content_type = headers
-            .get("keel-content-type")
+            .get(header::CONTENT_TYPE)
             .map(String::as_str)
             .unwrap_or(CONTENT_AVRO);
         let mut event = match content_type {
@@ -127,29 +127,25 @@ fn envelope(headers: &HashMap<String, String>) -> Result<RecordedEvent, DecodeEr
     ) -> Result<T, DecodeError> {
         get(h, name)?.parse().map_err(|_| DecodeError::Header(name))
     }
-    let created_at: DateTime<Utc> = DateTime::parse_from_rfc3339(get(headers, "keel-created-at")?)
-        .map_err(|_| DecodeError::Header("keel-created-at"))?
+    let created_at: DateTime<Utc> = DateTime::parse_from_rfc3339(get(headers, header::CREATED_AT)?)
+        .map_err(|_| DecodeError::Header(header::CREATED_AT))?
         .with_timezone(&Utc);
     let mut metadata = Map::new();
-    for (header, key) in [
-        ("keel-correlation-id", Metadata::CORRELATION_ID),
-        ("keel-causation-id", Metadata::CAUSATION_ID),
-        ("traceparent", Metadata::TRACEPARENT),
-    ] {
+    for (header, key) in METADATA_HEADERS {
         if let Some(v) = headers.get(header) {
             metadata.insert(key.to_owned(), Value::String(v.clone()));
         }
     }
     Ok(RecordedEvent {
-        id: parse::<Uuid>(headers, "keel-event-id")?,
-        position: parse(headers, "keel-position")?,
-        aggregate_type: get(headers, "keel-aggregate-type")?.to_owned(),
-        aggregate_id: parse(headers, "keel-aggregate-id")?,
-        version: parse(headers, "keel-aggregate-version")?,
-        event_type: get(headers, "keel-event-type")?.to_owned(),
+        id: parse::<Uuid>(headers, header::EVENT_ID)?,
+        position: parse(headers, header::POSITION)?,
+        aggregate_type: get(headers, header::AGGREGATE_TYPE)?.to_owned(),
+        aggregate_id: parse(headers, header::AGGREGATE_ID)?,
+        version: parse(headers, header::AGGREGATE_VERSION)?,
+        event_type: get(headers, header::EVENT_TYPE)?.to_owned(),
         schema_id: None,
         schema_version: headers
-            .get("keel-schema-version")
+            .get(header::SCHEMA_VERSION)
             .and_then(|v| v.parse().ok()),
         payload: Value::Null,
         metadata: Value::Object(metadata),

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::model::RecordedEvent;
+use crate::relay::envelope::header;
 
 /// A record as the consumer received it, owned.
 #[derive(Debug, Clone)]
@@ -57,7 +58,7 @@ impl Record {
     }
 
     pub fn event_type(&self) -> Option<&str> {
-        self.headers.get("keel-event-type").map(String::as_str)
+        self.headers.get(header::EVENT_TYPE).map(String::as_str)
     }
 
     /// A keel header parsed, when present and well-formed.
@@ -192,7 +193,7 @@ pub async fn park(
     .bind(
         event
             .map(|e| e.id)
-            .or_else(|| record.header("keel-event-id")),
+            .or_else(|| record.header(header::EVENT_ID)),
     )
     .bind(
         event
@@ -202,12 +203,12 @@ pub async fn park(
     .bind(
         event
             .map(|e| e.aggregate_id)
-            .or_else(|| record.header("keel-aggregate-id")),
+            .or_else(|| record.header(header::AGGREGATE_ID)),
     )
     .bind(
         event
             .map(|e| e.version)
-            .or_else(|| record.header("keel-aggregate-version")),
+            .or_else(|| record.header(header::AGGREGATE_VERSION)),
     )
     .bind(headers)
     .bind(&record.value)

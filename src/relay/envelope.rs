@@ -45,6 +45,27 @@ pub fn confluent_avro(
     Ok(out)
 }
 
+/// keel's Kafka header names (see the table above).
+pub mod header {
+    pub const EVENT_ID: &str = "keel-event-id";
+    pub const EVENT_TYPE: &str = "keel-event-type";
+    pub const AGGREGATE_TYPE: &str = "keel-aggregate-type";
+    pub const AGGREGATE_ID: &str = "keel-aggregate-id";
+    pub const AGGREGATE_VERSION: &str = "keel-aggregate-version";
+    pub const POSITION: &str = "keel-position";
+    pub const CREATED_AT: &str = "keel-created-at";
+    pub const CONTENT_TYPE: &str = "keel-content-type";
+    pub const SCHEMA_ID: &str = "keel-schema-id";
+    pub const SCHEMA_VERSION: &str = "keel-schema-version";
+}
+
+/// Metadata keys carried as headers of their own: `(header, metadata key)`.
+pub const METADATA_HEADERS: [(&str, &str); 3] = [
+    ("keel-correlation-id", Metadata::CORRELATION_ID),
+    ("keel-causation-id", Metadata::CAUSATION_ID),
+    ("traceparent", Metadata::TRACEPARENT),
+];
+
 /// The headers of a Kafka record, as `(name, value)` pairs in a fixed order.
 pub fn headers(
     event: &RecordedEvent,
@@ -52,33 +73,28 @@ pub fn headers(
     schema: Option<(i32, i32)>,
 ) -> Vec<(&'static str, String)> {
     let mut h = vec![
-        ("keel-event-id", event.id.to_string()),
-        ("keel-event-type", event.event_type.clone()),
-        ("keel-aggregate-type", event.aggregate_type.clone()),
-        ("keel-aggregate-id", event.aggregate_id.to_string()),
-        ("keel-aggregate-version", event.version.to_string()),
-        ("keel-position", event.position.to_string()),
+        (header::EVENT_ID, event.id.to_string()),
+        (header::EVENT_TYPE, event.event_type.clone()),
+        (header::AGGREGATE_TYPE, event.aggregate_type.clone()),
+        (header::AGGREGATE_ID, event.aggregate_id.to_string()),
+        (header::AGGREGATE_VERSION, event.version.to_string()),
+        (header::POSITION, event.position.to_string()),
         (
-            "keel-created-at",
+            header::CREATED_AT,
             event
                 .created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         ),
-        ("keel-content-type", content_type.to_owned()),
+        (header::CONTENT_TYPE, content_type.to_owned()),
     ];
     if let Some((id, version)) = schema {
-        h.push(("keel-schema-id", id.to_string()));
-        h.push(("keel-schema-version", version.to_string()));
+        h.push((header::SCHEMA_ID, id.to_string()));
+        h.push((header::SCHEMA_VERSION, version.to_string()));
     }
-    let meta = |key: &str| event.metadata.get(key).and_then(Value::as_str);
-    if let Some(v) = meta(Metadata::CORRELATION_ID) {
-        h.push(("keel-correlation-id", v.to_owned()));
-    }
-    if let Some(v) = meta(Metadata::CAUSATION_ID) {
-        h.push(("keel-causation-id", v.to_owned()));
-    }
-    if let Some(v) = meta(Metadata::TRACEPARENT) {
-        h.push(("traceparent", v.to_owned()));
+    for (name, key) in METADATA_HEADERS {
+        if let Some(v) = event.metadata.get(key).and_then(Value::as_str) {
+            h.push((name, v.to_owned()));
+        }
     }
     h
 }
