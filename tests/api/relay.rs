@@ -21,6 +21,16 @@ use crate::relay_support::{
 
 const AGENT_TOPIC: &str = "keel.agent";
 
+/// Appends one event and waits at most `within` for it on the agent topic.
+async fn append_and_expect_on_kafka_within(app: &TestApp, broker: &Server, within: Duration) {
+    let agent = Uuid::new_v4();
+    let log = Mutex::new(HashMap::new());
+    append_one(app, agent, &log, agent_state_changed(agent, "a")).await;
+    let id = log.into_inner()[&agent][0];
+    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
+    reader.read_ids(&[id], within).await;
+}
+
 /// How many partitions the relay named `name` holds a live lease on.
 async fn leases_held(app: &TestApp, name: &str) -> i64 {
     sqlx::query_scalar(
@@ -779,12 +789,7 @@ async fn a_separate_relay_wakes_on_the_servers_notification_and_frees_its_leases
     // Let the relay's first rounds pass, so that it is idle and waiting for a wake-up.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let agent = Uuid::new_v4();
-    let log = Mutex::new(HashMap::new());
-    append_one(&app, agent, &log, agent_state_changed(agent, "a")).await;
-    let id = log.into_inner()[&agent][0];
-    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
-    reader.read_ids(&[id], Duration::from_secs(8)).await;
+    append_and_expect_on_kafka_within(&app, &broker, Duration::from_secs(8)).await;
 
     let stopped = Instant::now();
     assert!(
@@ -859,10 +864,5 @@ async fn an_in_process_relay_wakes_on_the_apis_commit_signal() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let agent = Uuid::new_v4();
-    let log = Mutex::new(HashMap::new());
-    append_one(&app, agent, &log, agent_state_changed(agent, "a")).await;
-    let id = log.into_inner()[&agent][0];
-    let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
-    reader.read_ids(&[id], Duration::from_secs(8)).await;
+    append_and_expect_on_kafka_within(&app, &broker, Duration::from_secs(8)).await;
 }

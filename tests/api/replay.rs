@@ -156,14 +156,7 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
     )
     .await;
 
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["replay", "republish", "--topic", "replay.copy"])
-        .args(["--event-type", "agent.state.changed", "--rate", "1000"])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_KAFKA_BROKERS", broker.brokers())
-        .env("KEEL_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = republish_agents(&app, &broker, &["--topic", "replay.copy"]);
     assert!(
         out.status.success(),
         "{}",
@@ -191,21 +184,7 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
         .map(|e| e["id"].as_str().unwrap().parse().unwrap())
         .collect();
     let after = first.body["next"].as_str().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args([
-            "replay",
-            "republish",
-            "--topic",
-            "replay.rest",
-            "--after",
-            after,
-        ])
-        .args(["--event-type", "agent.state.changed", "--rate", "1000"])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_KAFKA_BROKERS", broker.brokers())
-        .env("KEEL_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = republish_agents(&app, &broker, &["--topic", "replay.rest", "--after", after]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("republished 10 events to replay.rest"));
     let rest: Vec<Uuid> = all.into_iter().filter(|id| !skipped.contains(id)).collect();
     let mut reader = KafkaReader::new(&broker.brokers(), &["replay.rest"]);
@@ -216,6 +195,23 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
         .received
         .iter()
         .all(|r| !skipped.contains(&r.event_id())));
+}
+
+/// `keel replay republish` of the agent events, at 1,000 a second, with `args`.
+fn republish_agents(
+    app: &TestApp,
+    broker: &crate::relay_support::Server,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["replay", "republish"])
+        .args(args)
+        .args(["--event-type", "agent.state.changed", "--rate", "1000"])
+        .env("KEEL_DATABASE_URL", &app.config.database_url)
+        .env("KEEL_KAFKA_BROKERS", broker.brokers())
+        .env("KEEL_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
