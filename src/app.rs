@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::append::{Appender, Validator};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::registry::{self, Registry};
@@ -35,9 +36,16 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let catalog = Arc::new(catalog);
+        let validator = Validator::new(
+            catalog.clone(),
+            registry.clone(),
+            config.api.validate_payloads,
+        );
         let state = AppState {
+            appender: Appender::new(store.clone(), validator),
             store,
-            catalog: Arc::new(catalog),
+            catalog,
             registry,
             limits: Arc::new(config.api.clone()),
             metrics: crate::metrics::install(),
@@ -57,6 +65,11 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The write path, for appending in-process as the HTTP API does.
+    pub fn appender(&self) -> &Appender {
+        &self.state.appender
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod app;
+pub mod append;
 pub mod bench;
 pub mod catalog;
 pub mod cli;

@@ -38,6 +38,15 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    pub fn batch_too_large(max: usize, events: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("a batch may hold at most {max} events"),
+        )
+        .with_details(json!({"max_batch_events": max, "events": events}))
+    }
+
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
@@ -107,6 +116,23 @@ impl From<store::Error> for ApiError {
                     "internal error",
                 )
             }
+        }
+    }
+}
+
+impl From<crate::append::Refusal> for ApiError {
+    fn from(refusal: crate::append::Refusal) -> Self {
+        Self::unprocessable(refusal.code(), refusal.to_string()).with_details(refusal.details())
+    }
+}
+
+impl From<crate::append::Error> for ApiError {
+    fn from(err: crate::append::Error) -> Self {
+        use crate::append::{Error as E, ValidationError as V};
+        match err {
+            E::Check(V::Refused(refusal)) => refusal.into(),
+            E::Check(V::Registry(e)) => super::registry_error(e),
+            E::Store(e) => e.into(),
         }
     }
 }

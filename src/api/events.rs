@@ -1,4 +1,5 @@
 //! `/v1/aggregates/...` and `/v1/events...`: append, point reads, stream reads and the log query.
+//! HTTP only: the append's checks are the write path's ([`crate::append`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,12 +12,8 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
-use crate::model::{
-    AggregateType, AppendResult, AppendedEvent, EventType, ExpectedVersion, Metadata, NewEvent,
-    RecordedEvent, SchemaRef,
-};
+use crate::model::{AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use crate::registry::{UpcastError, VersionSpec};
-use crate::schema;
 use crate::store::{self, LogCursor, LogFilter};
 
 #[derive(Debug, Deserialize)]
@@ -41,14 +38,6 @@ struct EventInput {
     metadata: Option<Map<String, Value>>,
     /// Validate against this version of the event type's schema instead of the latest.
     schema_version: Option<i32>,
-}
-
-/// An event that passed the checks that need no database, with the schema version it asked for.
-struct Checked {
-    event: NewEvent,
-    schema_version: Option<i32>,
-    /// The client chose the id, so this may be a retry of a stored event.
-    client_id: bool,
 }
 
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
@@ -76,6 +65,7 @@ pub async fn append(
     result
 }
 
+#[tracing::instrument(skip_all, fields(http.request.method = "POST", http.route = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events"))]
 async fn append_checked(
     State(state): State<AppState>,
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
@@ -83,41 +73,16 @@ async fn append_checked(
 ) -> Result<Response, ApiError> {
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
-    let checked = validate_batch(&state, request.events)?;
-    // As sent, for recognising a retry after the type's schema changed (see `replay_as_sent`).
-    // Only a batch whose ids the client chose can be a retry, so only such a batch pays the copy.
-    let sent: Option<Vec<(Uuid, String, Value)>> = checked.iter().all(|c| c.client_id).then(|| {
-        checked
-            .iter()
-            .map(|c| {
-                (
-                    c.event.id,
-                    c.event.event_type.to_string(),
-                    c.event.payload.clone(),
-                )
-            })
-            .collect()
-    });
-    let events = apply_schemas(&state, &aggregate_type, checked).await?;
-    let appended = state
-        .store
+    let events = parse_events(&state, request.events)?;
+    let result = state
+        .appender
         .append(
             &aggregate_type,
             aggregate_id,
             request.expected_version,
             events,
         )
-        .await;
-    let result = match appended {
-        Err(conflict @ store::Error::IdempotencyConflict { .. }) => {
-            let replayed = match &sent {
-                Some(sent) => replay_as_sent(&state, &aggregate_type, aggregate_id, sent).await?,
-                None => None,
-            };
-            replayed.ok_or_else(|| ApiError::from(conflict))?
-        }
-        other => other?,
-    };
+        .await?;
     let status = if result.idempotent_replay {
         StatusCode::OK
     } else {
@@ -127,203 +92,34 @@ async fn append_checked(
     Ok((status, axum::Json(result)).into_response())
 }
 
-/// Recognises a retry whose payloads were normalised against a newer schema than the original
-/// (a version registered between the attempts adds defaults, so the stored and the new normalised
-/// payloads differ although the client sent the same thing): each sent payload is normalised
-/// against the schema its stored event was validated with and compared again.
-async fn replay_as_sent(
-    state: &AppState,
-    aggregate_type: &AggregateType,
-    aggregate_id: Uuid,
-    sent: &[(Uuid, String, Value)],
-) -> Result<Option<AppendResult>, ApiError> {
-    let mut events: Vec<AppendedEvent> = Vec::with_capacity(sent.len());
-    for (id, event_type, payload) in sent {
-        let Some(stored) = store::get_event(state.store.pool(), *id).await? else {
-            return Ok(None);
-        };
-        let same_place = stored.aggregate_type == aggregate_type.as_str()
-            && stored.aggregate_id == aggregate_id
-            && &stored.event_type == event_type;
-        let as_stored = match stored.schema_id {
-            Some(schema_id) => {
-                let schema = state
-                    .registry
-                    .parsed_by_id(schema_id)
-                    .await
-                    .map_err(super::registry_error)?;
-                schema::validate(&schema, payload).ok()
-            }
-            None => Some(payload.clone()),
-        };
-        let contiguous = events
-            .last()
-            .is_none_or(|last| stored.version == last.version + 1);
-        if !same_place || as_stored.as_ref() != Some(&stored.payload) || !contiguous {
-            return Ok(None);
-        }
-        events.push(AppendedEvent {
-            id: stored.id,
-            version: stored.version,
-            position: stored.position,
-        });
+/// The request's events as the write path takes them. Only what is about the request's shape is
+/// checked here (the batch limit, names and metadata that do not parse); everything else is the
+/// validator's, the same for every path (`crate::append`).
+fn parse_events(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<NewEvent>, ApiError> {
+    let max = state.limits.max_batch_events;
+    if inputs.len() > max {
+        return Err(ApiError::batch_too_large(max, inputs.len()));
     }
-    let Some(version) = events.last().map(|e| e.version) else {
-        return Ok(None);
-    };
-    Ok(Some(AppendResult {
-        aggregate_type: aggregate_type.clone(),
-        aggregate_id,
-        version,
-        events,
-        idempotent_replay: true,
-    }))
-}
-
-/// Turns the request's events into [`NewEvent`]s, refusing the whole batch on the first problem
-/// with the event's index in `details`.
-fn validate_batch(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<Checked>, ApiError> {
-    let limits = &state.limits;
-    if inputs.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_batch",
-            "an append needs at least one event",
-        ));
-    }
-    if inputs.len() > limits.max_batch_events {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "a batch may hold at most {} events",
-                limits.max_batch_events
-            ),
-        )
-        .with_details(
-            json!({"max_batch_events": limits.max_batch_events, "events": inputs.len()}),
-        ));
-    }
-    let mut seen = std::collections::HashSet::with_capacity(inputs.len());
-    let mut events = Vec::with_capacity(inputs.len());
-    for (index, input) in inputs.into_iter().enumerate() {
-        let at = |err: ApiError| at_index(err, index);
-        let event_type = EventType::parse(input.event_type)
-            .map_err(|e| at(ApiError::unprocessable("invalid_event_type", e.to_string())))?;
-        if !input.payload.is_object() {
-            return Err(at(ApiError::unprocessable(
-                "invalid_payload",
-                "payload must be a JSON object",
-            )));
-        }
-        let metadata = Metadata::parse(input.metadata.unwrap_or_default())
-            .map_err(|e| at(ApiError::unprocessable("invalid_metadata", e.to_string())))?;
-        let id = input.id.unwrap_or_else(Uuid::now_v7);
-        if !seen.insert(id) {
-            return Err(at(ApiError::unprocessable(
-                "duplicate_event_id",
-                format!("event id {id} appears twice in the batch"),
-            )));
-        }
-        events.push(Checked {
-            event: NewEvent {
-                id,
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let at = |code, message: String| {
+                ApiError::unprocessable(code, message).with_details(json!({"index": index}))
+            };
+            let event_type = EventType::parse(input.event_type)
+                .map_err(|e| at("invalid_event_type", e.to_string()))?;
+            let metadata = Metadata::parse(input.metadata.unwrap_or_default())
+                .map_err(|e| at("invalid_metadata", e.to_string()))?;
+            Ok(NewEvent {
+                id: input.id.unwrap_or_else(Uuid::now_v7),
                 event_type,
                 payload: input.payload,
                 metadata,
-                schema: None,
-            },
-            schema_version: input.schema_version,
-            client_id: input.id.is_some(),
-        });
-    }
-    Ok(events)
-}
-
-/// Adds the event's index to an error's details.
-fn at_index(err: ApiError, index: usize) -> ApiError {
-    let mut details = err.details.as_object().cloned().unwrap_or_default();
-    details.insert("index".into(), json!(index));
-    err.with_details(Value::Object(details))
-}
-
-/// The checks that need the registry: the event type exists, belongs to this aggregate type, and
-/// its payload conforms to the schema (the latest version unless the event names one). Payloads
-/// come out normalised (defaults filled in) and each event records its schema.
-async fn apply_schemas(
-    state: &AppState,
-    aggregate_type: &AggregateType,
-    checked: Vec<Checked>,
-) -> Result<Vec<NewEvent>, ApiError> {
-    let mut events = Vec::with_capacity(checked.len());
-    for (
-        index,
-        Checked {
-            mut event,
-            schema_version,
-            ..
-        },
-    ) in checked.into_iter().enumerate()
-    {
-        let at = |err: ApiError| at_index(err, index);
-        let event_type = &event.event_type;
-        let schema = state
-            .registry
-            .event_schema(event_type.as_str(), schema_version)
-            .await
-            .map_err(|e| at(super::registry_error(e)))?;
-        let Some(schema) = schema else {
-            return Err(at(match schema_version {
-                None => ApiError::unprocessable(
-                    "unknown_event_type",
-                    format!("event type {event_type} is not registered"),
-                )
-                .with_details(json!({"event_type": event_type})),
-                Some(v) => ApiError::unprocessable(
-                    "unknown_schema_version",
-                    format!("event type {event_type} has no schema version {v}"),
-                )
-                .with_details(json!({"event_type": event_type, "schema_version": v})),
-            }));
-        };
-        if let Some(required) = state
-            .catalog
-            .get(event_type)
-            .and_then(|e| e.spec.aggregate_type.as_ref())
-        {
-            if required != aggregate_type {
-                return Err(at(ApiError::unprocessable(
-                    "aggregate_type_mismatch",
-                    format!("events of type {event_type} belong to aggregates of type {required}"),
-                )
-                .with_details(
-                    json!({"event_type": event_type, "aggregate_type": required}),
-                )));
-            }
-        }
-        if state.limits.validate_payloads {
-            event.payload = schema::validate(&schema.schema, &event.payload).map_err(|e| {
-                at(ApiError::unprocessable(
-                    "schema_validation_failed",
-                    format!(
-                        "payload does not match schema version {} of {event_type}: {e}",
-                        schema.version
-                    ),
-                )
-                .with_details(json!({
-                    "path": e.path,
-                    "expected": e.expected,
-                    "schema_id": schema.id,
-                    "schema_version": schema.version,
-                })))
-            })?;
-            event.schema = Some(SchemaRef {
-                id: schema.id,
-                version: schema.version,
-            });
-        }
-        events.push(event);
-    }
-    Ok(events)
+                schema_version: input.schema_version,
+            })
+        })
+        .collect()
 }
 
 /// `GET /v1/events/{id}`.

@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use crate::append::Appender;
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
 use crate::registry::{self, Registry};
@@ -29,6 +30,8 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// The write path: the validator and the store, for appends.
+    pub appender: Appender,
     pub catalog: Arc<Catalog>,
     pub registry: Arc<Registry>,
     pub limits: Arc<ApiConfig>,
@@ -94,7 +97,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A registry failure on keel's own API (not under `/registry`).
-fn registry_error(err: registry::Error) -> ApiError {
+pub(crate) fn registry_error(err: registry::Error) -> ApiError {
     match err {
         registry::Error::Store(e) => e.into(),
         other => {

@@ -92,16 +92,7 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
         "(b) commit -> consume latency, open loop at {} events/s for {}s",
         args.rate, args.seconds
     );
-    let keel = relay_latency(
-        &config,
-        &app,
-        &args,
-        SchemaRef {
-            id: schema.id,
-            version: schema.version,
-        },
-    )
-    .await?;
+    let keel = relay_latency(&config, &app, &args).await?;
     let raw = raw_latency(&config, &raw_topic, &args).await?;
     println!("{:<8} {:>10} {:>24}", "", "events", "p50/p99/p999 ms");
     println!(
@@ -417,7 +408,6 @@ async fn relay_latency(
     config: &Config,
     app: &Application,
     args: &RelayArgs,
-    schema: SchemaRef,
 ) -> anyhow::Result<Sample> {
     sqlx::query("TRUNCATE outbox")
         .execute(app.store().pool())
@@ -444,17 +434,16 @@ async fn relay_latency(
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         tick.tick().await;
-        let (store, sent, bench, event_type) = (
-            store.clone(),
+        let (appender, sent, bench, event_type) = (
+            app.appender().clone(),
             sent.clone(),
             bench.clone(),
             event_type.clone(),
         );
         tasks.spawn(async move {
-            let mut event = NewEvent::new(event_type, json!({"entity": "bench", "from_state": null, "to_state": "running", "attributes": {"i": i.to_string()}}));
-            event.schema = Some(schema);
+            let event = NewEvent::new(event_type, json!({"entity": "bench", "from_state": null, "to_state": "running", "attributes": {"i": i.to_string()}}));
             let id = event.id;
-            let result = store.append(&bench, Uuid::new_v4(), ExpectedVersion::NoStream, vec![event]).await;
+            let result = appender.append(&bench, Uuid::new_v4(), ExpectedVersion::NoStream, vec![event]).await;
             let committed = Instant::now();
             result.map(|_| sent.lock().expect("sent").insert(id, committed))
         });

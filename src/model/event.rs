@@ -1,4 +1,5 @@
-//! Events as written (`NewEvent`) and as stored (`RecordedEvent`).
+//! Events as proposed (`NewEvent`), as checked for the store (`CheckedEvent`) and as stored
+//! (`RecordedEvent`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -7,23 +8,20 @@ use uuid::Uuid;
 
 use super::{AggregateType, EventType};
 
-/// An event to append. `id` makes retries idempotent: an event whose id is already stored with the
-/// same content is not written again.
+/// An event a producer proposes to append, as it wrote it. Nothing is checked yet: the write path
+/// (`keel::append`) validates it against the catalog and the schema registry and turns it into a
+/// [`CheckedEvent`], the only thing the store writes.
+///
+/// `id` makes retries idempotent: an event whose id is already stored with the same content is not
+/// written again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     pub id: Uuid,
     pub event_type: EventType,
     pub payload: Value,
     pub metadata: Metadata,
-    /// The registry schema that validated the payload, if one did.
-    pub schema: Option<SchemaRef>,
-}
-
-/// A schema in the registry: its global id and its version within the event type's subject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SchemaRef {
-    pub id: i32,
-    pub version: i32,
+    /// Validate against this version of the type's schema instead of the latest.
+    pub schema_version: Option<i32>,
 }
 
 impl NewEvent {
@@ -34,9 +32,87 @@ impl NewEvent {
             event_type,
             payload,
             metadata: Metadata::default(),
-            schema: None,
+            schema_version: None,
         }
     }
+
+    pub fn with_id(self, id: Uuid) -> Self {
+        Self { id, ..self }
+    }
+
+    pub fn with_metadata(self, metadata: Metadata) -> Self {
+        Self { metadata, ..self }
+    }
+
+    pub fn with_schema_version(self, version: i32) -> Self {
+        Self {
+            schema_version: Some(version),
+            ..self
+        }
+    }
+}
+
+/// An event that passed the write path's checks: its type is in the catalog and the registry, it
+/// belongs to the aggregate's type, and its payload is normalised against the schema recorded in
+/// `schema` (absent only when payload validation is switched off).
+///
+/// The fields are private and the constructor is the crate's: outside keel a `CheckedEvent` can
+/// only come from `keel::append::Validator`, so an unchecked event cannot reach the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedEvent {
+    id: Uuid,
+    event_type: EventType,
+    payload: Value,
+    metadata: Metadata,
+    schema: Option<SchemaRef>,
+}
+
+impl CheckedEvent {
+    /// Only `append::validate` calls this, after the checks above.
+    pub(crate) fn new(
+        id: Uuid,
+        event_type: EventType,
+        payload: Value,
+        metadata: Metadata,
+        schema: Option<SchemaRef>,
+    ) -> Self {
+        Self {
+            id,
+            event_type,
+            payload,
+            metadata,
+            schema,
+        }
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub fn event_type(&self) -> &EventType {
+        &self.event_type
+    }
+
+    /// The payload as stored: normalised, with the schema's defaults filled in.
+    pub fn payload(&self) -> &Value {
+        &self.payload
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The registry schema that validated the payload, if one did.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.schema
+    }
+}
+
+/// A schema in the registry: its global id and its version within the event type's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRef {
+    pub id: i32,
+    pub version: i32,
 }
 
 /// Free-form event metadata, a JSON object. The tracing keys have fixed meanings and are checked:

@@ -7,6 +7,8 @@ mod event;
 mod expected_version;
 mod names;
 
-pub use event::{AppendResult, AppendedEvent, Metadata, NewEvent, RecordedEvent, SchemaRef};
+pub use event::{
+    AppendResult, AppendedEvent, CheckedEvent, Metadata, NewEvent, RecordedEvent, SchemaRef,
+};
 pub use expected_version::ExpectedVersion;
 pub use names::{AggregateType, EventType, InvalidName};

@@ -1,11 +1,11 @@
 //! Appending events: optimistic concurrency, the event rows and their outbox rows, in one statement.
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Error;
-use crate::model::{AggregateType, AppendResult, AppendedEvent, ExpectedVersion, NewEvent};
+use crate::model::{AggregateType, AppendResult, AppendedEvent, CheckedEvent, ExpectedVersion};
 
 /// The part shared by every expectation: insert the events numbered after `bumped.version`, and an
 /// outbox row for each. Parameters: $1 aggregate type, $2 aggregate id, $3 event count, $4 ids,
@@ -76,15 +76,19 @@ const APPEND_EXACT: &str = append_sql!(
 /// [`Error::TransactionOrder`] write nothing and leave it usable; [`Error::DuplicateEventId`] and
 /// database errors abort it. [`super::Store::append`] handles retries and idempotent replays for
 /// callers that do not need their own transaction.
-pub async fn append(
-    conn: &mut PgConnection,
+///
+/// It takes a transaction, not a connection: on an autocommit connection the advisory lock would
+/// be released after its own statement. It checks nothing about the events' content; the public
+/// entry point is `keel::append::append`, which validates them first.
+pub(crate) async fn append(
+    tx: &mut Transaction<'_, Postgres>,
     aggregate_type: &AggregateType,
     aggregate_id: Uuid,
     expected: ExpectedVersion,
-    events: &[NewEvent],
+    events: &[CheckedEvent],
 ) -> Result<AppendResult, Error> {
-    lock_aggregates(&mut *conn, &[(aggregate_type, aggregate_id)]).await?;
-    append_locked(conn, aggregate_type, aggregate_id, expected, events).await
+    lock_aggregates(&mut *tx, &[(aggregate_type, aggregate_id)]).await?;
+    append_locked(tx, aggregate_type, aggregate_id, expected, events).await
 }
 
 /// Queues on the advisory locks of the given aggregates, in one statement and in a fixed order
@@ -121,7 +125,7 @@ pub(crate) async fn append_locked(
     aggregate_type: &AggregateType,
     aggregate_id: Uuid,
     expected: ExpectedVersion,
-    events: &[NewEvent],
+    events: &[CheckedEvent],
 ) -> Result<AppendResult, Error> {
     if events.is_empty() {
         return Err(Error::EmptyBatch);
@@ -151,7 +155,7 @@ pub(crate) async fn append_locked(
         .await
         .map_err(|err| match Error::from(err) {
             Error::DuplicateEventId { .. } => Error::DuplicateEventId {
-                event_id: events.first().map(|e| e.id),
+                event_id: events.first().map(CheckedEvent::id),
             },
             other => other,
         })?;
@@ -201,11 +205,11 @@ async fn diagnose_refusal(
 /// Returns the original result when every event id is stored in this aggregate with the same type
 /// and payload (metadata is not compared, so a retry may carry a new trace context), `None` when
 /// none of the ids is stored, and [`Error::IdempotencyConflict`] for anything in between.
-pub async fn find_appended<'e>(
+pub(crate) async fn find_appended<'e>(
     executor: impl PgExecutor<'e>,
     aggregate_type: &AggregateType,
     aggregate_id: Uuid,
-    events: &[NewEvent],
+    events: &[CheckedEvent],
 ) -> Result<Option<AppendResult>, Error> {
     let columns = Columns::of(events);
     let rows: Vec<StoredMatch> = sqlx::query_as(
@@ -280,17 +284,20 @@ struct Columns {
 }
 
 impl Columns {
-    fn of(events: &[NewEvent]) -> Self {
+    fn of(events: &[CheckedEvent]) -> Self {
         Self {
-            ids: events.iter().map(|e| e.id).collect(),
-            types: events.iter().map(|e| e.event_type.to_string()).collect(),
-            payloads: events.iter().map(|e| e.payload.clone()).collect(),
+            ids: events.iter().map(CheckedEvent::id).collect(),
+            types: events.iter().map(|e| e.event_type().to_string()).collect(),
+            payloads: events.iter().map(|e| e.payload().clone()).collect(),
             metadata: events
                 .iter()
-                .map(|e| e.metadata.clone().into_value())
+                .map(|e| e.metadata().clone().into_value())
                 .collect(),
-            schema_ids: events.iter().map(|e| e.schema.map(|s| s.id)).collect(),
-            schema_versions: events.iter().map(|e| e.schema.map(|s| s.version)).collect(),
+            schema_ids: events.iter().map(|e| e.schema().map(|s| s.id)).collect(),
+            schema_versions: events
+                .iter()
+                .map(|e| e.schema().map(|s| s.version))
+                .collect(),
         }
     }
 }

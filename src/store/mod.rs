@@ -23,13 +23,13 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool, Postgres};
 use uuid::Uuid;
 
-pub use append::{append, find_appended};
+pub(crate) use append::{append, find_appended};
 pub use error::Error;
 pub use log::{LogCursor, LogFilter, LoggedEvent};
 pub use read::{get_event, read_stream, stream_version};
 
 use crate::config::DatabaseConfig;
-use crate::model::{AggregateType, AppendResult, ExpectedVersion, NewEvent};
+use crate::model::{AggregateType, AppendResult, CheckedEvent, ExpectedVersion};
 use group_commit::GroupCommit;
 
 /// Migrations embedded in the binary; `keel migrate` and start-up apply them.
@@ -97,13 +97,15 @@ impl Store {
     /// a transaction-order conflict is retried in a new transaction, and a batch that was already
     /// stored (a retry after a lost reply) returns the original result with `idempotent_replay`
     /// set, writing nothing.
-    #[tracing::instrument(skip_all, fields(aggregate_type = %aggregate_type, %aggregate_id, events = events.len()))]
-    pub async fn append(
+    ///
+    /// Crate-private like [`append`]: callers go through `keel::append`, which validates first.
+    #[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "append", aggregate_type = %aggregate_type, %aggregate_id, events = events.len()))]
+    pub(crate) async fn append(
         &self,
         aggregate_type: &AggregateType,
         aggregate_id: Uuid,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        events: Arc<[CheckedEvent]>,
     ) -> Result<AppendResult, Error> {
         if events.is_empty() {
             return Err(Error::EmptyBatch);
@@ -144,7 +146,7 @@ pub(crate) struct AppendRequest {
     aggregate_type: AggregateType,
     aggregate_id: Uuid,
     expected: ExpectedVersion,
-    events: Vec<NewEvent>,
+    events: Arc<[CheckedEvent]>,
 }
 
 /// Runs one append in a transaction of its own, retrying transaction-order conflicts.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel::app::Application;
+use keel::append::Appender;
 use keel::config::{ApiConfig, Config, PoolConfig};
 use keel::registry::Registry;
 use keel::store::Store;
@@ -22,6 +23,8 @@ pub struct TestApp {
     pub config: Config,
     pub addr: SocketAddr,
     pub store: Store,
+    /// The write path, as the library offers it: validator and store.
+    pub appender: Appender,
     pub registry: Arc<Registry>,
     client: reqwest::Client,
 }
@@ -76,12 +79,14 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         .expect("keel builds against the test database");
     let addr = app.local_addr();
     let store = app.store().clone();
+    let appender = app.appender().clone();
     let registry = app.registry().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         config,
         addr,
         store,
+        appender,
         registry,
         client: reqwest::Client::new(),
     }

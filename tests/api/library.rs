@@ -1,11 +1,13 @@
-//! The library API: appending inside the caller's own transaction.
+//! The library API: appending inside the caller's own transaction, through the same validator as
+//! the HTTP API.
 
+use keel::append::{self, Refusal};
 use keel::model::{AggregateType, EventType, ExpectedVersion, NewEvent};
-use keel::store::{self, Error};
-use serde_json::json;
+use keel::store::Error;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, TestApp};
 
 fn state_changed(agent: Uuid, to: &str) -> NewEvent {
     NewEvent::new(
@@ -35,12 +37,13 @@ async fn a_services_own_writes_and_its_events_commit_or_roll_back_together() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        let result = store::append(
+        let result = append::append(
             &mut tx,
+            app.appender.validator(),
             &agent(),
             id,
             ExpectedVersion::NoStream,
-            &[state_changed(id, "running")],
+            vec![state_changed(id, "running")],
         )
         .await
         .unwrap();
@@ -78,7 +81,7 @@ async fn a_services_own_writes_and_its_events_commit_or_roll_back_together() {
 async fn a_wrong_version_leaves_the_callers_transaction_usable() {
     let app = spawn_app().await;
     let id = Uuid::new_v4();
-    app.store
+    app.appender
         .append(
             &agent(),
             id,
@@ -89,25 +92,30 @@ async fn a_wrong_version_leaves_the_callers_transaction_usable() {
         .unwrap();
 
     let mut tx = app.store.pool().begin().await.unwrap();
-    let err = store::append(
+    let err = append::append(
         &mut tx,
+        app.appender.validator(),
         &agent(),
         id,
         ExpectedVersion::Exact(5),
-        &[state_changed(id, "b")],
+        vec![state_changed(id, "b")],
     )
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::WrongExpectedVersion { current: 1, .. }),
+        matches!(
+            err,
+            append::Error::Store(Error::WrongExpectedVersion { current: 1, .. })
+        ),
         "{err:?}"
     );
-    let retried = store::append(
+    let retried = append::append(
         &mut tx,
+        app.appender.validator(),
         &agent(),
         id,
         ExpectedVersion::Exact(1),
-        &[state_changed(id, "b")],
+        vec![state_changed(id, "b")],
     )
     .await
     .unwrap();
@@ -130,7 +138,7 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
         .unwrap();
 
     // A newer transaction writes version 1 and commits.
-    app.store
+    app.appender
         .append(
             &agent(),
             id,
@@ -141,22 +149,26 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
         .unwrap();
 
     // The older one would write version 2 with a smaller transaction id: refused.
-    let err = store::append(
+    let err = append::append(
         &mut old,
+        app.appender.validator(),
         &agent(),
         id,
         ExpectedVersion::Any,
-        &[state_changed(id, "older")],
+        vec![state_changed(id, "older")],
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::TransactionOrder), "{err:?}");
+    assert!(
+        matches!(err, append::Error::Store(Error::TransactionOrder)),
+        "{err:?}"
+    );
     assert!(err.is_retriable());
     old.rollback().await.unwrap();
 
-    // Store::append retries in a new transaction, which is newer, and succeeds.
+    // Appender::append retries in a new transaction, which is newer, and succeeds.
     let result = app
-        .store
+        .appender
         .append(
             &agent(),
             id,
@@ -166,4 +178,122 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
         .await
         .unwrap();
     assert_eq!(result.version, 2);
+}
+
+/// How many rows an aggregate has in `events` and in `outbox`.
+async fn rows_of(app: &TestApp, id: Uuid) -> (i64, i64) {
+    let pool = app.store.pool();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (events, outbox)
+}
+
+/// The promise of `keel::append`: a library append is checked exactly as an HTTP one. Each bad
+/// batch is sent both ways; the library's refusal has the HTTP reply's code, message and details,
+/// and neither path writes anything (the library's transaction is even committed afterwards).
+#[tokio::test]
+async fn a_library_append_that_breaks_the_schema_is_refused_as_over_http_and_writes_nothing() {
+    let app = spawn_app().await;
+    let cases: [(&str, &str, Value); 4] = [
+        (
+            "agent",
+            "schema_validation_failed",
+            json!({"type": "agent.state.changed", "payload": {"agent_id": "3f6c1f0e-8a4b-4f7e-9a51-0c2d6c1f9b10", "to_state": 5}}),
+        ),
+        (
+            "agent",
+            "unknown_event_type",
+            json!({"type": "agent.never.registered", "payload": {}}),
+        ),
+        (
+            "entity",
+            "aggregate_type_mismatch",
+            json!({"type": "agent.state.changed", "payload": {"agent_id": "3f6c1f0e-8a4b-4f7e-9a51-0c2d6c1f9b10", "to_state": "running"}}),
+        ),
+        (
+            "agent",
+            "invalid_payload",
+            json!({"type": "agent.state.changed", "payload": [1, 2]}),
+        ),
+    ];
+    for (aggregate_type, code, event) in cases {
+        let id = Uuid::new_v4();
+        let http = app
+            .append(aggregate_type, id, &json!({"events": [event.clone()]}))
+            .await;
+        assert_eq!(http.status, 422, "{code}: {:?}", http.body);
+        assert_eq!(http.error_code(), code);
+
+        let proposed = NewEvent::new(
+            EventType::parse(event["type"].as_str().unwrap()).unwrap(),
+            event["payload"].clone(),
+        );
+        let mut tx = app.store.pool().begin().await.unwrap();
+        let err = append::append(
+            &mut tx,
+            app.appender.validator(),
+            &AggregateType::parse(aggregate_type).unwrap(),
+            id,
+            ExpectedVersion::Any,
+            vec![proposed],
+        )
+        .await
+        .unwrap_err();
+        tx.commit().await.unwrap();
+
+        let refusal: &Refusal = err.refusal().unwrap_or_else(|| panic!("{code}: {err:?}"));
+        assert_eq!(refusal.code(), code);
+        assert_eq!(refusal.to_string(), http.body["error"]["message"], "{code}");
+        assert_eq!(refusal.details(), http.body["error"]["details"], "{code}");
+        assert_eq!(rows_of(&app, id).await, (0, 0), "{code} wrote something");
+    }
+}
+
+/// What the library stores is what the HTTP API stores: the payload normalised against the
+/// schema (defaults filled in) and the schema recorded, so the relay never has to validate it at
+/// publish time.
+#[tokio::test]
+async fn a_library_append_stores_the_normalised_payload_with_its_schema() {
+    let app = spawn_app().await;
+    let id = Uuid::new_v4();
+    let sparse = NewEvent::new(
+        EventType::parse("agent.state.changed").unwrap(),
+        json!({"agent_id": id, "to_state": "running"}),
+    );
+    let mut tx = app.store.pool().begin().await.unwrap();
+    let result = append::append(
+        &mut tx,
+        app.appender.validator(),
+        &agent(),
+        id,
+        ExpectedVersion::NoStream,
+        vec![sparse],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let stored = app
+        .get(&format!("/v1/events/{}", result.events[0].id))
+        .await;
+    assert_eq!(stored.status, 200);
+    let (schema_id, version) = (&stored.body["schema_id"], &stored.body["schema_version"]);
+    assert!(schema_id.is_i64() && version.is_i64(), "{:?}", stored.body);
+    assert_eq!(stored.body["payload"]["from_state"], Value::Null);
+    assert!(
+        stored.body["payload"]
+            .as_object()
+            .unwrap()
+            .contains_key("from_state"),
+        "the default was not filled in: {:?}",
+        stored.body
+    );
 }

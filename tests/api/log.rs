@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel::append;
 use keel::model::{AggregateType, EventType, ExpectedVersion, NewEvent};
 use keel::store::{self, LogCursor, LogFilter, LoggedEvent, Store};
 use rand::Rng;
@@ -78,17 +79,19 @@ impl Follower {
 async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() {
     let app = spawn_app().await;
     let store = app.store.clone();
+    let appender = app.appender.clone();
     let follower = Follower::start(store.clone());
 
     // One transaction appends and then stays open while everyone else commits around it.
     let held_aggregate = Uuid::new_v4();
     let mut held = store.pool().begin().await.unwrap();
-    let held_result = store::append(
+    let held_result = append::append(
         &mut held,
+        appender.validator(),
         &entity(),
         held_aggregate,
         ExpectedVersion::NoStream,
-        &[event("held")],
+        vec![event("held")],
     )
     .await
     .unwrap();
@@ -102,7 +105,8 @@ async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() 
     let aggregates: Arc<Vec<Uuid>> = Arc::new((0..20).map(|_| Uuid::new_v4()).collect());
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let (store, aggregates) = (store.clone(), aggregates.clone());
+            let (store, appender, aggregates) =
+                (store.clone(), appender.clone(), aggregates.clone());
             tokio::spawn(async move {
                 for i in 0..40 {
                     let aggregate = aggregates[rand::thread_rng().gen_range(0..aggregates.len())];
@@ -110,22 +114,23 @@ async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() 
                     let batch = &batch[..1 + i % 2];
                     if i % 4 == 3 {
                         let mut tx = store.pool().begin().await.unwrap();
-                        match store::append(
+                        match append::append(
                             &mut tx,
+                            appender.validator(),
                             &entity(),
                             aggregate,
                             ExpectedVersion::Any,
-                            batch,
+                            batch.to_vec(),
                         )
                         .await
                         {
-                            Ok(_) | Err(store::Error::TransactionOrder) => {
+                            Ok(_) | Err(append::Error::Store(store::Error::TransactionOrder)) => {
                                 tx.rollback().await.unwrap()
                             }
                             Err(e) => panic!("{e:?}"),
                         }
                     } else {
-                        store
+                        appender
                             .append(&entity(), aggregate, ExpectedVersion::Any, batch.to_vec())
                             .await
                             .unwrap();
@@ -214,17 +219,19 @@ async fn a_plain_position_cursor_would_skip_the_late_committing_event() {
     let store = app.store.clone();
 
     let mut held = store.pool().begin().await.unwrap();
-    let held_event = store::append(
+    let held_event = append::append(
         &mut held,
+        app.appender.validator(),
         &entity(),
         Uuid::new_v4(),
         ExpectedVersion::Any,
-        &[event("held")],
+        vec![event("held")],
     )
     .await
     .unwrap()
     .events[0];
-    let later = store
+    let later = app
+        .appender
         .append(
             &entity(),
             Uuid::new_v4(),
