@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::sink::SinkKind;
 use crate::model::RecordedEvent;
-use crate::store::log::LogCursor;
+use crate::store::log::{self, LogCursor};
 
 /// The number of relay partitions; fixed by migration 0004.
 pub const PARTITIONS: i16 = 16;
@@ -77,6 +77,7 @@ pub async fn read_batch(
 /// Up to `per_partition` rows after each `(partition, cursor)`, in log order per partition, and
 /// only below the transaction horizon (see [`crate::store::log`]): a row that commits later
 /// always sorts after the cursor, so nothing is ever skipped.
+#[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "read_outbox", sink = %sink, partitions = from.len()))]
 pub async fn read_batch_from(
     pool: &PgPool,
     sink: SinkKind,
@@ -86,6 +87,7 @@ pub async fn read_batch_from(
     // Only the outbox index is read (ordered, stopping at the limit); the rest comes from
     // `events`. The relay's connections turn bitmap scans off: with a fresh backlog the planner
     // otherwise scans a partition's whole backlog and sorts it, every round.
+    let below_horizon = log::below_horizon("o.tx_id");
     let sql = format!(
         "SELECT c.partition, o.tx_id::text::bigint AS tx_id, {ROW_COLUMNS},
                 EXISTS (SELECT 1 FROM relay_parked k
@@ -97,7 +99,7 @@ pub async fn read_batch_from(
                 SELECT o.tx_id, o.position FROM outbox o
                  WHERE o.partition = c.partition
                    AND (o.tx_id, o.position) > (c.tx::text::xid8, c.pos)
-                   AND o.tx_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+                   AND {below_horizon}
                  ORDER BY o.tx_id, o.position
                  LIMIT $5) o
            JOIN events e ON e.position = o.position"
@@ -119,6 +121,7 @@ pub async fn read_batch_from(
 /// behind them, or behind a row that was delivered or skipped. A row stays put while an earlier
 /// row of its aggregate is `parked`. Ordered by aggregate, then log order; at most
 /// [`REDRIVE_PER_AGGREGATE`] rows of each aggregate.
+#[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "read_redrive", sink = %sink))]
 pub async fn read_redrive(
     pool: &PgPool,
     sink: SinkKind,
@@ -222,6 +225,7 @@ impl Commit {
 /// Writes `commit` if `owner` still holds a lease on every partition it touches; otherwise writes
 /// nothing and returns `false` (another relay owns that work now and will redo it). The lease rows
 /// are share-locked until commit, so no other relay can take them over halfway.
+#[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "commit_cursors", sink = %sink, %owner))]
 pub async fn commit(
     pool: &PgPool,
     owner: Uuid,
@@ -306,6 +310,7 @@ pub async fn commit(
 }
 
 /// Deletes the outbox rows of `partition` that every sink in `sinks` has passed. Returns how many.
+#[tracing::instrument(level = "debug", skip_all, fields(db.system = "postgresql", db.operation.name = "cleanup_outbox"))]
 pub async fn cleanup(
     pool: &PgPool,
     partition: i16,

@@ -148,13 +148,23 @@ pub async fn count_committed_after<'e>(
     Ok(q.build_query_scalar().fetch_one(executor).await?)
 }
 
+/// The horizon predicate, the heart of the gap-safe order: a row whose transaction id (in the
+/// `xid8` column `tx_id_column`) is below the oldest transaction still running when the statement
+/// took its snapshot. Every transaction below it has finished, so no row can later appear before
+/// a cursor that only ever advances past such rows. Every ordered reader, the relay's outbox read
+/// included, filters with this one predicate.
+pub fn below_horizon(tx_id_column: &str) -> String {
+    format!("{tx_id_column} < (SELECT pg_snapshot_xmin(pg_current_snapshot()))")
+}
+
 /// The `WHERE` clause both readers share: after the cursor, below the horizon, and the filters.
 fn push_committed_after(q: &mut QueryBuilder<'_, Postgres>, after: LogCursor, filter: &LogFilter) {
     q.push(" WHERE (tx_id, position) > (")
         .push_bind(after.tx_id)
         .push("::bigint::text::xid8, ")
         .push_bind(after.position)
-        .push(") AND tx_id < (SELECT pg_snapshot_xmin(pg_current_snapshot()))");
+        .push(") AND ")
+        .push(below_horizon("tx_id"));
     if let Some(t) = &filter.aggregate_type {
         q.push(" AND aggregate_type = ")
             .push_bind(t.as_str().to_owned());
