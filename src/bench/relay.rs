@@ -31,8 +31,10 @@ use super::stats::Sample;
 use super::RelayArgs;
 use crate::app::Application;
 use crate::config::Config;
+use crate::kafka;
 use crate::model::{AggregateType, EventType, ExpectedVersion, NewEvent, SchemaRef};
-use crate::relay::{self, envelope, kafka, outbox};
+use crate::relay::{self, outbox};
+use crate::wire;
 
 const EVENT_TYPE: &str = "state_change";
 const TOPIC: &str = "keel.state_change";
@@ -233,14 +235,13 @@ pub(super) async fn encode_backlog(
     let records = rows
         .iter()
         .map(|r| {
-            let value = envelope::confluent_avro(schema.id, &schema.schema, &r.event.payload)
-                .map_err(anyhow::Error::msg)?;
+            let value = wire::frame::encode(schema.id, &schema.schema, &r.event.payload)?;
             Ok(Record {
                 key: r.event.aggregate_id.to_string(),
                 value,
-                headers: envelope::headers(
+                headers: wire::header::encode(
                     &r.event,
-                    envelope::CONTENT_AVRO,
+                    wire::CONTENT_AVRO,
                     Some((schema.id, schema.version)),
                 ),
             })

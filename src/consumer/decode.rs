@@ -1,41 +1,30 @@
-//! Turning a Kafka record keel published back into an event.
+//! Turning a Kafka record keel published back into an event: [`crate::wire`] for the format, the
+//! registry for the writer's schema.
 //!
 //! * The envelope (id, type, aggregate, version, position, created-at, tracing ids) comes from
-//!   keel's headers; see [`crate::relay::envelope`].
+//!   keel's headers.
 //! * A Confluent-framed value is decoded with the writer's schema, fetched from keel's registry by
-//!   the id in its first five bytes (cached by the registry). A JSON value (topics in `relay.kafka.json_topics`)
-//!   is the envelope itself.
+//!   the id in its first five bytes (cached by the registry). A JSON value (topics in
+//!   `relay.kafka.json_topics`) is the envelope itself.
 //! * With a reader version, the payload is resolved to it: fields the writer lacked get their
 //!   defaults (upcasting), exactly as reads through the API do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
-use uuid::Uuid;
-
 use crate::model::RecordedEvent;
 use crate::registry::{Registry, VersionSpec};
-use crate::relay::envelope::{header, CONTENT_AVRO, CONTENT_JSON, METADATA_HEADERS};
 use crate::schema::ParsedSchema;
+use crate::wire::{self, frame, header, CONTENT_AVRO, CONTENT_JSON};
 
 /// Why a record cannot be decoded. A subscriber treats these as permanent: the record will not
 /// decode on a retry either.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("header {0} is missing or malformed")]
-    Header(&'static str),
-    #[error("unknown content type {0:?}")]
-    ContentType(String),
-    #[error("the value is not Confluent-framed Avro (magic byte 0 and a 4-byte schema id)")]
-    Framing,
+    #[error(transparent)]
+    Wire(#[from] wire::Error),
     #[error("schema id {id}: {reason}")]
     Schema { id: i32, reason: String },
-    #[error("the value does not decode with schema id {id}: {reason}")]
-    Avro { id: i32, reason: String },
-    #[error("the JSON envelope is invalid: {0}")]
-    Json(String),
     #[error("cannot read the payload as the requested version: {0}")]
     Upcast(String),
 }
@@ -58,21 +47,18 @@ impl Decoder {
         value: &[u8],
         reader: Option<VersionSpec>,
     ) -> Result<RecordedEvent, DecodeError> {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .map(String::as_str)
-            .unwrap_or(CONTENT_AVRO);
-        let mut event = match content_type {
-            CONTENT_JSON => serde_json::from_slice::<RecordedEvent>(value)
-                .map_err(|e| DecodeError::Json(e.to_string()))?,
+        let mut event = match header::content_type(headers) {
+            CONTENT_JSON => wire::json::decode(value)?,
             CONTENT_AVRO => {
-                let mut event = envelope(headers)?;
-                let (id, payload) = self.avro_payload(value).await?;
+                let mut event = header::decode(headers)?;
+                // Framing is checked before any registry lookup.
+                let (id, datum) = frame::split(value)?;
+                let schema = self.schema(id).await?;
                 event.schema_id = Some(id);
-                event.payload = payload;
+                event.payload = frame::decode(id, &schema, datum)?;
                 event
             }
-            other => return Err(DecodeError::ContentType(other.to_owned())),
+            other => return Err(wire::Error::ContentType(other.to_owned()).into()),
         };
         if let Some(wanted) = reader {
             self.registry
@@ -81,26 +67,6 @@ impl Decoder {
                 .map_err(|e| DecodeError::Upcast(e.to_string()))?;
         }
         Ok(event)
-    }
-
-    async fn avro_payload(&self, value: &[u8]) -> Result<(i32, Value), DecodeError> {
-        if value.len() < 5 || value[0] != 0 {
-            return Err(DecodeError::Framing);
-        }
-        let id = i32::from_be_bytes(value[1..5].try_into().expect("four bytes"));
-        let schema = self.schema(id).await?;
-        let datum =
-            apache_avro::from_avro_datum(schema.schema(), &mut &value[5..], None).map_err(|e| {
-                DecodeError::Avro {
-                    id,
-                    reason: e.to_string(),
-                }
-            })?;
-        let payload = Value::try_from(datum).map_err(|e| DecodeError::Avro {
-            id,
-            reason: e.to_string(),
-        })?;
-        Ok((id, payload))
     }
 
     async fn schema(&self, id: i32) -> Result<Arc<ParsedSchema>, DecodeError> {
@@ -112,45 +78,6 @@ impl Decoder {
                 reason: e.to_string(),
             })
     }
-}
-
-/// The event described by keel's headers, with an empty payload.
-fn envelope(headers: &HashMap<String, String>) -> Result<RecordedEvent, DecodeError> {
-    fn get<'h>(h: &'h HashMap<String, String>, name: &'static str) -> Result<&'h str, DecodeError> {
-        h.get(name)
-            .map(String::as_str)
-            .ok_or(DecodeError::Header(name))
-    }
-    fn parse<T: std::str::FromStr>(
-        h: &HashMap<String, String>,
-        name: &'static str,
-    ) -> Result<T, DecodeError> {
-        get(h, name)?.parse().map_err(|_| DecodeError::Header(name))
-    }
-    let created_at: DateTime<Utc> = DateTime::parse_from_rfc3339(get(headers, header::CREATED_AT)?)
-        .map_err(|_| DecodeError::Header(header::CREATED_AT))?
-        .with_timezone(&Utc);
-    let mut metadata = Map::new();
-    for (header, key) in METADATA_HEADERS {
-        if let Some(v) = headers.get(header) {
-            metadata.insert(key.to_owned(), Value::String(v.clone()));
-        }
-    }
-    Ok(RecordedEvent {
-        id: parse::<Uuid>(headers, header::EVENT_ID)?,
-        position: parse(headers, header::POSITION)?,
-        aggregate_type: get(headers, header::AGGREGATE_TYPE)?.to_owned(),
-        aggregate_id: parse(headers, header::AGGREGATE_ID)?,
-        version: parse(headers, header::AGGREGATE_VERSION)?,
-        event_type: get(headers, header::EVENT_TYPE)?.to_owned(),
-        schema_id: None,
-        schema_version: headers
-            .get(header::SCHEMA_VERSION)
-            .and_then(|v| v.parse().ok()),
-        payload: Value::Null,
-        metadata: Value::Object(metadata),
-        created_at,
-    })
 }
 
 #[cfg(test)]
@@ -173,30 +100,6 @@ mod tests {
         .collect()
     }
 
-    #[test]
-    fn the_envelope_comes_from_keels_headers() {
-        let event = envelope(&headers()).unwrap();
-        assert_eq!((event.version, event.position), (3, 42));
-        assert_eq!(event.event_type, "agent.state.changed");
-        assert_eq!(event.metadata["correlation_id"], "req-42");
-    }
-
-    #[test]
-    fn a_missing_or_malformed_header_is_named() {
-        let mut h = headers();
-        h.remove("keel-position");
-        assert!(matches!(
-            envelope(&h),
-            Err(DecodeError::Header("keel-position"))
-        ));
-        let mut h = headers();
-        h.insert("keel-aggregate-version".into(), "three".into());
-        assert!(matches!(
-            envelope(&h),
-            Err(DecodeError::Header("keel-aggregate-version"))
-        ));
-    }
-
     #[tokio::test]
     async fn a_value_without_the_confluent_frame_is_refused_before_any_lookup() {
         // A lazy pool never connects: framing is checked first.
@@ -206,7 +109,10 @@ mod tests {
         let decoder = Decoder::new(Arc::new(Registry::new(pool)));
         for value in [&b""[..], b"\x01\x00\x00\x00\x01abc", b"\x00\x00"] {
             let err = decoder.decode(&headers(), value, None).await.unwrap_err();
-            assert!(matches!(err, DecodeError::Framing), "{err}");
+            assert!(
+                matches!(err, DecodeError::Wire(wire::Error::Framing)),
+                "{err}"
+            );
         }
     }
 }

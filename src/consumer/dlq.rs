@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::model::RecordedEvent;
-use crate::relay::envelope::header;
+use crate::wire::header;
 
 /// A record as the consumer received it, owned.
 #[derive(Debug, Clone)]

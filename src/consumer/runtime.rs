@@ -797,7 +797,7 @@ impl Mirror {
     fn new(brokers: &str, suffix: &str, partitions: i32) -> anyhow::Result<Self> {
         // The relay's producer settings (idempotent, acks=all), with a finite time-out: a mirror
         // that cannot be written must not hold the partition back.
-        let mut config = crate::relay::kafka::producer_config(brokers, &BTreeMap::new());
+        let mut config = crate::kafka::producer_config(brokers, &BTreeMap::new());
         config
             .set("message.timeout.ms", "10000")
             .set("client.id", "keel-dlq-mirror");
@@ -826,14 +826,9 @@ impl Mirror {
             ("keel-dlq-partition", record.partition.to_string()),
             ("keel-dlq-offset", record.offset.to_string()),
         ]);
-        let sent = crate::relay::kafka::enqueue(
-            &self.producer,
-            &topic,
-            &record.key,
-            &record.value,
-            &headers,
-        )
-        .await;
+        let sent =
+            crate::kafka::enqueue(&self.producer, &topic, &record.key, &record.value, &headers)
+                .await;
         let delivered = match sent {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => Ok(()),

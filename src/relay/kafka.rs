@@ -5,70 +5,40 @@
 //!   `relay.kafka.create_topics` is off.
 //! * Key: the aggregate id, so an aggregate's events share a partition and keep their order.
 //! * Value: Confluent-framed Avro with the registry's schema id, or the JSON envelope on the topics
-//!   listed in `relay.kafka.json_topics`. Headers: see [`super::envelope`].
-//! * Producer: `enable.idempotence=true` (so `acks=all` and in-order retries), lz4 compression,
-//!   `linger.ms=1`, and no local message time-out: while a broker is away, librdkafka keeps
-//!   retrying in order rather than failing some messages and delivering later ones. With
-//!   `enable.gapless.guarantee=true` a message the broker refuses for good (too large for the
-//!   topic, not authorised) fails every message queued after it too, so a later event of its
-//!   aggregate is never delivered ahead of it; the producer is then replaced and the round
-//!   re-sent. Settings in `relay.kafka.properties` are applied last.
+//!   listed in `relay.kafka.json_topics`. Headers: see [`crate::wire`].
+//! * Producer: [`crate::kafka::producer`]'s idempotent, gapless settings. A message the broker
+//!   refuses for good (too large for the topic, not authorised) fails every message queued after
+//!   it too, so a later event of its aggregate is never delivered ahead of it; the producer is
+//!   then replaced and the round re-sent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use uuid::Uuid;
 
-use super::envelope::{self, CONTENT_AVRO, CONTENT_JSON};
-use super::outbox::OutboxRow;
 #[cfg(test)]
 use super::sink::ErrorClass;
 use super::sink::{Outcome, SinkError};
 use crate::catalog::Catalog;
 use crate::config::KafkaSinkConfig;
+use crate::kafka::{enqueue, producer_config, Topics};
+use crate::model::RecordedEvent;
 use crate::registry::Registry;
 use crate::schema::{self, ParsedSchema};
+use crate::wire::{self, CONTENT_AVRO, CONTENT_JSON};
 
 pub struct KafkaSink {
-    brokers: String,
     config: KafkaSinkConfig,
     catalog: Arc<Catalog>,
     registry: Arc<Registry>,
-    producer: Mutex<FutureProducer>,
-    admin: AdminClient<DefaultClientContext>,
-    topics: Mutex<HashSet<String>>,
+    producer: Arc<ProducerSlot>,
+    topics: Topics,
     /// Every event goes to this topic instead (for `keel replay republish`).
     only_topic: Option<String>,
-}
-
-/// The producer settings keel uses, before `relay.kafka.properties`.
-pub fn producer_config(
-    brokers: &str,
-    properties: &std::collections::BTreeMap<String, String>,
-) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("enable.gapless.guarantee", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "0")
-        .set("retry.backoff.ms", "100")
-        .set("retry.backoff.max.ms", "5000")
-        .set("client.id", "keel-relay");
-    for (k, v) in properties {
-        c.set(k, v);
-    }
-    c
 }
 
 impl KafkaSink {
@@ -78,22 +48,19 @@ impl KafkaSink {
         catalog: Arc<Catalog>,
         registry: Arc<Registry>,
     ) -> anyhow::Result<Self> {
-        let producer = producer_config(brokers, &config.properties).create()?;
-        let mut admin_config = ClientConfig::new();
-        admin_config.set("bootstrap.servers", brokers);
-        for (k, v) in &config.properties {
-            if k.starts_with("security.") || k.starts_with("ssl.") || k.starts_with("sasl.") {
-                admin_config.set(k, v);
-            }
-        }
+        let producer = Arc::new(ProducerSlot::new(brokers, &config.properties)?);
+        let topics = Topics::new(
+            brokers,
+            &config.properties,
+            config.partitions,
+            config.replication,
+        )?;
         Ok(Self {
-            brokers: brokers.to_owned(),
-            admin: admin_config.create()?,
-            producer: Mutex::new(producer),
+            producer,
+            topics,
             config,
             catalog,
             registry,
-            topics: Mutex::new(HashSet::new()),
             only_topic: None,
         })
     }
@@ -113,12 +80,13 @@ impl KafkaSink {
             .topic(event_type, aggregate_type, &self.config.topic_prefix)
     }
 
-    /// [`KafkaSink::topic_for`] for each row, worked out once per (event type, aggregate type).
-    fn topics<'r>(&self, rows: &[&'r OutboxRow]) -> Vec<Arc<str>> {
-        let mut seen: HashMap<(&'r str, &'r str), Arc<str>> = HashMap::new();
-        rows.iter()
-            .map(|r| {
-                let key = (r.event.event_type.as_str(), r.event.aggregate_type.as_str());
+    /// [`KafkaSink::topic_for`] for each event, worked out once per (event type, aggregate type).
+    fn topics<'e>(&self, events: &[&'e RecordedEvent]) -> Vec<Arc<str>> {
+        let mut seen: HashMap<(&'e str, &'e str), Arc<str>> = HashMap::new();
+        events
+            .iter()
+            .map(|e| {
+                let key = (e.event_type.as_str(), e.aggregate_type.as_str());
                 seen.entry(key)
                     .or_insert_with(|| self.topic_for(key.0, key.1).into())
                     .clone()
@@ -126,68 +94,15 @@ impl KafkaSink {
             .collect()
     }
 
-    fn producer(&self) -> FutureProducer {
-        self.producer.lock().expect("producer lock").clone()
-    }
-
-    /// Replaces a producer that hit a fatal error (an idempotence violation, say). Unacknowledged
-    /// rows are simply read again from the outbox and re-sent by the new producer.
-    fn renew_producer(&self) {
-        match producer_config(&self.brokers, &self.config.properties).create::<FutureProducer>() {
-            Ok(fresh) => {
-                tracing::warn!("kafka producer hit a fatal error; replaced it");
-                *self.producer.lock().expect("producer lock") = fresh;
-            }
-            Err(e) => tracing::error!(error = %e, "cannot create a new kafka producer"),
-        }
-    }
-
-    /// Creates the topics in `topics` that keel has not seen yet.
+    /// Creates the topics in `topics` that keel has not seen yet. A failure is logged and the
+    /// round goes on: sending to a missing topic fails as `unknown_topic`, which the error table
+    /// handles.
     async fn ensure_topics(&self, topics: &HashSet<&str>) {
         if !self.config.create_topics {
             return;
         }
-        let missing: Vec<String> = {
-            let known = self.topics.lock().expect("topics lock");
-            topics
-                .iter()
-                .filter(|t| !known.contains(**t))
-                .map(|t| t.to_string())
-                .collect()
-        };
-        if missing.is_empty() {
-            return;
-        }
-        let new: Vec<NewTopic> = missing
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    self.config.partitions,
-                    TopicReplication::Fixed(self.config.replication),
-                )
-            })
-            .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        match self.admin.create_topics(new.iter(), &opts).await {
-            Ok(results) => {
-                let mut known = self.topics.lock().expect("topics lock");
-                for result in results {
-                    match result {
-                        Ok(name) => {
-                            tracing::info!(topic = %name, "created kafka topic");
-                            known.insert(name);
-                        }
-                        Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                            known.insert(name);
-                        }
-                        Err((name, code)) => {
-                            tracing::warn!(topic = %name, error = %code, "cannot create kafka topic")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot create kafka topics"),
+        if let Err(e) = self.topics.ensure(topics.iter().copied()).await {
+            tracing::warn!(error = %e, "cannot create kafka topics");
         }
     }
 
@@ -201,12 +116,11 @@ impl KafkaSink {
     /// off) is validated against its type's latest schema first.
     async fn value(
         &self,
-        row: &OutboxRow,
+        event: &RecordedEvent,
         topic: &str,
     ) -> Result<(Vec<u8>, &'static str, Option<(i32, i32)>), SinkError> {
-        let event = &row.event;
         if self.config.json_topics.iter().any(|t| t == topic) {
-            let body = serde_json::to_vec(event)
+            let body = wire::json::encode(event)
                 .map_err(|e| SinkError::permanent("serialization", e.to_string()))?;
             let schema = event.schema_id.zip(event.schema_version);
             return Ok((body, CONTENT_JSON, schema));
@@ -236,41 +150,43 @@ impl KafkaSink {
                 (latest.id, latest.version, latest.schema, payload)
             }
         };
-        let bytes = envelope::confluent_avro(id, &schema, &payload)
-            .map_err(|e| SinkError::permanent("serialization", e))?;
+        let bytes = wire::frame::encode(id, &schema, &payload)
+            .map_err(|e| SinkError::permanent("serialization", e.to_string()))?;
         Ok((bytes, CONTENT_AVRO, Some((id, version))))
     }
 
-    /// Sends `rows` in order and waits for every acknowledgement. A row whose aggregate already
-    /// failed earlier in the batch is not sent ([`Outcome::NotSent`]).
-    pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
-        self.send(rows).await.wait(self).await
+    /// Sends `events` in order and waits for every acknowledgement. An event whose aggregate
+    /// already failed earlier in the batch is not sent ([`Outcome::NotSent`]).
+    pub async fn publish(&self, events: &[&RecordedEvent]) -> Vec<Outcome> {
+        self.send(events).await.wait().await
     }
 
-    /// Queues `rows` in order without waiting for acknowledgements; [`KafkaSent::wait`] collects
-    /// them. `KafkaSent::clean` tells whether every row was queued.
-    pub async fn send(&self, rows: &[&OutboxRow]) -> KafkaSent {
-        let topics = self.topics(rows);
+    /// Queues `events` in order without waiting for acknowledgements; [`KafkaSent::wait`]
+    /// collects them. `KafkaSent::clean` tells whether every event was queued.
+    #[tracing::instrument(skip_all, fields(messaging.system = "kafka", messaging.operation.type = "send", messaging.batch.message_count = events.len()))]
+    pub async fn send(&self, events: &[&RecordedEvent]) -> KafkaSent {
+        let topics = self.topics(events);
         self.ensure_topics(&topics.iter().map(|t| &**t).collect())
             .await;
-        let producer = self.producer();
+        let producer = self.producer.current();
         let mut failed: HashSet<(&str, Uuid)> = HashSet::new();
-        let mut pending = Vec::with_capacity(rows.len());
-        for (row, topic) in rows.iter().zip(&topics) {
-            if failed.contains(&row.aggregate()) {
+        let mut pending = Vec::with_capacity(events.len());
+        for (event, topic) in events.iter().zip(&topics) {
+            let aggregate = (event.aggregate_type.as_str(), event.aggregate_id);
+            if failed.contains(&aggregate) {
                 pending.push(Pending::Done(Outcome::NotSent));
                 continue;
             }
-            let sent = match self.value(row, topic).await {
+            let sent = match self.value(event, topic).await {
                 Ok((value, content_type, schema)) => {
-                    send(&producer, row, topic, &value, content_type, schema).await
+                    send(&producer, event, topic, &value, content_type, schema).await
                 }
                 Err(e) => Err(e),
             };
             match sent {
                 Ok(delivery) => pending.push(Pending::Sent(delivery)),
                 Err(e) => {
-                    failed.insert(row.aggregate());
+                    failed.insert(aggregate);
                     pending.push(Pending::Done(Outcome::Failed(e)));
                 }
             }
@@ -279,17 +195,58 @@ impl KafkaSink {
             clean: failed.is_empty(),
             pending,
             producer,
+            slot: self.producer.clone(),
         }
     }
 
     /// Waits up to `timeout` for queued messages to be acknowledged (on shutdown).
     /// librdkafka's flush blocks, so it runs off the runtime's threads.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer();
+        let producer = self.producer.current();
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
         if let Ok(Err(e)) = flushed {
             tracing::warn!(error = %e, "kafka producer did not flush before shutdown");
+        }
+    }
+}
+
+/// The sink's producer, replaceable after a fatal error. Unacknowledged events are simply read
+/// again from the outbox and re-sent by the new producer.
+struct ProducerSlot {
+    producer: Mutex<FutureProducer>,
+    config: rdkafka::ClientConfig,
+}
+
+impl ProducerSlot {
+    fn new(
+        brokers: &str,
+        properties: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, KafkaError> {
+        let config = producer_config(brokers, properties);
+        Ok(Self {
+            producer: Mutex::new(config.create()?),
+            config,
+        })
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer
+            .lock()
+            .expect("producer lock poisoned by a panic")
+            .clone()
+    }
+
+    fn renew(&self) {
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!("kafka producer hit a fatal error; replaced it");
+                *self
+                    .producer
+                    .lock()
+                    .expect("producer lock poisoned by a panic") = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot create a new kafka producer"),
         }
     }
 }
@@ -305,11 +262,12 @@ pub struct KafkaSent {
     pub clean: bool,
     pending: Vec<Pending>,
     producer: FutureProducer,
+    slot: Arc<ProducerSlot>,
 }
 
 impl KafkaSent {
     /// Waits for every acknowledgement; one outcome per row, in order.
-    pub async fn wait(self, sink: &KafkaSink) -> Vec<Outcome> {
+    pub async fn wait(self) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(self.pending.len());
         let mut fatal = false;
         for p in self.pending {
@@ -329,7 +287,7 @@ impl KafkaSent {
             });
         }
         if fatal || self.producer.client().fatal_error().is_some() {
-            sink.renew_producer();
+            self.slot.renew();
         }
         outcomes
     }
@@ -337,49 +295,17 @@ impl KafkaSent {
 
 async fn send(
     producer: &FutureProducer,
-    row: &OutboxRow,
+    event: &RecordedEvent,
     topic: &str,
     value: &[u8],
     content_type: &str,
     schema: Option<(i32, i32)>,
 ) -> Result<rdkafka::producer::DeliveryFuture, SinkError> {
-    let key = row.event.aggregate_id.to_string();
-    let headers = envelope::headers(&row.event, content_type, schema);
+    let key = event.aggregate_id.to_string();
+    let headers = wire::header::encode(event, content_type, schema);
     enqueue(producer, topic, &key, value, &headers)
         .await
         .map_err(|e| classify(&e))
-}
-
-/// Hands one record to librdkafka and returns its delivery future. A full local queue is waited
-/// out (deliveries drain it), never reported as an error.
-pub async fn enqueue(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    value: &[u8],
-    headers: &[(&str, String)],
-) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-    for (name, v) in headers {
-        owned = owned.insert(Header {
-            key: name,
-            value: Some(v.as_bytes()),
-        });
-    }
-    let mut record = FutureRecord::to(topic)
-        .key(key)
-        .payload(value)
-        .headers(owned);
-    loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
 }
 
 fn is_fatal(e: &KafkaError) -> bool {

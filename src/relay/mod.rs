@@ -20,7 +20,6 @@
 //!   `keel outbox retry|skip` releases them.
 //! * **Bounded outbox.** Rows every sink has passed are deleted every second.
 
-pub mod envelope;
 pub mod kafka;
 pub mod lease;
 pub mod outbox;
@@ -39,76 +38,14 @@ use tokio::task::JoinSet;
 
 use self::kafka::KafkaSink;
 use self::lease::Leases;
-use self::outbox::{OutboxRow, PARTITIONS, WAKE_CHANNEL};
+use self::outbox::{PARTITIONS, WAKE_CHANNEL};
 use self::redis::RedisSink;
-use self::sink::{Outcome, SinkKind};
+pub use self::sink::Sink;
+use self::sink::SinkKind;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::metrics;
 use crate::registry::Registry;
-
-/// A sink the relay publishes to.
-pub enum Sink {
-    Kafka(KafkaSink),
-    Redis(RedisSink),
-}
-
-impl Sink {
-    pub fn kind(&self) -> SinkKind {
-        match self {
-            Sink::Kafka(_) => SinkKind::Kafka,
-            Sink::Redis(_) => SinkKind::Redis,
-        }
-    }
-
-    /// Publishes `rows` in order; one outcome per row.
-    pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
-        match self {
-            Sink::Kafka(k) => k.publish(rows).await,
-            Sink::Redis(r) => r.publish(rows).await,
-        }
-    }
-
-    async fn shutdown(&self) {
-        if let Sink::Kafka(k) = self {
-            k.flush(Duration::from_secs(5)).await;
-        }
-    }
-
-    /// Starts publishing `rows`: Kafka queues them and returns at once; Redis finishes.
-    async fn send(&self, rows: &[&OutboxRow]) -> Sent {
-        match self {
-            Sink::Kafka(k) => Sent::Kafka(k.send(rows).await),
-            Sink::Redis(r) => Sent::Ready(r.publish(rows).await),
-        }
-    }
-}
-
-/// A batch handed to a sink, whose outcomes may still be on their way.
-enum Sent {
-    Kafka(kafka::KafkaSent),
-    Ready(Vec<Outcome>),
-}
-
-impl Sent {
-    /// Every row reached the sink or its queue: none failed before it was sent.
-    fn clean(&self) -> bool {
-        match self {
-            Sent::Kafka(k) => k.clean,
-            Sent::Ready(outcomes) => outcomes.iter().all(|o| *o == Outcome::Delivered),
-        }
-    }
-
-    async fn outcomes(self, sink: &Sink) -> Vec<Outcome> {
-        match (self, sink) {
-            (Sent::Kafka(k), Sink::Kafka(s)) => k.wait(s).await,
-            (Sent::Ready(outcomes), _) => outcomes,
-            (Sent::Kafka(_), Sink::Redis(_)) => {
-                unreachable!("a Kafka batch is waited on by the Kafka sink")
-            }
-        }
-    }
-}
 
 /// A running relay. [`RelayHandle::shutdown`] stops it and frees its leases at once.
 pub struct RelayHandle {

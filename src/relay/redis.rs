@@ -9,15 +9,18 @@
 //! `version` and `event` (the envelope). The channel carries the envelope alone, published after
 //! the stream entry was added.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult};
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
-use super::outbox::OutboxRow;
 use super::sink::{Outcome, SinkError};
 use crate::config::RedisSinkConfig;
+use crate::model::RecordedEvent;
+use crate::wire;
 
 pub struct RedisSink {
     client: redis::Client,
@@ -60,14 +63,36 @@ impl RedisSink {
         Ok(c)
     }
 
-    /// Publishes `rows` with one script run: Redis runs it atomically and in order, and the
-    /// script skips the rest of an aggregate's rows after one of them fails, so a later event
-    /// never reaches the stream or the channel ahead of an earlier one.
-    pub async fn publish(&self, rows: &[&OutboxRow]) -> Vec<Outcome> {
+    /// Publishes `events` with one script run: Redis runs it atomically and in order, and the
+    /// script skips the rest of an aggregate's events after one of them fails, so a later event
+    /// never reaches the stream or the channel ahead of an earlier one. An event whose envelope
+    /// cannot be serialised fails for good, and its aggregate's later events are not sent.
+    #[tracing::instrument(skip_all, fields(messaging.system = "redis", messaging.batch.message_count = events.len()))]
+    pub async fn publish(&self, events: &[&RecordedEvent]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        let mut unserialisable: HashSet<(&str, Uuid)> = HashSet::new();
         let mut call = self.script.prepare_invoke();
         call.arg(self.config.stream_maxlen);
-        for row in rows {
-            let e = &row.event;
+        let mut in_script = 0;
+        for (e, outcome) in events.iter().zip(&mut outcomes) {
+            let aggregate = (e.aggregate_type.as_str(), e.aggregate_id);
+            if unserialisable.contains(&aggregate) {
+                *outcome = Some(Outcome::NotSent);
+                continue;
+            }
+            // The JSON envelope: the event as keel's read API returns it.
+            let envelope = match wire::json::encode(e) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    unserialisable.insert(aggregate);
+                    *outcome = Some(Outcome::Failed(SinkError::permanent(
+                        "serialization",
+                        err.to_string(),
+                    )));
+                    continue;
+                }
+            };
+            in_script += 1;
             call.key(self.stream(&e.aggregate_type))
                 .arg(format!("{}/{}", e.aggregate_type, e.aggregate_id))
                 .arg(self.channel(&e.aggregate_type))
@@ -75,15 +100,32 @@ impl RedisSink {
                 .arg(&e.event_type)
                 .arg(e.aggregate_id.to_string())
                 .arg(e.version)
-                // The JSON envelope: the event as keel's read API returns it.
-                .arg(serde_json::to_string(e).unwrap_or_default());
+                .arg(envelope);
         }
+        let replies: Vec<Outcome> = if in_script == 0 {
+            Vec::new()
+        } else {
+            self.run(call, in_script).await
+        };
+        let mut replies = replies.into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.or_else(|| replies.next()).unwrap_or_else(|| {
+                    Outcome::Failed(SinkError::retriable("protocol", "missing reply"))
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the script for `count` events: one outcome per event, in order.
+    async fn run(&self, call: redis::ScriptInvocation<'_>, count: usize) -> Vec<Outcome> {
         let replies: RedisResult<Vec<String>> = match self.connection().await {
             Ok(mut c) => call.invoke_async(&mut c).await,
             Err(e) => Err(e),
         };
         match replies {
-            Ok(replies) if replies.len() == rows.len() => replies
+            Ok(replies) if replies.len() == count => replies
                 .iter()
                 .map(|r| match r.as_str() {
                     "ok" => Outcome::Delivered,
@@ -94,11 +136,11 @@ impl RedisSink {
             Ok(replies) => {
                 let e = SinkError::retriable(
                     "protocol",
-                    format!("{} replies for {} events", replies.len(), rows.len()),
+                    format!("{} replies for {} events", replies.len(), count),
                 );
-                vec![Outcome::Failed(e); rows.len()]
+                vec![Outcome::Failed(e); count]
             }
-            Err(e) => vec![Outcome::Failed(classify(&e)); rows.len()],
+            Err(e) => vec![Outcome::Failed(classify(&e)); count],
         }
     }
 }

@@ -1,6 +1,11 @@
 //! What a sink reports for each row it was given, and how failures are sorted.
 
 use std::fmt;
+use std::time::Duration;
+
+use super::kafka::{KafkaSent, KafkaSink};
+use super::redis::RedisSink;
+use crate::model::RecordedEvent;
 
 /// How the relay treats a failed publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,5 +104,67 @@ impl SinkKind {
 impl fmt::Display for SinkKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A sink the relay publishes to.
+pub enum Sink {
+    Kafka(KafkaSink),
+    Redis(RedisSink),
+}
+
+impl Sink {
+    pub fn kind(&self) -> SinkKind {
+        match self {
+            Sink::Kafka(_) => SinkKind::Kafka,
+            Sink::Redis(_) => SinkKind::Redis,
+        }
+    }
+
+    /// Publishes `events` in order; one outcome per event.
+    pub async fn publish(&self, events: &[&RecordedEvent]) -> Vec<Outcome> {
+        match self {
+            Sink::Kafka(k) => k.publish(events).await,
+            Sink::Redis(r) => r.publish(events).await,
+        }
+    }
+
+    /// Waits (a bounded time) for what was queued to be acknowledged.
+    pub(crate) async fn shutdown(&self) {
+        if let Sink::Kafka(k) = self {
+            k.flush(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Starts publishing `events`: Kafka queues them and returns at once; Redis finishes.
+    pub(crate) async fn send(&self, events: &[&RecordedEvent]) -> Sent {
+        match self {
+            Sink::Kafka(k) => Sent::Kafka(k.send(events).await),
+            Sink::Redis(r) => Sent::Ready(r.publish(events).await),
+        }
+    }
+}
+
+/// A batch handed to a sink, whose outcomes may still be on their way.
+pub(crate) enum Sent {
+    Kafka(KafkaSent),
+    Ready(Vec<Outcome>),
+}
+
+impl Sent {
+    /// Every row reached the sink or its queue: none failed before it was sent.
+    pub(crate) fn clean(&self) -> bool {
+        match self {
+            Sent::Kafka(k) => k.clean,
+            Sent::Ready(outcomes) => outcomes.iter().all(|o| *o == Outcome::Delivered),
+        }
+    }
+
+    /// Waits for the acknowledgements still on their way; one outcome per event, in order.
+    pub(crate) async fn outcomes(self) -> Vec<Outcome> {
+        match self {
+            Sent::Kafka(k) => k.wait().await,
+            Sent::Ready(outcomes) => outcomes,
+        }
     }
 }

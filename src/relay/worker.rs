@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::lease::Owned;
 use super::outbox::{self, Commit, OutboxRow, Park};
 use super::sink::{ErrorClass, Outcome, SinkError, SinkKind};
-use super::{Sent, Sink};
+use super::sink::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
 use crate::store::log::LogCursor;
@@ -177,7 +177,8 @@ impl SinkLoop {
             let rows = outbox::read_redrive(&self.pool, kind, parts, batch).await?;
             if !rows.is_empty() {
                 let mut commit = Commit::default();
-                let outcomes = self.sink.publish(&rows.iter().collect::<Vec<_>>()).await;
+                let events: Vec<_> = rows.iter().map(|r| &r.event).collect();
+                let outcomes = self.sink.publish(&events).await;
                 round.failed |= self.settle_redrive(&rows, &outcomes, &mut commit);
                 round.full |= rows.len() as i64 == batch;
                 outbox::commit(&self.pool, self.owner, kind, &commit).await?;
@@ -201,7 +202,11 @@ impl SinkLoop {
                 (*p, last.map_or(*c, |r| r.cursor()))
             })
             .collect();
-        let send: Vec<&OutboxRow> = rows.iter().filter(|r| !r.blocked).collect();
+        let send: Vec<_> = rows
+            .iter()
+            .filter(|r| !r.blocked)
+            .map(|r| &r.event)
+            .collect();
         let sent = if send.is_empty() {
             Sent::Ready(Vec::new())
         } else {
@@ -232,7 +237,7 @@ impl SinkLoop {
     /// was lost).
     async fn finish(&mut self, batch: InFlight) -> Result<bool, sqlx::Error> {
         let kind = self.kind();
-        let mut outcomes = batch.sent.outcomes(&self.sink).await.into_iter();
+        let mut outcomes = batch.sent.outcomes().await.into_iter();
         let aligned: Vec<Option<Outcome>> = batch
             .rows
             .iter()

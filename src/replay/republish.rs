@@ -20,7 +20,6 @@ use crate::config::Config;
 use crate::model::EventType;
 use crate::registry::Registry;
 use crate::relay::kafka::KafkaSink;
-use crate::relay::outbox::OutboxRow;
 use crate::relay::sink::Outcome;
 use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
 use crate::store::Store;
@@ -93,30 +92,21 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
         let Some(last) = page.last().map(|e| e.cursor()) else {
             break;
         };
-        let rows: Vec<OutboxRow> = page
-            .into_iter()
-            .map(|e| OutboxRow {
-                partition: 0,
-                tx_id: e.tx_id,
-                event: e.event,
-                blocked: false,
-                attempts: 0,
-            })
-            .collect();
-        let outcomes = sink.publish(&rows.iter().collect::<Vec<_>>()).await;
-        if let Some((row, outcome)) = rows
+        let events: Vec<_> = page.iter().map(|e| &e.event).collect();
+        let outcomes = sink.publish(&events).await;
+        if let Some((event, outcome)) = events
             .iter()
             .zip(&outcomes)
             .find(|(_, o)| **o != Outcome::Delivered)
         {
             bail!(
                 "event {} was not delivered ({outcome:?}); resume with --after {}",
-                row.event.id,
+                event.id,
                 cursor.encode()
             );
         }
-        sent += rows.len() as u64;
-        progress.advance(rows.len() as u64);
+        sent += events.len() as u64;
+        progress.advance(events.len() as u64);
         cursor = last;
         let due = Duration::from_secs_f64(sent as f64 / args.rate as f64);
         let elapsed = started.elapsed();
