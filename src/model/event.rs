@@ -193,7 +193,8 @@ fn is_traceparent(s: &str) -> bool {
 }
 
 /// An event as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+/// Rows decode into it through the store (`store::row`), so the model needs no database crate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     pub id: Uuid,
     /// Global, unique, but not gap-free and not commit-ordered; see `store::log` for the order
@@ -212,7 +213,7 @@ pub struct RecordedEvent {
 }
 
 /// One appended event's place in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendedEvent {
     pub id: Uuid,
     pub version: i32,

@@ -12,6 +12,7 @@ mod error;
 mod group_commit;
 pub mod log;
 mod read;
+mod row;
 pub(crate) use read::EVENT_COLUMNS;
 
 use std::sync::Arc;

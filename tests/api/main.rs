@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL: the HTTP API and the store's guarantees.
 
 mod append;
+mod architecture;
 mod bad_input;
 mod cli;
 mod concurrency;
