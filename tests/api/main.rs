@@ -18,3 +18,4 @@ mod relay;
 mod relay_support;
 mod replay;
 mod schemas;
+mod unvalidated;
