@@ -17,7 +17,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -29,5 +28,6 @@ pub mod registry;
 pub mod relay;
 pub mod replay;
 pub mod schema;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
