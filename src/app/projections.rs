@@ -164,4 +164,43 @@ mod tests {
         );
         assert!(Projections::none().find("agent_status").is_err());
     }
+
+    /// A service's own read model, as a user of the library would write it.
+    struct Audit;
+
+    #[async_trait::async_trait]
+    impl Projection for Audit {
+        fn name(&self) -> &'static str {
+            "audit"
+        }
+        fn event_types(&self) -> &'static [&'static str] {
+            &["agent.state.changed"]
+        }
+        fn ddl(&self) -> &'static str {
+            "CREATE TABLE audit (event_id uuid PRIMARY KEY)"
+        }
+        async fn apply(
+            &self,
+            _tx: &mut sqlx::PgConnection,
+            _events: &[crate::model::RecordedEvent],
+            _ctx: crate::projection::ApplyContext,
+        ) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_user_written_projection_can_be_named_in_config() {
+        let mut config = Config::default();
+        config.projections.run = vec!["audit".into(), "agent_status".into()];
+        assert!(Projections::builtin().selected(&config).is_err());
+        let projections = Projections::builtin().with(Audit);
+        let names: Vec<_> = projections
+            .selected(&config)
+            .unwrap()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(names, ["audit", "agent_status"]);
+    }
 }
