@@ -181,4 +181,37 @@ mod tests {
         let open = Snapshot { total: None, ..at };
         assert_eq!(open.line(), "rebuilding x: 50 (5/s)");
     }
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<String>>);
+
+    impl View for std::sync::Arc<Recorded> {
+        fn advanced(&self, at: &Snapshot<'_>) {
+            self.0.lock().unwrap().push(format!("at {}", at.done));
+        }
+        fn note(&self, _at: &Snapshot<'_>, message: &str) {
+            self.0.lock().unwrap().push(format!("note {message}"));
+        }
+        fn finished(&self, at: &Snapshot<'_>, message: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {message}", at.done));
+        }
+    }
+
+    #[test]
+    fn an_operation_reports_each_step_to_its_view() {
+        let seen = std::sync::Arc::new(Recorded::default());
+        let progress = Progress::with_view("copying", Some(10), Box::new(seen.clone()));
+        progress.advance(4);
+        progress.note("resuming");
+        progress.advance(6);
+        progress.finish("done");
+        assert_eq!(progress.done(), 10);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            ["at 4", "note resuming", "at 10", "10 done"]
+        );
+    }
 }
