@@ -80,8 +80,9 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// Projections (`keel project`, or in-process with `keel serve --projections`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Projections (`keel project`, or in-process with `keel serve --projections`). `Debug` hides
+/// secret `properties` (see [`redacted`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectionsConfig {
     /// `keel serve` runs the projection runners in-process too (`KEEL_PROJECTIONS__IN_PROCESS`).
@@ -234,8 +235,8 @@ impl RelayConfig {
     }
 }
 
-/// The Kafka sink.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The Kafka sink. `Debug` hides secret `properties` (see [`redacted`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSinkConfig {
     /// `KEEL_RELAY__KAFKA__ENABLED`.
@@ -267,6 +268,62 @@ impl Default for KafkaSinkConfig {
             properties: Default::default(),
         }
     }
+}
+
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KafkaSinkConfig {
+            enabled,
+            topic_prefix,
+            create_topics,
+            partitions,
+            replication,
+            json_topics,
+            properties,
+        } = self;
+        f.debug_struct("KafkaSinkConfig")
+            .field("enabled", enabled)
+            .field("topic_prefix", topic_prefix)
+            .field("create_topics", create_topics)
+            .field("partitions", partitions)
+            .field("replication", replication)
+            .field("json_topics", json_topics)
+            .field("properties", &redacted(properties))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ProjectionsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ProjectionsConfig {
+            in_process,
+            run,
+            batch_size,
+            properties,
+        } = self;
+        f.debug_struct("ProjectionsConfig")
+            .field("in_process", in_process)
+            .field("run", run)
+            .field("batch_size", batch_size)
+            .field("properties", &redacted(properties))
+            .finish()
+    }
+}
+
+/// Raw librdkafka settings with the values of secret ones (passwords, secrets, private keys,
+/// OAuth bearer configs) replaced by `***`, for `Debug`.
+fn redacted(
+    properties: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<&str, &str> {
+    const SECRET: [&str; 4] = ["password", "secret", "ssl.key.pem", "oauthbearer.config"];
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let lower = key.to_ascii_lowercase();
+            let secret = SECRET.iter().any(|s| lower.contains(s));
+            (key.as_str(), if secret { "***" } else { value.as_str() })
+        })
+        .collect()
 }
 
 /// The Redis sink: `PUBLISH` for live fan-out and `XADD` for short-lived durable reads.
@@ -526,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_url_passwords() {
+    fn debug_hides_passwords_and_secret_kafka_settings() {
         let config = Config {
             database_url: "postgres://keel:s3cret@db/keel".into(),
             redis_url: "redis://:hunter2@cache:6379".into(),
