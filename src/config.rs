@@ -3,6 +3,12 @@
 //!
 //! Top-level keys map to env vars directly (`listen` ← `KEEL_LISTEN`); nested keys use a double
 //! underscore (`api.max_batch_events` ← `KEEL_API__MAX_BATCH_EVENTS`).
+//!
+//! One file over ~400 lines on purpose: the tree is read as one document (each field's doc
+//! comment is its user documentation), and splitting it would scatter that.
+//!
+//! This module is leaf data: it checks values, not names of things other modules own (projection
+//! names are checked where projections are wired, in [`crate::app`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +18,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// keel's settings. The doc comment on each field is its user documentation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+use crate::store::{redact_url, DatabaseConfig};
+
+/// keel's settings. The doc comment on each field is its user documentation. `Debug` hides the
+/// passwords in the database and Redis URLs.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// PostgreSQL connection URL (`KEEL_DATABASE_URL`). keel creates the database if missing.
@@ -37,13 +46,50 @@ pub struct Config {
     pub projections: ProjectionsConfig,
 }
 
-/// Projections (`keel project`, or in-process with `keel serve --projections`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new field cannot be left out of `Debug`.
+        let Config {
+            database_url,
+            listen,
+            redis_url,
+            kafka_brokers,
+            log,
+            log_format,
+            schemas_dir,
+            pool,
+            api,
+            append,
+            relay,
+            projections,
+        } = self;
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(database_url))
+            .field("listen", listen)
+            .field("redis_url", &redact_url(redis_url))
+            .field("kafka_brokers", kafka_brokers)
+            .field("log", log)
+            .field("log_format", log_format)
+            .field("schemas_dir", schemas_dir)
+            .field("pool", pool)
+            .field("api", api)
+            .field("append", append)
+            .field("relay", relay)
+            .field("projections", projections)
+            .finish()
+    }
+}
+
+/// Projections (`keel project`, or in-process with `keel serve --projections`). `Debug` hides
+/// secret `properties` (see [`redacted`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectionsConfig {
     /// `keel serve` runs the projection runners in-process too (`KEEL_PROJECTIONS__IN_PROCESS`).
     pub in_process: bool,
-    /// Which projections run; empty for all of keel's (`KEEL_PROJECTIONS__RUN`).
+    /// Which projections run, by name; empty for all that the process knows: keel's own and any
+    /// the embedding service added (`KEEL_PROJECTIONS__RUN`). Names are checked where the
+    /// projections are wired ([`crate::app::Projections`]), not here.
     pub run: Vec<String>,
     /// Most records applied per transaction (`KEEL_PROJECTIONS__BATCH_SIZE`).
     pub batch_size: usize,
@@ -189,8 +235,8 @@ impl RelayConfig {
     }
 }
 
-/// The Kafka sink.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The Kafka sink. `Debug` hides secret `properties` (see [`redacted`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSinkConfig {
     /// `KEEL_RELAY__KAFKA__ENABLED`.
@@ -222,6 +268,62 @@ impl Default for KafkaSinkConfig {
             properties: Default::default(),
         }
     }
+}
+
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KafkaSinkConfig {
+            enabled,
+            topic_prefix,
+            create_topics,
+            partitions,
+            replication,
+            json_topics,
+            properties,
+        } = self;
+        f.debug_struct("KafkaSinkConfig")
+            .field("enabled", enabled)
+            .field("topic_prefix", topic_prefix)
+            .field("create_topics", create_topics)
+            .field("partitions", partitions)
+            .field("replication", replication)
+            .field("json_topics", json_topics)
+            .field("properties", &redacted(properties))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ProjectionsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ProjectionsConfig {
+            in_process,
+            run,
+            batch_size,
+            properties,
+        } = self;
+        f.debug_struct("ProjectionsConfig")
+            .field("in_process", in_process)
+            .field("run", run)
+            .field("batch_size", batch_size)
+            .field("properties", &redacted(properties))
+            .finish()
+    }
+}
+
+/// Raw librdkafka settings with the values of secret ones (passwords, secrets, private keys,
+/// OAuth bearer configs) replaced by `***`, for `Debug`.
+fn redacted(
+    properties: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<&str, &str> {
+    const SECRET: [&str; 4] = ["password", "secret", "ssl.key.pem", "oauthbearer.config"];
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let lower = key.to_ascii_lowercase();
+            let secret = SECRET.iter().any(|s| lower.contains(s));
+            (key.as_str(), if secret { "***" } else { value.as_str() })
+        })
+        .collect()
 }
 
 /// The Redis sink: `PUBLISH` for live fan-out and `XADD` for short-lived durable reads.
@@ -301,9 +403,8 @@ impl Default for Config {
     }
 }
 
-/// Whether a `KEEL_*` variable (prefix stripped, lowercased) is configuration. `KEEL_CONFIG`
-/// (the file) and `KEEL_TEST_*` (the test suite's) are not; any other stranger is reported, since
-/// it is most likely a misspelt setting.
+/// Whether a `KEEL_*` variable (prefix stripped) names a setting: its first key is one of
+/// [`Config`]'s top-level fields.
 fn is_config_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     let top = key
@@ -311,16 +412,32 @@ fn is_config_key(key: &str) -> bool {
         .next()
         .and_then(|k| k.split('.').next())
         .unwrap_or(&key);
-    if Config::KEYS.contains(&top) {
-        return true;
-    }
-    if key != "config" && !key.starts_with("test_") {
-        eprintln!(
-            "warning: ignoring KEEL_{}: not a keel setting",
-            key.to_uppercase()
-        );
-    }
-    false
+    top_level_keys().iter().any(|k| k == top)
+}
+
+/// [`Config`]'s top-level field names, read off its serialised defaults so that they cannot drift
+/// from the struct.
+fn top_level_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => unreachable!("Config serialises to a JSON object"),
+    })
+}
+
+/// The `KEEL_*` environment variables that [`Config::load`] ignores because they name no setting,
+/// most likely misspelt ones, for the caller to report once logging is set up. `KEEL_CONFIG` (the
+/// file) and `KEEL_TEST_*` (the test suite's) are not settings but are not reported either.
+pub fn ignored_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.strip_prefix("KEEL_").is_some_and(|key| {
+                let lower = key.to_ascii_lowercase();
+                !is_config_key(key) && lower != "config" && !lower.starts_with("test_")
+            })
+        })
+        .collect()
 }
 
 /// The settings a command line may override; `None` leaves the lower layers alone.
@@ -350,7 +467,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(
                 Env::prefixed("KEEL_")
                     .split("__")
@@ -359,7 +476,6 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("invalid configuration")?;
-        let mut config = config;
         if let Some(on) = overrides.relay_in_process {
             config.relay.in_process = on;
         }
@@ -369,22 +485,6 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
-
-    /// The top-level keys, which `KEEL_*` variables may set.
-    const KEYS: [&'static str; 12] = [
-        "database_url",
-        "listen",
-        "redis_url",
-        "kafka_brokers",
-        "log",
-        "log_format",
-        "schemas_dir",
-        "pool",
-        "api",
-        "append",
-        "relay",
-        "projections",
-    ];
 
     fn validate(&self) -> anyhow::Result<()> {
         let api = &self.api;
@@ -407,9 +507,6 @@ impl Config {
         if self.projections.batch_size == 0 {
             bail!("projections.batch_size must be positive");
         }
-        for name in &self.projections.run {
-            crate::projection::find(name)?;
-        }
         Ok(())
     }
 
@@ -420,14 +517,6 @@ impl Config {
             acquire_timeout_ms: self.pool.acquire_timeout_ms,
         }
     }
-}
-
-/// What the store needs to connect.
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    pub url: String,
-    pub max_connections: u32,
-    pub acquire_timeout_ms: u64,
 }
 
 #[cfg(test)]
@@ -470,5 +559,41 @@ mod tests {
             assert!(err.to_string().contains("default_page_size"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn misspelt_variables_are_ignored_and_listed_but_not_keel_config_or_test_ones() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEEL_LISTN", "127.0.0.1:1");
+            jail.set_env("KEEL_API__MAX_PAGE_SIZE", "200");
+            jail.set_env("KEEL_CONFIG", "keel.toml");
+            jail.set_env("KEEL_TEST_PYTHON", "python3");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.api.max_page_size, 200);
+            let ignored = ignored_env_vars();
+            assert!(ignored.contains(&"KEEL_LISTN".to_owned()), "{ignored:?}");
+            assert!(
+                !ignored.iter().any(|v| v.starts_with("KEEL_API")
+                    || v == "KEEL_CONFIG"
+                    || v.starts_with("KEEL_TEST_")),
+                "{ignored:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn debug_hides_passwords_and_secret_kafka_settings() {
+        let config = Config {
+            database_url: "postgres://keel:s3cret@db/keel".into(),
+            redis_url: "redis://:hunter2@cache:6379".into(),
+            ..Config::default()
+        };
+        let shown = format!("{config:?} {:?}", config.database());
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://keel:***@db/keel"), "{shown}");
     }
 }

@@ -18,7 +18,6 @@
 pub mod api;
 pub mod app;
 pub mod append;
-pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -31,6 +30,7 @@ pub mod registry;
 pub mod relay;
 pub mod replay;
 pub mod schema;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod wire;

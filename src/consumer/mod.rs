@@ -4,11 +4,10 @@
 //!   value, resolved to the schema version the subscriber reads.
 //! * [`runtime`]: consumer groups with per-partition order, commits after success, retries, and
 //!   the dead-letter store ([`dlq`]) that keeps per-key order.
-//! * [`tail`]: `keel consume`, which prints decoded records; [`admin`]: `keel dlq`.
+//! * [`tail`]: decoded records as JSON, for `keel consume`; `keel dlq` drives [`dlq`].
 //!
 //! Projections, which keep their offsets in PostgreSQL instead, are in [`crate::projection`].
 
-pub mod admin;
 pub mod decode;
 pub mod dlq;
 pub mod runtime;

@@ -1,75 +1,74 @@
-//! `keel consume`: tail topics as JSON lines, one decoded event per record, for debugging. Like
+//! Tailing topics as decoded JSON, one value per record, for debugging (`keel consume`). Like
 //! kcat, but it reads keel's headers and decodes Avro through keel's registry.
+//!
+//! Without a group the reader joins a throwaway one and commits nothing; with a group it commits
+//! what it handed on (auto-commit), so a later tail of that group starts after it.
 
 use std::sync::Arc;
 
-use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::decode::Decoder;
 use super::dlq::Record;
-use crate::config::Config;
 use crate::registry::{Registry, VersionSpec};
-use crate::store::Store;
+use crate::shutdown::Shutdown;
 
-#[derive(Debug, Clone, Args)]
-pub struct ConsumeArgs {
-    /// A topic to read; repeat for several.
-    #[arg(long, required = true)]
-    pub topic: Vec<String>,
-    /// Join this consumer group and commit what was printed; without it, a throwaway group that
-    /// commits nothing.
-    #[arg(long)]
+/// What to tail.
+#[derive(Debug, Clone, Default)]
+pub struct TailOptions {
+    pub topics: Vec<String>,
+    /// Join this consumer group and commit; `None` for a throwaway group that commits nothing.
     pub group: Option<String>,
-    /// Start where the group has no offset from the beginning of the topics, not the end.
-    #[arg(long)]
+    /// Where the group has no offset, start at the beginning of the topics, not the end.
     pub from_beginning: bool,
-    /// Resolve payloads to this version of their type's schema (`latest` or a number), as a
-    /// subscriber declaring it would get them; by default, as written.
-    #[arg(long)]
-    pub schema_version: Option<String>,
+    /// Resolve payloads to this version of their type's schema; `None` for as written.
+    pub schema_version: Option<VersionSpec>,
     /// Stop after this many records.
-    #[arg(long)]
     pub max_messages: Option<u64>,
 }
 
-pub async fn run(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
-    let reader = args
-        .schema_version
-        .as_deref()
-        .map(VersionSpec::parse)
-        .transpose()
-        .map_err(|_| anyhow::anyhow!("--schema-version takes `latest` or a positive number"))?;
-    let store = Store::connect(&config.database()).await?;
-    let decoder = Decoder::new(Arc::new(Registry::new(store.pool().clone())));
-    let group = args
+/// Reads `options.topics` from the brokers at `brokers` until `shutdown`, or until
+/// `max_messages`, handing `each` one JSON value per record: `{"record": {topic, partition,
+/// offset, key}, "event": ...}`, or `"error"` instead of `"event"` where it cannot be decoded.
+/// Returns how many records were handed on.
+#[tracing::instrument(skip_all, fields(messaging.system = "kafka", messaging.consumer.group.name))]
+pub async fn tail(
+    brokers: &str,
+    registry: Arc<Registry>,
+    options: &TailOptions,
+    shutdown: &Shutdown,
+    mut each: impl FnMut(Value) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let decoder = Decoder::new(registry);
+    let group = options
         .group
         .clone()
         .unwrap_or_else(|| format!("keel-consume-{}", Uuid::new_v4().simple()));
+    tracing::Span::current().record("messaging.consumer.group.name", group.as_str());
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", &group)
-        .set("enable.auto.commit", args.group.is_some().to_string())
+        .set("enable.auto.commit", options.group.is_some().to_string())
         .set(
             "auto.offset.reset",
-            if args.from_beginning {
+            if options.from_beginning {
                 "earliest"
             } else {
                 "latest"
             },
         )
         .create()?;
-    let topics: Vec<&str> = args.topic.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let mut printed = 0u64;
-    while args.max_messages.is_none_or(|max| printed < max) {
+    let mut handed = 0u64;
+    while options.max_messages.is_none_or(|max| handed < max) {
         let m = tokio::select! {
             m = consumer.recv() => m,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = shutdown.wait() => break,
         };
         let m = match m {
             Ok(m) => m,
@@ -85,12 +84,14 @@ pub async fn run(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
             "offset": m.offset(),
             "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         });
-        let line = match decoder.decode(&record.headers, &record.value, reader).await {
+        let decoded = decoder
+            .decode(&record.headers, &record.value, options.schema_version)
+            .await;
+        each(match decoded {
             Ok(event) => json!({"record": place, "event": event}),
             Err(e) => json!({"record": place, "error": e.to_string()}),
-        };
-        println!("{line}");
-        printed += 1;
+        })?;
+        handed += 1;
     }
-    Ok(())
+    Ok(handed)
 }

@@ -1,94 +1,78 @@
-//! `keel replay republish`: re-send stored events to a Kafka topic, for example to seed a new
-//! consumer group or to recover a lost topic.
+//! Republishing: re-send stored events to a Kafka topic, for example to seed a new consumer group
+//! or to recover a lost topic (`keel replay republish`).
 //!
 //! Events are read in the log's gap-safe order (which is version order for every aggregate) and
 //! sent a page at a time through the relay's Kafka sink: same key, value and headers as the
 //! relay's, so consumers deduplicate on `keel-event-id` as usual. A page is sent only after the
 //! previous one was acknowledged, so each aggregate's events arrive in order. The rate is capped;
-//! Ctrl-C stops after the page in flight and prints the cursor to resume from with `--after`.
+//! a shutdown stops after the page in flight and returns the cursor to resume from.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
-use clap::Args;
+use sqlx::PgPool;
 
 use super::progress::Progress;
-use crate::catalog::Catalog;
-use crate::config::Config;
 use crate::model::EventType;
-use crate::registry::Registry;
 use crate::relay::kafka::KafkaSink;
 use crate::relay::sink::Outcome;
+use crate::shutdown::Shutdown;
 use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
-use crate::store::Store;
 
-#[derive(Debug, Clone, Args)]
-pub struct RepublishArgs {
-    /// The topic to send to.
-    #[arg(long)]
-    pub topic: String,
-    /// Only events of this type; repeat for several.
-    #[arg(long)]
-    pub event_type: Vec<String>,
-    /// Only events created at or after this RFC 3339 time.
-    #[arg(long)]
+/// Which events to re-send, and how fast.
+#[derive(Debug, Clone)]
+pub struct RepublishOptions {
+    /// Only events of these types; empty for all.
+    pub event_types: Vec<EventType>,
+    /// Only events created at or after this time.
     pub from: Option<DateTime<Utc>>,
-    /// Only events created before this RFC 3339 time.
-    #[arg(long)]
+    /// Only events created before this time.
     pub to: Option<DateTime<Utc>>,
-    /// Resume after this log cursor (printed by an interrupted run).
-    #[arg(long)]
-    pub after: Option<String>,
-    /// Most events per second.
-    #[arg(long, default_value_t = 5_000)]
+    /// Resume after this log cursor ([`LogCursor::START`] for the beginning).
+    pub after: LogCursor,
+    /// Most events per second; positive.
     pub rate: u64,
+}
+
+/// What a republish did.
+#[derive(Debug, Clone, Copy)]
+pub struct Republished {
+    pub sent: u64,
+    /// The last event sent; resume after it.
+    pub cursor: LogCursor,
+    /// Stopped by the shutdown before the end of the log.
+    pub interrupted: bool,
 }
 
 const PAGE: i64 = 500;
 
-pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
-    if args.rate == 0 {
-        bail!("--rate must be positive");
+/// Re-sends the events `options` selects through `sink` (already pointed at its topic) until the
+/// end of the log or `shutdown`. `label` names the work in progress reports.
+#[tracing::instrument(skip_all, fields(messaging.system = "kafka", db.system = "postgresql"))]
+pub async fn republish(
+    pool: &PgPool,
+    sink: &KafkaSink,
+    options: &RepublishOptions,
+    label: &str,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Republished> {
+    if options.rate == 0 {
+        bail!("the rate must be positive");
     }
-    let mut cursor = match &args.after {
-        Some(token) => LogCursor::decode(token).context("--after is not a cursor keel printed")?,
-        None => LogCursor::START,
-    };
-    let types = args
-        .event_type
-        .iter()
-        .map(|t| EventType::parse(t.as_str()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--event-type: {e}"))?;
-    let store = Store::connect(&config.database()).await?;
-    let registry = Arc::new(Registry::new(store.pool().clone()));
-    let catalog = Arc::new(Catalog::load(&config.schemas_dir)?);
-    let sink = KafkaSink::new(
-        &config.kafka_brokers,
-        config.relay.kafka.clone(),
-        catalog,
-        registry,
-    )
-    .context("cannot configure the kafka producer")?
-    .to_topic(&args.topic);
+    let mut cursor = options.after;
     let filter = LogFilter {
-        event_types: types,
-        from: args.from,
-        to: args.to,
+        event_types: options.event_types.clone(),
+        from: options.from,
+        to: options.to,
         ..Default::default()
     };
-    let total = count_committed_after(store.pool(), cursor, &filter).await?;
-    let progress = Progress::new(
-        &format!("republishing to {}", args.topic),
-        Some(total as u64),
-    );
+    let total = count_committed_after(pool, cursor, &filter).await?;
+    let progress = Progress::new(label, Some(total as u64));
     let started = Instant::now();
     let mut sent: u64 = 0;
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
-        let page = read_committed_after(store.pool(), cursor, &filter, PAGE, 0).await?;
+        let page = read_committed_after(pool, cursor, &filter, PAGE, 0).await?;
         let Some(last) = page.last().map(|e| e.cursor()) else {
             break;
         };
@@ -108,19 +92,21 @@ pub async fn run(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
         sent += events.len() as u64;
         progress.advance(events.len() as u64);
         cursor = last;
-        let due = Duration::from_secs_f64(sent as f64 / args.rate as f64);
+        let due = Duration::from_secs_f64(sent as f64 / options.rate as f64);
         let elapsed = started.elapsed();
         tokio::select! {
             _ = tokio::time::sleep(due.saturating_sub(elapsed)) => {}
-            _ = &mut interrupted => {
+            _ = shutdown.wait() => {
                 progress.finish(&format!("interrupted; resume with --after {}", cursor.encode()));
-                println!("interrupted after {sent} events; resume with --after {}", cursor.encode());
-                return Ok(());
+                return Ok(Republished { sent, cursor, interrupted: true });
             }
         }
     }
     sink.flush(Duration::from_secs(5)).await;
     progress.finish("done");
-    println!("republished {sent} events to {}", args.topic);
-    Ok(())
+    Ok(Republished {
+        sent,
+        cursor,
+        interrupted: false,
+    })
 }

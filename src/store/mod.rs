@@ -8,6 +8,7 @@
 //! - [`log::read_committed_after`] never skips an event, whenever its transaction commits.
 
 mod append;
+mod config;
 mod error;
 mod group_commit;
 pub mod log;
@@ -25,11 +26,11 @@ use sqlx::{ConnectOptions, PgPool, Postgres};
 use uuid::Uuid;
 
 pub(crate) use append::{append, find_appended};
+pub use config::{redact_url, DatabaseConfig};
 pub use error::Error;
 pub use log::{LogCursor, LogFilter, LoggedEvent};
 pub use read::{get_event, read_stream, stream_version};
 
-use crate::config::DatabaseConfig;
 use crate::model::{AggregateType, AppendResult, CheckedEvent, ExpectedVersion};
 use group_commit::GroupCommit;
 

@@ -2,9 +2,9 @@
 
 use clap::{Args, Subcommand};
 
-use super::dlq::{self, DlqRow, Selection};
+use crate::app::Services;
 use crate::config::Config;
-use crate::store::Store;
+use crate::consumer::dlq::{self, DlqRow, Selection};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -58,8 +58,8 @@ impl Target {
 }
 
 pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database()).await?;
-    let pool = store.pool();
+    let services = Services::connect(config).await?;
+    let pool = services.pool();
     match command {
         DlqCommand::List {
             group,

@@ -27,6 +27,7 @@ use crate::model::SchemaRef;
 use crate::projection::rebuild::{rebuild, RebuildOptions};
 use crate::projection::runner::{self, RunnerOptions};
 use crate::projection::{self, Projection};
+use crate::shutdown::Shutdown;
 
 const EVENT_TYPE: &str = "l12.service_invoked";
 
@@ -195,7 +196,7 @@ async fn catch_up(
         .bind(name)
         .execute(&pool)
         .await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = Shutdown::new();
     let options = RunnerOptions {
         batch_size: config.projections.batch_size,
         properties: config.projections.properties.clone(),
@@ -207,11 +208,8 @@ async fn catch_up(
         app.registry().clone(),
     );
     let runner = tokio::spawn({
-        let pool = pool.clone();
+        let (pool, stopped) = (pool.clone(), stop.wait());
         async move {
-            let stopped = async {
-                let _ = stop_rx.await;
-            };
             runner::run(
                 pool, registry, &brokers, &topics, projection, options, stopped,
             )
@@ -239,7 +237,7 @@ async fn catch_up(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-    let _ = stop_tx.send(());
+    stop.trigger();
     runner.await??;
     Ok(events as f64 / elapsed.as_secs_f64())
 }

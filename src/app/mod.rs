@@ -1,4 +1,16 @@
-//! The service skeleton: build from config, bind, serve until a shutdown signal.
+//! The service skeleton, and the only place (with [`crate::cli`]) that wires components together:
+//! build from config, bind, serve until a shutdown signal.
+//!
+//! - [`Services`] is the one bootstrap: database (created and migrated) and registry.
+//! - [`Projections`] is the set of projections a process can run; a service embedding keel adds
+//!   its own to it.
+//! - [`Application`] is `keel serve`: the API, and in-process the relay and projections.
+//!
+//! Shutdown order: the API drains first, then the projections stop, then the relay, so that
+//! nothing the API accepted is left unshipped by this process's relay.
+
+mod projections;
+mod services;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,34 +21,45 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::append::{Appender, Validator};
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::registry::{self, Registry};
 use crate::relay;
+use crate::shutdown::Shutdown;
 use crate::store::Store;
+
+pub use projections::{run as run_projections, Projections};
+pub use services::{catalog, Services};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     config: Config,
+    projections: Projections,
 }
 
 impl Application {
     /// Connects to the database (creating and migrating it), loads the catalog and binds the
-    /// listener. Binding port 0 picks a free port; see [`Application::local_addr`].
+    /// listener. Binding port 0 picks a free port; see [`Application::local_addr`]. The in-process
+    /// projections are keel's own; see [`Application::build_with`] to add a service's.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.database()).await?.with_group_commit(
+        Self::build_with(config, Projections::builtin()).await
+    }
+
+    /// Like [`Application::build`], with `projections` as the projections `projections.run` can
+    /// name and `keel serve --projections` runs. An unknown name in `projections.run` fails here.
+    pub async fn build_with(config: &Config, projections: Projections) -> anyhow::Result<Self> {
+        projections.selected(config)?;
+        let Services { store, registry } = Services::connect(config).await?;
+        let store = store.with_group_commit(
             config.append.group_commit_workers,
             config.append.group_commit_max_events,
         );
-        let catalog = Catalog::load(&config.schemas_dir)?;
-        let registry = Arc::new(Registry::new(store.pool().clone()));
+        let catalog = services::catalog(config)?;
         let synced = registry::sync::sync(&registry, &catalog).await?;
         tracing::info!(schemas = synced.len(), "event catalog registered");
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let catalog = Arc::new(catalog);
         let validator = Validator::new(
             catalog.clone(),
             registry.clone(),
@@ -54,6 +77,7 @@ impl Application {
             listener,
             state,
             config: config.clone(),
+            projections,
         })
     }
 
@@ -76,12 +100,18 @@ impl Application {
         &self.state.registry
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests. With
-    /// `relay.in_process` the relay runs alongside and stops after the API.
+    /// Serves until `shutdown` completes; see [`Application::run_until`].
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.run_until(Shutdown::when(shutdown)).await
+    }
+
+    /// Serves until `shutdown` is triggered, then drains in-flight requests. With
+    /// `relay.in_process` the relay runs alongside, and with `projections.in_process` the
+    /// projections; both stop after the API.
+    pub async fn run_until(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let store = self.state.store.clone();
         let relay = if self.config.relay.in_process {
             Some(
@@ -97,40 +127,40 @@ impl Application {
         } else {
             None
         };
+        // Not a child of `shutdown`: what runs beside the API stops only once the API has drained.
+        let beside = Shutdown::new();
         let notifier = self
             .config
             .relay
             .notify
-            .then(|| tokio::spawn(notify_relays(store.clone())));
-        let (stop_projections, stopped) = tokio::sync::oneshot::channel::<()>();
+            .then(|| tokio::spawn(notify_relays(store.clone(), beside.clone())));
         let projections = if self.config.projections.in_process {
-            let (config, pool, registry, catalog) = (
+            let services = Services {
+                store: store.clone(),
+                registry: self.state.registry.clone(),
+            };
+            let (config, catalog, projections, stop) = (
                 self.config.clone(),
-                store.pool().clone(),
-                self.state.registry.clone(),
                 self.state.catalog.clone(),
+                self.projections.clone(),
+                beside.clone(),
             );
             Some(tokio::spawn(async move {
-                let stopped = async move {
-                    let _ = stopped.await;
-                };
-                crate::projection::runner::run_configured(
-                    &config, pool, registry, &catalog, stopped,
-                )
-                .await
+                projections::run(&config, &services, &catalog, &projections, stop).await
             }))
         } else {
             None
         };
         tracing::info!(addr = %self.local_addr(), "keel api listening");
         let served = axum::serve(self.listener, api::router(self.state))
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(shutdown.wait())
             .await
             .context("http server failed");
+        beside.trigger();
         if let Some(n) = notifier {
-            n.abort();
+            // It holds no state worth draining; waiting only makes sure it is gone.
+            let _ = n.await;
         }
-        let _ = stop_projections.send(());
         if let Some(p) = projections {
             if let Ok(Err(e)) = p.await {
                 tracing::error!(error = %format!("{e:#}"), "projections failed");
@@ -145,9 +175,13 @@ impl Application {
 
 /// Sends one `NOTIFY` per burst of commits, after they committed, so relays in other processes
 /// wake at once. Bursts coalesce: commits made while a notification is on its way share the next.
-async fn notify_relays(store: Store) {
+async fn notify_relays(store: Store, shutdown: Shutdown) {
     let mut commits = store.commits();
-    while commits.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            changed = commits.changed() => if changed.is_err() { return },
+            _ = shutdown.wait() => return,
+        }
         if let Err(e) = relay::outbox::wake_relays(store.pool()).await {
             tracing::debug!(error = %e, "cannot notify relays; they poll");
         }

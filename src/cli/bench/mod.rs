@@ -1,5 +1,8 @@
 //! `keel bench`: measurements that print keel's figures next to a raw baseline taken in the same
 //! run on the same machine, because these machines are too noisy for absolute numbers to travel.
+//!
+//! Part of the command line, not the library: a bench wires a whole keel (the API, the relay, the
+//! projection runner) from a [`Config`] to measure it, and only `app` and `cli` wire components.
 
 mod append;
 mod projection;
