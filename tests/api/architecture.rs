@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Each top-level module's layer, lowest first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["model", "metrics"],
+    &["model", "metrics", "retry", "shutdown"],
     &["schema", "catalog", "kafka"],
     &["wire"],
     &["store"],
