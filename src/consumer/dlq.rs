@@ -6,66 +6,15 @@
 //! delivered or skipped. `retry` marks a key's chain for redelivery; the consumer that owns the
 //! partition then redelivers it in order and stops at the first record that fails again.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::record::Record;
 use crate::model::RecordedEvent;
 use crate::relay::envelope::header;
-
-/// A record as the consumer received it, owned.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// The key as text; `""` when the record had none. keel keys records by aggregate id.
-    pub key: String,
-    pub headers: HashMap<String, String>,
-    pub value: Vec<u8>,
-}
-
-impl Record {
-    /// Copies a record out of librdkafka's buffer. Headers that are not UTF-8 are left out (keel
-    /// writes only UTF-8 ones); a missing key is `""`.
-    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        use rdkafka::message::{Headers, Message};
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| {
-                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Record {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default(),
-            headers,
-            value: m.payload().unwrap_or_default().to_vec(),
-        }
-    }
-
-    pub fn event_type(&self) -> Option<&str> {
-        self.headers.get(header::EVENT_TYPE).map(String::as_str)
-    }
-
-    /// A keel header parsed, when present and well-formed.
-    pub fn header<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
-        self.headers.get(name)?.parse().ok()
-    }
-}
 
 /// Why a record was parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

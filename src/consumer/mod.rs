@@ -1,5 +1,6 @@
 //! Subscriptions: reading what the relay published.
 //!
+//! * [`record`]: a Kafka record copied out of librdkafka, as every reader here holds it.
 //! * [`decode`]: the envelope from keel's headers, the payload from the Confluent-framed Avro
 //!   value, resolved to the schema version the subscriber reads.
 //! * [`runtime`]: consumer groups with per-partition order, commits after success, retries, and
@@ -11,6 +12,7 @@
 pub mod admin;
 pub mod decode;
 pub mod dlq;
+pub mod record;
 pub mod runtime;
 pub mod tail;
 

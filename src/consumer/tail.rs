@@ -11,7 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::decode::Decoder;
-use super::dlq::Record;
+use super::record::Record;
 use crate::config::Config;
 use crate::registry::{Registry, VersionSpec};
 use crate::store::Store;

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::{apply_once, live_schema, ApplyContext, Projection};
 use crate::consumer::decode::Decoder;
-use crate::consumer::dlq::Record;
+use crate::consumer::record::Record;
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
 
