@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 
 use rdkafka::{ClientContext, Offset};
@@ -27,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{apply_once, live_schema, ApplyContext, Projection};
+use crate::consumer::client::{self, StartAt};
 use crate::consumer::decode::Decoder;
 use crate::consumer::record::Record;
 use crate::model::RecordedEvent;
@@ -69,19 +69,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     super::ensure(&pool, projection.as_ref()).await?;
     let (resets_tx, mut resets) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group_of(projection.as_ref()))
-        .set("client.id", group_of(projection.as_ref()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        // Topics created after the subscription (by the relay) are noticed within seconds.
-        .set("topic.metadata.refresh.interval.ms", "5000");
-    for (k, v) in &options.properties {
-        config.set(k, v);
-    }
+    let group = group_of(projection.as_ref());
+    let config = client::config(
+        brokers,
+        &group,
+        &group,
+        StartAt::Beginning,
+        &options.properties,
+    );
     let consumer: StreamConsumer<Resets> = config
         .create_with_context(Resets(resets_tx))
         .context("creating the projection's Kafka consumer")?;

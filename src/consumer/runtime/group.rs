@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::TopicPartitionList;
@@ -27,6 +26,7 @@ use super::mirror::Mirror;
 use super::partition::partition_task;
 use super::rebalance::{Gate, GateMap, GroupContext, REVOKE_WAIT};
 use super::{Handler, Subscription};
+use crate::consumer::client::{self, StartAt};
 use crate::consumer::decode::Decoder;
 use crate::consumer::dlq;
 use crate::consumer::record::Record;
@@ -73,27 +73,18 @@ pub(super) async fn run<H: Handler>(
     let (revoked_tx, mut revoked_rx) = mpsc::unbounded_channel();
     let gates: GateMap = Arc::default();
     let context = GroupContext::new(gates.clone(), revoked_tx);
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &subscription.group)
-        .set("client.id", format!("keel-consumer-{}", subscription.group))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        // Topics created after the subscription (by the relay) are noticed within seconds.
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .set(
-            "auto.offset.reset",
-            if subscription.from_beginning {
-                "earliest"
-            } else {
-                "latest"
-            },
-        );
-    for (k, v) in &subscription.properties {
-        config.set(k, v);
-    }
+    let start = if subscription.from_beginning {
+        StartAt::Beginning
+    } else {
+        StartAt::End
+    };
+    let config = client::config(
+        brokers,
+        &subscription.group,
+        &format!("keel-consumer-{}", subscription.group),
+        start,
+        &subscription.properties,
+    );
     let consumer: Arc<StreamConsumer<GroupContext>> = Arc::new(
         config
             .create_with_context(context)
