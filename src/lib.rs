@@ -28,6 +28,7 @@ pub mod projection;
 pub mod registry;
 pub mod relay;
 pub mod replay;
+pub mod retry;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::consumer::decode::Decoder;
 use crate::consumer::record::Record;
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
+use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -120,24 +122,17 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut failures = BATCH_RETRY.backoff();
         while !batch.is_empty() {
             match runner.apply(&mut batch).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => failures.succeeded(),
                 Err(e) => {
                     tracing::warn!(projection = runner.projection.name(), error = %format!("{e:#}"), "projection batch failed; retrying");
-                    let _ = sqlx::query(
-                        "UPDATE projections SET state = 'failing', error = $2, updated_at = now() WHERE name = $1",
-                    )
-                    .bind(runner.projection.name())
-                    .bind(format!("{e:#}"))
-                    .execute(&runner.pool)
-                    .await;
+                    runner.mark_failing(&e).await;
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(failures.failed()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -149,6 +144,13 @@ pub async fn run(
     );
     Ok(())
 }
+
+/// How a failed batch is retried: until it succeeds or the runner stops. Every failure is
+/// shown as the projection's `failing` state.
+const BATCH_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(30));
+/// How reading a partition's stored offset is retried: until it succeeds.
+const OFFSET_RETRY: RetryPolicy = BATCH_RETRY;
 
 /// What the runner knows of one partition.
 struct Part {
@@ -183,17 +185,15 @@ impl Runner {
         }
         let key = (r.topic.clone(), r.partition);
         if !self.parts.contains_key(&key) {
-            let mut backoff = Duration::from_millis(100);
-            let stored = loop {
-                match self.stored(&r.topic, r.partition).await {
-                    Ok(stored) => break stored,
-                    Err(e) => {
+            let stored = OFFSET_RETRY
+                .retry(
+                    || self.stored(&r.topic, r.partition),
+                    |e, _| {
                         tracing::warn!(error = %format!("{e:#}"), "cannot read a projection offset; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            };
+                        ControlFlow::Continue(())
+                    },
+                )
+                .await?;
             let next = match stored {
                 Some(s) if r.offset < s => {
                     self.seek(&r.topic, r.partition, Offset::Offset(s));
@@ -215,6 +215,21 @@ impl Runner {
         part.next = r.offset + 1;
         batch.push(r);
         Ok(())
+    }
+
+    /// Shows a failed batch as the projection's state. Best effort: the batch is retried either
+    /// way, and the next success sets the state back to `running`.
+    async fn mark_failing(&self, error: &anyhow::Error) {
+        let marked = sqlx::query(
+            "UPDATE projections SET state = 'failing', error = $2, updated_at = now() WHERE name = $1",
+        )
+        .bind(self.projection.name())
+        .bind(format!("{error:#}"))
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = marked {
+            tracing::debug!(error = %e, "cannot mark the projection failing");
+        }
     }
 
     async fn stored(&self, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {

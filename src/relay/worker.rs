@@ -21,6 +21,7 @@ use super::sink::{ErrorClass, Outcome, SinkError, SinkKind};
 use super::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
+use crate::retry::RetryPolicy;
 use crate::store::log::LogCursor;
 
 /// How often parked rows released by an operator (or freed by a skip) are looked for.
@@ -69,6 +70,8 @@ impl SinkLoop {
 
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let mut failures = self.retry_policy().backoff();
+        // Some while backing off after a failed round: then only the timer ends the wait.
         let mut backoff: Option<Duration> = None;
         let mut again = false;
         let mut last_redrive = Instant::now() - REDRIVE_EVERY;
@@ -122,13 +125,18 @@ impl SinkLoop {
             match result {
                 Some(Ok(round)) => {
                     again = round.full && !round.failed;
-                    backoff = round.failed.then(|| self.next_backoff(backoff));
+                    backoff = if round.failed {
+                        Some(failures.failed())
+                    } else {
+                        failures.succeeded();
+                        None
+                    };
                 }
                 Some(Err(e)) => {
                     self.inflight = None;
                     tracing::warn!(sink = %self.kind(), error = %e, "relay round failed");
                     again = false;
-                    backoff = Some(self.next_backoff(backoff));
+                    backoff = Some(failures.failed());
                 }
                 None => {
                     self.inflight = None;
@@ -143,12 +151,12 @@ impl SinkLoop {
         }
     }
 
-    fn next_backoff(&self, last: Option<Duration>) -> Duration {
-        let max = Duration::from_millis(self.config.backoff_max_ms);
-        match last {
-            None => Duration::from_millis(self.config.backoff_initial_ms),
-            Some(d) => (d * 2).min(max),
-        }
+    /// How failed rounds back off: doubling waits from `backoff_initial_ms` to `backoff_max_ms`.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::exponential(
+            Duration::from_millis(self.config.backoff_initial_ms),
+            Duration::from_millis(self.config.backoff_max_ms),
+        )
     }
 
     /// One step of the pipeline: read the next batch (after the batch in flight, or from the

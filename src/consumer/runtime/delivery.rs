@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use super::group::Shared;
@@ -16,6 +17,7 @@ use super::{Delivery, Handler, HandlerError};
 use crate::consumer::dlq::{self, ParkReason};
 use crate::consumer::record::Record;
 use crate::model::RecordedEvent;
+use crate::retry::RetryPolicy;
 
 /// What became of a record handed to the handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +69,7 @@ pub(super) async fn deliver<H: Handler>(
     let count = |outcome: &'static str| {
         ::metrics::counter!(crate::metrics::CONSUMER_HANDLED, "group" => sub.group.clone(), "outcome" => outcome).increment(1);
     };
-    let mut backoff = sub.backoff_initial;
+    let policy = sub.retry_policy();
     loop {
         let error = match shared.handler.handle(&delivery).await {
             Ok(()) => {
@@ -86,7 +88,7 @@ pub(super) async fn deliver<H: Handler>(
             Err(HandlerError::Retriable(e)) => e,
         };
         count("retriable");
-        if delivery.attempt > sub.max_retries {
+        if !policy.retries_after(delivery.attempt) {
             let failure = Failure::new(
                 ParkReason::RetriesExhausted,
                 format!("{error:#}"),
@@ -100,10 +102,9 @@ pub(super) async fn deliver<H: Handler>(
             return (Fate::Abandoned, delivery.event);
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(policy.delay(delivery.attempt)) => {}
             _ = revoked => return (Fate::Abandoned, delivery.event),
         }
-        backoff = (backoff * 2).min(sub.backoff_max);
         delivery.attempt += 1;
     }
 }
@@ -237,22 +238,24 @@ pub(super) async fn open_keys<H: Handler>(
     Some(rows.into_iter().map(|r| r.record_key).collect())
 }
 
+/// How the consumer's database calls are retried: until they succeed or the partition is revoked.
+const DB_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Runs a database call until it succeeds, backing off; `None` if the partition is revoked first.
-pub(super) async fn with_db_retry<T, F, Fut>(gate: &Gate, mut call: F) -> Option<T>
+pub(super) async fn with_db_retry<T, F, Fut>(gate: &Gate, call: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match call().await {
-            Ok(v) => return Some(v),
-            Err(e) => tracing::warn!(error = %e, "consumer database call failed; retrying"),
-        }
+    let stop_when_revoked = |e: &sqlx::Error, _attempt| {
+        tracing::warn!(error = %e, "consumer database call failed; retrying");
         if gate.is_revoked() {
-            return None;
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    };
+    // The error was logged above; the caller only needs to know the partition is gone.
+    DB_RETRY.retry(call, stop_when_revoked).await.ok()
 }

@@ -48,6 +48,7 @@ use sqlx::PgPool;
 use super::record::Record;
 use crate::model::RecordedEvent;
 use crate::registry::{Registry, VersionSpec};
+use crate::retry::RetryPolicy;
 
 /// What a consumer group reads and how it treats failures.
 #[derive(Debug, Clone)]
@@ -95,6 +96,13 @@ impl Subscription {
             dlq_topic_partitions: 6,
             properties: BTreeMap::new(),
         }
+    }
+
+    /// How a retriable handler error is retried: `max_retries` retries, waits doubling from
+    /// `backoff_initial` to `backoff_max`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::exponential(self.backoff_initial, self.backoff_max)
+            .with_max_attempts(self.max_retries.saturating_add(1))
     }
 
     fn wants(&self, record: &Record) -> bool {
