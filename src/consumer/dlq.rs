@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::record::Record;
-use crate::model::RecordedEvent;
+use crate::model::{ParkState, RecordedEvent};
 use crate::relay::envelope::header;
 
 /// Why a record was parked.
@@ -52,7 +52,8 @@ pub struct DlqRow {
     pub partition: i32,
     pub kafka_offset: i64,
     pub record_key: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: ParkState,
     pub reason_class: String,
     pub reason: String,
     pub attempts: i32,
@@ -90,7 +91,7 @@ impl DlqRow {
     }
 
     pub fn is_open(&self) -> bool {
-        matches!(self.state.as_str(), "parked" | "held" | "retry")
+        self.state.is_open()
     }
 }
 
@@ -112,9 +113,9 @@ pub async fn park(
     event: Option<&RecordedEvent>,
 ) -> Result<bool, sqlx::Error> {
     let state = if reason == ParkReason::Held {
-        "held"
+        ParkState::Held
     } else {
-        "parked"
+        ParkState::Parked
     };
     let headers = serde_json::to_value(&record.headers).unwrap_or_default();
     let written = sqlx::query(
@@ -135,7 +136,7 @@ pub async fn park(
     .bind(record.partition)
     .bind(record.offset)
     .bind(&record.key)
-    .bind(state)
+    .bind(state.as_str())
     .bind(reason.as_str())
     .bind(detail)
     .bind(attempts)
@@ -270,7 +271,7 @@ pub enum ManageError {
     #[error("no dead-letter row {0} in group {1:?}")]
     NotFound(i64, String),
     #[error("row {id} is {state}; only parked rows can be retried or skipped one by one (a held row waits for the parked row of its key: retry or skip that one, or use --key)")]
-    NotParked { id: i64, state: String },
+    NotParked { id: i64, state: ParkState },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -360,7 +361,7 @@ async fn parked_row(pool: &PgPool, group: &str, id: i64) -> Result<DlqRow, Manag
         .await?
         .filter(|r| r.group_id == group)
         .ok_or_else(|| ManageError::NotFound(id, group.to_owned()))?;
-    if row.state != "parked" {
+    if row.state != ParkState::Parked {
         return Err(ManageError::NotParked {
             id,
             state: row.state,

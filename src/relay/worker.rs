@@ -21,6 +21,7 @@ use super::sink::{ErrorClass, Outcome, SinkError, SinkKind};
 use super::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
+use crate::model::ParkState;
 use crate::retry::RetryPolicy;
 use crate::store::log::LogCursor;
 
@@ -305,7 +306,7 @@ impl SinkLoop {
                 // Held behind a parked row of its aggregate. A row sent in the same batch as the
                 // row that failed was acknowledged before it failed for good: the producer is
                 // gapless (see `kafka.rs`), so this row was not sent after it.
-                commit.park.push(Park::of(row, "held"));
+                commit.park.push(Park::of(row, ParkState::Held));
                 true
             } else {
                 match outcome {
@@ -319,7 +320,7 @@ impl SinkLoop {
                                 let n = self.attempts.entry(row.event.position).or_default();
                                 *n += 1;
                                 if *n >= self.config.max_attempts {
-                                    let mut park = Park::of(row, "parked");
+                                    let mut park = Park::of(row, ParkState::Parked);
                                     park.attempts = *n;
                                     park.error_class = Some(e.kind);
                                     park.error = Some(e.message.clone());
@@ -376,9 +377,9 @@ impl SinkLoop {
                     if e.class == ErrorClass::Permanent {
                         let attempts = row.attempts + 1;
                         let state = if attempts >= self.config.max_attempts {
-                            "parked"
+                            ParkState::Parked
                         } else {
-                            "retry"
+                            ParkState::Retry
                         };
                         let mut park = Park::of(row, state);
                         park.attempts = attempts;

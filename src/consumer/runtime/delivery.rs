@@ -16,7 +16,7 @@ use super::rebalance::Gate;
 use super::{Delivery, Handler, HandlerError};
 use crate::consumer::dlq::{self, ParkReason};
 use crate::consumer::record::Record;
-use crate::model::RecordedEvent;
+use crate::model::{ParkState, RecordedEvent};
 use crate::retry::RetryPolicy;
 
 /// What became of a record handed to the handler.
@@ -172,7 +172,7 @@ pub(super) async fn redrive_open<H: Handler>(
         }
         // Rows are in offset order: a held row with nothing parked before it lost its blocker
         // (delivered or skipped meanwhile) and is due, like a retry row.
-        if row.state == "parked" {
+        if row.state == ParkState::Parked {
             stuck.insert(&row.record_key);
             continue;
         }
