@@ -196,7 +196,7 @@ impl Runner {
                 .await?;
             let next = match stored {
                 Some(s) if r.offset < s => {
-                    self.seek(&r.topic, r.partition, Offset::Offset(s));
+                    self.seek(&r.topic, r.partition, Offset::Offset(s)).await;
                     s
                 }
                 Some(s) if r.offset > s => {
@@ -244,12 +244,20 @@ impl Runner {
         .await?)
     }
 
-    fn seek(&self, topic: &str, partition: i32, offset: Offset) {
-        if let Err(e) = self
-            .consumer
-            .seek(topic, partition, offset, Duration::from_secs(10))
-        {
-            tracing::warn!(error = %e, topic, partition, "seek failed");
+    /// Moves a partition's fetch position. librdkafka's seek blocks for up to its time-out, so it
+    /// runs off the runtime's threads, as the watermark lookups do; the runner waits for it
+    /// before taking the next record, as before.
+    async fn seek(&self, topic: &str, partition: i32, offset: Offset) {
+        let consumer = self.consumer.clone();
+        let owned = topic.to_owned();
+        let sought = tokio::task::spawn_blocking(move || {
+            consumer.seek(&owned, partition, offset, Duration::from_secs(10))
+        })
+        .await;
+        match sought {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, topic, partition, "seek failed"),
+            Err(e) => tracing::warn!(error = %e, topic, partition, "seek task failed"),
         }
     }
 
@@ -319,7 +327,7 @@ impl Runner {
                 let to = stored
                     .get(k)
                     .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-                self.seek(&k.0, k.1, to);
+                self.seek(&k.0, k.1, to).await;
             }
             batch.retain(|r| !fenced.contains(&(r.topic.clone(), r.partition)));
             return Ok(());
