@@ -6,8 +6,10 @@
 //! every row of batch N was queued; after any failure (or a lost lease) it drops what is in flight
 //! and reads again from the stored cursors, so a row that failed is never overtaken by a later row
 //! of its aggregate from a batch sent after the failure was known.
+//!
+//! How far a batch moves each cursor, and what it parks, is decided without IO in [`settle`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +17,15 @@ use sqlx::PgPool;
 use tokio::sync::{watch, RwLock};
 use uuid::Uuid;
 
+mod settle;
+
+use self::settle::Settled;
 use super::lease::Owned;
-use super::outbox::{self, Commit, OutboxRow, Park};
-use super::sink::{ErrorClass, Outcome, SinkError, SinkKind};
+use super::outbox::{self, Commit, OutboxRow};
+use super::sink::{Outcome, SinkError, SinkKind};
 use super::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
-use crate::model::ParkState;
 use crate::retry::RetryPolicy;
 use crate::store::log::LogCursor;
 
@@ -286,111 +290,40 @@ impl SinkLoop {
         .increment(1);
     }
 
-    /// Walks each partition's rows in log order and decides how far its cursor moves. Returns
-    /// whether some row failed.
+    /// Decides how far each partition's cursor moves (see [`settle`]), counting the failures and
+    /// logging the rows parked. Returns whether some row failed.
     fn settle(
         &mut self,
         rows: &[OutboxRow],
         outcomes: &[Option<Outcome>],
         commit: &mut Commit,
     ) -> bool {
-        let mut failed = false;
-        let mut stopped: HashSet<i16> = HashSet::new();
-        let mut parked_now: HashSet<(&str, Uuid)> = HashSet::new();
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            if stopped.contains(&row.partition) {
-                continue;
-            }
-            let aggregate = row.aggregate();
-            let advance = if row.blocked || parked_now.contains(&aggregate) {
-                // Held behind a parked row of its aggregate. A row sent in the same batch as the
-                // row that failed was acknowledged before it failed for good: the producer is
-                // gapless (see `kafka.rs`), so this row was not sent after it.
-                commit.park.push(Park::of(row, ParkState::Held));
-                true
-            } else {
-                match outcome {
-                    Some(Outcome::Delivered) => true,
-                    Some(Outcome::Failed(e)) => {
-                        failed = true;
-                        self.record_error(e);
-                        match e.class {
-                            ErrorClass::Retriable => false,
-                            ErrorClass::Permanent => {
-                                let n = self.attempts.entry(row.event.position).or_default();
-                                *n += 1;
-                                if *n >= self.config.max_attempts {
-                                    let mut park = Park::of(row, ParkState::Parked);
-                                    park.attempts = *n;
-                                    park.error_class = Some(e.kind);
-                                    park.error = Some(e.message.clone());
-                                    tracing::warn!(sink = %self.kind(), event_id = %row.event.id,
-                                        error = %e, "parked an event that cannot be published");
-                                    commit.park.push(park);
-                                    parked_now.insert(aggregate);
-                                    true
-                                } else {
-                                    false
-                                }
-                            }
-                        }
-                    }
-                    Some(Outcome::NotSent) | None => false,
-                }
-            };
-            if advance {
-                self.attempts.remove(&row.event.position);
-                match commit.advance.last_mut() {
-                    Some((p, c)) if *p == row.partition => *c = row.cursor(),
-                    _ => commit.advance.push((row.partition, row.cursor())),
-                }
-            } else {
-                stopped.insert(row.partition);
-            }
+        let max_attempts = self.config.max_attempts;
+        let settled = settle::settle(rows, outcomes, &mut self.attempts, max_attempts, commit);
+        self.report(&settled);
+        for (row, e) in &settled.parked {
+            tracing::warn!(sink = %self.kind(), event_id = %row.event.id,
+                error = %e, "parked an event that cannot be published");
         }
-        failed
+        settled.failed
     }
 
-    /// The same for rows re-sent from the parked table: delivered rows leave it; a row that fails
-    /// again stops its aggregate there, and is parked again after `max_attempts`.
+    /// The same for rows re-sent from the parked table (see [`settle::settle_redrive`]).
     fn settle_redrive(
         &mut self,
         rows: &[OutboxRow],
         outcomes: &[Outcome],
         commit: &mut Commit,
     ) -> bool {
-        let mut failed = false;
-        let mut stopped: HashSet<(&str, Uuid)> = HashSet::new();
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            if stopped.contains(&row.aggregate()) {
-                continue;
-            }
-            match outcome {
-                Outcome::Delivered => commit.delivered.push((row.partition, row.event.position)),
-                Outcome::NotSent => {
-                    stopped.insert(row.aggregate());
-                }
-                Outcome::Failed(e) => {
-                    failed = true;
-                    self.record_error(e);
-                    stopped.insert(row.aggregate());
-                    if e.class == ErrorClass::Permanent {
-                        let attempts = row.attempts + 1;
-                        let state = if attempts >= self.config.max_attempts {
-                            ParkState::Parked
-                        } else {
-                            ParkState::Retry
-                        };
-                        let mut park = Park::of(row, state);
-                        park.attempts = attempts;
-                        park.error_class = Some(e.kind);
-                        park.error = Some(e.message.clone());
-                        commit.park.push(park);
-                    }
-                }
-            }
+        let settled = settle::settle_redrive(rows, outcomes, self.config.max_attempts, commit);
+        self.report(&settled);
+        settled.failed
+    }
+
+    fn report(&self, settled: &Settled<'_>) {
+        for e in &settled.errors {
+            self.record_error(e);
         }
-        failed
     }
 }
 
