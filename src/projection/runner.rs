@@ -264,6 +264,13 @@ impl Runner {
     /// Applies a batch in one transaction (see the module docs). Records of partitions another
     /// runner has moved on are removed from `batch` and the rest is left for another call; after
     /// success `batch` is empty; on error `batch` is kept for a retry.
+    #[tracing::instrument(skip_all, fields(
+        keel.projection = self.projection.name(),
+        messaging.system = "kafka",
+        messaging.operation.name = "process",
+        messaging.batch.message_count = batch.len(),
+        db.system = "postgresql",
+    ))]
     async fn apply(&mut self, batch: &mut Vec<Record>) -> anyhow::Result<()> {
         let name = self.projection.name();
         let wanted = self.projection.event_types();

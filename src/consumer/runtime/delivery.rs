@@ -148,6 +148,13 @@ pub(super) async fn park<H: Handler>(
 
 /// Redelivers the partition's rows marked `retry`, each key's in offset order, stopping a key at
 /// its first row that fails again; then refreshes which keys are blocked.
+#[tracing::instrument(skip_all, fields(
+    messaging.system = "kafka",
+    messaging.consumer.group.name = %shared.subscription.group,
+    messaging.destination.name = topic,
+    messaging.destination.partition.id = partition,
+    db.system = "postgresql",
+))]
 pub(super) async fn redrive_open<H: Handler>(
     shared: &Shared<H>,
     topic: &str,

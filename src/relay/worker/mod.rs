@@ -168,6 +168,11 @@ impl SinkLoop {
     /// stored cursors), send it, then settle the batch before it while this one is on its way.
     /// A failure anywhere drops what is in flight; its rows are read again from the stored
     /// cursors, after the failed row.
+    #[tracing::instrument(skip_all, fields(
+        keel.sink = %self.kind(),
+        keel.relay.partitions = ?parts,
+        keel.relay.redrive = redrive,
+    ))]
     async fn round(&mut self, parts: &[i16], redrive: bool) -> Result<Round, sqlx::Error> {
         let kind = self.kind();
         let batch = self.config.batch_size;
@@ -243,6 +248,10 @@ impl SinkLoop {
     /// Waits for a batch's outcomes and commits how far each partition's cursor moves. Returns
     /// whether the pipeline must start again from the stored cursors (a row failed, or a lease
     /// was lost).
+    #[tracing::instrument(skip_all, fields(
+        keel.sink = %self.kind(),
+        messaging.batch.message_count = batch.rows.len(),
+    ))]
     async fn finish(&mut self, batch: InFlight) -> Result<bool, sqlx::Error> {
         let kind = self.kind();
         let mut outcomes = batch.sent.outcomes(&self.sink).await.into_iter();
