@@ -117,6 +117,7 @@ pub async fn park(
     } else {
         ParkState::Parked
     };
+    // A map of strings always serialises; the default is never used.
     let headers = serde_json::to_value(&record.headers).unwrap_or_default();
     let written = sqlx::query(
         "INSERT INTO consumer_dlq (group_id, topic, partition, kafka_offset, record_key, state,

@@ -19,16 +19,15 @@
 //!
 //! Needs tokio's multi-threaded runtime: the rebalance callback blocks its thread while partition
 //! tasks finish.
-
 //!
 //! The parts, one job each:
-//! * [`group`]: the group loop, which hands each record to its partition's queue and pauses a
+//! * `group`: the group loop, which hands each record to its partition's queue and pauses a
 //!   partition whose queue is too long;
-//! * [`partition`]: the partition task, which takes batches from the queue, handles them and
-//!   commits; [`marker`]: its crash marker;
-//! * [`delivery`]: one record through the handler, with retries, parking and redelivery;
-//! * [`rebalance`]: the gate a revocation closes, and the rebalance callback;
-//! * [`mirror`]: the best-effort copy of parked records on `<topic>.dlq`.
+//! * `partition`: the partition task, which takes batches from the queue, handles them and
+//!   commits; `marker`: its crash marker;
+//! * `delivery`: one record through the handler, with retries, parking and redelivery;
+//! * `rebalance`: the gate a revocation closes, and the rebalance callback;
+//! * `mirror`: the best-effort copy of parked records on `<topic>.dlq`.
 
 mod delivery;
 mod group;
