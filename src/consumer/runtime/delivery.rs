@@ -97,6 +97,7 @@ pub(super) async fn deliver<H: Handler>(
             return (Fate::Park(failure), delivery.event);
         }
         tracing::debug!(error = %error, attempt = delivery.attempt, "handler failed; retrying");
+        // Listen before checking: a revocation between the check and the sleep still wakes it.
         let revoked = gate.revoked_signal.notified();
         if gate.is_revoked() {
             return (Fate::Abandoned, delivery.event);
