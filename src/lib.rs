@@ -29,6 +29,7 @@ pub mod projection;
 pub mod registry;
 pub mod relay;
 pub mod replay;
+pub mod retry;
 pub mod schema;
 pub mod shutdown;
 pub mod store;

@@ -6,66 +6,15 @@
 //! delivered or skipped. `retry` marks a key's chain for redelivery; the consumer that owns the
 //! partition then redelivers it in order and stops at the first record that fails again.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::model::RecordedEvent;
+use super::record::Record;
+use crate::model::{ParkState, RecordedEvent};
 use crate::wire::header;
-
-/// A record as the consumer received it, owned.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// The key as text; `""` when the record had none. keel keys records by aggregate id.
-    pub key: String,
-    pub headers: HashMap<String, String>,
-    pub value: Vec<u8>,
-}
-
-impl Record {
-    /// Copies a record out of librdkafka's buffer. Headers that are not UTF-8 are left out (keel
-    /// writes only UTF-8 ones); a missing key is `""`.
-    pub fn from_message(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
-        use rdkafka::message::{Headers, Message};
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| {
-                        Some((h.key.to_owned(), String::from_utf8(h.value?.to_vec()).ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Record {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default(),
-            headers,
-            value: m.payload().unwrap_or_default().to_vec(),
-        }
-    }
-
-    pub fn event_type(&self) -> Option<&str> {
-        self.headers.get(header::EVENT_TYPE).map(String::as_str)
-    }
-
-    /// A keel header parsed, when present and well-formed.
-    pub fn header<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
-        self.headers.get(name)?.parse().ok()
-    }
-}
 
 /// Why a record was parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +52,8 @@ pub struct DlqRow {
     pub partition: i32,
     pub kafka_offset: i64,
     pub record_key: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: ParkState,
     pub reason_class: String,
     pub reason: String,
     pub attempts: i32,
@@ -141,7 +91,7 @@ impl DlqRow {
     }
 
     pub fn is_open(&self) -> bool {
-        matches!(self.state.as_str(), "parked" | "held" | "retry")
+        self.state.is_open()
     }
 }
 
@@ -163,10 +113,11 @@ pub async fn park(
     event: Option<&RecordedEvent>,
 ) -> Result<bool, sqlx::Error> {
     let state = if reason == ParkReason::Held {
-        "held"
+        ParkState::Held
     } else {
-        "parked"
+        ParkState::Parked
     };
+    // A map of strings always serialises; the default is never used.
     let headers = serde_json::to_value(&record.headers).unwrap_or_default();
     let written = sqlx::query(
         "INSERT INTO consumer_dlq (group_id, topic, partition, kafka_offset, record_key, state,
@@ -186,7 +137,7 @@ pub async fn park(
     .bind(record.partition)
     .bind(record.offset)
     .bind(&record.key)
-    .bind(state)
+    .bind(state.as_str())
     .bind(reason.as_str())
     .bind(detail)
     .bind(attempts)
@@ -321,7 +272,7 @@ pub enum ManageError {
     #[error("no dead-letter row {0} in group {1:?}")]
     NotFound(i64, String),
     #[error("row {id} is {state}; only parked rows can be retried or skipped one by one (a held row waits for the parked row of its key: retry or skip that one, or use --key)")]
-    NotParked { id: i64, state: String },
+    NotParked { id: i64, state: ParkState },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -411,7 +362,7 @@ async fn parked_row(pool: &PgPool, group: &str, id: i64) -> Result<DlqRow, Manag
         .await?
         .filter(|r| r.group_id == group)
         .ok_or_else(|| ManageError::NotFound(id, group.to_owned()))?;
-    if row.state != "parked" {
+    if row.state != ParkState::Parked {
         return Err(ManageError::NotParked {
             id,
             state: row.state,

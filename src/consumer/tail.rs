@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::decode::Decoder;
-use super::dlq::Record;
+use super::record::Record;
 use crate::registry::{Registry, VersionSpec};
 use crate::shutdown::Shutdown;
 

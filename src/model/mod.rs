@@ -6,9 +6,11 @@
 mod event;
 mod expected_version;
 mod names;
+mod park;
 
 pub use event::{
     AppendResult, AppendedEvent, CheckedEvent, Metadata, NewEvent, RecordedEvent, SchemaRef,
 };
 pub use expected_version::ExpectedVersion;
 pub use names::{AggregateType, EventType, InvalidName};
+pub use park::{ParkState, UnknownParkState};

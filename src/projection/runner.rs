@@ -14,11 +14,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 
 use rdkafka::{ClientContext, Offset};
@@ -26,11 +26,15 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+mod offsets;
+
 use super::{apply_once, live_schema, ApplyContext, Projection};
+use crate::consumer::client::{self, StartAt};
 use crate::consumer::decode::Decoder;
-use crate::consumer::dlq::Record;
+use crate::consumer::record::Record;
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
+use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -69,19 +73,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     super::ensure(&pool, projection.as_ref()).await?;
     let (resets_tx, mut resets) = mpsc::unbounded_channel();
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group_of(projection.as_ref()))
-        .set("client.id", group_of(projection.as_ref()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        // Topics created after the subscription (by the relay) are noticed within seconds.
-        .set("topic.metadata.refresh.interval.ms", "5000");
-    for (k, v) in &options.properties {
-        config.set(k, v);
-    }
+    let group = group_of(projection.as_ref());
+    let config = client::config(
+        brokers,
+        &group,
+        &group,
+        StartAt::Beginning,
+        &options.properties,
+    );
     let consumer: StreamConsumer<Resets> = config
         .create_with_context(Resets(resets_tx))
         .context("creating the projection's Kafka consumer")?;
@@ -90,12 +89,11 @@ pub async fn run(
     let mut runner = Runner {
         pool,
         decoder: Decoder::new(registry),
+        schema: live_schema(projection.name()),
         projection,
         consumer: Arc::new(consumer),
         parts: HashMap::new(),
-        schema: String::new(),
     };
-    runner.schema = live_schema(runner.projection.name());
     tracing::info!(
         projection = runner.projection.name(),
         ?topics,
@@ -125,24 +123,17 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut failures = BATCH_RETRY.backoff();
         while !batch.is_empty() {
             match runner.apply(&mut batch).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => failures.succeeded(),
                 Err(e) => {
                     tracing::warn!(projection = runner.projection.name(), error = %format!("{e:#}"), "projection batch failed; retrying");
-                    let _ = sqlx::query(
-                        "UPDATE projections SET state = 'failing', error = $2, updated_at = now() WHERE name = $1",
-                    )
-                    .bind(runner.projection.name())
-                    .bind(format!("{e:#}"))
-                    .execute(&runner.pool)
-                    .await;
+                    runner.mark_failing(&e).await;
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(failures.failed()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -154,6 +145,16 @@ pub async fn run(
     );
     Ok(())
 }
+
+/// How a failed batch is retried: until it succeeds or the runner stops. Every failure is
+/// shown as the projection's `failing` state.
+const BATCH_RETRY: RetryPolicy =
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(30));
+/// How reading a partition's stored offset is retried: until it succeeds.
+const OFFSET_RETRY: RetryPolicy = BATCH_RETRY;
+
+/// A topic and partition.
+type Place = (String, i32);
 
 /// What the runner knows of one partition.
 struct Part {
@@ -168,7 +169,7 @@ struct Runner {
     decoder: Decoder,
     projection: Arc<dyn Projection>,
     consumer: Arc<StreamConsumer<Resets>>,
-    parts: HashMap<(String, i32), Part>,
+    parts: HashMap<Place, Part>,
     schema: String,
 }
 
@@ -188,20 +189,18 @@ impl Runner {
         }
         let key = (r.topic.clone(), r.partition);
         if !self.parts.contains_key(&key) {
-            let mut backoff = Duration::from_millis(100);
-            let stored = loop {
-                match self.stored(&r.topic, r.partition).await {
-                    Ok(stored) => break stored,
-                    Err(e) => {
+            let stored = OFFSET_RETRY
+                .retry(
+                    || offsets::stored(&self.pool, self.projection.name(), &r.topic, r.partition),
+                    |e, _| {
                         tracing::warn!(error = %format!("{e:#}"), "cannot read a projection offset; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            };
+                        ControlFlow::Continue(())
+                    },
+                )
+                .await?;
             let next = match stored {
                 Some(s) if r.offset < s => {
-                    self.seek(&r.topic, r.partition, Offset::Offset(s));
+                    self.seek(&r.topic, r.partition, Offset::Offset(s)).await;
                     s
                 }
                 Some(s) if r.offset > s => {
@@ -222,81 +221,56 @@ impl Runner {
         Ok(())
     }
 
-    async fn stored(&self, topic: &str, partition: i32) -> anyhow::Result<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT next_offset FROM projection_offsets
-              WHERE projection = $1 AND topic = $2 AND partition = $3",
-        )
-        .bind(self.projection.name())
-        .bind(topic)
-        .bind(partition)
-        .fetch_optional(&self.pool)
-        .await?)
+    /// Shows a failed batch as the projection's state. Best effort: the batch is retried either
+    /// way, and the next success sets the state back to `running`.
+    async fn mark_failing(&self, error: &anyhow::Error) {
+        let name = self.projection.name();
+        if let Err(e) = offsets::mark_failing(&self.pool, name, &format!("{error:#}")).await {
+            tracing::debug!(error = %e, "cannot mark the projection failing");
+        }
     }
 
-    fn seek(&self, topic: &str, partition: i32, offset: Offset) {
-        if let Err(e) = self
-            .consumer
-            .seek(topic, partition, offset, Duration::from_secs(10))
-        {
-            tracing::warn!(error = %e, topic, partition, "seek failed");
+    /// Moves a partition's fetch position. librdkafka's seek blocks for up to its time-out, so it
+    /// runs off the runtime's threads, as the watermark lookups do; the runner waits for it
+    /// before taking the next record, as before.
+    async fn seek(&self, topic: &str, partition: i32, offset: Offset) {
+        let consumer = self.consumer.clone();
+        let owned = topic.to_owned();
+        let sought = tokio::task::spawn_blocking(move || {
+            consumer.seek(&owned, partition, offset, Duration::from_secs(10))
+        })
+        .await;
+        match sought {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, topic, partition, "seek failed"),
+            Err(e) => tracing::warn!(error = %e, topic, partition, "seek task failed"),
         }
     }
 
     /// Applies a batch in one transaction (see the module docs). Records of partitions another
     /// runner has moved on are removed from `batch` and the rest is left for another call; after
     /// success `batch` is empty; on error `batch` is kept for a retry.
+    #[tracing::instrument(skip_all, fields(
+        keel.projection = self.projection.name(),
+        messaging.system = "kafka",
+        messaging.operation.name = "process",
+        messaging.batch.message_count = batch.len(),
+        db.system = "postgresql",
+    ))]
     async fn apply(&mut self, batch: &mut Vec<Record>) -> anyhow::Result<()> {
         let name = self.projection.name();
-        let wanted = self.projection.event_types();
-        let mut events: Vec<RecordedEvent> = Vec::new();
-        for r in batch.iter() {
-            if r.event_type().is_some_and(|t| wanted.contains(&t)) {
-                let event = self
-                    .decoder
-                    .decode(&r.headers, &r.value, Some(self.projection.reader()))
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "{}/{} offset {} does not decode",
-                            r.topic, r.partition, r.offset
-                        )
-                    })?;
-                events.push(event);
-            }
-        }
+        let events = self.decode(batch).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1 FROM projections WHERE name = $1 FOR SHARE")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut last: BTreeMap<Place, i64> = BTreeMap::new();
         for r in batch.iter() {
             last.insert((r.topic.clone(), r.partition), r.offset);
         }
-        // One applier per partition at a time, even before its offset row exists (a row lock
-        // would lock nothing then). One statement, in the batch's sorted order, so runners
-        // cannot deadlock.
-        let (topics, partitions): (Vec<&str>, Vec<i32>) =
-            last.keys().map(|(t, p)| (t.as_str(), *p)).unzip();
-        sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(hashtext('keel_projection:' || $1 || ':' || t), p))
-               FROM (SELECT * FROM unnest($2::text[], $3::int[]) AS u(t, p) ORDER BY t, p) AS sorted",
-        )
-        .bind(name)
-        .bind(&topics)
-        .bind(&partitions)
-        .execute(&mut *tx)
-        .await?;
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = $1",
-        )
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored: HashMap<(String, i32), i64> =
-            rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
-        let fenced: Vec<(String, i32)> = last
+        let stored = offsets::lock(&mut tx, name, &last).await?;
+        let fenced: Vec<Place> = last
             .keys()
             .filter(|k| stored.get(*k).copied() != self.parts.get(*k).and_then(|p| p.stored))
             .cloned()
@@ -309,7 +283,7 @@ impl Runner {
                 let to = stored
                     .get(k)
                     .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-                self.seek(&k.0, k.1, to);
+                self.seek(&k.0, k.1, to).await;
             }
             batch.retain(|r| !fenced.contains(&(r.topic.clone(), r.partition)));
             return Ok(());
@@ -331,46 +305,38 @@ impl Runner {
             ApplyContext::default(),
         )
         .await?;
-        let (topics, partitions, nexts): (Vec<String>, Vec<i32>, Vec<i64>) = last
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, o + 1))
-            .fold(Default::default(), |mut acc, (t, p, o)| {
-                acc.0.push(t);
-                acc.1.push(p);
-                acc.2.push(o);
-                acc
-            });
-        sqlx::query(
-            "INSERT INTO public.projection_offsets (projection, topic, partition, next_offset)
-             SELECT $1, * FROM unnest($2::text[], $3::int[], $4::bigint[])
-             ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-        )
-        .bind(name)
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&nexts)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE public.projections
-                SET events_applied = events_applied + $2,
-                    last_event_at = greatest(last_event_at, $3),
-                    last_applied_at = now(), state = 'running', error = NULL, updated_at = now()
-              WHERE name = $1",
-        )
-        .bind(name)
-        .bind(applied as i64)
-        .bind(events.iter().map(|e| e.created_at).max())
-        .execute(&mut *tx)
-        .await?;
+        let next: Vec<(Place, i64)> = last.into_iter().map(|(k, o)| (k, o + 1)).collect();
+        offsets::store(&mut tx, name, &next, applied, &events).await?;
         tx.commit().await?;
-        for ((t, p), next) in topics.into_iter().zip(partitions).zip(nexts) {
-            if let Some(part) = self.parts.get_mut(&(t, p)) {
+        for (k, next) in next {
+            if let Some(part) = self.parts.get_mut(&k) {
                 part.stored = Some(next);
             }
         }
         batch.clear();
         Ok(())
+    }
+
+    /// The batch's events of the types the projection reads, decoded as the version it reads.
+    async fn decode(&self, batch: &[Record]) -> anyhow::Result<Vec<RecordedEvent>> {
+        let wanted = self.projection.event_types();
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        for r in batch {
+            if r.event_type().is_some_and(|t| wanted.contains(&t)) {
+                let event = self
+                    .decoder
+                    .decode(&r.headers, &r.value, Some(self.projection.reader()))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{}/{} offset {} does not decode",
+                            r.topic, r.partition, r.offset
+                        )
+                    })?;
+                events.push(event);
+            }
+        }
+        Ok(events)
     }
 
     /// Stores how many records the runner's partitions are behind their high watermarks.
@@ -394,12 +360,13 @@ impl Runner {
                 .sum::<i64>()
         })
         .await
+        // Only a panicked lookup fails here: no lag is reported this time.
         .unwrap_or(0);
-        let _ = sqlx::query("UPDATE projections SET lag_records = $2 WHERE name = $1")
-            .bind(self.projection.name())
-            .bind(lag)
-            .execute(&self.pool)
-            .await;
+        let stored = offsets::store_lag(&self.pool, self.projection.name(), lag).await;
+        if let Err(e) = stored {
+            // The shown lag stays as it was until the next report.
+            tracing::debug!(error = %e, "cannot store the projection's lag");
+        }
     }
 }
 
@@ -420,6 +387,7 @@ impl ConsumerContext for Resets {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
+        // Fails only once the runner has stopped: then there is nothing left to forget.
         let _ = self.0.send(parts);
     }
 }

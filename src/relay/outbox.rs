@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::sink::SinkKind;
-use crate::model::RecordedEvent;
+use crate::model::{ParkState, RecordedEvent};
 use crate::store::log::{self, LogCursor};
 
 /// The number of relay partitions; fixed by migration 0004.
@@ -167,15 +167,16 @@ pub struct Park {
     pub aggregate_type: String,
     pub aggregate_id: Uuid,
     pub event_type: String,
-    /// `parked` (this row failed) or `held` (behind a parked row).
-    pub state: &'static str,
+    /// Parked (this row failed), held (behind a parked row) or retry (failed again on a redrive,
+    /// below `max_attempts`).
+    pub state: ParkState,
     pub error_class: Option<&'static str>,
     pub error: Option<String>,
     pub attempts: i32,
 }
 
 impl Park {
-    pub fn of(row: &OutboxRow, state: &'static str) -> Self {
+    pub fn of(row: &OutboxRow, state: ParkState) -> Self {
         Self {
             row_position: row.event.position,
             tx_id: row.tx_id,
@@ -290,7 +291,7 @@ pub async fn commit(
         .bind(&k.aggregate_type)
         .bind(k.aggregate_id)
         .bind(&k.event_type)
-        .bind(k.state)
+        .bind(k.state.as_str())
         .bind(k.error_class)
         .bind(&k.error)
         .bind(k.attempts)

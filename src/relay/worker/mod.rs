@@ -6,8 +6,10 @@
 //! every row of batch N was queued; after any failure (or a lost lease) it drops what is in flight
 //! and reads again from the stored cursors, so a row that failed is never overtaken by a later row
 //! of its aggregate from a batch sent after the failure was known.
+//!
+//! How far a batch moves each cursor, and what it parks, is decided without IO in [`settle`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +17,16 @@ use sqlx::PgPool;
 use tokio::sync::{watch, RwLock};
 use uuid::Uuid;
 
+mod settle;
+
+use self::settle::Settled;
 use super::lease::Owned;
-use super::outbox::{self, Commit, OutboxRow, Park};
-use super::sink::{ErrorClass, Outcome, SinkError, SinkKind};
+use super::outbox::{self, Commit, OutboxRow};
+use super::sink::{Outcome, SinkError, SinkKind};
 use super::sink::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
+use crate::retry::RetryPolicy;
 use crate::store::log::LogCursor;
 
 /// How often parked rows released by an operator (or freed by a skip) are looked for.
@@ -69,6 +75,8 @@ impl SinkLoop {
 
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let mut failures = self.retry_policy().backoff();
+        // Some while backing off after a failed round: then only the timer ends the wait.
         let mut backoff: Option<Duration> = None;
         let mut again = false;
         let mut last_redrive = Instant::now() - REDRIVE_EVERY;
@@ -122,13 +130,18 @@ impl SinkLoop {
             match result {
                 Some(Ok(round)) => {
                     again = round.full && !round.failed;
-                    backoff = round.failed.then(|| self.next_backoff(backoff));
+                    backoff = if round.failed {
+                        Some(failures.failed())
+                    } else {
+                        failures.succeeded();
+                        None
+                    };
                 }
                 Some(Err(e)) => {
                     self.inflight = None;
                     tracing::warn!(sink = %self.kind(), error = %e, "relay round failed");
                     again = false;
-                    backoff = Some(self.next_backoff(backoff));
+                    backoff = Some(failures.failed());
                 }
                 None => {
                     self.inflight = None;
@@ -143,18 +156,23 @@ impl SinkLoop {
         }
     }
 
-    fn next_backoff(&self, last: Option<Duration>) -> Duration {
-        let max = Duration::from_millis(self.config.backoff_max_ms);
-        match last {
-            None => Duration::from_millis(self.config.backoff_initial_ms),
-            Some(d) => (d * 2).min(max),
-        }
+    /// How failed rounds back off: doubling waits from `backoff_initial_ms` to `backoff_max_ms`.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::exponential(
+            Duration::from_millis(self.config.backoff_initial_ms),
+            Duration::from_millis(self.config.backoff_max_ms),
+        )
     }
 
     /// One step of the pipeline: read the next batch (after the batch in flight, or from the
     /// stored cursors), send it, then settle the batch before it while this one is on its way.
     /// A failure anywhere drops what is in flight; its rows are read again from the stored
     /// cursors, after the failed row.
+    #[tracing::instrument(skip_all, fields(
+        keel.sink = %self.kind(),
+        keel.relay.partitions = ?parts,
+        keel.relay.redrive = redrive,
+    ))]
     async fn round(&mut self, parts: &[i16], redrive: bool) -> Result<Round, sqlx::Error> {
         let kind = self.kind();
         let batch = self.config.batch_size;
@@ -235,6 +253,10 @@ impl SinkLoop {
     /// Waits for a batch's outcomes and commits how far each partition's cursor moves. Returns
     /// whether the pipeline must start again from the stored cursors (a row failed, or a lease
     /// was lost).
+    #[tracing::instrument(skip_all, fields(
+        keel.sink = %self.kind(),
+        messaging.batch.message_count = batch.rows.len(),
+    ))]
     async fn finish(&mut self, batch: InFlight) -> Result<bool, sqlx::Error> {
         let kind = self.kind();
         let mut outcomes = batch.sent.outcomes().await.into_iter();
@@ -282,111 +304,40 @@ impl SinkLoop {
         .increment(1);
     }
 
-    /// Walks each partition's rows in log order and decides how far its cursor moves. Returns
-    /// whether some row failed.
+    /// Decides how far each partition's cursor moves (see [`settle`]), counting the failures and
+    /// logging the rows parked. Returns whether some row failed.
     fn settle(
         &mut self,
         rows: &[OutboxRow],
         outcomes: &[Option<Outcome>],
         commit: &mut Commit,
     ) -> bool {
-        let mut failed = false;
-        let mut stopped: HashSet<i16> = HashSet::new();
-        let mut parked_now: HashSet<(&str, Uuid)> = HashSet::new();
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            if stopped.contains(&row.partition) {
-                continue;
-            }
-            let aggregate = row.aggregate();
-            let advance = if row.blocked || parked_now.contains(&aggregate) {
-                // Held behind a parked row of its aggregate. A row sent in the same batch as the
-                // row that failed was acknowledged before it failed for good: the producer is
-                // gapless (see `kafka.rs`), so this row was not sent after it.
-                commit.park.push(Park::of(row, "held"));
-                true
-            } else {
-                match outcome {
-                    Some(Outcome::Delivered) => true,
-                    Some(Outcome::Failed(e)) => {
-                        failed = true;
-                        self.record_error(e);
-                        match e.class {
-                            ErrorClass::Retriable => false,
-                            ErrorClass::Permanent => {
-                                let n = self.attempts.entry(row.event.position).or_default();
-                                *n += 1;
-                                if *n >= self.config.max_attempts {
-                                    let mut park = Park::of(row, "parked");
-                                    park.attempts = *n;
-                                    park.error_class = Some(e.kind);
-                                    park.error = Some(e.message.clone());
-                                    tracing::warn!(sink = %self.kind(), event_id = %row.event.id,
-                                        error = %e, "parked an event that cannot be published");
-                                    commit.park.push(park);
-                                    parked_now.insert(aggregate);
-                                    true
-                                } else {
-                                    false
-                                }
-                            }
-                        }
-                    }
-                    Some(Outcome::NotSent) | None => false,
-                }
-            };
-            if advance {
-                self.attempts.remove(&row.event.position);
-                match commit.advance.last_mut() {
-                    Some((p, c)) if *p == row.partition => *c = row.cursor(),
-                    _ => commit.advance.push((row.partition, row.cursor())),
-                }
-            } else {
-                stopped.insert(row.partition);
-            }
+        let max_attempts = self.config.max_attempts;
+        let settled = settle::settle(rows, outcomes, &mut self.attempts, max_attempts, commit);
+        self.report(&settled);
+        for (row, e) in &settled.parked {
+            tracing::warn!(sink = %self.kind(), event_id = %row.event.id,
+                error = %e, "parked an event that cannot be published");
         }
-        failed
+        settled.failed
     }
 
-    /// The same for rows re-sent from the parked table: delivered rows leave it; a row that fails
-    /// again stops its aggregate there, and is parked again after `max_attempts`.
+    /// The same for rows re-sent from the parked table (see [`settle::settle_redrive`]).
     fn settle_redrive(
         &mut self,
         rows: &[OutboxRow],
         outcomes: &[Outcome],
         commit: &mut Commit,
     ) -> bool {
-        let mut failed = false;
-        let mut stopped: HashSet<(&str, Uuid)> = HashSet::new();
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            if stopped.contains(&row.aggregate()) {
-                continue;
-            }
-            match outcome {
-                Outcome::Delivered => commit.delivered.push((row.partition, row.event.position)),
-                Outcome::NotSent => {
-                    stopped.insert(row.aggregate());
-                }
-                Outcome::Failed(e) => {
-                    failed = true;
-                    self.record_error(e);
-                    stopped.insert(row.aggregate());
-                    if e.class == ErrorClass::Permanent {
-                        let attempts = row.attempts + 1;
-                        let state = if attempts >= self.config.max_attempts {
-                            "parked"
-                        } else {
-                            "retry"
-                        };
-                        let mut park = Park::of(row, state);
-                        park.attempts = attempts;
-                        park.error_class = Some(e.kind);
-                        park.error = Some(e.message.clone());
-                        commit.park.push(park);
-                    }
-                }
-            }
+        let settled = settle::settle_redrive(rows, outcomes, self.config.max_attempts, commit);
+        self.report(&settled);
+        settled.failed
+    }
+
+    fn report(&self, settled: &Settled<'_>) {
+        for e in &settled.errors {
+            self.record_error(e);
         }
-        failed
     }
 }
 
