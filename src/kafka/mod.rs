@@ -19,10 +19,20 @@ pub use producer::{enqueue, producer_config};
 pub fn connection_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
-    for (k, v) in properties {
-        if k.starts_with("security.") || k.starts_with("ssl.") || k.starts_with("sasl.") {
-            c.set(k, v);
-        }
+    for (k, v) in connection_settings(properties) {
+        c.set(k, v);
     }
     c
+}
+
+/// The connection and authentication settings of `properties`, alone (see
+/// [`connection_config`]).
+pub fn connection_settings(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("security.") || k.starts_with("ssl.") || k.starts_with("sasl.")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

@@ -93,11 +93,7 @@ pub(super) async fn run<H: Handler>(
     let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let mirror = match &subscription.dlq_topic_suffix {
-        Some(suffix) => Some(Mirror::new(
-            brokers,
-            suffix,
-            subscription.dlq_topic_partitions,
-        )?),
+        Some(suffix) => Some(Mirror::new(brokers, suffix, &subscription)?),
         None => None,
     };
     let shared = Arc::new(Shared {

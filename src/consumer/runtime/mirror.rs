@@ -2,39 +2,42 @@
 //! Kafka-native tools. Best effort: the dead-letter store in PostgreSQL is the record of truth, so
 //! a mirror that cannot be written is counted and logged, and holds nothing back.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::FutureProducer;
 
+use super::Subscription;
 use crate::consumer::dlq::ParkReason;
 use crate::consumer::record::Record;
+use crate::kafka::{self, Topics};
 
 pub(super) struct Mirror {
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    topics: Topics,
     suffix: String,
-    partitions: i32,
-    /// Topics this mirror has created (or found), so each is created once per process.
-    created: tokio::sync::Mutex<HashSet<String>>,
 }
 
 impl Mirror {
-    pub(super) fn new(brokers: &str, suffix: &str, partitions: i32) -> anyhow::Result<Self> {
-        // The relay's producer settings (idempotent, acks=all), with a finite time-out: a mirror
-        // that cannot be written must not hold the partition back.
-        let mut config = crate::kafka::producer_config(brokers, &BTreeMap::new());
+    pub(super) fn new(
+        brokers: &str,
+        suffix: &str,
+        subscription: &Subscription,
+    ) -> anyhow::Result<Self> {
+        // The relay's producer settings (idempotent, acks=all), connecting as the consumer does
+        // (its security settings), with a finite time-out: a mirror that cannot be written must
+        // not hold the partition back.
+        let connection = kafka::connection_settings(&subscription.properties);
+        let mut config = kafka::producer_config(brokers, &connection);
         config
             .set("message.timeout.ms", "10000")
             .set("client.id", "keel-dlq-mirror");
         Ok(Self {
             producer: config.create()?,
-            admin: config.create()?,
+            topics: Topics::new(
+                brokers,
+                &subscription.properties,
+                subscription.dlq_topic_partitions,
+                subscription.dlq_topic_replication,
+            )?,
             suffix: suffix.to_owned(),
-            partitions,
-            created: Default::default(),
         })
     }
 
@@ -61,14 +64,8 @@ impl Mirror {
             ("keel-dlq-partition", record.partition.to_string()),
             ("keel-dlq-offset", record.offset.to_string()),
         ]);
-        let sent = crate::kafka::enqueue(
-            &self.producer,
-            &topic,
-            &record.key,
-            &record.value,
-            &headers,
-        )
-        .await;
+        let sent =
+            kafka::enqueue(&self.producer, &topic, &record.key, &record.value, &headers).await;
         let delivered = match sent {
             Ok(delivery) => match delivery.await {
                 Ok(Ok(_)) => Ok(()),
@@ -83,19 +80,12 @@ impl Mirror {
         }
     }
 
-    /// Creates the `.dlq` topic once per process. This is the second of keel's two topic
-    /// creators (the relay's is in `relay/kafka.rs`); it hard-codes replication 1 until both use
-    /// one helper.
+    /// Creates the `.dlq` topic once per process (the one topic creator, [`Topics`]). A failure
+    /// leaves creation to the broker (topic auto-creation) and shows up as a failed send, which
+    /// is counted; it is logged here too.
     async fn ensure(&self, topic: &str) {
-        let mut created = self.created.lock().await;
-        if created.contains(topic) {
-            return;
+        if let Err(e) = self.topics.ensure([topic]).await {
+            tracing::warn!(error = %e, topic, "cannot create the .dlq topic");
         }
-        let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        // An existing topic is fine; any other failure leaves creation to the broker (topic
-        // auto-creation) and shows up as a failed send, which is counted.
-        let _ = self.admin.create_topics([&new], &opts).await;
-        created.insert(topic.to_owned());
     }
 }

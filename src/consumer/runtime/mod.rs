@@ -71,8 +71,10 @@ pub struct Subscription {
     pub from_beginning: bool,
     /// Parked and held records are also produced to `<topic><suffix>`; `None` turns this off.
     pub dlq_topic_suffix: Option<String>,
-    /// Partitions of a `.dlq` topic keel creates.
+    /// Partitions and replication factor of a `.dlq` topic keel creates (as
+    /// `relay.kafka.partitions` and `relay.kafka.replication` are for the relay's topics).
     pub dlq_topic_partitions: i32,
+    pub dlq_topic_replication: i32,
     /// Raw librdkafka settings for the consumer, applied last.
     pub properties: BTreeMap<String, String>,
 }
@@ -93,6 +95,7 @@ impl Subscription {
             from_beginning: true,
             dlq_topic_suffix: Some(".dlq".to_owned()),
             dlq_topic_partitions: 6,
+            dlq_topic_replication: 1,
             properties: BTreeMap::new(),
         }
     }
