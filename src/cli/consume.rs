@@ -44,6 +44,8 @@ pub async fn run(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
         from_beginning: args.from_beginning,
         schema_version,
         max_messages: args.max_messages,
+        // Connect as the relay does (TLS, SASL): the only Kafka credentials in the config.
+        properties: crate::kafka::connection_settings(&config.relay.kafka.properties),
     };
     let services = Services::connect(config).await?;
     tail(

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::client::{self, StartAt};
 use super::decode::Decoder;
 use super::record::Record;
 use crate::registry::{Registry, VersionSpec};
@@ -29,6 +29,8 @@ pub struct TailOptions {
     pub schema_version: Option<VersionSpec>,
     /// Stop after this many records.
     pub max_messages: Option<u64>,
+    /// Raw librdkafka settings (security, say), applied last.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Reads `options.topics` from the brokers at `brokers` until `shutdown`, or until
@@ -49,19 +51,20 @@ pub async fn tail(
         .clone()
         .unwrap_or_else(|| format!("keel-consume-{}", Uuid::new_v4().simple()));
     tracing::Span::current().record("messaging.consumer.group.name", group.as_str());
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", options.group.is_some().to_string())
-        .set(
-            "auto.offset.reset",
-            if options.from_beginning {
-                "earliest"
-            } else {
-                "latest"
-            },
-        )
-        .create()?;
+    let start = if options.from_beginning {
+        StartAt::Beginning
+    } else {
+        StartAt::End
+    };
+    let mut config = client::config(brokers, &group, "keel-consume", start, &options.properties);
+    if options.group.is_some() {
+        // A named group commits what was handed on: librdkafka stores each offset as it is read
+        // and commits in the background.
+        config
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "true");
+    }
+    let consumer: StreamConsumer = config.create()?;
     let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let mut handed = 0u64;

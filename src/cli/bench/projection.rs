@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -23,6 +22,8 @@ use super::relay::{create_topics, encode_backlog, prefill_events, producer, raw_
 use super::ProjectionArgs;
 use crate::app::Application;
 use crate::config::Config;
+use crate::consumer::client::{self, StartAt};
+use crate::kafka;
 use crate::model::SchemaRef;
 use crate::projection::rebuild::{rebuild, RebuildOptions};
 use crate::projection::runner::{self, RunnerOptions};
@@ -149,12 +150,14 @@ async fn prefill(
 
 /// A raw consumer in a new group reads `events` records from the beginning; records per second.
 async fn raw_consume(config: &Config, topic: &str, events: u64) -> anyhow::Result<f64> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
-        .set("group.id", format!("bench-raw-{}", Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: StreamConsumer = client::config(
+        &config.kafka_brokers,
+        &format!("bench-raw-{}", Uuid::new_v4().simple()),
+        "keel-bench-raw",
+        StartAt::Beginning,
+        &kafka::connection_settings(&config.relay.kafka.properties),
+    )
+    .create()?;
     consumer.subscribe(&[topic])?;
     let mut seen = 0u64;
     let mut started = None;

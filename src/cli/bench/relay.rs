@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -35,6 +32,7 @@ use super::stats::Sample;
 use super::RelayArgs;
 use crate::app::Application;
 use crate::config::Config;
+use crate::consumer::client::{self, StartAt};
 use crate::kafka;
 use crate::model::{AggregateType, EventType, ExpectedVersion, NewEvent, SchemaRef};
 use crate::relay::{self, outbox};
@@ -112,23 +110,16 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn create_topics(config: &Config, topics: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
-        .create()?;
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                config.relay.kafka.partitions,
-                TopicReplication::Fixed(config.relay.kafka.replication),
-            )
-        })
-        .collect();
-    admin
-        .create_topics(new.iter(), &AdminOptions::new())
-        .await
-        .context("cannot create the bench topics")?;
+    let kafka = &config.relay.kafka;
+    kafka::Topics::new(
+        &config.kafka_brokers,
+        &kafka.properties,
+        kafka.partitions,
+        kafka.replication,
+    )?
+    .ensure(topics.iter().copied())
+    .await
+    .context("cannot create the bench topics")?;
     Ok(())
 }
 
@@ -333,19 +324,20 @@ async fn arrivals(
     config: &Config,
     topic: &str,
 ) -> anyhow::Result<(StreamConsumer, Arc<Mutex<HashMap<Uuid, Instant>>>)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
-        .set(
-            "group.id",
-            format!("keel-bench-{}", Uuid::new_v4().simple()),
-        )
-        .set("auto.offset.reset", "latest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .set("fetch.error.backoff.ms", "5")
-        .set("fetch.queue.backoff.ms", "5")
-        .set("session.timeout.ms", "6000")
-        .create()?;
+    let group = format!("keel-bench-{}", Uuid::new_v4().simple());
+    let consumer: StreamConsumer = client::config(
+        &config.kafka_brokers,
+        &group,
+        "keel-bench",
+        StartAt::End,
+        &kafka::connection_settings(&config.relay.kafka.properties),
+    )
+    // Measuring latency: fetch as soon as anything arrives.
+    .set("fetch.wait.max.ms", "5")
+    .set("fetch.error.backoff.ms", "5")
+    .set("fetch.queue.backoff.ms", "5")
+    .set("session.timeout.ms", "6000")
+    .create()?;
     // Start every partition at its current end, explicitly: `latest` is only resolved at the
     // first fetch, which may come after the first bench events.
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
