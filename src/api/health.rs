@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
@@ -12,6 +14,18 @@ use crate::store;
 
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
+}
+
+/// The endpoints of a keel process that serves no API (`keel relay`): liveness and `/metrics`,
+/// with the same handlers and shapes as `keel serve`'s.
+pub fn status_router(metrics: Option<PrometheusHandle>) -> Router {
+    Router::new().route("/v1/health/live", get(live)).route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { render(metrics.as_ref()) }
+        }),
+    )
 }
 
 /// Ready when the database answers. Also reports how long the log is being held back by the
@@ -29,15 +43,20 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 
 /// `GET /metrics`, in Prometheus' text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let Some(handle) = &state.metrics else {
+    let horizon = store::log::horizon_age(state.store.pool()).await?;
+    metrics::gauge!(crate::metrics::LOG_HORIZON_AGE).set(horizon);
+    render(state.metrics.as_ref())
+}
+
+/// Prometheus' text format, or 503 when the embedding program installed its own recorder.
+fn render(handle: Option<&PrometheusHandle>) -> Result<Response, ApiError> {
+    let Some(handle) = handle else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics_unavailable",
             "the embedding program installed its own metrics recorder",
         ));
     };
-    let horizon = store::log::horizon_age(state.store.pool()).await?;
-    metrics::gauge!(crate::metrics::LOG_HORIZON_AGE).set(horizon);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

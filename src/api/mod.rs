@@ -19,6 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use health::status_router;
 
 use crate::append::Appender;
 use crate::catalog::Catalog;

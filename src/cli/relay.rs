@@ -1,14 +1,27 @@
-//! `keel relay`: the relay alone, with its metrics endpoint, until Ctrl-C or SIGTERM.
+//! `keel relay`: the relay alone, with its liveness and metrics endpoints on `relay.listen`, until
+//! Ctrl-C or SIGTERM; both stop with the one shutdown token.
+
+use std::future::IntoFuture;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
 
 use crate::app::{self, Services};
 use crate::config::Config;
-use crate::{relay, shutdown};
+use crate::{api, metrics, relay, shutdown};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let services = Services::connect(config).await?;
     let catalog = app::catalog(config)?;
-    let metrics = relay::serve_metrics(config.relay.listen).await?;
-    tracing::info!(addr = %metrics, "relay metrics on /metrics");
+    let stop = shutdown::on_signals();
+    let addr = config.relay.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (relay.listen)"))?;
+    tracing::info!(addr = %listener.local_addr()?, "relay metrics on /metrics");
+    let status = axum::serve(listener, api::status_router(metrics::install()))
+        .with_graceful_shutdown(stop.wait());
+    let status = tokio::spawn(status.into_future());
     let relay = relay::start(
         config,
         services.pool().clone(),
@@ -17,7 +30,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    shutdown::on_signals().wait().await;
+    stop.wait().await;
     relay.shutdown().await;
+    status
+        .await
+        .context("the relay's status server panicked")?
+        .context("the relay's status server failed")?;
     Ok(())
 }

@@ -21,6 +21,7 @@ use tokio::sync::{watch, RwLock};
 use uuid::Uuid;
 
 use super::outbox::PARTITIONS;
+use crate::shutdown::Shutdown;
 
 /// The partitions this relay may publish, and until when.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,14 +78,14 @@ impl Leases {
     }
 
     /// Renews and rebalances every heartbeat until `stop` fires, then releases everything.
-    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(&self, stop: Shutdown) {
         loop {
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %e, "relay lease round failed; will retry");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.heartbeat) => {}
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.wait() => break,
             }
         }
         self.release_all().await;

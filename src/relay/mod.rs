@@ -46,17 +46,18 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::metrics;
 use crate::registry::Registry;
+use crate::shutdown::Shutdown;
 
 /// A running relay. [`RelayHandle::shutdown`] stops it and frees its leases at once.
 pub struct RelayHandle {
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     tasks: JoinSet<()>,
     sinks: Vec<Arc<Sink>>,
 }
 
 impl RelayHandle {
     pub async fn shutdown(mut self) {
-        self.stop.send_replace(true);
+        self.stop.trigger();
         while self.tasks.join_next().await.is_some() {}
         for sink in &self.sinks {
             sink.shutdown().await;
@@ -100,28 +101,28 @@ pub async fn start(
         Duration::from_millis(relay.heartbeat_ms),
         relay.lanes,
     ));
-    let (stop, stop_rx) = watch::channel(false);
+    let stop = Shutdown::new();
     let (wake_tx, wake_rx) = watch::channel(0u64);
     let wake_tx = Arc::new(wake_tx);
     let mut tasks = JoinSet::new();
 
     if let Some(mut commits) = commits {
         let wake = wake_tx.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     changed = commits.changed() => if changed.is_err() { break },
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.wait() => break,
                 }
                 wake.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
     }
-    tasks.spawn(listen(pool.clone(), wake_tx.clone(), stop_rx.clone()));
+    tasks.spawn(listen(pool.clone(), wake_tx.clone(), stop.clone()));
     {
         let leases = leases.clone();
-        let stop = stop_rx.clone();
+        let stop = stop.clone();
         tasks.spawn(async move { leases.run(stop).await });
     }
     for sink in &sinks {
@@ -138,11 +139,11 @@ pub async fn start(
                 lane: (lane, relay.lanes),
                 inflight: None,
             };
-            tasks.spawn(worker.run(stop_rx.clone()));
+            tasks.spawn(worker.run(stop.clone()));
         }
     }
     let kinds: Vec<SinkKind> = sinks.iter().map(|s| s.kind()).collect();
-    tasks.spawn(housekeeping(pool, leases.subscribe(), kinds, stop_rx));
+    tasks.spawn(housekeeping(pool, leases.subscribe(), kinds, stop.clone()));
     tracing::info!(relay = %name, owner = %leases.owner, sinks = sinks.len(), "relay started");
     Ok(RelayHandle { stop, tasks, sinks })
 }
@@ -172,7 +173,7 @@ fn default_name() -> String {
 
 /// Wakes the sink loops on `NOTIFY keel_relay` (sent by `keel serve` after commits, and by
 /// `keel outbox retry|skip`). Reconnects after a lost connection; polling covers the gap.
-async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>, mut stop: watch::Receiver<bool>) {
+async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>, stop: Shutdown) {
     loop {
         let listener = async {
             let mut l = PgListener::connect_with(&pool).await?;
@@ -188,11 +189,11 @@ async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>, mut stop: watch::Re
             r = listener => if let Err(e) = r {
                 tracing::debug!(error = %e, "relay wake-up listener lost its connection");
             },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
     }
 }
@@ -203,14 +204,14 @@ async fn housekeeping(
     pool: PgPool,
     owned: watch::Receiver<lease::Owned>,
     sinks: Vec<SinkKind>,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
         let parts = owned.borrow().current().to_vec();
         ::metrics::gauge!(metrics::RELAY_PARTITIONS).set(parts.len() as f64);
@@ -240,35 +241,6 @@ async fn housekeeping(
             }
         }
     }
-}
-
-/// Serves `GET /metrics` (Prometheus) and `GET /v1/health/live` for a standalone relay on
-/// `addr`; returns the bound address.
-pub async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
-    use axum::routing::get;
-    let handle = metrics::install();
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let handle = handle.clone();
-                async move { handle.map(|h| h.render()).unwrap_or_default() }
-            }),
-        )
-        .route(
-            "/v1/health/live",
-            get(|| async { axum::Json(serde_json::json!({"status": "live"})) }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (relay.listen)"))?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "relay metrics server failed");
-        }
-    });
-    Ok(bound)
 }
 
 /// Every partition, for operator views.

@@ -27,6 +27,7 @@ use super::sink::{Sent, Sink};
 use crate::config::RelayConfig;
 use crate::metrics;
 use crate::retry::RetryPolicy;
+use crate::shutdown::Shutdown;
 use crate::store::log::LogCursor;
 
 /// How often parked rows released by an operator (or freed by a skip) are looked for.
@@ -73,7 +74,7 @@ impl SinkLoop {
         self.sink.kind()
     }
 
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, stop: Shutdown) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let mut failures = self.retry_policy().backoff();
         // Some while backing off after a failed round: then only the timer ends the wait.
@@ -85,7 +86,7 @@ impl SinkLoop {
             if !again {
                 let wait = backoff.unwrap_or(poll);
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.wait() => break,
                     _ = tokio::time::sleep(wait) => {}
                     changed = wake.changed(), if backoff.is_none() => {
                         if changed.is_err() {
@@ -114,9 +115,9 @@ impl SinkLoop {
             let result = tokio::select! {
                 r = self.round(&parts, redrive) => Some(r),
                 _ = lost(&mut owned, &parts) => None,
-                _ = stop.wait_for(|s| *s) => None,
+                _ = stop.wait() => None,
             };
-            if result.is_none() && *stop.borrow() {
+            if result.is_none() && stop.is_triggered() {
                 // Stopping: settle the batch in flight while the lease is still held, so that a
                 // clean shutdown leaves nothing to send twice.
                 if let Some(batch) = self.inflight.take() {
