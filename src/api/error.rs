@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::store;
+use crate::{registry, store};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -40,6 +40,15 @@ impl ApiError {
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// keel's own fault; the details stay in the log.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -106,6 +115,22 @@ impl From<store::Error> for ApiError {
                     "internal",
                     "internal error",
                 )
+            }
+        }
+    }
+}
+
+/// A registry failure on keel's own API (not under `/registry`, which speaks Confluent's dialect):
+/// the database's failures as the store's, anything else is keel's fault.
+impl From<registry::Error> for ApiError {
+    fn from(err: registry::Error) -> Self {
+        use registry::Error as E;
+        match err {
+            E::Unavailable(source) => store::Error::Unavailable(source).into(),
+            E::UnsupportedText => store::Error::UnsupportedText.into(),
+            other => {
+                tracing::error!(error = ?other, "schema registry error");
+                Self::internal()
             }
         }
     }

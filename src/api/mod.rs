@@ -95,17 +95,7 @@ pub fn router(state: AppState) -> Router {
 
 /// A registry failure on keel's own API (not under `/registry`).
 fn registry_error(err: registry::Error) -> ApiError {
-    match err {
-        registry::Error::Store(e) => e.into(),
-        other => {
-            tracing::error!(error = %other, "schema registry error");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
-    }
+    err.into()
 }
 
 async fn not_found() -> Response {

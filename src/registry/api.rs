@@ -184,23 +184,15 @@ impl From<Error> for RegistryError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_compatibility_level",
             ),
-            Error::Store(crate::store::Error::UnsupportedText) => {
-                return Self {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    error_code: 42201,
-                    code: "unsupported_character",
-                    message: "the request holds a character that cannot be stored, such as \\u0000"
-                        .into(),
-                    details: json!({}),
-                };
-            }
-            Error::Store(e) => {
-                tracing::error!(error = ?e, "schema registry store error");
-                let status = if e.is_retriable() {
+            Error::UnsupportedText => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_character"),
+            Error::Unavailable(_) | Error::Database(_) => {
+                tracing::error!(error = ?err, "schema registry store error");
+                let status = if err.is_retriable() {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
                     StatusCode::INTERNAL_SERVER_ERROR
                 };
+                // Never the driver's text: it can hold SQL.
                 return Self {
                     status,
                     error_code,
