@@ -11,7 +11,8 @@ use crate::app::Application;
 use crate::bench;
 use crate::catalog::Catalog;
 use crate::config::{Config, Overrides};
-use crate::registry::{sync, Registry, VersionSpec};
+use crate::model::VersionSpec;
+use crate::registry::{sync, Registry};
 use crate::relay::{self, outbox, sink::SinkKind};
 use crate::store::Store;
 

@@ -11,11 +11,12 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
+use crate::model::VersionSpec;
 use crate::model::{
     AggregateType, AppendResult, AppendedEvent, EventType, ExpectedVersion, Metadata, NewEvent,
     RecordedEvent, SchemaRef,
 };
-use crate::registry::{UpcastError, VersionSpec};
+use crate::registry::UpcastError;
 use crate::schema;
 use crate::store::{self, LogCursor, LogFilter};
 

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::model::RecordedEvent;
-use crate::registry::{Registry, VersionSpec};
+use crate::model::{RecordedEvent, VersionSpec};
+use crate::registry::Registry;
 use crate::relay::envelope::{header, CONTENT_AVRO, CONTENT_JSON, METADATA_HEADERS};
 use crate::schema::ParsedSchema;
 

@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, Semaphore};
 use super::decode::Decoder;
 use super::dlq::{self, ParkReason, Record};
 
-use crate::model::RecordedEvent;
-use crate::registry::{Registry, VersionSpec};
+use crate::model::{RecordedEvent, VersionSpec};
+use crate::registry::Registry;
 
 /// What a consumer group reads and how it treats failures.
 #[derive(Debug, Clone)]

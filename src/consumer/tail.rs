@@ -13,7 +13,8 @@ use uuid::Uuid;
 use super::decode::Decoder;
 use super::dlq::Record;
 use crate::config::Config;
-use crate::registry::{Registry, VersionSpec};
+use crate::model::VersionSpec;
+use crate::registry::Registry;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Args)]

@@ -6,7 +6,9 @@
 mod event;
 mod expected_version;
 mod names;
+mod version_spec;
 
 pub use event::{AppendResult, AppendedEvent, Metadata, NewEvent, RecordedEvent, SchemaRef};
 pub use expected_version::ExpectedVersion;
 pub use names::{AggregateType, EventType, InvalidName};
+pub use version_spec::{InvalidVersion, VersionSpec};

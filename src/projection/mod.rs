@@ -27,8 +27,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
-use crate::model::{EventType, RecordedEvent};
-use crate::registry::VersionSpec;
+use crate::model::{EventType, RecordedEvent, VersionSpec};
 
 /// How a batch is being applied.
 #[derive(Debug, Clone, Copy, Default)]

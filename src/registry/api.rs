@@ -20,7 +20,8 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Error, Registry, VersionSpec};
+use super::{Error, Registry};
+use crate::model::{InvalidVersion, VersionSpec};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -213,6 +214,12 @@ impl From<Error> for RegistryError {
             message: err.to_string(),
             details,
         }
+    }
+}
+
+impl From<InvalidVersion> for RegistryError {
+    fn from(err: InvalidVersion) -> Self {
+        Error::from(err).into()
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`Error::Database`] (a fault: 500). The driver's errors are sorted by the store's one table of
 //! SQLSTATEs, so the registry and the store agree on what is transient.
 
+use crate::model::InvalidVersion;
 use crate::schema::{Incompatibility, InvalidSchema};
 use crate::store;
 
@@ -66,6 +67,12 @@ impl From<sqlx::Error> for Error {
             store::Error::Database(source) => Self::Database(source.into()),
             other => Self::Database(other.into()),
         }
+    }
+}
+
+impl From<InvalidVersion> for Error {
+    fn from(err: InvalidVersion) -> Self {
+        Self::InvalidVersion(err.0)
     }
 }
 

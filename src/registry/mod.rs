@@ -37,6 +37,7 @@ pub use cache::LATEST_TTL;
 pub use error::Error;
 pub use upcast::UpcastError;
 
+use crate::model::VersionSpec;
 use crate::schema::{Compatibility, Incompatibility, ParsedSchema};
 use cache::Cache;
 use sql::VersionRow;
@@ -48,35 +49,6 @@ pub struct SubjectVersion {
     pub version: i32,
     pub id: i32,
     pub schema: String,
-}
-
-/// A version as a path names it: a number or the latest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionSpec {
-    Latest,
-    Number(i32),
-}
-
-impl VersionSpec {
-    /// `latest`, `-1` (Confluent's alias for latest) or a positive integer.
-    pub fn parse(text: &str) -> Result<Self, Error> {
-        match text {
-            "latest" | "-1" => Ok(Self::Latest),
-            _ => match text.parse::<i32>() {
-                Ok(n) if n > 0 => Ok(Self::Number(n)),
-                _ => Err(Error::InvalidVersion(text.chars().take(50).collect())),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for VersionSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Latest => f.write_str("latest"),
-            Self::Number(n) => write!(f, "{n}"),
-        }
-    }
 }
 
 /// The outcome of a registration.

@@ -2,8 +2,8 @@
 //! The payload is resolved from the schema that validated it to the one the reader names, by
 //! Avro's resolution rules (see [`crate::schema::resolve`]); the stored event is never touched.
 
-use super::{Error, Registry, VersionSpec};
-use crate::model::RecordedEvent;
+use super::{Error, Registry};
+use crate::model::{RecordedEvent, VersionSpec};
 use crate::schema::{resolve, ResolveError};
 
 /// Why an event could not be shown in the schema version a reader asked for.
