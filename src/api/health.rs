@@ -1,7 +1,7 @@
 //! Liveness (the process answers), readiness (the database answers) and metrics.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -30,8 +30,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 /// `GET /metrics`, in Prometheus' text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(handle) = &state.metrics else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(ApiError::unavailable(
             "metrics_unavailable",
             "the embedding program installed its own metrics recorder",
         ));

@@ -10,7 +10,7 @@ mod projections;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -83,12 +83,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-            .into_response()
+            ApiError::internal().into_response()
         }))
         .layer(TraceLayer::new_for_http())
 }
@@ -98,15 +93,18 @@ fn registry_error(err: registry::Error) -> ApiError {
     err.into()
 }
 
-async fn not_found() -> Response {
+/// An unknown route, in the dialect of the API the path belongs to.
+async fn not_found(uri: Uri) -> Response {
+    if registry::api::owns(uri.path()) {
+        return registry::api::RegistryError::route_not_found().into_response();
+    }
     ApiError::not_found("route_not_found", "no such route").into_response()
 }
 
-async fn method_not_allowed() -> Response {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed for this route",
-    )
-    .into_response()
+/// A known route with a method it does not serve, in the dialect of the API the path belongs to.
+async fn method_not_allowed(uri: Uri) -> Response {
+    if registry::api::owns(uri.path()) {
+        return registry::api::RegistryError::method_not_allowed().into_response();
+    }
+    ApiError::method_not_allowed().into_response()
 }

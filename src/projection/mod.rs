@@ -19,6 +19,7 @@ pub mod agent_status;
 pub mod rebuild;
 pub mod runner;
 pub mod service_invocations;
+pub mod status;
 
 use std::sync::Arc;
 

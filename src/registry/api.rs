@@ -37,13 +37,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
-            .map_err(|r| RegistryError {
-                status: StatusCode::NOT_FOUND,
-                error_code: 404,
-                code: "invalid_path",
-                message: r.body_text(),
-                details: json!({}),
-            })
+            .map_err(|r| RegistryError::http(StatusCode::NOT_FOUND, "invalid_path", r.body_text()))
     }
 }
 
@@ -57,7 +51,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for RQu
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|r| bad_body(r.body_text()))
+            .map_err(|r| {
+                RegistryError::http(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+            })
     }
 }
 
@@ -71,14 +67,13 @@ impl<S: Send + Sync> FromRequest<S> for RBody {
         Bytes::from_request(req, state)
             .await
             .map(Self)
-            .map_err(|r| RegistryError {
-                status: r.status(),
-                error_code: u32::from(r.status().as_u16()),
-                code: "invalid_body",
-                message: r.body_text(),
-                details: json!({}),
-            })
+            .map_err(|r| RegistryError::http(r.status(), "invalid_body", r.body_text()))
     }
+}
+
+/// Whether `path` is one of this API's: the caller's fallbacks answer those in this dialect.
+pub fn owns(path: &str) -> bool {
+    path == "/registry" || path.starts_with("/registry/")
 }
 
 pub fn router(registry: Arc<Registry>) -> Router {
@@ -159,6 +154,37 @@ impl IntoResponse for RegistryError {
             body.to_string(),
         )
             .into_response()
+    }
+}
+
+impl RegistryError {
+    /// No route at this path under `/registry`.
+    pub fn route_not_found() -> Self {
+        Self::http(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "HTTP 404 Not Found",
+        )
+    }
+
+    /// A `/registry` route that does not serve this method.
+    pub fn method_not_allowed() -> Self {
+        Self::http(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "HTTP 405 Method Not Allowed",
+        )
+    }
+
+    /// A failure of HTTP itself, whose Confluent `error_code` is the status, as Confluent's are.
+    fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error_code: u32::from(status.as_u16()),
+            code,
+            message: message.into(),
+            details: json!({}),
+        }
     }
 }
 
