@@ -88,7 +88,8 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// A registry failure on keel's own API (not under `/registry`).
+/// A registry failure on keel's own API (not under `/registry`); the mapping is `ApiError`'s
+/// `From<registry::Error>`.
 fn registry_error(err: registry::Error) -> ApiError {
     err.into()
 }
@@ -96,7 +97,7 @@ fn registry_error(err: registry::Error) -> ApiError {
 /// An unknown route, in the dialect of the API the path belongs to.
 async fn not_found(uri: Uri) -> Response {
     if registry::api::owns(uri.path()) {
-        return registry::api::RegistryError::route_not_found().into_response();
+        return registry::api::Refusal::route_not_found().into_response();
     }
     ApiError::not_found("route_not_found", "no such route").into_response()
 }
@@ -104,7 +105,7 @@ async fn not_found(uri: Uri) -> Response {
 /// A known route with a method it does not serve, in the dialect of the API the path belongs to.
 async fn method_not_allowed(uri: Uri) -> Response {
     if registry::api::owns(uri.path()) {
-        return registry::api::RegistryError::method_not_allowed().into_response();
+        return registry::api::Refusal::method_not_allowed().into_response();
     }
     ApiError::method_not_allowed().into_response()
 }

@@ -31,13 +31,13 @@ type Params = RQuery<HashMap<String, String>>;
 struct RPath<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for RPath<T> {
-    type Rejection = RegistryError;
+    type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
-            .map_err(|r| RegistryError::http(StatusCode::NOT_FOUND, "invalid_path", r.body_text()))
+            .map_err(|r| Refusal::http(StatusCode::NOT_FOUND, "invalid_path", r.body_text()))
     }
 }
 
@@ -45,15 +45,13 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 struct RQuery<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for RQuery<T> {
-    type Rejection = RegistryError;
+    type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Self(q.0))
-            .map_err(|r| {
-                RegistryError::http(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
-            })
+            .map_err(|r| Refusal::http(StatusCode::BAD_REQUEST, "invalid_query", r.body_text()))
     }
 }
 
@@ -61,13 +59,13 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for RQu
 struct RBody(Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RBody {
-    type Rejection = RegistryError;
+    type Rejection = Refusal;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         Bytes::from_request(req, state)
             .await
             .map(Self)
-            .map_err(|r| RegistryError::http(r.status(), "invalid_body", r.body_text()))
+            .map_err(|r| Refusal::http(r.status(), "invalid_body", r.body_text()))
     }
 }
 
@@ -133,7 +131,7 @@ fn reply(body: Value) -> Response {
 }
 
 /// Why a registry request failed, in Confluent's shape (plus keel's `error` object).
-pub struct RegistryError {
+pub struct Refusal {
     status: StatusCode,
     error_code: u32,
     code: &'static str,
@@ -141,7 +139,7 @@ pub struct RegistryError {
     details: Value,
 }
 
-impl IntoResponse for RegistryError {
+impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = json!({
             "error_code": self.error_code,
@@ -157,7 +155,7 @@ impl IntoResponse for RegistryError {
     }
 }
 
-impl RegistryError {
+impl Refusal {
     /// No route at this path under `/registry`.
     pub fn route_not_found() -> Self {
         Self::http(
@@ -188,7 +186,7 @@ impl RegistryError {
     }
 }
 
-impl From<Error> for RegistryError {
+impl From<Error> for Refusal {
     fn from(err: Error) -> Self {
         let error_code = err.code();
         let (status, code) = match &err {
@@ -243,20 +241,14 @@ impl From<Error> for RegistryError {
     }
 }
 
-impl From<InvalidVersion> for RegistryError {
+impl From<InvalidVersion> for Refusal {
     fn from(err: InvalidVersion) -> Self {
         Error::from(err).into()
     }
 }
 
-fn bad_body(message: String) -> RegistryError {
-    RegistryError {
-        status: StatusCode::BAD_REQUEST,
-        error_code: 400,
-        code: "malformed_json",
-        message,
-        details: json!({}),
-    }
+fn bad_body(message: String) -> Refusal {
+    Refusal::http(StatusCode::BAD_REQUEST, "malformed_json", message)
 }
 
 fn flag(params: &HashMap<String, String>, name: &str) -> bool {
@@ -277,7 +269,7 @@ struct SchemaBody {
 }
 
 /// Reads a schema body whatever its content type: clients send Confluent's, JSON's or none.
-fn schema_body(body: &Bytes) -> Result<SchemaBody, RegistryError> {
+fn schema_body(body: &Bytes) -> Result<SchemaBody, Refusal> {
     let parsed: SchemaBody = serde_json::from_slice(body)
         .map_err(|e| bad_body(format!("malformed request body: {e}")))?;
     if !parsed.references.is_empty() {
@@ -292,7 +284,7 @@ fn schema_body(body: &Bytes) -> Result<SchemaBody, RegistryError> {
     Ok(parsed)
 }
 
-type Reply = Result<Response, RegistryError>;
+type Reply = Result<Response, Refusal>;
 
 async fn root() -> Response {
     reply(json!({}))
@@ -398,7 +390,7 @@ async fn types() -> Response {
     reply(json!(["AVRO"]))
 }
 
-fn schema_id(id: &str) -> Result<i32, RegistryError> {
+fn schema_id(id: &str) -> Result<i32, Refusal> {
     id.parse().map_err(|_| Error::SchemaNotFound.into())
 }
 
@@ -478,7 +470,7 @@ struct ConfigBody {
     compatibility: Option<String>,
 }
 
-fn config_body(body: &Bytes) -> Result<String, RegistryError> {
+fn config_body(body: &Bytes) -> Result<String, Refusal> {
     let parsed: ConfigBody = serde_json::from_slice(body)
         .map_err(|e| bad_body(format!("malformed request body: {e}")))?;
     parsed
