@@ -6,13 +6,18 @@
 //! `{"error_code": 40401, "message": "..."}`; keel adds its own `error` object next to those two
 //! fields, which Confluent clients ignore. Unknown query parameters are ignored, as Confluent does,
 //! because clients send options (`normalize`, `format`…) that keel does not need.
+//!
+//! This file holds the routes and handlers; [`Refusal`] (in `refusal`) decides every status and
+//! code, and `extract` turns axum's rejections into refusals.
+
+mod extract;
+mod refusal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,53 +26,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Error, Registry};
-use crate::model::{InvalidVersion, VersionSpec};
+use crate::model::VersionSpec;
+use extract::{RBody, RPath, RQuery};
+use refusal::bad_body;
+pub use refusal::Refusal;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 type Params = RQuery<HashMap<String, String>>;
-
-/// Path parameters; a malformed path is a Confluent-shaped 404.
-struct RPath<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for RPath<T> {
-    type Rejection = Refusal;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Self(p.0))
-            .map_err(|r| Refusal::http(StatusCode::NOT_FOUND, "invalid_path", r.body_text()))
-    }
-}
-
-/// Query parameters; a malformed query string is a Confluent-shaped 400.
-struct RQuery<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for RQuery<T> {
-    type Rejection = Refusal;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|r| Refusal::http(StatusCode::BAD_REQUEST, "invalid_query", r.body_text()))
-    }
-}
-
-/// The raw body; one over the size limit is a Confluent-shaped 413.
-struct RBody(Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RBody {
-    type Rejection = Refusal;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(Self)
-            .map_err(|r| Refusal::http(r.status(), "invalid_body", r.body_text()))
-    }
-}
 
 /// Whether `path` is one of this API's: the caller's fallbacks answer those in this dialect.
 pub fn owns(path: &str) -> bool {
@@ -128,127 +94,6 @@ fn reply(body: Value) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-/// Why a registry request failed, in Confluent's shape (plus keel's `error` object).
-pub struct Refusal {
-    status: StatusCode,
-    error_code: u32,
-    code: &'static str,
-    message: String,
-    details: Value,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "error_code": self.error_code,
-            "message": self.message,
-            "error": {"code": self.code, "message": self.message, "details": self.details},
-        });
-        (
-            self.status,
-            [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            body.to_string(),
-        )
-            .into_response()
-    }
-}
-
-impl Refusal {
-    /// No route at this path under `/registry`.
-    pub fn route_not_found() -> Self {
-        Self::http(
-            StatusCode::NOT_FOUND,
-            "route_not_found",
-            "HTTP 404 Not Found",
-        )
-    }
-
-    /// A `/registry` route that does not serve this method.
-    pub fn method_not_allowed() -> Self {
-        Self::http(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "HTTP 405 Method Not Allowed",
-        )
-    }
-
-    /// A failure of HTTP itself, whose Confluent `error_code` is the status, as Confluent's are.
-    fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            error_code: u32::from(status.as_u16()),
-            code,
-            message: message.into(),
-            details: json!({}),
-        }
-    }
-}
-
-impl From<Error> for Refusal {
-    fn from(err: Error) -> Self {
-        let error_code = err.code();
-        let (status, code) = match &err {
-            Error::SubjectNotFound(_) => (StatusCode::NOT_FOUND, "subject_not_found"),
-            Error::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
-            Error::SchemaNotFound => (StatusCode::NOT_FOUND, "schema_not_found"),
-            Error::SubjectSoftDeleted(_) => (StatusCode::NOT_FOUND, "subject_soft_deleted"),
-            Error::SubjectNotSoftDeleted(_) => (StatusCode::NOT_FOUND, "subject_not_soft_deleted"),
-            Error::VersionSoftDeleted { .. } => (StatusCode::NOT_FOUND, "version_soft_deleted"),
-            Error::VersionNotSoftDeleted { .. } => {
-                (StatusCode::NOT_FOUND, "version_not_soft_deleted")
-            }
-            Error::SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, "subject_config_not_found"),
-            Error::Incompatible { .. } => (StatusCode::CONFLICT, "incompatible_schema"),
-            Error::InvalidSchema(_) | Error::UnsupportedSchemaType(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schema")
-            }
-            Error::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_version"),
-            Error::InvalidCompatibility(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_compatibility_level",
-            ),
-            Error::UnsupportedText => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_character"),
-            Error::Unavailable(_) | Error::Database(_) => {
-                tracing::error!(error = ?err, "schema registry store error");
-                let status = if err.is_retriable() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                // Never the driver's text: it can hold SQL.
-                return Self {
-                    status,
-                    error_code,
-                    code: "registry_store_error",
-                    message: "error in the backend data store".into(),
-                    details: json!({}),
-                };
-            }
-        };
-        let details = match &err {
-            Error::Incompatible { found, .. } => json!({"incompatibilities": found}),
-            _ => json!({}),
-        };
-        Self {
-            status,
-            error_code,
-            code,
-            message: err.to_string(),
-            details,
-        }
-    }
-}
-
-impl From<InvalidVersion> for Refusal {
-    fn from(err: InvalidVersion) -> Self {
-        Error::from(err).into()
-    }
-}
-
-fn bad_body(message: String) -> Refusal {
-    Refusal::http(StatusCode::BAD_REQUEST, "malformed_json", message)
 }
 
 fn flag(params: &HashMap<String, String>, name: &str) -> bool {
