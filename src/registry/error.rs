@@ -103,3 +103,24 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn driver_errors_are_sorted_into_transient_bad_text_and_faults() {
+        let unavailable = Error::from(sqlx::Error::PoolTimedOut);
+        assert!(
+            matches!(unavailable, Error::Unavailable(_)),
+            "{unavailable:?}"
+        );
+        assert!(unavailable.is_retriable());
+        assert_eq!(unavailable.code(), 50001);
+
+        let fault = Error::from(sqlx::Error::RowNotFound);
+        assert!(matches!(fault, Error::Database(_)), "{fault:?}");
+        assert!(!fault.is_retriable());
+        assert_eq!(fault.code(), 50001);
+    }
+}

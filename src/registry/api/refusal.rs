@@ -130,3 +130,20 @@ impl From<InvalidVersion> for Refusal {
 pub(super) fn bad_body(message: String) -> Refusal {
     Refusal::http(StatusCode::BAD_REQUEST, "malformed_json", message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_failures_are_503_when_transient_500_otherwise_and_never_show_driver_text() {
+        let transient = Refusal::from(Error::Unavailable(sqlx::Error::PoolTimedOut));
+        assert_eq!(transient.status, StatusCode::SERVICE_UNAVAILABLE);
+        let fault = Refusal::from(Error::from(sqlx::Error::RowNotFound));
+        assert_eq!(fault.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for refusal in [transient, fault] {
+            assert_eq!(refusal.error_code, 50001);
+            assert_eq!(refusal.message, "error in the backend data store");
+        }
+    }
+}
