@@ -368,3 +368,43 @@ fn pick(subject: &str, rows: Vec<VersionRow>, spec: VersionSpec) -> Result<Versi
         version: spec.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(version: i32, deleted: bool) -> VersionRow {
+        VersionRow {
+            subject: "s".into(),
+            version,
+            id: version * 10,
+            schema_text: String::new(),
+            deleted,
+        }
+    }
+
+    #[test]
+    fn latest_is_the_newest_live_version_and_a_number_names_any_version() {
+        let rows = || vec![row(1, false), row(2, false), row(3, true)];
+        let latest = pick("s", rows(), VersionSpec::Latest).expect("latest");
+        assert_eq!(latest.version, 2);
+        let deleted = pick("s", rows(), VersionSpec::Number(3)).expect("a deleted one by number");
+        assert_eq!(deleted.version, 3);
+        assert!(matches!(
+            pick("s", rows(), VersionSpec::Number(4)),
+            Err(Error::VersionNotFound { version, .. }) if version == "4"
+        ));
+    }
+
+    #[test]
+    fn a_subject_without_versions_is_not_found_and_one_all_deleted_has_no_latest() {
+        assert!(matches!(
+            pick("s", Vec::new(), VersionSpec::Latest),
+            Err(Error::SubjectNotFound(s)) if s == "s"
+        ));
+        assert!(matches!(
+            pick("s", vec![row(1, true)], VersionSpec::Latest),
+            Err(Error::VersionNotFound { version, .. }) if version == "latest"
+        ));
+    }
+}
