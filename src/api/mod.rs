@@ -63,20 +63,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", get(events::query_log))
         .route("/v1/events/{id}", get(events::get_event))
-        .route("/v1/projections", get(projections::list))
-        .route("/v1/projections/{name}", get(projections::status))
-        .route(
-            "/v1/projections/agent_status/agents",
-            get(projections::agents),
-        )
-        .route(
-            "/v1/projections/agent_status/agents/{agent_id}",
-            get(projections::agent),
-        )
-        .route(
-            "/v1/projections/service_invocations/methods",
-            get(projections::methods),
-        )
+        .merge(projections::routes())
         .with_state(state)
         .merge(registry::api::router(registry))
         .fallback(not_found)

@@ -3,7 +3,8 @@
 //! projection's module), and bad input is refused by keel's extractors in keel's error shape.
 
 use axum::extract::State;
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,6 +15,17 @@ use super::extract::{Path, Query};
 use super::AppState;
 use crate::projection::{self, agent_status, live_schema, service_invocations, status};
 use crate::store;
+
+/// The routes under `/v1/projections`: every projection's status, and the read APIs of the
+/// projections keel ships.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/projections", get(list))
+        .route("/v1/projections/{name}", get(status))
+        .route("/v1/projections/agent_status/agents", get(agents))
+        .route("/v1/projections/agent_status/agents/{agent_id}", get(agent))
+        .route("/v1/projections/service_invocations/methods", get(methods))
+}
 
 fn db(e: sqlx::Error) -> ApiError {
     store::Error::from(e).into()
