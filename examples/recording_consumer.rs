@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Parser;
 use keel::consumer::{Delivery, Handler, HandlerError, Subscription};
-use keel::registry::{Registry, VersionSpec};
+use keel::model::VersionSpec;
+use keel::registry::Registry;
 use sqlx::PgPool;
 
 #[derive(Parser)]

@@ -1,8 +1,12 @@
 //! Metrics: every name keel exports, in one place, and the Prometheus exporter behind
 //! `GET /metrics`. Label values are bounded sets, never ids.
+//!
+//! Every name is also in [`DESCRIPTIONS`] with its kind, unit and help text; [`describe`] hands
+//! those to the installed recorder (a test checks that no name is left out).
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Append requests by `outcome`: `created`, `replayed`, `conflict`, `rejected` (other 4xx),
@@ -43,6 +47,137 @@ pub const DLQ_OLDEST_AGE: &str = "keel_dlq_oldest_age_seconds";
 /// Parked records that could not be mirrored to their `.dlq` topic.
 pub const DLQ_MIRROR_ERRORS: &str = "keel_dlq_mirror_errors_total";
 
+/// What a metric is, for [`describe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric's kind, unit and the help text exporters show.
+#[derive(Debug, Clone, Copy)]
+pub struct Description {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+const fn counter(name: &'static str, unit: Unit, help: &'static str) -> Description {
+    let kind = Kind::Counter;
+    Description {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+const fn gauge(name: &'static str, unit: Unit, help: &'static str) -> Description {
+    let kind = Kind::Gauge;
+    Description {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+const fn histogram(name: &'static str, unit: Unit, help: &'static str) -> Description {
+    let kind = Kind::Histogram;
+    Description {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+/// Every metric keel exports (the constants above say more).
+pub const DESCRIPTIONS: &[Description] = &[
+    counter(APPEND_REQUESTS, Unit::Count, "append requests by outcome"),
+    counter(APPEND_EVENTS, Unit::Count, "events written by appends"),
+    histogram(
+        APPEND_SECONDS,
+        Unit::Seconds,
+        "time from receiving an append to replying",
+    ),
+    histogram(
+        GROUP_COMMIT_REQUESTS,
+        Unit::Count,
+        "appends that shared one commit",
+    ),
+    gauge(
+        LOG_HORIZON_AGE,
+        Unit::Seconds,
+        "age of the oldest open write transaction",
+    ),
+    gauge(
+        OUTBOX_BACKLOG,
+        Unit::Count,
+        "outbox rows a sink has not passed yet",
+    ),
+    gauge(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "age of the oldest row a sink has not passed",
+    ),
+    gauge(
+        OUTBOX_PARKED,
+        Unit::Count,
+        "outbox rows parked or held behind them",
+    ),
+    counter(
+        RELAY_PUBLISHED,
+        Unit::Count,
+        "outbox rows a sink acknowledged, by sink",
+    ),
+    counter(
+        RELAY_ERRORS,
+        Unit::Count,
+        "failed publishes by sink, class and kind",
+    ),
+    gauge(
+        RELAY_LAG,
+        Unit::Seconds,
+        "time from commit to acknowledgement",
+    ),
+    gauge(
+        RELAY_PARTITIONS,
+        Unit::Count,
+        "relay partitions this process leases",
+    ),
+    counter(
+        CONSUMER_HANDLED,
+        Unit::Count,
+        "records a handler saw, by group and outcome",
+    ),
+    gauge(DLQ_DEPTH, Unit::Count, "a group's open dead-letter rows"),
+    gauge(
+        DLQ_OLDEST_AGE,
+        Unit::Seconds,
+        "age of a group's oldest open dead-letter row",
+    ),
+    counter(
+        DLQ_MIRROR_ERRORS,
+        Unit::Count,
+        "parked records not mirrored to .dlq",
+    ),
+];
+
+/// Describes every metric to the installed recorder: keel's ([`install`]) or the embedding
+/// program's. Call it once, after the recorder is installed; descriptions given before are lost.
+pub fn describe() {
+    for d in DESCRIPTIONS {
+        match d.kind {
+            Kind::Counter => metrics::describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => metrics::describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => metrics::describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
+}
+
 /// Installs the process-wide recorder once and returns its handle; later calls return the same
 /// handle (several keel instances in one process, as in tests, share it). `None` when the
 /// embedding program installed a recorder of its own: keel's metrics then go to that one.
@@ -61,4 +196,30 @@ pub fn install() -> Option<PrometheusHandle> {
                 .ok()
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DESCRIPTIONS;
+
+    /// Reads this file's own `pub const NAME: &str = "..."` lines, so a metric added without a
+    /// description fails here.
+    #[test]
+    fn every_metric_name_is_described_once() {
+        let names: Vec<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(names.len() >= 16, "found only {names:?}");
+        for name in &names {
+            let described = DESCRIPTIONS.iter().filter(|d| d.name == *name).count();
+            assert_eq!(described, 1, "{name} is described {described} times");
+        }
+        assert_eq!(
+            DESCRIPTIONS.len(),
+            names.len(),
+            "a description names no constant"
+        );
+    }
 }

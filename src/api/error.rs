@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use crate::store;
+use crate::{registry, store};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -49,6 +49,28 @@ impl ApiError {
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed for this route",
+        )
+    }
+
+    /// A dependency keel needs for this request is missing or down; retrying later may help.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    /// keel's own fault; the details stay in the log.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -120,6 +142,22 @@ impl From<store::Error> for ApiError {
     }
 }
 
+/// A registry failure on keel's own API (not under `/registry`, which speaks Confluent's dialect):
+/// the database's failures as the store's, anything else is keel's fault.
+impl From<registry::Error> for ApiError {
+    fn from(err: registry::Error) -> Self {
+        use registry::Error as E;
+        match err {
+            E::Unavailable(source) => store::Error::Unavailable(source).into(),
+            E::UnsupportedText => store::Error::UnsupportedText.into(),
+            other => {
+                tracing::error!(error = ?other, "schema registry error");
+                Self::internal()
+            }
+        }
+    }
+}
+
 impl From<crate::append::Refusal> for ApiError {
     fn from(refusal: crate::append::Refusal) -> Self {
         Self::unprocessable(refusal.code(), refusal.to_string()).with_details(refusal.details())
@@ -131,7 +169,7 @@ impl From<crate::append::Error> for ApiError {
         use crate::append::{Error as E, ValidationError as V};
         match err {
             E::Check(V::Refused(refusal)) => refusal.into(),
-            E::Check(V::Registry(e)) => super::registry_error(e),
+            E::Check(V::Registry(e)) => e.into(),
             E::Store(e) => e.into(),
         }
     }

@@ -12,8 +12,10 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
-use crate::model::{AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
-use crate::registry::{UpcastError, VersionSpec};
+use crate::model::{
+    AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, VersionSpec,
+};
+use crate::registry::UpcastError;
 use crate::store::{self, LogCursor, LogFilter};
 
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,7 @@
 //! Liveness (the process answers), readiness (the database answers) and metrics.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -51,8 +51,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 /// Prometheus' text format, or 503 when the embedding program installed its own recorder.
 fn render(handle: Option<&PrometheusHandle>) -> Result<Response, ApiError> {
     let Some(handle) = handle else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(ApiError::unavailable(
             "metrics_unavailable",
             "the embedding program installed its own metrics recorder",
         ));

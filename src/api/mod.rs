@@ -10,7 +10,7 @@ mod projections;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -67,60 +67,36 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", get(events::query_log))
         .route("/v1/events/{id}", get(events::get_event))
-        .route("/v1/projections", get(projections::list))
-        .route("/v1/projections/{name}", get(projections::status))
-        .route(
-            "/v1/projections/agent_status/agents",
-            get(projections::agents),
-        )
-        .route(
-            "/v1/projections/agent_status/agents/{agent_id}",
-            get(projections::agent),
-        )
-        .route(
-            "/v1/projections/service_invocations/methods",
-            get(projections::methods),
-        )
+        .merge(projections::routes())
         .with_state(state)
         .merge(registry::api::router(registry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-            .into_response()
+            ApiError::internal().into_response()
         }))
         .layer(TraceLayer::new_for_http())
 }
 
-/// A registry failure on keel's own API (not under `/registry`).
+/// A registry failure on keel's own API (not under `/registry`); the mapping is `ApiError`'s
+/// `From<registry::Error>`.
 pub(crate) fn registry_error(err: registry::Error) -> ApiError {
-    match err {
-        registry::Error::Store(e) => e.into(),
-        other => {
-            tracing::error!(error = %other, "schema registry error");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
-    }
+    err.into()
 }
 
-async fn not_found() -> Response {
+/// An unknown route, in the dialect of the API the path belongs to.
+async fn not_found(uri: Uri) -> Response {
+    if registry::api::owns(uri.path()) {
+        return registry::api::Refusal::route_not_found().into_response();
+    }
     ApiError::not_found("route_not_found", "no such route").into_response()
 }
 
-async fn method_not_allowed() -> Response {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed for this route",
-    )
-    .into_response()
+/// A known route with a method it does not serve, in the dialect of the API the path belongs to.
+async fn method_not_allowed(uri: Uri) -> Response {
+    if registry::api::owns(uri.path()) {
+        return registry::api::Refusal::method_not_allowed().into_response();
+    }
+    ApiError::method_not_allowed().into_response()
 }

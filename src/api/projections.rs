@@ -1,16 +1,31 @@
-//! Read-only access to projections: `/v1/projections` (each one's status) and their rows.
+//! Read-only access to projections: `/v1/projections` (each one's status) and their rows. HTTP
+//! only: the queries live with the projections ([`crate::projection::status`] and each
+//! projection's module), and bad input is refused by keel's extractors in keel's error shape.
 
-use axum::extract::{Path, Query, State};
-use axum::Json;
-use chrono::{DateTime, Utc};
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use super::AppState;
-use crate::projection::{self, agent_status, live_schema, service_invocations};
+use crate::projection::{self, agent_status, live_schema, service_invocations, status};
 use crate::store;
+
+/// The routes under `/v1/projections`: every projection's status, and the read APIs of the
+/// projections keel ships.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/projections", get(list))
+        .route("/v1/projections/{name}", get(status))
+        .route("/v1/projections/agent_status/agents", get(agents))
+        .route("/v1/projections/agent_status/agents/{agent_id}", get(agent))
+        .route("/v1/projections/service_invocations/methods", get(methods))
+}
 
 fn db(e: sqlx::Error) -> ApiError {
     store::Error::from(e).into()
@@ -40,72 +55,31 @@ fn known(name: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::not_found("projection_not_found", e.to_string()))
 }
 
-type StatusRow = (
-    String,
-    i64,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<i64>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-);
-
 async fn status_of(state: &AppState, name: &str) -> Result<Value, ApiError> {
-    let pool = state.store.pool();
-    let row: Option<StatusRow> = sqlx::query_as(
-        "SELECT state, events_applied, last_event_at, last_applied_at, lag_records, error, rebuilt_at
-           FROM projections WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await
-    .map_err(db)?;
-    let Some((run_state, applied, last_event, last_applied, lag, error, rebuilt)) = row else {
+    let mut conn = state.store.pool().acquire().await.map_err(db)?;
+    let Some(found) = status::of(&mut conn, name).await.map_err(db)? else {
         return Ok(json!({"name": name, "state": "not_started", "events_applied": 0}));
     };
-    let offsets: Vec<(String, i32, i64)> = sqlx::query_as(
-        "SELECT topic, partition, next_offset FROM projection_offsets
-          WHERE projection = $1 ORDER BY topic, partition",
-    )
-    .bind(name)
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    let offsets: Vec<Value> = offsets
-        .into_iter()
-        .map(|(t, p, o)| json!({"topic": t, "partition": p, "next_offset": o}))
-        .collect();
-    // How old the newest applied event is, while records are waiting: how far behind it runs.
-    let lag_seconds = match (lag, last_event) {
-        (Some(n), Some(at)) if n > 0 => {
-            ((Utc::now() - at).num_milliseconds() as f64 / 1000.0).max(0.0)
-        }
-        _ => 0.0,
-    };
+    let position = status::positions(&mut conn, name).await.map_err(db)?;
     Ok(json!({
         "name": name,
-        "state": run_state,
+        "state": found.state,
         "schema": live_schema(name),
-        "events_applied": applied,
-        "last_event_at": last_event,
-        "last_applied_at": last_applied,
-        "lag_records": lag,
-        "lag_seconds": lag_seconds,
-        "error": error,
-        "rebuilt_at": rebuilt,
-        "position": offsets,
+        "events_applied": found.events_applied,
+        "last_event_at": found.last_event_at,
+        "last_applied_at": found.last_applied_at,
+        "lag_records": found.lag_records,
+        "lag_seconds": found.lag_seconds(Utc::now()),
+        "error": found.error,
+        "rebuilt_at": found.rebuilt_at,
+        "position": position,
     }))
 }
 
 /// 404 until the projection has run once (its tables do not exist yet).
 async fn started(state: &AppState, name: &str) -> Result<(), ApiError> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM projections WHERE name = $1)")
-            .bind(name)
-            .fetch_one(state.store.pool())
-            .await
-            .map_err(db)?;
-    if exists {
+    let mut conn = state.store.pool().acquire().await.map_err(db)?;
+    if status::started(&mut conn, name).await.map_err(db)? {
         Ok(())
     } else {
         Err(ApiError::not_found(

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::app::Services;
 use crate::config::Config;
 use crate::consumer::tail::{tail, TailOptions};
-use crate::registry::VersionSpec;
+use crate::model::VersionSpec;
 use crate::shutdown;
 
 #[derive(Debug, Clone, Args)]

@@ -7,7 +7,8 @@ use clap::Subcommand;
 
 use crate::app::{self, Services};
 use crate::config::{Config, Overrides};
-use crate::registry::{sync, VersionSpec};
+use crate::model::VersionSpec;
+use crate::registry::sync;
 
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::RecordedEvent;
-use crate::registry::{Registry, VersionSpec};
+use crate::model::{RecordedEvent, VersionSpec};
+use crate::registry::Registry;
 use crate::schema::ParsedSchema;
 use crate::wire::{self, frame, header, CONTENT_AVRO, CONTENT_JSON};
 

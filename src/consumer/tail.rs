@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::client::{self, StartAt};
 use super::decode::Decoder;
 use super::record::Record;
-use crate::registry::{Registry, VersionSpec};
+use crate::model::VersionSpec;
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// What to tail.

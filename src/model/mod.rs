@@ -7,6 +7,7 @@ mod event;
 mod expected_version;
 mod names;
 mod park;
+mod version_spec;
 
 pub use event::{
     AppendResult, AppendedEvent, CheckedEvent, Metadata, NewEvent, RecordedEvent, SchemaRef,
@@ -14,3 +15,4 @@ pub use event::{
 pub use expected_version::ExpectedVersion;
 pub use names::{AggregateType, EventType, InvalidName};
 pub use park::{ParkState, UnknownParkState};
+pub use version_spec::{InvalidVersion, VersionSpec};

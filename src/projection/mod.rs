@@ -19,6 +19,7 @@ pub mod agent_status;
 pub mod rebuild;
 pub mod runner;
 pub mod service_invocations;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -27,8 +28,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
-use crate::model::{EventType, RecordedEvent};
-use crate::registry::VersionSpec;
+use crate::model::{EventType, RecordedEvent, VersionSpec};
 
 /// How a batch is being applied.
 #[derive(Debug, Clone, Copy, Default)]

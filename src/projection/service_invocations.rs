@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 
 use super::{ApplyContext, Projection};
 use crate::model::RecordedEvent;
-use crate::registry::VersionSpec;
+use crate::model::VersionSpec;
 
 pub struct ServiceInvocations;
 

@@ -1,6 +1,12 @@
 //! Registry errors, with the Confluent Schema Registry's error codes.
+//!
+//! Database failures are the registry's own variants, told apart as the HTTP layers need them:
+//! [`Error::Unavailable`] (retry later: 503), [`Error::UnsupportedText`] (bad input: 422) and
+//! [`Error::Database`] (a fault: 500). The driver's errors are sorted by the store's one table of
+//! SQLSTATEs, so the registry and the store agree on what is transient.
 
-use crate::schema::Incompatibility;
+use crate::model::InvalidVersion;
+use crate::schema::{Incompatibility, InvalidSchema};
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +40,45 @@ pub enum Error {
     InvalidCompatibility(String),
     #[error("unsupported schema type '{0}': keel's registry stores AVRO schemas")]
     UnsupportedSchemaType(String),
-    #[error(transparent)]
-    Store(#[from] store::Error),
+    /// The request holds text PostgreSQL cannot store, such as a NUL character.
+    #[error("the request holds a character that cannot be stored, such as \\u0000")]
+    UnsupportedText,
+    /// The database could not be reached in time; the same request may succeed later.
+    #[error("the registry's database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("registry database error")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
-        Self::Store(err.into())
+        // The store's table sorts driver errors once for the crate; the registry keeps only the
+        // distinctions that apply to it (no append conflicts: it never writes events).
+        match store::Error::from(err) {
+            store::Error::Unavailable(source) => Self::Unavailable(source),
+            store::Error::UnsupportedText => Self::UnsupportedText,
+            store::Error::Database(source) => Self::Database(source.into()),
+            other => Self::Database(other.into()),
+        }
+    }
+}
+
+impl From<InvalidVersion> for Error {
+    fn from(err: InvalidVersion) -> Self {
+        Self::InvalidVersion(err.0)
+    }
+}
+
+impl From<InvalidSchema> for Error {
+    fn from(err: InvalidSchema) -> Self {
+        Self::InvalidSchema(err.to_string())
     }
 }
 
@@ -60,7 +98,29 @@ impl Error {
             Self::InvalidSchema(_) | Self::UnsupportedSchemaType(_) => 42201,
             Self::InvalidVersion(_) => 42202,
             Self::InvalidCompatibility(_) => 42203,
-            Self::Store(_) => 50001,
+            Self::UnsupportedText => 42201,
+            Self::Unavailable(_) | Self::Database(_) => 50001,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn driver_errors_are_sorted_into_transient_bad_text_and_faults() {
+        let unavailable = Error::from(sqlx::Error::PoolTimedOut);
+        assert!(
+            matches!(unavailable, Error::Unavailable(_)),
+            "{unavailable:?}"
+        );
+        assert!(unavailable.is_retriable());
+        assert_eq!(unavailable.code(), 50001);
+
+        let fault = Error::from(sqlx::Error::RowNotFound);
+        assert!(matches!(fault, Error::Database(_)), "{fault:?}");
+        assert!(!fault.is_retriable());
+        assert_eq!(fault.code(), 50001);
     }
 }

@@ -15,29 +15,32 @@
 //! append validates with (a subject's latest, or a named version) is cached for about
 //! [`LATEST_TTL`]: another keel process's registration or deletion is seen within that time (a
 //! little longer while a refresh is in flight); this process's own changes are seen at once.
+//!
+//! Layout: this file is the [`Registry`] handle and its rules (which version a spec names, when
+//! a registration is refused); `cache` holds the two caches, `config` the compatibility modes,
+//! `sql` every query, and `upcast` reads stored events with another schema version.
 
 pub mod api;
+mod cache;
+mod config;
 mod error;
+mod sql;
 pub mod sync;
+mod upcast;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
+pub use cache::LATEST_TTL;
 pub use error::Error;
+pub use upcast::UpcastError;
 
-use crate::model::RecordedEvent;
-use crate::schema::{resolve, Compatibility, Incompatibility, ParsedSchema, ResolveError};
-
-/// How long a subject's latest version is trusted before it is read again.
-pub const LATEST_TTL: Duration = Duration::from_secs(1);
-
-/// The first key of the registry's advisory locks (per subject); see `store::append` for keel's
-/// other class.
-const SUBJECT_LOCK_CLASS: i32 = 0x6B65_6572;
+use crate::model::VersionSpec;
+use crate::schema::{Compatibility, Incompatibility, ParsedSchema};
+use cache::Cache;
+use sql::VersionRow;
 
 /// A subject's version, as the REST API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,26 +49,6 @@ pub struct SubjectVersion {
     pub version: i32,
     pub id: i32,
     pub schema: String,
-}
-
-/// A version as a path names it: a number or the latest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionSpec {
-    Latest,
-    Number(i32),
-}
-
-impl VersionSpec {
-    /// `latest`, `-1` (Confluent's alias for latest) or a positive integer.
-    pub fn parse(text: &str) -> Result<Self, Error> {
-        match text {
-            "latest" | "-1" => Ok(Self::Latest),
-            _ => match text.parse::<i32>() {
-                Ok(n) if n > 0 => Ok(Self::Number(n)),
-                _ => Err(Error::InvalidVersion(text.chars().take(50).collect())),
-            },
-        }
-    }
 }
 
 /// The outcome of a registration.
@@ -85,86 +68,31 @@ pub struct EventSchema {
     pub schema: Arc<ParsedSchema>,
 }
 
+/// The registry: a pool and the caches in front of it. Share it in an `Arc`.
 #[derive(Debug)]
 pub struct Registry {
     pool: PgPool,
-    by_id: RwLock<HashMap<i32, Arc<ParsedSchema>>>,
-    /// `(subject, version)` (`None` = latest) to the schema appends validate with.
-    latest: RwLock<HashMap<(String, Option<i32>), Cached>>,
-}
-
-#[derive(sqlx::FromRow)]
-struct VersionRow {
-    subject: String,
-    version: i32,
-    id: i32,
-    schema_text: String,
-    deleted: bool,
+    cache: Cache,
 }
 
 impl Registry {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            by_id: RwLock::default(),
-            latest: RwLock::default(),
+            cache: Cache::default(),
         }
-    }
-
-    /// Parses the stored schema `id` once and keeps it.
-    fn parsed(&self, id: i32, text: &str) -> Result<Arc<ParsedSchema>, Error> {
-        if let Some(found) = self.by_id.read().expect("registry cache lock").get(&id) {
-            return Ok(found.clone());
-        }
-        let parsed =
-            Arc::new(ParsedSchema::parse(text).map_err(|e| Error::InvalidSchema(e.to_string()))?);
-        self.by_id
-            .write()
-            .expect("registry cache lock")
-            .insert(id, parsed.clone());
-        Ok(parsed)
-    }
-
-    fn forget_latest(&self, subject: &str) {
-        self.latest
-            .write()
-            .expect("registry cache lock")
-            .retain(|(cached, _), _| cached != subject);
-    }
-
-    /// [`Registry::versions_of`], or [`Error::SubjectNotFound`] when the subject has none.
-    async fn existing_versions(
-        conn: &mut PgConnection,
-        subject: &str,
-        include_deleted: bool,
-    ) -> Result<Vec<VersionRow>, Error> {
-        let rows = Self::versions_of(conn, subject, include_deleted).await?;
-        if rows.is_empty() {
-            return Err(Error::SubjectNotFound(subject.to_owned()));
-        }
-        Ok(rows)
-    }
-
-    async fn versions_of(
-        conn: &mut PgConnection,
-        subject: &str,
-        include_deleted: bool,
-    ) -> Result<Vec<VersionRow>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT v.subject, v.version, s.id, s.schema_text, v.deleted
-               FROM registry_versions v JOIN registry_schemas s ON s.id = v.schema_id
-              WHERE v.subject = $1 AND (NOT v.deleted OR $2)
-              ORDER BY v.version",
-        )
-        .bind(subject)
-        .bind(include_deleted)
-        .fetch_all(conn)
-        .await?)
     }
 
     /// Registers `text` under `subject`: the existing version if the subject already has this
     /// schema, otherwise a new version once the subject's compatibility mode allows it.
-    #[tracing::instrument(skip(self, text))]
+    #[tracing::instrument(skip_all, fields(
+        db.system = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "registry_versions",
+        registry.subject = subject,
+        registry.schema.id = tracing::field::Empty,
+        registry.schema.version = tracing::field::Empty,
+    ))]
     pub async fn register(
         &self,
         subject: &str,
@@ -174,71 +102,61 @@ impl Registry {
         if let Some(t) = schema_type.filter(|t| *t != "AVRO") {
             return Err(Error::UnsupportedSchemaType(t.chars().take(50).collect()));
         }
-        let parsed = ParsedSchema::parse(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        let parsed = ParsedSchema::parse(text)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(SUBJECT_LOCK_CLASS)
-            .bind(subject)
-            .execute(&mut *tx)
-            .await?;
+        sql::lock_subject(&mut tx, subject).await?;
         // Soft-deleted versions still count for compatibility: events written with them may be
         // in the store, and the newest schema must still read those (see the module docs).
-        let rows = Self::versions_of(&mut tx, subject, true).await?;
+        let rows = sql::versions_of(&mut tx, subject, true).await?;
+        let span = tracing::Span::current();
         if let Some(row) = rows
             .iter()
             .find(|r| !r.deleted && r.schema_text == parsed.identity())
         {
+            span.record("registry.schema.id", row.id);
+            span.record("registry.schema.version", row.version);
             return Ok(Registered {
                 id: row.id,
                 version: row.version,
                 created: false,
             });
         }
-        let mode = compatibility_of(&mut tx, subject).await?;
-        let existing = rows
-            .iter()
-            .map(|r| Ok((r.version, self.parsed(r.id, &r.schema_text)?)))
-            .collect::<Result<Vec<_>, Error>>()?;
-        let refs: Vec<(i32, &ParsedSchema)> =
-            existing.iter().map(|(v, s)| (*v, s.as_ref())).collect();
-        let found = mode.check(&parsed, &refs);
+        let mode = sql::effective_config(&mut tx, subject).await?;
+        let found = self.incompatibilities(mode, &parsed, &rows)?;
         if !found.is_empty() {
             return Err(Error::Incompatible {
                 subject: subject.to_owned(),
                 found,
             });
         }
-        sqlx::query(
-            "INSERT INTO registry_schemas (schema_text, canonical_form, fingerprint) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(parsed.identity())
-        .bind(parsed.canonical_form())
-        .bind(parsed.fingerprint())
-        .execute(&mut *tx)
-        .await?;
-        let id: i32 =
-            sqlx::query_scalar("SELECT id FROM registry_schemas WHERE schema_md5 = md5($1)")
-                .bind(parsed.identity())
-                .fetch_one(&mut *tx)
-                .await?;
-        let version: i32 = sqlx::query_scalar(
-            "INSERT INTO registry_versions (subject, version, schema_id)
-             SELECT $1, COALESCE(max(version), 0) + 1, $2 FROM registry_versions WHERE subject = $1
-             RETURNING version",
-        )
-        .bind(subject)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = sql::insert_schema(&mut tx, &parsed).await?;
+        let version = sql::insert_version(&mut tx, subject, id).await?;
         tx.commit().await?;
-        self.forget_latest(subject);
+        self.cache.forget(subject);
+        span.record("registry.schema.id", id);
+        span.record("registry.schema.version", version);
         tracing::info!(subject, id, version, "registered a schema");
         Ok(Registered {
             id,
             version,
             created: true,
         })
+    }
+
+    /// What keeps `mode` from letting `parsed` follow `rows` (empty when it may).
+    fn incompatibilities(
+        &self,
+        mode: Compatibility,
+        parsed: &ParsedSchema,
+        rows: &[VersionRow],
+    ) -> Result<Vec<Incompatibility>, Error> {
+        let existing = rows
+            .iter()
+            .map(|r| Ok((r.version, self.cache.parsed(r.id, &r.schema_text)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let refs: Vec<(i32, &ParsedSchema)> =
+            existing.iter().map(|(v, s)| (*v, s.as_ref())).collect();
+        Ok(mode.check(parsed, &refs))
     }
 
     /// The version of `subject` that holds exactly this schema.
@@ -248,9 +166,12 @@ impl Registry {
         text: &str,
         include_deleted: bool,
     ) -> Result<SubjectVersion, Error> {
-        let parsed = ParsedSchema::parse(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        let parsed = ParsedSchema::parse(text)?;
         let mut conn = self.pool.acquire().await?;
-        let rows = Self::existing_versions(&mut conn, subject, include_deleted).await?;
+        let rows = existing(
+            subject,
+            sql::versions_of(&mut conn, subject, include_deleted).await?,
+        )?;
         rows.into_iter()
             .rev()
             .find(|r| r.schema_text == parsed.identity())
@@ -259,17 +180,16 @@ impl Registry {
     }
 
     pub async fn subjects(&self, include_deleted: bool) -> Result<Vec<String>, Error> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT subject FROM registry_versions WHERE NOT deleted OR $1 ORDER BY subject",
-        )
-        .bind(include_deleted)
-        .fetch_all(&self.pool)
-        .await?)
+        let mut conn = self.pool.acquire().await?;
+        sql::subjects(&mut conn, include_deleted).await
     }
 
     pub async fn versions(&self, subject: &str, include_deleted: bool) -> Result<Vec<i32>, Error> {
         let mut conn = self.pool.acquire().await?;
-        let rows = Self::existing_versions(&mut conn, subject, include_deleted).await?;
+        let rows = existing(
+            subject,
+            sql::versions_of(&mut conn, subject, include_deleted).await?,
+        )?;
         Ok(rows.into_iter().map(|r| r.version).collect())
     }
 
@@ -280,38 +200,17 @@ impl Registry {
         include_deleted: bool,
     ) -> Result<SubjectVersion, Error> {
         let mut conn = self.pool.acquire().await?;
-        let rows = Self::versions_of(&mut conn, subject, include_deleted).await?;
-        Self::pick(subject, rows, spec).map(Into::into)
-    }
-
-    /// The version `spec` names among a subject's `rows` (oldest first); "latest" is the newest
-    /// live one.
-    fn pick(subject: &str, rows: Vec<VersionRow>, spec: VersionSpec) -> Result<VersionRow, Error> {
-        if rows.is_empty() {
-            return Err(Error::SubjectNotFound(subject.to_owned()));
-        }
-        let found = match spec {
-            VersionSpec::Latest => rows.into_iter().rfind(|r| !r.deleted),
-            VersionSpec::Number(n) => rows.into_iter().find(|r| r.version == n),
-        };
-        found.ok_or_else(|| Error::VersionNotFound {
-            subject: subject.to_owned(),
-            version: match spec {
-                VersionSpec::Latest => "latest".into(),
-                VersionSpec::Number(n) => n.to_string(),
-            },
-        })
+        let rows = sql::versions_of(&mut conn, subject, include_deleted).await?;
+        pick(subject, rows, spec).map(Into::into)
     }
 
     /// The schema with global id `id`: its text and its parsed form.
     pub async fn schema_by_id(&self, id: i32) -> Result<(String, Arc<ParsedSchema>), Error> {
-        let text: Option<String> =
-            sqlx::query_scalar("SELECT schema_text FROM registry_schemas WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let text = text.ok_or(Error::SchemaNotFound)?;
-        let parsed = self.parsed(id, &text)?;
+        let mut conn = self.pool.acquire().await?;
+        let text = sql::schema_text(&mut conn, id)
+            .await?
+            .ok_or(Error::SchemaNotFound)?;
+        let parsed = self.cache.parsed(id, &text)?;
         Ok((text, parsed))
     }
 
@@ -319,8 +218,8 @@ impl Registry {
     /// schema forever, so this never goes stale. Decoders, the relay and upcasting call it per
     /// event; only the first call per id reads the database.
     pub async fn parsed_by_id(&self, id: i32) -> Result<Arc<ParsedSchema>, Error> {
-        if let Some(found) = self.by_id.read().expect("registry cache lock").get(&id) {
-            return Ok(found.clone());
+        if let Some(found) = self.cache.parsed_by_id(id) {
+            return Ok(found);
         }
         self.schema_by_id(id).await.map(|(_, parsed)| parsed)
     }
@@ -332,52 +231,43 @@ impl Registry {
         include_deleted: bool,
     ) -> Result<Vec<(String, i32)>, Error> {
         self.schema_by_id(id).await?;
-        Ok(sqlx::query_as(
-            "SELECT subject, version FROM registry_versions
-              WHERE schema_id = $1 AND (NOT deleted OR $2) ORDER BY subject, version",
-        )
-        .bind(id)
-        .bind(include_deleted)
-        .fetch_all(&self.pool)
-        .await?)
+        let mut conn = self.pool.acquire().await?;
+        sql::usages(&mut conn, id, include_deleted).await
     }
 
     /// Soft-deletes every version of `subject`, or with `permanent` removes the soft-deleted ones.
+    #[tracing::instrument(skip_all, fields(
+        db.system = "postgresql",
+        db.operation.name = if permanent { "DELETE" } else { "UPDATE" },
+        db.collection.name = "registry_versions",
+        registry.subject = subject,
+        registry.permanent = permanent,
+    ))]
     pub async fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<i32>, Error> {
         let mut tx = self.pool.begin().await?;
-        let rows = Self::existing_versions(&mut tx, subject, true).await?;
+        let rows = existing(subject, sql::versions_of(&mut tx, subject, true).await?)?;
         let live = rows.iter().any(|r| !r.deleted);
-        let versions: Vec<i32> = if permanent {
-            if live {
-                return Err(Error::SubjectNotSoftDeleted(subject.to_owned()));
-            }
-            sqlx::query("DELETE FROM registry_config WHERE subject = $1")
-                .bind(subject)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query_scalar("DELETE FROM registry_versions WHERE subject = $1 RETURNING version")
-                .bind(subject)
-                .fetch_all(&mut *tx)
-                .await?
-        } else {
-            if !live {
-                return Err(Error::SubjectSoftDeleted(subject.to_owned()));
-            }
-            sqlx::query_scalar(
-                "UPDATE registry_versions SET deleted = true WHERE subject = $1 AND NOT deleted RETURNING version",
-            )
-            .bind(subject)
-            .fetch_all(&mut *tx)
-            .await?
+        let mut versions = match (permanent, live) {
+            (true, true) => return Err(Error::SubjectNotSoftDeleted(subject.to_owned())),
+            (false, false) => return Err(Error::SubjectSoftDeleted(subject.to_owned())),
+            (true, false) => sql::purge_subject(&mut tx, subject).await?,
+            (false, true) => sql::soft_delete_subject(&mut tx, subject).await?,
         };
         tx.commit().await?;
-        self.forget_latest(subject);
-        let mut versions = versions;
+        self.cache.forget(subject);
         versions.sort_unstable();
         Ok(versions)
     }
 
     /// Soft-deletes one version, or with `permanent` removes a soft-deleted one.
+    #[tracing::instrument(skip_all, fields(
+        db.system = "postgresql",
+        db.operation.name = if permanent { "DELETE" } else { "UPDATE" },
+        db.collection.name = "registry_versions",
+        registry.subject = subject,
+        registry.schema.version = %spec,
+        registry.permanent = permanent,
+    ))]
     pub async fn delete_version(
         &self,
         subject: &str,
@@ -385,8 +275,8 @@ impl Registry {
         permanent: bool,
     ) -> Result<i32, Error> {
         let mut conn = self.pool.acquire().await?;
-        let rows = Self::versions_of(&mut conn, subject, permanent).await?;
-        let target = Self::pick(subject, rows, spec)?;
+        let rows = sql::versions_of(&mut conn, subject, permanent).await?;
+        let target = pick(subject, rows, spec)?;
         if permanent {
             if !target.deleted {
                 return Err(Error::VersionNotSoftDeleted {
@@ -394,21 +284,11 @@ impl Registry {
                     version: target.version,
                 });
             }
-            sqlx::query("DELETE FROM registry_versions WHERE subject = $1 AND version = $2")
-                .bind(subject)
-                .bind(target.version)
-                .execute(&mut *conn)
-                .await?;
+            sql::purge_version(&mut conn, subject, target.version).await?;
         } else {
-            sqlx::query(
-                "UPDATE registry_versions SET deleted = true WHERE subject = $1 AND version = $2",
-            )
-            .bind(subject)
-            .bind(target.version)
-            .execute(&mut *conn)
-            .await?;
+            sql::soft_delete_version(&mut conn, subject, target.version).await?;
         }
-        self.forget_latest(subject);
+        self.cache.forget(subject);
         Ok(target.version)
     }
 
@@ -421,117 +301,32 @@ impl Registry {
         spec: Option<VersionSpec>,
         text: &str,
     ) -> Result<Vec<Incompatibility>, Error> {
-        let parsed = ParsedSchema::parse(text).map_err(|e| Error::InvalidSchema(e.to_string()))?;
+        let parsed = ParsedSchema::parse(text)?;
         let mut conn = self.pool.acquire().await?;
-        let mode = compatibility_of(&mut conn, subject).await?;
-        let all = Self::versions_of(&mut conn, subject, true).await?;
+        let mode = sql::effective_config(&mut conn, subject).await?;
+        let all = sql::versions_of(&mut conn, subject, true).await?;
         let rows = match spec {
             // Clients check against "latest" before a subject's first registration.
             Some(VersionSpec::Latest) if all.iter().all(|r| r.deleted) => Vec::new(),
             Some(spec) => {
                 let live = all.into_iter().filter(|r| !r.deleted).collect();
-                vec![Self::pick(subject, live, spec)?]
+                vec![pick(subject, live, spec)?]
             }
             None => all,
         };
-        let existing = rows
-            .iter()
-            .map(|r| Ok((r.version, self.parsed(r.id, &r.schema_text)?)))
-            .collect::<Result<Vec<_>, Error>>()?;
-        let refs: Vec<(i32, &ParsedSchema)> =
-            existing.iter().map(|(v, s)| (*v, s.as_ref())).collect();
-        Ok(mode.check(&parsed, &refs))
-    }
-
-    /// The compatibility mode: the subject's own (`Ok(None)` if it has none) or, with `None`, the
-    /// global default.
-    pub async fn config(&self, subject: Option<&str>) -> Result<Option<Compatibility>, Error> {
-        let level: Option<String> =
-            sqlx::query_scalar("SELECT compatibility FROM registry_config WHERE subject = $1")
-                .bind(subject.unwrap_or(""))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(level.as_deref().and_then(Compatibility::parse))
-    }
-
-    /// The mode that applies to `subject`: its own, else the global default.
-    pub async fn effective_config(&self, subject: &str) -> Result<Compatibility, Error> {
-        let mut conn = self.pool.acquire().await?;
-        compatibility_of(&mut conn, subject).await
-    }
-
-    pub async fn set_config(
-        &self,
-        subject: Option<&str>,
-        level: &str,
-    ) -> Result<Compatibility, Error> {
-        let mode = Compatibility::parse(level)
-            .ok_or_else(|| Error::InvalidCompatibility(level.chars().take(50).collect()))?;
-        sqlx::query(
-            "INSERT INTO registry_config (subject, compatibility) VALUES ($1, $2)
-             ON CONFLICT (subject) DO UPDATE SET compatibility = EXCLUDED.compatibility",
-        )
-        .bind(subject.unwrap_or(""))
-        .bind(mode.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(mode)
-    }
-
-    /// Removes a subject's own mode, returning it; the subject falls back to the global default.
-    pub async fn delete_config(&self, subject: &str) -> Result<Compatibility, Error> {
-        let level: Option<String> = sqlx::query_scalar(
-            "DELETE FROM registry_config WHERE subject = $1 RETURNING compatibility",
-        )
-        .bind(subject)
-        .fetch_optional(&self.pool)
-        .await?;
-        level
-            .as_deref()
-            .and_then(Compatibility::parse)
-            .ok_or_else(|| Error::SubjectConfigNotFound(subject.to_owned()))
+        self.incompatibilities(mode, &parsed, &rows)
     }
 
     /// The schema an event of `subject` is validated with: `version`, or the latest. `None` when
-    /// the subject (or that version) does not exist or is deleted.
-    ///
-    /// Answers come from a cache refreshed every [`LATEST_TTL`]. When an entry expires, one caller
-    /// refreshes it and the others keep the previous answer meanwhile, so a busy server asks the
-    /// database once per subject per interval, not once per request.
+    /// the subject (or that version) does not exist or is deleted. Cached (see [`LATEST_TTL`]).
     pub async fn event_schema(
         &self,
         subject: &str,
         version: Option<i32>,
     ) -> Result<Option<EventSchema>, Error> {
-        let key = (subject.to_owned(), version);
-        {
-            let mut cache = self.latest.write().expect("registry cache lock");
-            if let Some(entry) = cache.get_mut(&key) {
-                if entry.fetched.elapsed() < LATEST_TTL || entry.refreshing {
-                    return Ok(entry.value.clone());
-                }
-                entry.refreshing = true;
-            }
-        }
-        let found = self.fetch_event_schema(subject, version).await;
-        let mut cache = self.latest.write().expect("registry cache lock");
-        match found {
-            Ok(value) => {
-                let entry = Cached {
-                    fetched: Instant::now(),
-                    value: value.clone(),
-                    refreshing: false,
-                };
-                cache.insert(key, entry);
-                Ok(value)
-            }
-            Err(err) => {
-                if let Some(entry) = cache.get_mut(&key) {
-                    entry.refreshing = false;
-                }
-                Err(err)
-            }
-        }
+        self.cache
+            .event_schema(subject, version, self.fetch_event_schema(subject, version))
+            .await
     }
 
     async fn fetch_event_schema(
@@ -544,7 +339,7 @@ impl Registry {
             Ok(v) => Ok(Some(EventSchema {
                 id: v.id,
                 version: v.version,
-                schema: self.parsed(v.id, &v.schema)?,
+                schema: self.cache.parsed(v.id, &v.schema)?,
             })),
             Err(Error::SubjectNotFound(_) | Error::VersionNotFound { .. }) => Ok(None),
             Err(other) => Err(other),
@@ -552,78 +347,64 @@ impl Registry {
     }
 }
 
-/// A cached answer of [`Registry::event_schema`].
-#[derive(Debug)]
-struct Cached {
-    fetched: Instant,
-    value: Option<EventSchema>,
-    /// One caller is fetching a fresh answer; the others use this one meanwhile.
-    refreshing: bool,
-}
-
-/// Why an event could not be shown in the schema version a reader asked for.
-#[derive(Debug, thiserror::Error)]
-pub enum UpcastError {
-    #[error("event type {event_type} has no schema version {version}")]
-    NoSuchVersion { event_type: String, version: String },
-    #[error("the event cannot be read with that schema version: {0}")]
-    Resolve(#[from] ResolveError),
-    #[error(transparent)]
-    Registry(#[from] Error),
-}
-
-impl Registry {
-    /// Shows `event` as a reader of schema version `wanted` of its type sees it: the payload is
-    /// resolved from the schema that validated it (upcasting), and `schema_id`/`schema_version`
-    /// then describe the payload as it is now. Events stored without a schema are left alone.
-    /// The stored event is not touched; this is the library's `?schema_version=`.
-    pub async fn upcast(
-        &self,
-        event: &mut RecordedEvent,
-        wanted: VersionSpec,
-    ) -> Result<(), UpcastError> {
-        let Some(writer_id) = event.schema_id else {
-            return Ok(());
-        };
-        let version = match wanted {
-            VersionSpec::Latest => None,
-            VersionSpec::Number(n) => Some(n),
-        };
-        let reader = self
-            .event_schema(&event.event_type, version)
-            .await?
-            .ok_or_else(|| UpcastError::NoSuchVersion {
-                event_type: event.event_type.clone(),
-                version: version.map_or_else(|| "latest".to_owned(), |v| v.to_string()),
-            })?;
-        if reader.id != writer_id {
-            let writer = self.parsed_by_id(writer_id).await?;
-            event.payload = resolve(&writer, &reader.schema, &event.payload)?;
-        }
-        event.schema_id = Some(reader.id);
-        event.schema_version = Some(reader.version);
-        Ok(())
+/// A subject's `rows`, or [`Error::SubjectNotFound`] when it has none.
+fn existing(subject: &str, rows: Vec<VersionRow>) -> Result<Vec<VersionRow>, Error> {
+    if rows.is_empty() {
+        return Err(Error::SubjectNotFound(subject.to_owned()));
     }
+    Ok(rows)
 }
 
-impl From<VersionRow> for SubjectVersion {
-    fn from(r: VersionRow) -> Self {
-        Self {
-            subject: r.subject,
-            version: r.version,
-            id: r.id,
-            schema: r.schema_text,
+/// The version `spec` names among a subject's `rows` (oldest first); "latest" is the newest live
+/// one.
+fn pick(subject: &str, rows: Vec<VersionRow>, spec: VersionSpec) -> Result<VersionRow, Error> {
+    let rows = existing(subject, rows)?;
+    let found = match spec {
+        VersionSpec::Latest => rows.into_iter().rfind(|r| !r.deleted),
+        VersionSpec::Number(n) => rows.into_iter().find(|r| r.version == n),
+    };
+    found.ok_or_else(|| Error::VersionNotFound {
+        subject: subject.to_owned(),
+        version: spec.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(version: i32, deleted: bool) -> VersionRow {
+        VersionRow {
+            subject: "s".into(),
+            version,
+            id: version * 10,
+            schema_text: String::new(),
+            deleted,
         }
     }
-}
 
-async fn compatibility_of(conn: &mut PgConnection, subject: &str) -> Result<Compatibility, Error> {
-    let level: String = sqlx::query_scalar(
-        "SELECT compatibility FROM registry_config WHERE subject IN ($1, '')
-          ORDER BY subject = '' LIMIT 1",
-    )
-    .bind(subject)
-    .fetch_one(conn)
-    .await?;
-    Compatibility::parse(&level).ok_or(Error::InvalidCompatibility(level))
+    #[test]
+    fn latest_is_the_newest_live_version_and_a_number_names_any_version() {
+        let rows = || vec![row(1, false), row(2, false), row(3, true)];
+        let latest = pick("s", rows(), VersionSpec::Latest).expect("latest");
+        assert_eq!(latest.version, 2);
+        let deleted = pick("s", rows(), VersionSpec::Number(3)).expect("a deleted one by number");
+        assert_eq!(deleted.version, 3);
+        assert!(matches!(
+            pick("s", rows(), VersionSpec::Number(4)),
+            Err(Error::VersionNotFound { version, .. }) if version == "4"
+        ));
+    }
+
+    #[test]
+    fn a_subject_without_versions_is_not_found_and_one_all_deleted_has_no_latest() {
+        assert!(matches!(
+            pick("s", Vec::new(), VersionSpec::Latest),
+            Err(Error::SubjectNotFound(s)) if s == "s"
+        ));
+        assert!(matches!(
+            pick("s", vec![row(1, true)], VersionSpec::Latest),
+            Err(Error::VersionNotFound { version, .. }) if version == "latest"
+        ));
+    }
 }

@@ -14,8 +14,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::model::{AggregateType, RecordedEvent};
-use crate::registry::{Registry, VersionSpec};
+use crate::model::{AggregateType, RecordedEvent, VersionSpec};
+use crate::registry::Registry;
 use crate::store::{self, Store};
 
 /// How far into an aggregate's history to read.

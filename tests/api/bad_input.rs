@@ -349,3 +349,115 @@ async fn text_postgresql_cannot_store_is_refused_not_a_server_error() {
     );
     assert_nothing_written(&app).await;
 }
+
+/// The body of a refusal in the Confluent dialect of `/registry`: `error_code` and `message`.
+fn confluent_error(reply: &crate::helpers::Reply) -> (StatusCode, i64) {
+    assert!(
+        reply.body["message"].is_string(),
+        "not a Confluent error body: {}",
+        reply.body
+    );
+    let code = reply.body["error_code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not a Confluent error body: {}", reply.body));
+    (reply.status, code)
+}
+
+#[tokio::test]
+async fn projection_routes_refuse_bad_input_in_keels_error_shape() {
+    let app = spawn_app().await;
+    // As if agent_status had run once, so the handlers get past "not started" to the input.
+    sqlx::query("INSERT INTO projections (name) VALUES ('agent_status'), ('service_invocations')")
+        .execute(app.store.pool())
+        .await
+        .expect("projection rows");
+    let gets = [
+        (
+            "/v1/projections/agent_status/agents?limit=x",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/projections/agent_status/agents?limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+        ),
+        (
+            "/v1/projections/agent_status/agents?after=not-a-uuid",
+            StatusCode::BAD_REQUEST,
+            "invalid_agent_id",
+        ),
+        (
+            "/v1/projections/agent_status/agents/not-a-uuid",
+            StatusCode::BAD_REQUEST,
+            "invalid_agent_id",
+        ),
+        (
+            "/v1/projections/agent_status/agents/%FF",
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+        (
+            "/v1/projections/service_invocations/methods?service=a&service=b",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/projections/nothing",
+            StatusCode::NOT_FOUND,
+            "projection_not_found",
+        ),
+        (
+            "/v1/projections/agent_status/nothing",
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+        ),
+    ];
+    for (path, status, code) in gets {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        assert_eq!(reply.error_code(), code, "{path}");
+    }
+
+    let reply = app.post_json("/v1/projections", &json!({})).await;
+    assert_eq!(
+        (reply.status, reply.error_code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn registry_routes_refuse_bad_requests_in_confluents_dialect() {
+    let app = spawn_app().await;
+    let unknown = app.get("/registry/nothing-here").await;
+    assert_eq!(confluent_error(&unknown), (StatusCode::NOT_FOUND, 404));
+    assert_eq!(unknown.error_code(), "route_not_found");
+
+    let wrong_method = app.post_json("/registry/subjects", &json!({})).await;
+    assert_eq!(
+        confluent_error(&wrong_method),
+        (StatusCode::METHOD_NOT_ALLOWED, 405)
+    );
+    assert_eq!(wrong_method.error_code(), "method_not_allowed");
+
+    let bad_path = app.get("/registry/subjects/%FF/versions").await;
+    assert_eq!(confluent_error(&bad_path), (StatusCode::NOT_FOUND, 404));
+    assert_eq!(bad_path.error_code(), "invalid_path");
+
+    let too_large = app
+        .post_raw(
+            "/registry/subjects/s/versions",
+            Some("application/vnd.schemaregistry.v1+json"),
+            vec![b' '; 65 * 1024],
+        )
+        .await;
+    assert_eq!(
+        confluent_error(&too_large),
+        (StatusCode::PAYLOAD_TOO_LARGE, 413)
+    );
+
+    // keel's own routes keep keel's shape next to the registry's.
+    let keel = app.get("/v1/nothing-here").await;
+    assert!(keel.body.get("error_code").is_none(), "{}", keel.body);
+    assert_eq!(keel.error_code(), "route_not_found");
+}

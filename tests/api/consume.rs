@@ -13,7 +13,7 @@ use crate::relay_support::{spawn_kafka_relayed_app, Broker};
 
 #[tokio::test]
 async fn a_subscriber_declaring_v2_gets_v1_events_with_the_defaults_filled_in() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let service = Uuid::new_v4();
     let v1 = |method: &str| {

@@ -175,7 +175,7 @@ async fn append_states(app: &TestApp, agent: Uuid, states: &[&str]) -> Vec<Uuid>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumer_processes_share_a_group_and_a_killed_one_is_taken_over_in_order() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     // Create the topic (and some backlog) before the group subscribes.
     let before = append_concurrently(&app, 40, 3, 16).await;
@@ -198,11 +198,19 @@ async fn two_consumer_processes_share_a_group_and_a_killed_one_is_taken_over_in_
             "both consumers never handled events"
         );
     }
+    let by_a = |rows: &[(String, Uuid, i32, Uuid)]| rows.iter().filter(|r| r.0 == "a").count();
+    let a_before = by_a(&handled(&app).await);
     let during = tokio::spawn({
         let app = app.clone();
         async move { append_concurrently(&app, 40, 10, 16).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill a while it is working through the load: as soon as it has handled more.
+    eventually(
+        Duration::from_secs(30),
+        "consumer a to handle part of the load",
+        || async { (by_a(&handled(&app).await) > a_before).then_some(()) },
+    )
+    .await;
     a.kill();
     let at_kill = handled(&app).await.len();
     let expected = merge(expected, during.await.unwrap());
@@ -230,7 +238,7 @@ async fn two_consumer_processes_share_a_group_and_a_killed_one_is_taken_over_in_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_parked_its_key_waits_others_flow_and_dlq_retry_delivers_in_order() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let (poisoned, flaky, healthy) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let p = append_states(&app, poisoned, &["p1", "p2", "p3"]).await;
@@ -339,7 +347,7 @@ async fn a_poison_event_is_parked_its_key_waits_others_flow_and_dlq_retry_delive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let agent = Uuid::new_v4();
     let ids = append_states(&app, agent, &["c1", "c2", "c3"]).await;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keel::projection::service_invocations::bucket_of;
@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, TestApp};
+use crate::helpers::{eventually, within, TestApp};
 use crate::relay_support::{append_concurrently, spawn_kafka_relayed_app, Broker, Server};
 
 /// A `keel project` process, killed on drop.
@@ -190,31 +190,31 @@ async fn methods_in(app: &TestApp, schema: &str) -> Methods {
 /// was counted as applied exactly once.
 async fn expect_equal_to_store(app: &TestApp, timeout: Duration) {
     let reference = (agents_from_store(app).await, methods_from_store(app).await);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let live = (
+    let live = || async {
+        (
             agents_in(app, "keel_proj_agent_status").await,
             methods_in(app, "keel_proj_service_invocations").await,
+        )
+    };
+    let equal = within(timeout, || async {
+        (live().await == reference).then_some(())
+    })
+    .await;
+    if equal.is_none() {
+        let live = live().await;
+        let diff: Vec<_> = reference
+            .0
+            .iter()
+            .filter(|(id, r)| live.0.get(id) != Some(r))
+            .take(3)
+            .map(|(id, r)| (id, r, live.0.get(id)))
+            .collect();
+        panic!(
+            "read models differ from the store: {} of {} agents, methods equal: {}; first: {diff:?}",
+            reference.0.iter().filter(|(id, r)| live.0.get(id) != Some(r)).count(),
+            reference.0.len(),
+            live.1 == reference.1
         );
-        if live == reference {
-            break;
-        }
-        if Instant::now() > deadline {
-            let diff: Vec<_> = reference
-                .0
-                .iter()
-                .filter(|(id, r)| live.0.get(id) != Some(r))
-                .take(3)
-                .map(|(id, r)| (id, r, live.0.get(id)))
-                .collect();
-            panic!(
-                "read models differ from the store: {} of {} agents, methods equal: {}; first: {diff:?}",
-                reference.0.iter().filter(|(id, r)| live.0.get(id) != Some(r)).count(),
-                reference.0.len(),
-                live.1 == reference.1
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -278,7 +278,7 @@ fn succeeded(out: &std::process::Output) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_duplicate_records() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let mut projector = Projector::start(&app, &broker, 25);
     // Appends keep coming for about 20 s, in rounds.
@@ -288,6 +288,7 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
             for _ in 0..6 {
                 append_concurrently(&app, 30, 5, 16).await;
                 invoke_services(&app, 4, 10).await;
+                // Paces the load so that it outlasts several kills; nothing waits on this.
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
@@ -309,7 +310,7 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
         if load.is_finished() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // It has just committed a batch and is fetching or applying the next: kill it now.
         projector.restart();
         kills += 1;
     }
@@ -448,7 +449,7 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     let _projector = Projector::start(&app, &broker, 100);
     append_concurrently(&app, 40, 5, 16).await;
@@ -555,7 +556,7 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_rebuild_resumes_where_it_stopped() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     append_concurrently(&app, 100, 8, 16).await;
     // SIGINT a slow rebuild (one event per page) part-way.

@@ -42,6 +42,36 @@ async fn leases_held(app: &TestApp, name: &str) -> i64 {
     .unwrap()
 }
 
+/// The Kafka publishes a `keel relay` process reports on its metrics `port`, once it serves them.
+async fn published_by(port: u16) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("keel_relay_published_total{sink=\"kafka\"}"))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// Waits until a relay's lease task has begun a round after this call. The round before it, which
+/// claimed the leases the database shows, has then also handed them to the sink loops (it does so
+/// after its last statement, before it sleeps), so a wake-up from now on finds partitions to read.
+async fn next_lease_round(app: &TestApp) {
+    let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the next lease round", || async {
+        let later: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM relay_members WHERE heartbeat_at > $1")
+                .bind(now)
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        (later > 0).then_some(())
+    })
+    .await;
+}
+
 /// Reads the agent topic from the beginning until every expected event arrived, and checks the
 /// order.
 async fn expect_on_kafka(broker: &Server, expected: &HashMap<Uuid, Vec<Uuid>>, timeout: Duration) {
@@ -126,7 +156,7 @@ async fn outbox_status(app: &TestApp, sink: SinkKind) -> outbox::SinkStatus {
 
 #[tokio::test]
 async fn relay_publishes_avro_with_headers_to_kafka_and_json_to_redis_and_empties_the_outbox() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_app_with(|c| {
         fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379");
         c.relay.in_process = true;
@@ -257,7 +287,7 @@ async fn relay_publishes_avro_with_headers_to_kafka_and_json_to_redis_and_emptie
 
 #[tokio::test]
 async fn two_relays_split_the_partitions_and_keep_each_aggregates_order() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
     let mut config = app.config.clone();
     config.relay.redis.enabled = false;
@@ -294,7 +324,7 @@ async fn two_relays_split_the_partitions_and_keep_each_aggregates_order() {
 
 #[tokio::test]
 async fn a_relay_killed_mid_stream_is_taken_over_without_loss_or_reordering() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = Arc::new(
         spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await,
     );
@@ -360,7 +390,7 @@ async fn with_a_finite_send_timeout_a_broker_outage_still_loses_nothing() {
 }
 
 async fn broker_outage(message_timeout_ms: Option<&str>) {
-    let mut broker = Broker::start_persistent();
+    let mut broker = Broker::start_persistent().await;
     let app = spawn_kafka_relayed_app(&broker, |c| {
         if let Some(ms) = message_timeout_ms {
             c.relay
@@ -388,9 +418,13 @@ async fn broker_outage(message_timeout_ms: Option<&str>) {
     let during = append_concurrently(&app, 10, 10, 4).await;
     let backlog = outbox_status(&app, SinkKind::Kafka).await;
     assert_eq!(backlog.backlog, 100, "{backlog:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A window in which nothing may happen, so it has to be waited out: over several relay rounds
+    // and retries (50 ms polls, backoff up to 500 ms) with the broker down, no row may count as
+    // sent. A relay that acknowledged rows it never delivered would shrink the backlog here.
+    const OUTAGE: Duration = Duration::from_secs(3);
+    tokio::time::sleep(OUTAGE).await;
     assert_eq!(outbox_status(&app, SinkKind::Kafka).await.backlog, 100);
-    broker.restart();
+    broker.restart().await;
 
     eventually(Duration::from_secs(60), "the backlog to drain", || async {
         (outbox_status(&app, SinkKind::Kafka).await.backlog == 0).then_some(())
@@ -424,8 +458,8 @@ async fn stream_ids(redis_url: &str, stream: &str) -> Option<Vec<Uuid>> {
 
 #[tokio::test]
 async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_returns() {
-    let broker = Broker::start();
-    let mut redis_server = RedisServer::start();
+    let broker = Broker::start().await;
+    let mut redis_server = RedisServer::start().await;
     let app = spawn_app_with(|c| {
         fast_relay(c, &broker.brokers(), &redis_server.url());
         c.relay.in_process = true;
@@ -456,7 +490,7 @@ async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_ret
     .await;
     assert_eq!(outbox_status(&app, SinkKind::Redis).await.backlog, 30);
 
-    redis_server.restart();
+    redis_server.restart().await;
     let got = eventually(Duration::from_secs(30), "redis to catch up", || async {
         let got = stream_ids(&redis_server.url(), &stream).await?;
         let want = all_ids(&expected).len();
@@ -489,7 +523,7 @@ async fn a_redis_outage_holds_back_redis_only_and_its_backlog_drains_when_it_ret
 
 #[tokio::test]
 async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_delivers_in_order() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
     // The cause: a producer limit the big event does not fit.
     let relay = start_relay(&app, Some("3000")).await;
@@ -578,7 +612,7 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
 
 #[tokio::test]
 async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
     let relay = start_relay(&app, Some("3000")).await;
     let agent = Uuid::new_v4();
@@ -622,7 +656,7 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
 
 #[tokio::test]
 async fn missing_topics_are_created_with_the_configured_partitions_and_json_topics_get_json() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |c| {
         c.relay.kafka.partitions = 3;
         c.relay.kafka.json_topics = vec![AGENT_TOPIC.to_owned()];
@@ -713,13 +747,13 @@ async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers
 
 #[tokio::test]
 async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = Arc::new(
         spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await,
     );
     let mut config = app.config.clone();
     config.relay.redis.enabled = false;
-    let _a = RelayProcess::start(&config, "relay-a");
+    let a = RelayProcess::start(&config, "relay-a");
     eventually(
         Duration::from_secs(20),
         "relay A to hold every partition",
@@ -733,7 +767,10 @@ async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering
     };
     // Relay B joins while A is publishing: A hands 8 partitions over, each only after its round
     // in flight has finished, and B carries on from the stored cursors.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(20), "relay A to publish", || async {
+        (published_by(a.metrics_port).await? > 0.0).then_some(())
+    })
+    .await;
     let b = RelayProcess::start(&config, "relay-b");
     eventually(Duration::from_secs(20), "an 8/8 split", || async {
         (leases_held(&app, "relay-a").await == 8 && leases_held(&app, "relay-b").await == 8)
@@ -745,25 +782,17 @@ async fn a_relay_joining_mid_stream_takes_half_the_partitions_without_reordering
     let after = append_concurrently(&app, 30, 5, 8).await;
     let expected = merge(during, after);
     expect_on_kafka(&broker, &expected, Duration::from_secs(60)).await;
-    let url = format!("http://127.0.0.1:{}/metrics", b.metrics_port);
     eventually(
         Duration::from_secs(10),
         "relay B to have published",
-        || async {
-            let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
-            let line = body
-                .lines()
-                .find(|l| l.starts_with("keel_relay_published_total{sink=\"kafka\"}"))?;
-            let n: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            (n > 0.0).then_some(())
-        },
+        || async { (published_by(b.metrics_port).await? > 0.0).then_some(()) },
     )
     .await;
 }
 
 #[tokio::test]
 async fn a_separate_relay_wakes_on_the_servers_notification_and_frees_its_leases_on_sigterm() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_app_with(|c| fast_relay(c, &broker.brokers(), "redis://127.0.0.1:6379")).await;
     let mut config = app.config.clone();
     config.relay.redis.enabled = false;
@@ -786,8 +815,24 @@ async fn a_separate_relay_wakes_on_the_servers_notification_and_frees_its_leases
     .await
     .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    // Let the relay's first rounds pass, so that it is idle and waiting for a wake-up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A wake-up reaches the relay once it listens for the server's notification and its sink
+    // loops have the partitions the database shows.
+    eventually(
+        Duration::from_secs(10),
+        "the relay to listen for wake-ups",
+        || async {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+            (listening > 0).then_some(())
+        },
+    )
+    .await;
+    next_lease_round(&app).await;
 
     append_and_expect_on_kafka_within(&app, &broker, Duration::from_secs(8)).await;
 
@@ -842,7 +887,7 @@ async fn redis_streams_are_trimmed_to_about_the_configured_length() {
 
 #[tokio::test]
 async fn an_in_process_relay_wakes_on_the_apis_commit_signal() {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     // A 20 s poll and no NOTIFY: only the in-process signal after each commit can wake the relay
     // within the 8 s below.
     let app = spawn_kafka_relayed_app(&broker, |c| {
@@ -863,6 +908,8 @@ async fn an_in_process_relay_wakes_on_the_apis_commit_signal() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The commit signal wakes the sink loops; they find the partitions once the lease task has
+    // handed them over.
+    next_lease_round(&app).await;
     append_and_expect_on_kafka_within(&app, &broker, Duration::from_secs(8)).await;
 }

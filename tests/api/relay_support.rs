@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use crate::helpers::{agent_state_changed, TestApp};
+use crate::helpers::{agent_state_changed, eventually, TestApp};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -29,19 +29,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !listening(port) {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits until something accepts connections on `port`, without blocking the runtime: the test's
+/// own app and relay may be running on it (a broker restart happens mid-test).
+async fn wait_listening(port: u16, what: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{what} to listen on port {port}"),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -72,25 +73,28 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(what: &'static str, command: impl Fn(u16) -> Command + Send + Sync + 'static) -> Self {
+    async fn start(
+        what: &'static str,
+        command: impl Fn(u16) -> Command + Send + Sync + 'static,
+    ) -> Self {
         let mut server = Self {
             port: free_port(),
             command: Box::new(command),
             what,
             child: None,
         };
-        server.up();
+        server.up().await;
         server
     }
 
-    fn up(&mut self) {
+    async fn up(&mut self) {
         let child = (self.command)(self.port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.what));
         self.child = Some(child);
-        wait_listening(self.port, self.what);
+        wait_listening(self.port, self.what).await;
     }
 
     /// Kills the server (SIGKILL), like a crash.
@@ -101,9 +105,9 @@ impl Server {
         }
     }
 
-    pub fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.stop();
-        self.up();
+        self.up().await;
     }
 }
 
@@ -118,17 +122,17 @@ pub struct Broker;
 
 impl Broker {
     /// Memory storage: fast, gone when the broker stops.
-    pub fn start() -> Server {
-        Self::start_with("memory://nisshi/")
+    pub async fn start() -> Server {
+        Self::start_with("memory://nisshi/").await
     }
 
     /// SQLite storage in a scratch folder, so that topics and offsets survive a restart.
-    pub fn start_persistent() -> Server {
+    pub async fn start_persistent() -> Server {
         // nisshi reads a sqlite:// path relative to its working directory.
-        Self::start_with("sqlite://nisshi.db")
+        Self::start_with("sqlite://nisshi.db").await
     }
 
-    fn start_with(storage: &'static str) -> Server {
+    async fn start_with(storage: &'static str) -> Server {
         let dir = scratch_dir("broker");
         Server::start("nisshi", move |port| {
             let url = format!("tcp://127.0.0.1:{port}");
@@ -146,6 +150,7 @@ impl Broker {
             .current_dir(&dir);
             c
         })
+        .await
     }
 }
 
@@ -153,7 +158,7 @@ impl Broker {
 pub struct RedisServer;
 
 impl RedisServer {
-    pub fn start() -> Server {
+    pub async fn start() -> Server {
         let dir = scratch_dir("redis");
         Server::start("redis-server", move |port| {
             let mut c = Command::new("redis-server");
@@ -170,6 +175,7 @@ impl RedisServer {
                 .arg(&dir);
             c
         })
+        .await
     }
 }
 

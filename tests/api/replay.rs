@@ -127,7 +127,7 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
     use crate::relay_support::{assert_in_order, Broker, KafkaReader};
     use std::collections::HashMap;
 
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_app().await;
     let mut expected: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     let agents: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();

@@ -4,7 +4,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use keel::registry::{UpcastError, VersionSpec};
+use keel::model::VersionSpec;
+use keel::registry::UpcastError;
 
 use crate::helpers::spawn_app;
 

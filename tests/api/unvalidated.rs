@@ -14,7 +14,7 @@ use crate::relay_support::{spawn_kafka_relayed_app, Broker, KafkaReader};
 #[tokio::test]
 async fn with_validation_off_the_relay_encodes_with_the_latest_schema_and_parks_what_does_not_fit()
 {
-    let broker = Broker::start();
+    let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |c| c.api.validate_payloads = false).await;
     let (good, bad) = (Uuid::new_v4(), Uuid::new_v4());
 

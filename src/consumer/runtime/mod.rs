@@ -46,7 +46,8 @@ use sqlx::PgPool;
 
 use super::record::Record;
 use crate::model::RecordedEvent;
-use crate::registry::{Registry, VersionSpec};
+use crate::model::VersionSpec;
+use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 
 /// What a consumer group reads and how it treats failures.

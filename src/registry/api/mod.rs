@@ -6,13 +6,18 @@
 //! `{"error_code": 40401, "message": "..."}`; keel adds its own `error` object next to those two
 //! fields, which Confluent clients ignore. Unknown query parameters are ignored, as Confluent does,
 //! because clients send options (`normalize`, `format`…) that keel does not need.
+//!
+//! This file holds the routes and handlers; [`Refusal`] (in `refusal`) decides every status and
+//! code, and `extract` turns axum's rejections into refusals.
+
+mod extract;
+mod refusal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,64 +25,19 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Error, Registry, VersionSpec};
+use super::{Error, Registry};
+use crate::model::VersionSpec;
+use extract::{RBody, RPath, RQuery};
+use refusal::bad_body;
+pub use refusal::Refusal;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 type Params = RQuery<HashMap<String, String>>;
 
-/// Path parameters; a malformed path is a Confluent-shaped 404.
-struct RPath<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for RPath<T> {
-    type Rejection = RegistryError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Self(p.0))
-            .map_err(|r| RegistryError {
-                status: StatusCode::NOT_FOUND,
-                error_code: 404,
-                code: "invalid_path",
-                message: r.body_text(),
-                details: json!({}),
-            })
-    }
-}
-
-/// Query parameters; a malformed query string is a Confluent-shaped 400.
-struct RQuery<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for RQuery<T> {
-    type Rejection = RegistryError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|r| bad_body(r.body_text()))
-    }
-}
-
-/// The raw body; one over the size limit is a Confluent-shaped 413.
-struct RBody(Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RBody {
-    type Rejection = RegistryError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(Self)
-            .map_err(|r| RegistryError {
-                status: r.status(),
-                error_code: u32::from(r.status().as_u16()),
-                code: "invalid_body",
-                message: r.body_text(),
-                details: json!({}),
-            })
-    }
+/// Whether `path` is one of this API's: the caller's fallbacks answer those in this dialect.
+pub fn owns(path: &str) -> bool {
+    path == "/registry" || path.starts_with("/registry/")
 }
 
 pub fn router(registry: Arc<Registry>) -> Router {
@@ -136,104 +96,6 @@ fn reply(body: Value) -> Response {
         .into_response()
 }
 
-/// Why a registry request failed, in Confluent's shape (plus keel's `error` object).
-pub struct RegistryError {
-    status: StatusCode,
-    error_code: u32,
-    code: &'static str,
-    message: String,
-    details: Value,
-}
-
-impl IntoResponse for RegistryError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "error_code": self.error_code,
-            "message": self.message,
-            "error": {"code": self.code, "message": self.message, "details": self.details},
-        });
-        (
-            self.status,
-            [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            body.to_string(),
-        )
-            .into_response()
-    }
-}
-
-impl From<Error> for RegistryError {
-    fn from(err: Error) -> Self {
-        let error_code = err.code();
-        let (status, code) = match &err {
-            Error::SubjectNotFound(_) => (StatusCode::NOT_FOUND, "subject_not_found"),
-            Error::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
-            Error::SchemaNotFound => (StatusCode::NOT_FOUND, "schema_not_found"),
-            Error::SubjectSoftDeleted(_) => (StatusCode::NOT_FOUND, "subject_soft_deleted"),
-            Error::SubjectNotSoftDeleted(_) => (StatusCode::NOT_FOUND, "subject_not_soft_deleted"),
-            Error::VersionSoftDeleted { .. } => (StatusCode::NOT_FOUND, "version_soft_deleted"),
-            Error::VersionNotSoftDeleted { .. } => {
-                (StatusCode::NOT_FOUND, "version_not_soft_deleted")
-            }
-            Error::SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, "subject_config_not_found"),
-            Error::Incompatible { .. } => (StatusCode::CONFLICT, "incompatible_schema"),
-            Error::InvalidSchema(_) | Error::UnsupportedSchemaType(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_schema")
-            }
-            Error::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_version"),
-            Error::InvalidCompatibility(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_compatibility_level",
-            ),
-            Error::Store(crate::store::Error::UnsupportedText) => {
-                return Self {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    error_code: 42201,
-                    code: "unsupported_character",
-                    message: "the request holds a character that cannot be stored, such as \\u0000"
-                        .into(),
-                    details: json!({}),
-                };
-            }
-            Error::Store(e) => {
-                tracing::error!(error = ?e, "schema registry store error");
-                let status = if e.is_retriable() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                return Self {
-                    status,
-                    error_code,
-                    code: "registry_store_error",
-                    message: "error in the backend data store".into(),
-                    details: json!({}),
-                };
-            }
-        };
-        let details = match &err {
-            Error::Incompatible { found, .. } => json!({"incompatibilities": found}),
-            _ => json!({}),
-        };
-        Self {
-            status,
-            error_code,
-            code,
-            message: err.to_string(),
-            details,
-        }
-    }
-}
-
-fn bad_body(message: String) -> RegistryError {
-    RegistryError {
-        status: StatusCode::BAD_REQUEST,
-        error_code: 400,
-        code: "malformed_json",
-        message,
-        details: json!({}),
-    }
-}
-
 fn flag(params: &HashMap<String, String>, name: &str) -> bool {
     params
         .get(name)
@@ -252,7 +114,7 @@ struct SchemaBody {
 }
 
 /// Reads a schema body whatever its content type: clients send Confluent's, JSON's or none.
-fn schema_body(body: &Bytes) -> Result<SchemaBody, RegistryError> {
+fn schema_body(body: &Bytes) -> Result<SchemaBody, Refusal> {
     let parsed: SchemaBody = serde_json::from_slice(body)
         .map_err(|e| bad_body(format!("malformed request body: {e}")))?;
     if !parsed.references.is_empty() {
@@ -267,7 +129,7 @@ fn schema_body(body: &Bytes) -> Result<SchemaBody, RegistryError> {
     Ok(parsed)
 }
 
-type Reply = Result<Response, RegistryError>;
+type Reply = Result<Response, Refusal>;
 
 async fn root() -> Response {
     reply(json!({}))
@@ -373,7 +235,7 @@ async fn types() -> Response {
     reply(json!(["AVRO"]))
 }
 
-fn schema_id(id: &str) -> Result<i32, RegistryError> {
+fn schema_id(id: &str) -> Result<i32, Refusal> {
     id.parse().map_err(|_| Error::SchemaNotFound.into())
 }
 
@@ -453,7 +315,7 @@ struct ConfigBody {
     compatibility: Option<String>,
 }
 
-fn config_body(body: &Bytes) -> Result<String, RegistryError> {
+fn config_body(body: &Bytes) -> Result<String, Refusal> {
     let parsed: ConfigBody = serde_json::from_slice(body)
         .map_err(|e| bad_body(format!("malformed request body: {e}")))?;
     parsed
