@@ -194,6 +194,8 @@ pub fn install() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "another metrics recorder is installed; /metrics is off"))
                 .ok()
+                // Descriptions reach only a recorder that is already installed.
+                .inspect(|_| describe())
         })
         .clone()
 }

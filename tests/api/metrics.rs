@@ -33,6 +33,9 @@ async fn metrics_count_appends_by_outcome_in_prometheus_format() {
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
     for expected in [
+        // Described (metrics::describe, on install), so Prometheus shows what each one means.
+        "# HELP keel_append_requests_total",
+        "# HELP keel_append_duration_seconds",
         r#"keel_append_requests_total{outcome="created"}"#,
         r#"keel_append_requests_total{outcome="conflict"}"#,
         r#"keel_append_requests_total{outcome="rejected"}"#,
