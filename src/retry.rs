@@ -84,8 +84,8 @@ impl RetryPolicy {
             .await
     }
 
-    /// [`Self::retry`] with the wait given: tests pass one that records the waits and returns at
-    /// once (tokio's paused clock needs its `test-util` feature, which keel does not build with).
+    /// [`Self::retry`] with the wait given: tests pass one that records each wait and returns at
+    /// once, to see the waits themselves; one test runs the real `retry` on a paused clock.
     async fn retry_sleeping<T, E, F, Fut, S, Slept>(
         &self,
         mut call: F,
@@ -234,6 +234,38 @@ mod tests {
             )
             .await;
         (result, seen.into_inner(), waits.into_inner())
+    }
+
+    /// The real `retry`, on tokio's paused clock: the virtual time that passes is exactly the sum
+    /// of the policy's delays, and nothing sleeps for real.
+    #[tokio::test(start_paused = true)]
+    async fn retry_sleeps_the_policys_delays_on_tokios_clock() {
+        let policy = RetryPolicy::exponential(100 * MS, 300 * MS);
+        let (virtual_start, real_start) = (tokio::time::Instant::now(), std::time::Instant::now());
+        let calls = Cell::new(0);
+        let result: Result<u32, u32> = policy
+            .retry(
+                || {
+                    calls.set(calls.get() + 1);
+                    let n = calls.get();
+                    async move {
+                        if n <= 3 {
+                            Err(n)
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+                |_, _| ControlFlow::Continue(()),
+            )
+            .await;
+        assert_eq!(result, Ok(4));
+        let waited = virtual_start.elapsed();
+        assert!(
+            (600 * MS..601 * MS).contains(&waited),
+            "waited {waited:?} of virtual time, not 100 + 200 + 300 ms"
+        );
+        assert!(real_start.elapsed() < 300 * MS, "the test slept for real");
     }
 
     #[tokio::test]
