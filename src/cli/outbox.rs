@@ -5,7 +5,7 @@ use clap::Subcommand;
 
 use crate::app::Services;
 use crate::config::Config;
-use crate::relay::{self, outbox, sink::SinkKind};
+use crate::relay::{self, admin, sink::SinkKind};
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
@@ -57,7 +57,7 @@ pub async fn run(config: &Config, command: OutboxCommand) -> anyhow::Result<()> 
                 Some(SinkKind::Redis) => config.relay.redis.enabled,
                 None => false,
             };
-            let status: Vec<_> = outbox::status(pool, &relay::all_partitions())
+            let status: Vec<_> = admin::status(pool, &relay::all_partitions())
                 .await?
                 .into_iter()
                 .filter(|s| enabled(&s.sink))
@@ -78,7 +78,7 @@ pub async fn run(config: &Config, command: OutboxCommand) -> anyhow::Result<()> 
             }
         }
         OutboxCommand::Parked { limit, json } => {
-            for p in outbox::parked(pool, limit).await? {
+            for p in admin::parked(pool, limit).await? {
                 if json {
                     println!("{}", serde_json::to_string(&p)?);
                 } else {
@@ -99,18 +99,18 @@ pub async fn run(config: &Config, command: OutboxCommand) -> anyhow::Result<()> 
         }
         OutboxCommand::Retry { id, all, sink } => {
             let which = match (id, all) {
-                (Some(id), false) => outbox::Selection::Event(id, sink),
-                (None, true) => outbox::Selection::All(sink),
+                (Some(id), false) => admin::Selection::Event(id, sink),
+                (None, true) => admin::Selection::All(sink),
                 _ => bail!("name an event id, or pass --all"),
             };
-            let n = outbox::retry(pool, which).await?;
-            if n == 0 && matches!(which, outbox::Selection::Event(..)) {
+            let n = admin::retry(pool, which).await?;
+            if n == 0 && matches!(which, admin::Selection::Event(..)) {
                 bail!("no parked event matches");
             }
             println!("released {n} parked row(s) for re-sending");
         }
         OutboxCommand::Skip { id, sink } => {
-            let skipped = outbox::skip(pool, outbox::Selection::Event(id, sink)).await?;
+            let skipped = admin::skip(pool, admin::Selection::Event(id, sink)).await?;
             if skipped.is_empty() {
                 bail!("no parked event matches");
             }

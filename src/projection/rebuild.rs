@@ -17,6 +17,10 @@
 //!   aggregate.
 //!
 //! Rebuilds call [`Projection::apply`] with `replaying` set, so side effects can be suppressed.
+//!
+//! (About 460 lines, on purpose: the full rebuild, the swap and `--aggregate` share the shadow
+//! schema's SQL and one lock protocol with the live runner; split, that protocol would be read in
+//! three files.)
 
 use std::future::Future;
 use std::str::FromStr;

@@ -20,6 +20,7 @@
 //!   `keel outbox retry|skip` releases them.
 //! * **Bounded outbox.** Rows every sink has passed are deleted every second.
 
+pub mod admin;
 pub mod kafka;
 pub mod lease;
 pub mod outbox;
@@ -222,7 +223,7 @@ async fn housekeeping(
         }
         n += 1;
         if n % 5 == 1 && !parts.is_empty() {
-            match outbox::status(&pool, &parts).await {
+            match admin::status(&pool, &parts).await {
                 Ok(status) => {
                     for s in status
                         .iter()

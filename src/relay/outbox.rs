@@ -1,8 +1,6 @@
-//! The relay's SQL: reading the outbox in log order, moving cursors, parking, cleaning up, and
-//! the operator's view (`keel outbox status|parked|retry|skip`).
+//! The relay's SQL on the data path: reading the outbox in log order, moving cursors, parking,
+//! cleaning up. What operators see and do with it is [`super::admin`].
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -330,124 +328,6 @@ pub async fn cleanup(
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
-}
-
-/// One sink's backlog, as `keel outbox status` and the metrics show it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct SinkStatus {
-    pub sink: String,
-    /// Outbox rows the sink has not passed yet.
-    pub backlog: i64,
-    /// Age of the oldest of them, in seconds (0 with no backlog).
-    pub oldest_age_seconds: f64,
-    /// Rows parked for an operator, and rows held behind them.
-    pub parked: i64,
-    pub held: i64,
-}
-
-/// The backlog of every sink over `partitions`.
-pub async fn status(pool: &PgPool, partitions: &[i16]) -> Result<Vec<SinkStatus>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.sink,
-                coalesce(sum(b.n), 0)::bigint AS backlog,
-                coalesce(extract(epoch FROM now() - min(b.oldest)), 0)::float8 AS oldest_age_seconds,
-                (SELECT count(*) FROM relay_parked k
-                  WHERE k.sink = c.sink AND k.partition = ANY($1) AND k.state <> 'held') AS parked,
-                (SELECT count(*) FROM relay_parked k
-                  WHERE k.sink = c.sink AND k.partition = ANY($1) AND k.state = 'held') AS held
-           FROM relay_progress c
-          CROSS JOIN LATERAL (
-                SELECT count(*) AS n, min(o.created_at) AS oldest FROM outbox o
-                 WHERE o.partition = c.partition AND (o.tx_id, o.position) > (c.tx_id, c.position)) b
-          WHERE c.partition = ANY($1)
-          GROUP BY c.sink
-          ORDER BY c.sink",
-    )
-    .bind(partitions)
-    .fetch_all(pool)
-    .await
-}
-
-/// A parked or held row, for `keel outbox parked`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct ParkedEntry {
-    pub sink: String,
-    pub event_id: Uuid,
-    pub position: i64,
-    pub aggregate_type: String,
-    pub aggregate_id: Uuid,
-    pub event_type: String,
-    pub state: String,
-    pub error_class: Option<String>,
-    pub error: Option<String>,
-    pub attempts: i32,
-    pub parked_at: DateTime<Utc>,
-}
-
-/// Parked and held rows, oldest first.
-pub async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedEntry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sink, event_id, position, aggregate_type, aggregate_id, event_type, state,
-                error_class, error, attempts, parked_at
-           FROM relay_parked ORDER BY tx_id, position, sink LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// Which parked rows an operator command applies to.
-#[derive(Debug, Clone, Copy)]
-pub enum Selection {
-    /// One event, on every sink it is parked for (or one sink).
-    Event(Uuid, Option<SinkKind>),
-    /// Every parked row (of one sink).
-    All(Option<SinkKind>),
-}
-
-impl Selection {
-    fn binds(&self) -> (Option<Uuid>, Option<&'static str>) {
-        match *self {
-            Selection::Event(id, sink) => (Some(id), sink.map(SinkKind::as_str)),
-            Selection::All(sink) => (None, sink.map(SinkKind::as_str)),
-        }
-    }
-}
-
-/// Releases parked rows to be re-sent (with a fresh attempt count), and wakes the relays.
-/// Returns how many rows were released.
-pub async fn retry(pool: &PgPool, which: Selection) -> Result<u64, sqlx::Error> {
-    let (id, sink) = which.binds();
-    let done = sqlx::query(
-        "UPDATE relay_parked SET state = 'retry', attempts = 0, updated_at = now()
-          WHERE state = 'parked' AND ($1::uuid IS NULL OR event_id = $1)
-            AND ($2::text IS NULL OR sink = $2)",
-    )
-    .bind(id)
-    .bind(sink)
-    .execute(pool)
-    .await?;
-    wake_relays(pool).await?;
-    Ok(done.rows_affected())
-}
-
-/// Gives up on parked rows: they are never delivered to that sink, and the rows held behind them
-/// flow again. Returns the rows skipped.
-pub async fn skip(pool: &PgPool, which: Selection) -> Result<Vec<ParkedEntry>, sqlx::Error> {
-    let (id, sink) = which.binds();
-    let skipped = sqlx::query_as(
-        "DELETE FROM relay_parked
-          WHERE state IN ('parked', 'retry') AND ($1::uuid IS NULL OR event_id = $1)
-            AND ($2::text IS NULL OR sink = $2)
-          RETURNING sink, event_id, position, aggregate_type, aggregate_id, event_type, state,
-                    error_class, error, attempts, parked_at",
-    )
-    .bind(id)
-    .bind(sink)
-    .fetch_all(pool)
-    .await?;
-    wake_relays(pool).await?;
-    Ok(skipped)
 }
 
 /// The channel relays listen on for "there is new work".

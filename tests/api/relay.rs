@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use keel::relay::sink::SinkKind;
-use keel::relay::{self, outbox};
+use keel::relay::{self, admin};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -145,8 +145,8 @@ async fn metrics_text(app: &TestApp) -> String {
         .unwrap()
 }
 
-async fn outbox_status(app: &TestApp, sink: SinkKind) -> outbox::SinkStatus {
-    outbox::status(app.store.pool(), &relay::all_partitions())
+async fn outbox_status(app: &TestApp, sink: SinkKind) -> admin::SinkStatus {
+    admin::status(app.store.pool(), &relay::all_partitions())
         .await
         .unwrap()
         .into_iter()
@@ -547,7 +547,7 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
         Duration::from_secs(20),
         "the poison event to be parked",
         || async {
-            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            let rows = admin::parked(app.store.pool(), 10).await.unwrap();
             (rows.len() == 2).then_some(rows)
         },
     )
@@ -599,7 +599,7 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
         Duration::from_secs(10),
         "the parked table to empty",
         || async {
-            outbox::parked(app.store.pool(), 10)
+            admin::parked(app.store.pool(), 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -624,7 +624,7 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
         Duration::from_secs(20),
         "the first event to be parked",
         || async {
-            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            let rows = admin::parked(app.store.pool(), 10).await.unwrap();
             (rows.len() == 2 && rows[0].state == "parked").then_some(())
         },
     )
@@ -714,7 +714,7 @@ async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers
         Duration::from_secs(20),
         "the event to be parked",
         || async {
-            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            let rows = admin::parked(app.store.pool(), 10).await.unwrap();
             (rows.len() == 2 && rows[0].state == "parked").then_some(rows)
         },
     )

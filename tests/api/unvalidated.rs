@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keel::relay::outbox;
+use keel::relay::admin;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -55,7 +55,7 @@ async fn with_validation_off_the_relay_encodes_with_the_latest_schema_and_parks_
         Duration::from_secs(20),
         "the misfit to be parked",
         || async {
-            let rows = outbox::parked(app.store.pool(), 10).await.unwrap();
+            let rows = admin::parked(app.store.pool(), 10).await.unwrap();
             (rows.len() == 2).then_some(rows)
         },
     )
