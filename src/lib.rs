@@ -2,18 +2,35 @@
 //!
 //! How data flows, module by module:
 //!
-//! 1. [`api`] takes an HTTP request, and [`model`] validates it into domain types, checking event
-//!    types against the [`catalog`] (the `schemas/` folder).
-//! 2. [`store`] appends the events and their outbox rows in one PostgreSQL transaction, checking
-//!    the aggregate's version (optimistic concurrency). Services that share the database call
-//!    [`store::append`] inside their own transaction instead.
+//! 1. [`api`] takes an HTTP request and parses it into the [`model`]'s types.
+//! 2. [`append`] is the write path, for HTTP and library callers alike: its validator checks each
+//!    event against the [`catalog`] (the `schemas/` folder) and the schema [`registry`], and only it
+//!    builds the checked events that [`store`] appends, with their outbox rows, in one PostgreSQL
+//!    transaction (optimistic concurrency on the aggregate's version).
 //! 3. [`store::log`] is the gap-safe global order: every reader that follows the log (the relay,
-//!    replays, projections) reads through it and never skips a late-committing event.
-//! 4. [`relay`] ships outbox rows to Kafka and Redis, in per-aggregate order, at least once.
-//! 5. [`consumer`] decodes what the relay published, for subscribers (`keel consume`).
-//! 6. [`replay`] reads history back from the store (`keel replay aggregate`).
-//! 7. [`app`] wires the API to the store; [`cli`] and [`config`] are how operators run it;
-//!    [`bench`] measures it against raw SQL in the same run.
+//!    replays, rebuilds) filters with its one horizon predicate and never skips a late commit.
+//! 4. [`relay`] ships outbox rows to Kafka and Redis, in per-aggregate order, at least once, in
+//!    the format [`wire`] defines, through the client layer in [`kafka`].
+//! 5. [`consumer`] runs Kafka consumer groups over what the relay published (decoding with
+//!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
+//!    to read models exactly once; [`replay`] reads history back from the store.
+//! 6. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
+//!    them. [`shutdown`] stops every long-running component; [`retry`] is the one backoff.
+//!
+//! Dependencies point one way, lowest layer first; a module uses only modules of lower layers
+//! (`tests/api/architecture.rs` checks this on the source, so the import graph has no circle):
+//!
+//! ```text
+//! model, metrics, retry, shutdown      domain types and primitives; no IO crate in model
+//! schema, catalog, kafka               Avro rules, the schemas/ folder, the Kafka client layer
+//! wire                                 the event on the wire, encode and decode; no IO
+//! store                                events, outbox, reads, the gap-safe log; nothing above it
+//! config, registry                     the typed config tree; schemas in PostgreSQL
+//! append, relay, consumer, telemetry   the write path; the sinks (Kafka and Redis never import
+//!                                      each other); consumer groups
+//! replay, then projection, then api    history; read models; HTTP
+//! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
+//! ```
 
 pub mod api;
 pub mod app;

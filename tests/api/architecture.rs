@@ -1,7 +1,7 @@
 //! The layering that `src/lib.rs` states, checked on the source: every `crate::` reference of a
 //! top-level module points to a lower layer, so the import graph has no circle; `model` and `wire`
-//! use no IO crate; the Kafka and Redis sinks never import each other; command-line parsing and
-//! printing live in `cli` alone.
+//! use no IO crate; the Kafka and Redis sinks never import each other; only `app` and `cli` start
+//! components; command-line parsing and printing live in `cli` alone.
 //!
 //! References inside a file's `#[cfg(test)]` tail are not counted: tests may reach anywhere.
 
@@ -27,7 +27,6 @@ const LAYERS: &[&[&str]] = &[
     &["projection"],
     &["api"],
     &["app"],
-    &["bench"],
     &["cli"],
 ];
 
@@ -202,6 +201,28 @@ fn command_line_parsing_and_printing_live_in_cli_alone() {
             assert!(
                 !code.contains(marker),
                 "{} has {marker}: command-line code belongs in src/cli",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn only_app_and_cli_start_components() {
+    const STARTS: &[&str] = &[
+        "relay::start(",
+        "consumer::run(",
+        "runner::run(",
+        "Application::build",
+    ];
+    for (module, path, code) in sources() {
+        if module == "app" || module == "cli" {
+            continue;
+        }
+        for start in STARTS {
+            assert!(
+                !code.contains(start),
+                "{} calls {start}: components are wired in src/app or src/cli",
                 path.display()
             );
         }
