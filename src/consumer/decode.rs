@@ -84,21 +84,7 @@ impl Decoder {
 mod tests {
     use super::*;
 
-    fn headers() -> HashMap<String, String> {
-        [
-            ("keel-event-id", "0b9a7f3e-9a56-4c39-8d8e-2f6f1d2a7c11"),
-            ("keel-event-type", "agent.state.changed"),
-            ("keel-aggregate-type", "agent"),
-            ("keel-aggregate-id", "3f6c1f0e-8a4b-4f7e-9a51-0c2d6c1f9b10"),
-            ("keel-aggregate-version", "3"),
-            ("keel-position", "42"),
-            ("keel-created-at", "2026-11-27T10:00:00.000001Z"),
-            ("keel-correlation-id", "req-42"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    }
+    use crate::wire::header::example as headers;
 
     #[tokio::test]
     async fn a_value_without_the_confluent_frame_is_refused_before_any_lookup() {

@@ -105,25 +105,31 @@ pub fn decode(headers: &HashMap<String, String>) -> Result<RecordedEvent, Error>
     })
 }
 
+/// The headers of an example record, for tests that need a well-formed envelope.
+#[cfg(test)]
+pub(crate) fn example() -> HashMap<String, String> {
+    [
+        (EVENT_ID, "0b9a7f3e-9a56-4c39-8d8e-2f6f1d2a7c11"),
+        (EVENT_TYPE, "agent.state.changed"),
+        (AGGREGATE_TYPE, "agent"),
+        (AGGREGATE_ID, "3f6c1f0e-8a4b-4f7e-9a51-0c2d6c1f9b10"),
+        (AGGREGATE_VERSION, "3"),
+        (POSITION, "42"),
+        (CREATED_AT, "2026-11-27T10:00:00.000001Z"),
+        ("keel-correlation-id", "req-42"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn headers() -> HashMap<String, String> {
-        [
-            ("keel-event-id", "0b9a7f3e-9a56-4c39-8d8e-2f6f1d2a7c11"),
-            ("keel-event-type", "agent.state.changed"),
-            ("keel-aggregate-type", "agent"),
-            ("keel-aggregate-id", "3f6c1f0e-8a4b-4f7e-9a51-0c2d6c1f9b10"),
-            ("keel-aggregate-version", "3"),
-            ("keel-position", "42"),
-            ("keel-created-at", "2026-11-27T10:00:00.000001Z"),
-            ("keel-correlation-id", "req-42"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        example()
     }
 
     #[test]

@@ -58,16 +58,7 @@ async fn a_services_own_writes_and_its_events_commit_or_roll_back_together() {
             .fetch_one(pool)
             .await
             .unwrap();
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let (events, outbox) = rows_of(&app, id).await;
         let expected = i64::from(commit);
         assert_eq!(
             (agents, events, outbox),
