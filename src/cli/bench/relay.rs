@@ -339,19 +339,23 @@ async fn arrivals(
     .set("session.timeout.ms", "6000")
     .create()?;
     // Start every partition at its current end, explicitly: `latest` is only resolved at the
-    // first fetch, which may come after the first bench events.
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
-    let mut start = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        start.add_partition_offset(topic, p, Offset::Offset(high))?;
-    }
+    // first fetch, which may come after the first bench events. The lookups block, so they run
+    // where blocking is allowed.
+    let start = tokio::task::block_in_place(|| -> anyhow::Result<TopicPartitionList> {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
+        let mut start = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            start.add_partition_offset(topic, p, Offset::Offset(high))?;
+        }
+        Ok(start)
+    })?;
     consumer.assign(&start)?;
     Ok((consumer, Arc::new(Mutex::new(HashMap::new()))))
 }
