@@ -115,9 +115,11 @@ pub struct SchemaRef {
     pub version: i32,
 }
 
-/// Free-form event metadata, a JSON object. The tracing keys have fixed meanings and are checked:
-/// `correlation_id` and `causation_id` are non-empty strings of at most 256 characters, and
-/// `traceparent` is a W3C trace context header (`00-<32 hex>-<16 hex>-<2 hex>`).
+/// Free-form event metadata, a JSON object. The tracing keys have fixed meanings and are checked,
+/// because the relay copies them into Kafka headers: `correlation_id` and `causation_id` are
+/// non-empty strings of at most 256 characters with no control characters (no CR or LF can reach
+/// a header), `traceparent` is a W3C trace context header (`00-<32 hex>-<16 hex>-<2 hex>`), and
+/// `tracestate`, when present, is a W3C `tracestate` of at most 32 members and 512 characters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Metadata(Map<String, Value>);
@@ -134,6 +136,7 @@ impl Metadata {
     pub const CORRELATION_ID: &'static str = "correlation_id";
     pub const CAUSATION_ID: &'static str = "causation_id";
     pub const TRACEPARENT: &'static str = "traceparent";
+    pub const TRACESTATE: &'static str = "tracestate";
 
     pub fn parse(map: Map<String, Value>) -> Result<Self, InvalidMetadata> {
         let fail = |key: &str, rule| {
@@ -145,14 +148,32 @@ impl Metadata {
         for key in [Self::CORRELATION_ID, Self::CAUSATION_ID] {
             match map.get(key) {
                 None => {}
-                Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= 256 => {}
-                Some(_) => return fail(key, "must be a string of 1 to 256 characters"),
+                Some(Value::String(s))
+                    if !s.is_empty()
+                        && s.chars().count() <= 256
+                        && !s.chars().any(char::is_control) => {}
+                Some(_) => {
+                    return fail(
+                        key,
+                        "must be a string of 1 to 256 characters without control characters",
+                    )
+                }
             }
         }
         match map.get(Self::TRACEPARENT) {
             None => {}
             Some(Value::String(s)) if is_traceparent(s) => {}
             Some(_) => return fail(Self::TRACEPARENT, "must be a W3C traceparent header"),
+        }
+        match map.get(Self::TRACESTATE) {
+            None => {}
+            Some(Value::String(s)) if is_tracestate(s) => {}
+            Some(_) => {
+                return fail(
+                    Self::TRACESTATE,
+                    "must be a W3C tracestate of at most 32 members and 512 characters",
+                )
+            }
         }
         Ok(Self(map))
     }
@@ -190,6 +211,35 @@ fn is_traceparent(s: &str) -> bool {
     let nonzero = |p: &str| p.bytes().any(|b| b != b'0');
     matches!(parts.as_slice(), [v, t, p, f]
         if hex(v, 2) && *v != "ff" && hex(t, 32) && nonzero(t) && hex(p, 16) && nonzero(p) && hex(f, 2))
+}
+
+/// `key=value` list members separated by commas, at most 32 and 512 characters in all, in the
+/// W3C characters: keys lowercase `a-z0-9_-*/@`, values printable ASCII without `,` and `=`.
+fn is_tracestate(s: &str) -> bool {
+    let members: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 256
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/@".contains(&b))
+    };
+    let value_ok = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 256
+            && v.bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+    };
+    s.len() <= 512
+        && !members.is_empty()
+        && members.len() <= 32
+        && members.iter().all(|m| {
+            m.split_once('=')
+                .is_some_and(|(k, v)| key_ok(k) && value_ok(v.trim_end()))
+        })
 }
 
 /// An event as stored.
@@ -246,6 +296,7 @@ mod tests {
             "correlation_id": "c-1",
             "causation_id": "7f1c",
             "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
             "user": {"id": 3}
         }))
         .unwrap();
@@ -270,6 +321,22 @@ mod tests {
             (
                 json!({"traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"}),
                 "traceparent",
+            ),
+            // CR/LF or another control character would reach a Kafka header.
+            (
+                json!({"correlation_id": "req-1\r\nkeel-event-id: forged"}),
+                "correlation_id",
+            ),
+            (json!({"causation_id": "a\u{0007}b"}), "causation_id"),
+            (json!({"tracestate": "vendor=ok\r\nx=y"}), "tracestate"),
+            (json!({"tracestate": "Upper=1"}), "tracestate"),
+            (
+                json!({"tracestate": (0..20).map(|i| format!("k{i}={}", "v".repeat(30))).collect::<Vec<_>>().join(",")}),
+                "tracestate",
+            ),
+            (
+                json!({"tracestate": (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",")}),
+                "tracestate",
             ),
         ];
         for (value, key) in cases {

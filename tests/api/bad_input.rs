@@ -148,6 +148,12 @@ async fn malformed_or_misshapen_append_bodies_are_refused_with_stable_codes() {
             "invalid_metadata",
         ),
         (
+            "CR LF in a metadata value the relay copies into a Kafka header",
+            json!({"events": [{"type": "agent.state.changed", "payload": {}, "metadata": {"correlation_id": "req-1\r\nkeel-event-id: forged"}}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_metadata",
+        ),
+        (
             "event type of another aggregate type",
             json!({"events": [{"type": "l12.service_invoked", "payload": {}}]}),
             StatusCode::UNPROCESSABLE_ENTITY,
