@@ -1,11 +1,13 @@
 //! The HTTP API (axum), under `/v1`. Handlers validate input into domain types, call the store,
-//! and map every error to one JSON shape (see [`error`]).
+//! and map every error to one JSON shape (see [`error`]). [`server`] serves a router with the
+//! connection-level limits (header timeout, header count, connection limit).
 
 mod error;
 mod events;
 mod extract;
 mod health;
 mod projections;
+pub mod server;
 
 use std::sync::Arc;
 
