@@ -374,6 +374,10 @@ pub struct ApiConfig {
     /// which also closes idle keep-alive connections (`KEEL_API__HEADER_READ_TIMEOUT_MS`). Also
     /// applies to `keel relay`'s status listener.
     pub header_read_timeout_ms: u64,
+    /// A request not answered this long after its head was read gets 408 `request_timeout`, and
+    /// its handler is stopped; a slow body ends here (`KEEL_API__REQUEST_TIMEOUT_MS`). An append
+    /// that had already reached the database may still commit: retry with the same event ids.
+    pub request_timeout_ms: u64,
     /// Most connections open at once; at the limit new connections wait in the listen backlog
     /// until one closes, they are not refused (`KEEL_API__MAX_CONNECTIONS`). Also applies to
     /// `keel relay`'s status listener.
@@ -392,6 +396,7 @@ impl Default for ApiConfig {
             max_offset: 10_000,
             validate_payloads: true,
             header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
             max_connections: 1_024,
             max_headers: 100,
         }
@@ -508,8 +513,12 @@ impl Config {
         if api.default_page_size < 1 || api.default_page_size > api.max_page_size {
             bail!("api.default_page_size must be between 1 and api.max_page_size");
         }
-        if api.header_read_timeout_ms == 0 || api.max_connections == 0 || api.max_headers == 0 {
-            bail!("api.header_read_timeout_ms, api.max_connections and api.max_headers must be positive");
+        if api.header_read_timeout_ms == 0
+            || api.request_timeout_ms == 0
+            || api.max_connections == 0
+            || api.max_headers == 0
+        {
+            bail!("api.header_read_timeout_ms, api.request_timeout_ms, api.max_connections and api.max_headers must be positive");
         }
         if self.pool.max_connections == 0 {
             bail!("pool.max_connections must be positive");
@@ -580,7 +589,12 @@ mod tests {
 
     #[test]
     fn server_limits_must_be_positive() {
-        for key in ["header_read_timeout_ms", "max_connections", "max_headers"] {
+        for key in [
+            "header_read_timeout_ms",
+            "request_timeout_ms",
+            "max_connections",
+            "max_headers",
+        ] {
             figment::Jail::expect_with(|jail| {
                 jail.create_file("zero.toml", &format!("[api]\n{key} = 0\n"))?;
                 let err =

@@ -1,6 +1,7 @@
 //! The HTTP API (axum), under `/v1`. Handlers validate input into domain types, call the store,
 //! and map every error to one JSON shape (see [`error`]). [`server`] serves a router with the
-//! connection-level limits (header timeout, header count, connection limit).
+//! connection-level limits (header timeout, header count, connection limit); the request timeout
+//! is a layer of [`router`].
 
 mod error;
 mod events;
@@ -8,11 +9,14 @@ mod extract;
 mod health;
 mod projections;
 pub mod server;
+mod timeout;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -58,6 +62,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let request_timeout = Duration::from_millis(state.limits.request_timeout_ms);
     let registry = state.registry.clone();
     Router::new()
         .route("/v1/health/live", get(health::live))
@@ -78,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal().into_response()
         }))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            timeout::limit,
+        ))
         .layer(TraceLayer::new_for_http())
 }
 
