@@ -27,6 +27,7 @@ impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self, InvalidSchema> {
         let json: serde_json::Value =
             serde_json::from_str(text).map_err(|e| InvalidSchema(format!("not JSON: {e}")))?;
+        super::limits::check(&json)?;
         refuse_fixed_uuid(&json)?;
         let schema = Schema::parse(&json).map_err(|e| InvalidSchema(e.to_string()))?;
         let names = ResolvedSchema::try_from(&schema)
