@@ -470,3 +470,34 @@ async fn shutdown_stops_accepting_answers_the_request_in_flight_then_returns() {
         .unwrap();
     assert_eq!(events, 1);
 }
+
+#[tokio::test]
+async fn schemas_at_the_width_caps_register_and_check_compatibility_within_a_time_budget() {
+    let app = spawn_app_with(|c| c.api.max_body_bytes = 1024 * 1024).await;
+    let symbols: Vec<String> = (0..10_000).map(|i| format!("S{i}")).collect();
+    let fields = |extra: bool| {
+        let mut fields: Vec<Value> = (0..9_999)
+            .map(|i| json!({"name": format!("f{i}"), "type": "int"}))
+            .collect();
+        fields.push(
+            json!({"name": "e", "type": {"type": "enum", "name": "shop.e", "symbols": symbols}}),
+        );
+        if extra {
+            fields.push(json!({"name": "added", "type": ["null", "int"], "default": null}));
+            fields.remove(0);
+        }
+        json!({"type": "record", "name": "shop.wide", "fields": fields})
+    };
+    for (version, schema) in [(1, fields(false)), (2, fields(true))] {
+        let started = Instant::now();
+        let reply = app
+            .post_json(
+                "/registry/subjects/shop.wide/versions",
+                &json!({"schema": schema.to_string()}),
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(reply.status, StatusCode::OK, "v{version}: {}", reply.body);
+        assert!(took < Duration::from_secs(5), "v{version} took {took:?}");
+    }
+}
