@@ -9,10 +9,10 @@
 //!   without a reply. Idle keep-alive connections are closed by the same timer.
 //! - **Header count** (`api.max_headers`): a request with more headers gets 431 from hyper itself,
 //!   as does a request head larger than hyper's read buffer (about 400 KiB).
-//! - **Connection limit** (`api.max_connections`): at the limit the loop stops accepting, so new
-//!   connections **wait** in the kernel's listen backlog (they are not refused) and are accepted
-//!   as open ones close; once the backlog is full too, the kernel ignores new attempts and
-//!   clients retry them. Idle connections close at the header read timeout, so each idle one
+//! - **Connection limit** (`api.max_connections`; the open ones are the gauge
+//!   `keel_http_connections_open`): at the limit the loop stops accepting, so new connections
+//!   **wait** in the kernel's listen backlog (they are not refused) and are accepted as open ones
+//!   close; once the backlog is full too, the kernel ignores new attempts and clients retry them. Idle connections close at the header read timeout, so each idle one
 //!   holds a place for at most that long. The limit bounds keel's memory and file descriptors;
 //!   a client that keeps reopening connections can still fill it (limits per peer are not here).
 //! - **Shutdown**: stop accepting, ask every connection to finish (idle ones close at once,
@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ApiConfig;
 use crate::shutdown::Shutdown;
@@ -85,9 +85,10 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             _ = &mut stopped => break,
         };
         let (builder, router, shutdown) = (builder.clone(), router.clone(), shutdown.clone());
+        let place = Place::take(permit);
         tokio::spawn(async move {
             connection(&builder, stream, router, shutdown).await;
-            drop(permit);
+            drop(place);
         });
     }
     drop(listener);
@@ -96,6 +97,25 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
         .acquire_many(limits.max_connections)
         .await
         .expect("the connection semaphore is never closed");
+}
+
+/// An open connection's place under the limit, counted in the open-connections gauge. Given back
+/// on drop, also when the connection's task is dropped unfinished.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Place {
+    fn take(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).increment(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).decrement(1.0);
+    }
 }
 
 /// One connection, until the client closes it, a limit closes it, or shutdown has let its

@@ -305,6 +305,14 @@ async fn over_the_connection_limit_new_connections_wait_until_one_closes() {
     for _ in 0..2 * MAX {
         assert_live(&app).await;
     }
+    // Operators see the open connections (the value is shared by the tests in this process).
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("keel_http_connections_open"), "{metrics}");
 }
 
 #[tokio::test]
