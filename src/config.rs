@@ -369,6 +369,21 @@ pub struct ApiConfig {
     /// Check every appended payload against its event type's Avro schema
     /// (`KEEL_API__VALIDATE_PAYLOADS`). Off, events still need a registered type but record no schema.
     pub validate_payloads: bool,
+    /// A connection that has not sent a whole request head this long after it opened (or after
+    /// its previous response, when kept alive) is closed without a reply: the slowloris defence,
+    /// which also closes idle keep-alive connections (`KEEL_API__HEADER_READ_TIMEOUT_MS`). Also
+    /// applies to `keel relay`'s status listener.
+    pub header_read_timeout_ms: u64,
+    /// A request not answered this long after its head was read gets 408 `request_timeout`, and
+    /// its handler is stopped; a slow body ends here (`KEEL_API__REQUEST_TIMEOUT_MS`). An append
+    /// that had already reached the database may still commit: retry with the same event ids.
+    pub request_timeout_ms: u64,
+    /// Most connections open at once; at the limit new connections wait in the listen backlog
+    /// until one closes, they are not refused (`KEEL_API__MAX_CONNECTIONS`). Also applies to
+    /// `keel relay`'s status listener.
+    pub max_connections: u32,
+    /// Most headers in a request; more get 431 (`KEEL_API__MAX_HEADERS`).
+    pub max_headers: usize,
 }
 
 impl Default for ApiConfig {
@@ -380,6 +395,10 @@ impl Default for ApiConfig {
             default_page_size: 100,
             max_offset: 10_000,
             validate_payloads: true,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 1_024,
+            max_headers: 100,
         }
     }
 }
@@ -494,6 +513,13 @@ impl Config {
         if api.default_page_size < 1 || api.default_page_size > api.max_page_size {
             bail!("api.default_page_size must be between 1 and api.max_page_size");
         }
+        if api.header_read_timeout_ms == 0
+            || api.request_timeout_ms == 0
+            || api.max_connections == 0
+            || api.max_headers == 0
+        {
+            bail!("api.header_read_timeout_ms, api.request_timeout_ms, api.max_connections and api.max_headers must be positive");
+        }
         if self.pool.max_connections == 0 {
             bail!("pool.max_connections must be positive");
         }
@@ -559,6 +585,24 @@ mod tests {
             assert!(err.to_string().contains("default_page_size"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn server_limits_must_be_positive() {
+        for key in [
+            "header_read_timeout_ms",
+            "request_timeout_ms",
+            "max_connections",
+            "max_headers",
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("zero.toml", &format!("[api]\n{key} = 0\n"))?;
+                let err =
+                    Config::load(Some(Path::new("zero.toml")), &Overrides::default()).unwrap_err();
+                assert!(err.to_string().contains(key), "{key}: {err}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

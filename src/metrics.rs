@@ -16,6 +16,9 @@ pub const APPEND_REQUESTS: &str = "keel_append_requests_total";
 pub const APPEND_EVENTS: &str = "keel_append_events_total";
 /// Time from receiving an append to replying, whatever the outcome.
 pub const APPEND_SECONDS: &str = "keel_append_duration_seconds";
+/// HTTP connections open on this process's listeners. At `api.max_connections` a listener stops
+/// accepting and new connections wait, so a value pinned at the limit means clients are queueing.
+pub const HTTP_CONNECTIONS: &str = "keel_http_connections_open";
 /// Appends that shared one transaction and commit (group commit).
 pub const GROUP_COMMIT_REQUESTS: &str = "keel_group_commit_batch_requests";
 /// Age of the oldest write transaction open anywhere on keel's PostgreSQL server. The log (and
@@ -102,6 +105,11 @@ pub const DESCRIPTIONS: &[Description] = &[
         APPEND_SECONDS,
         Unit::Seconds,
         "time from receiving an append to replying",
+    ),
+    gauge(
+        HTTP_CONNECTIONS,
+        Unit::Count,
+        "HTTP connections open on this process's listeners",
     ),
     histogram(
         GROUP_COMMIT_REQUESTS,

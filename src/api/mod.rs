@@ -1,21 +1,28 @@
 //! The HTTP API (axum), under `/v1`. Handlers validate input into domain types, call the store,
-//! and map every error to one JSON shape (see [`error`]).
+//! and map every error to one JSON shape (see [`error`]). [`server`] serves a router with the
+//! connection-level limits (header timeout, header count, connection limit); the request timeout
+//! is a layer of [`router`].
 
 mod error;
 mod events;
 mod extract;
 mod health;
 mod projections;
+pub mod server;
+mod timeout;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Uri;
+use axum::http::{header, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -56,6 +63,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let request_timeout = Duration::from_millis(state.limits.request_timeout_ms);
     let registry = state.registry.clone();
     Router::new()
         .route("/v1/health/live", get(health::live))
@@ -76,7 +84,23 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal().into_response()
         }))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            timeout::limit,
+        ))
         .layer(TraceLayer::new_for_http())
+        .layer(sensitive_headers())
+}
+
+/// Marks credentials in request headers as sensitive, so that `Debug` of the headers (in traces,
+/// in logs of any layer inside this one) shows `Sensitive` instead of the value. Outermost, so
+/// that every layer sees the marks.
+fn sensitive_headers() -> SetSensitiveRequestHeadersLayer {
+    SetSensitiveRequestHeadersLayer::new([
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+    ])
 }
 
 /// A registry failure on keel's own API (not under `/registry`); the mapping is `ApiError`'s
@@ -99,4 +123,53 @@ async fn method_not_allowed(uri: Uri) -> Response {
         return registry::api::Refusal::method_not_allowed().into_response();
     }
     ApiError::method_not_allowed().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn credentials_in_request_headers_are_marked_sensitive_and_others_are_not() {
+        let app = Router::new()
+            .route(
+                "/",
+                get(|headers: HeaderMap| async move {
+                    let sensitive = |name: &str| headers.get(name).map(|v| v.is_sensitive());
+                    axum::Json(serde_json::json!({
+                        "authorization": sensitive("authorization"),
+                        "proxy-authorization": sensitive("proxy-authorization"),
+                        "cookie": sensitive("cookie"),
+                        "x-other": sensitive("x-other"),
+                        "shown": format!("{headers:?}").contains("s3cret"),
+                    }))
+                }),
+            )
+            .layer(sensitive_headers());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = crate::shutdown::Shutdown::new();
+        let limits = server::Limits::from(&ApiConfig::default());
+        tokio::spawn(server::serve(listener, app, limits, stop.clone()));
+        let seen: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{addr}/"))
+            .header("authorization", "Bearer s3cret")
+            .header("proxy-authorization", "Basic s3cret")
+            .header("cookie", "session=s3cret")
+            .header("x-other", "visible")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stop.trigger();
+        assert_eq!(
+            seen,
+            serde_json::json!({"authorization": true, "proxy-authorization": true,
+                "cookie": true, "x-other": false, "shown": false})
+        );
+    }
 }

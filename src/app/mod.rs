@@ -152,10 +152,8 @@ impl Application {
             None
         };
         tracing::info!(addr = %self.local_addr(), "keel api listening");
-        let served = axum::serve(self.listener, api::router(self.state))
-            .with_graceful_shutdown(shutdown.wait())
-            .await
-            .context("http server failed");
+        let limits = api::server::Limits::from(self.state.limits.as_ref());
+        api::server::serve(self.listener, api::router(self.state), limits, shutdown).await;
         beside.trigger();
         if let Some(n) = notifier {
             // It holds no state worth draining; waiting only makes sure it is gone.
@@ -169,7 +167,7 @@ impl Application {
         if let Some(relay) = relay {
             relay.shutdown().await;
         }
-        served
+        Ok(())
     }
 }
 

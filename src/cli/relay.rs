@@ -1,8 +1,6 @@
 //! `keel relay`: the relay alone, with its liveness and metrics endpoints on `relay.listen`, until
 //! Ctrl-C or SIGTERM; both stop with the one shutdown token.
 
-use std::future::IntoFuture;
-
 use anyhow::Context;
 use tokio::net::TcpListener;
 
@@ -19,9 +17,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr} (relay.listen)"))?;
     tracing::info!(addr = %listener.local_addr()?, "relay metrics on /metrics");
-    let status = axum::serve(listener, api::status_router(metrics::install()))
-        .with_graceful_shutdown(stop.wait());
-    let status = tokio::spawn(status.into_future());
+    let status = tokio::spawn(api::server::serve(
+        listener,
+        api::status_router(metrics::install()),
+        api::server::Limits::from(&config.api),
+        stop.clone(),
+    ));
     let relay = relay::start(
         config,
         services.pool().clone(),
@@ -32,9 +33,6 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     .await?;
     stop.wait().await;
     relay.shutdown().await;
-    status
-        .await
-        .context("the relay's status server panicked")?
-        .context("the relay's status server failed")?;
+    status.await.context("the relay's status server panicked")?;
     Ok(())
 }

@@ -27,6 +27,7 @@ impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self, InvalidSchema> {
         let json: serde_json::Value =
             serde_json::from_str(text).map_err(|e| InvalidSchema(format!("not JSON: {e}")))?;
+        super::limits::check(&json)?;
         refuse_fixed_uuid(&json)?;
         let schema = Schema::parse(&json).map_err(|e| InvalidSchema(e.to_string()))?;
         let names = ResolvedSchema::try_from(&schema)
@@ -160,7 +161,18 @@ pub(crate) fn writer_field<'a>(
 ) -> Option<&'a RecordField> {
     std::iter::once(&reader_field.name)
         .chain(reader_field.aliases.iter().flatten())
-        .find_map(|name| writer.fields.iter().find(|f| &f.name == name))
+        .find_map(|name| field_named(writer, name))
+}
+
+/// The record's field called `name`, through the parser's lookup table so that wide records are
+/// not searched field by field. The table also holds the fields' aliases, and an alias can take
+/// the place of another field's name there; such a clash falls back to the search.
+fn field_named<'a>(record: &'a RecordSchema, name: &str) -> Option<&'a RecordField> {
+    let position = *record.lookup.get(name)?;
+    match record.fields.get(position) {
+        Some(field) if field.name == name => Some(field),
+        _ => record.fields.iter().find(|f| f.name == name),
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +205,20 @@ mod tests {
             a.canonical_form(),
             r#"{"name":"r","type":"record","fields":[{"name":"x","type":"int"}]}"#
         );
+    }
+
+    #[test]
+    fn fields_are_found_by_name_even_where_an_alias_clashes_with_a_name() {
+        let parsed = ParsedSchema::parse(
+            r#"{"type":"record","name":"r","fields":[{"name":"a","type":"int"},{"name":"b","type":"long","aliases":["a"]}]}"#,
+        )
+        .unwrap();
+        let Schema::Record(record) = parsed.schema() else {
+            panic!("a record")
+        };
+        assert_eq!(field_named(record, "a").map(|f| f.position), Some(0));
+        assert_eq!(field_named(record, "b").map(|f| f.position), Some(1));
+        assert!(field_named(record, "c").is_none());
     }
 
     #[test]

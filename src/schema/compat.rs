@@ -187,10 +187,12 @@ impl<'a> Checker<'a> {
                     return self.name_mismatch(path, "enum", &we.name, &re.name);
                 }
                 if re.default.is_none() {
+                    // A set, so that two wide enums cost O(n), not O(n * m).
+                    let known: std::collections::HashSet<&String> = re.symbols.iter().collect();
                     let missing: Vec<&str> = we
                         .symbols
                         .iter()
-                        .filter(|s| !re.symbols.contains(s))
+                        .filter(|s| !known.contains(s))
                         .map(String::as_str)
                         .collect();
                     if !missing.is_empty() {

@@ -38,6 +38,7 @@ pub fn test_limits() -> ApiConfig {
         default_page_size: 100,
         max_offset: 10_000,
         validate_payloads: true,
+        ..ApiConfig::default()
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod consume;
 mod consumer;
+mod hardening;
 mod helpers;
 mod library;
 mod log;

@@ -54,6 +54,15 @@ impl Refusal {
         )
     }
 
+    /// A request not answered within the API's request timeout (`api.request_timeout_ms`).
+    pub fn request_timeout() -> Self {
+        Self::http(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "HTTP 408 Request Timeout",
+        )
+    }
+
     /// A failure of HTTP itself, whose Confluent `error_code` is the status, as Confluent's are.
     pub(super) fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
