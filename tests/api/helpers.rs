@@ -89,7 +89,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         store,
         appender,
         registry,
-        client: reqwest::Client::new(),
+        // Idle pooled connections are dropped before keel's header read timeout (10 s by
+        // default) closes them on the server side, so no request races a closing connection.
+        client: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a reqwest client"),
     }
 }
 
