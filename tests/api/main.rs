@@ -8,6 +8,7 @@ mod concurrency;
 mod consume;
 mod consumer;
 mod helpers;
+mod keys;
 mod library;
 mod log;
 mod metrics;
