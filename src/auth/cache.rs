@@ -32,10 +32,18 @@ pub(super) struct Verified {
     pub principal: Arc<Principal>,
 }
 
-#[derive(Debug)]
 pub(super) struct Cache {
     ttl: Duration,
     entries: Mutex<HashMap<KeyId, (Instant, Verified)>>,
+}
+
+impl std::fmt::Debug for Cache {
+    /// The TTL only: entries hold digests, which have no business in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cache {

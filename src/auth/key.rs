@@ -67,6 +67,12 @@ impl fmt::Debug for KeyId {
     }
 }
 
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for KeyId {
     type Err = InvalidKey;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -21,7 +21,7 @@ use crate::config::AuthConfig;
 /// A key as listed: its id and dates, never its secret or digest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyInfo {
-    pub key_id: String,
+    pub key_id: KeyId,
     pub principal: PrincipalName,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -85,16 +85,19 @@ struct KeyRow {
     revoked_at: Option<DateTime<Utc>>,
 }
 
-impl From<KeyRow> for KeyInfo {
-    fn from(row: KeyRow) -> Self {
-        Self {
-            key_id: row.key_id,
+impl TryFrom<KeyRow> for KeyInfo {
+    type Error = Error;
+    fn try_from(row: KeyRow) -> Result<Self, Error> {
+        Ok(Self {
+            // The table's check constraint is the same rule as `KeyId::parse`.
+            key_id: KeyId::parse(&row.key_id)
+                .map_err(|e| Error::Database(format!("stored key id: {e}").into()))?,
             // The table's check constraint is the same rule as `PrincipalName::parse`.
             principal: PrincipalName(row.principal),
             created_at: row.created_at,
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
-        }
+        })
     }
 }
 
@@ -232,7 +235,7 @@ impl Keys {
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(row) = row {
-            return Ok(row.into());
+            return row.try_into();
         }
         // Nothing inserted: tell an unknown principal from a taken key id.
         self.principal(conn, name).await?;
@@ -256,7 +259,7 @@ impl Keys {
         if rows.is_empty() {
             self.principal(conn, name).await?;
         }
-        Ok(rows.into_iter().map(KeyInfo::from).collect())
+        rows.into_iter().map(KeyInfo::try_from).collect()
     }
 
     /// Revokes a key. It stops working at once through this process and within the cache TTL

@@ -68,7 +68,7 @@ async fn a_new_key_authenticates_as_its_principal_and_lists_without_its_secret()
     let mut conn = pool.acquire().await.unwrap();
     let listed = keys.keys(&mut conn, &name("billing")).await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].key_id, key.id().to_string());
+    assert_eq!(listed[0].key_id, key.id());
     assert_eq!(listed[0].revoked_at, None);
     let shown = serde_json::to_string(&listed).unwrap();
     let text = key.expose_secret();
