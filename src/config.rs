@@ -44,6 +44,7 @@ pub struct Config {
     pub append: AppendConfig,
     pub relay: RelayConfig,
     pub projections: ProjectionsConfig,
+    pub auth: AuthConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for Config {
             append,
             relay,
             projections,
+            auth,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -76,6 +78,7 @@ impl std::fmt::Debug for Config {
             .field("append", append)
             .field("relay", relay)
             .field("projections", projections)
+            .field("auth", auth)
             .finish()
     }
 }
@@ -351,6 +354,85 @@ impl Default for RedisSinkConfig {
     }
 }
 
+/// API keys (see `src/auth`). No route checks a credential yet: this configures the key store
+/// only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A file holding the server secret that API keys are stored under (as HMAC-SHA256), at least
+    /// 32 bytes; surrounding whitespace is ignored (`KEEL_AUTH__KEY_SECRET_FILE`). Every keel
+    /// process of one database needs the same secret; changing it invalidates every stored key.
+    pub key_secret_file: Option<PathBuf>,
+    /// The same secret given inline (`KEEL_AUTH__KEY_SECRET`), instead of the file.
+    pub key_secret: Option<Secret>,
+    /// How long a verified key is trusted without asking the database, in milliseconds, at most
+    /// 60000; 0 asks every time (`KEEL_AUTH__KEY_CACHE_TTL_MS`). A key revoked, or a principal
+    /// disabled, through another keel process stops working within this time.
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            key_secret_file: None,
+            key_secret: None,
+            key_cache_ttl_ms: 5_000,
+        }
+    }
+}
+
+/// Fewest bytes the API key secret has: as many as its HMAC-SHA256's output.
+pub const MIN_KEY_SECRET_BYTES: usize = 32;
+
+impl AuthConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.key_secret.is_some() && self.key_secret_file.is_some() {
+            bail!("set auth.key_secret or auth.key_secret_file, not both");
+        }
+        if let Some(secret) = &self.key_secret {
+            if secret.expose().len() < MIN_KEY_SECRET_BYTES {
+                bail!("auth.key_secret must have at least {MIN_KEY_SECRET_BYTES} bytes");
+            }
+        }
+        if self.key_cache_ttl_ms > 60_000 {
+            bail!(
+                "auth.key_cache_ttl_ms must be at most 60000: a revoked key must stop working soon"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A secret setting. `Debug` and serialisation show `***`, never the value; read it with
+/// [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    // Only defaults are ever serialised (the lowest layer of `Config::load`), and they hold no
+    // secret; anything else that serialises a config must not leak one.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
 /// Limits on what the HTTP API accepts. Requests over a limit get a 4xx and write nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -418,6 +500,7 @@ impl Default for Config {
             append: AppendConfig::default(),
             relay: RelayConfig::default(),
             projections: ProjectionsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -533,6 +616,7 @@ impl Config {
         if self.projections.batch_size == 0 {
             bail!("projections.batch_size must be positive");
         }
+        self.auth.validate()?;
         Ok(())
     }
 
@@ -639,5 +723,32 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("postgres://keel:***@db/keel"), "{shown}");
+    }
+
+    #[test]
+    fn the_auth_section_loads_from_env_hides_its_secret_and_refuses_short_ones() {
+        figment::Jail::expect_with(|jail| {
+            let secret = "an api key secret of thirty-two bytes or more";
+            jail.set_env("KEEL_AUTH__KEY_SECRET", secret);
+            jail.set_env("KEEL_AUTH__KEY_CACHE_TTL_MS", "250");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.auth.key_secret.as_ref().unwrap().expose(), secret);
+            assert_eq!(config.auth.key_cache_ttl_ms, 250);
+            let shown = format!("{config:?} {}", toml::to_string(&config.auth).unwrap());
+            assert!(!shown.contains("thirty-two"), "{shown}");
+
+            jail.set_env("KEEL_AUTH__KEY_SECRET", "too short");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("at least 32"), "{err}");
+
+            jail.set_env("KEEL_AUTH__KEY_SECRET", secret);
+            jail.create_file("auth.toml", "[auth]\nkey_secret_fil = \"x\"\n")?;
+            assert!(Config::load(Some(Path::new("auth.toml")), &Overrides::default()).is_err());
+            jail.create_file("both.toml", "[auth]\nkey_secret_file = \"x\"\n")?;
+            let err =
+                Config::load(Some(Path::new("both.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("not both"), "{err}");
+            Ok(())
+        });
     }
 }

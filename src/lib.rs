@@ -26,6 +26,7 @@
 //! wire                                 the event on the wire, encode and decode; no IO
 //! store                                events, outbox, reads, the gap-safe log; nothing above it
 //! config, registry                     the typed config tree; schemas in PostgreSQL
+//! auth                                 principals and API keys (uses config)
 //! append, relay, consumer, telemetry   the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
 //! replay, then projection, then api    history; read models; HTTP
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod app;
 pub mod append;
+pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["wire"],
     &["store"],
     &["config", "registry"],
+    &["auth"],
     &[
         "append",
         "relay",

@@ -9,6 +9,7 @@ mod consume;
 mod consumer;
 mod hardening;
 mod helpers;
+mod keys;
 mod library;
 mod log;
 mod metrics;
