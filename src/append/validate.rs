@@ -36,9 +36,10 @@ pub enum Error {
     Registry(#[from] registry::Error),
 }
 
-/// A batch that passed: the events to store, and for each the payload as the client sent it when
-/// normalisation changed it (`None`: stored as sent). Recognising a retry after a schema change
-/// needs those (see `idempotency`). They are the client's own values, moved, not copies.
+/// A batch that passed: the events to store, and for each the payload as the client sent it
+/// (`None` when it is stored as sent, unvalidated). Recognising a retry after a schema change
+/// needs those (see `idempotency`). They are the client's own values, moved, neither copied nor
+/// compared on the way.
 #[derive(Debug)]
 pub(crate) struct CheckedBatch {
     pub(crate) events: Vec<CheckedEvent>,
@@ -163,7 +164,7 @@ impl Validator {
             }
         })?;
         let schema = schema_ref;
-        let sent = (normalised != payload).then_some(payload);
+        let sent = Some(payload);
         let checked = CheckedEvent::new(id, event_type, normalised, metadata, Some(schema));
         Ok((checked, sent))
     }

@@ -1,11 +1,14 @@
 //! Appending events: optimistic concurrency, the event rows and their outbox rows, in one statement.
 
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Error;
-use crate::model::{AggregateType, AppendResult, AppendedEvent, CheckedEvent, ExpectedVersion};
+use crate::model::{
+    AggregateType, AppendResult, AppendedEvent, CheckedEvent, ExpectedVersion, Metadata,
+};
 
 /// The part shared by every expectation: insert the events numbered after `bumped.version`, and an
 /// outbox row for each. Parameters: $1 aggregate type, $2 aggregate id, $3 event count, $4 ids,
@@ -273,26 +276,24 @@ struct StoredMatch {
     same: Option<bool>,
 }
 
-/// A batch laid out as one array per column, for `UNNEST`.
-struct Columns {
+/// A batch laid out as one array per column, for `UNNEST`. Payloads and metadata are borrowed
+/// and serialised straight from the events, not copied first.
+struct Columns<'e> {
     ids: Vec<Uuid>,
-    types: Vec<String>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
+    types: Vec<&'e str>,
+    payloads: Vec<Json<&'e Value>>,
+    metadata: Vec<Json<&'e Metadata>>,
     schema_ids: Vec<Option<i32>>,
     schema_versions: Vec<Option<i32>>,
 }
 
-impl Columns {
-    fn of(events: &[CheckedEvent]) -> Self {
+impl<'e> Columns<'e> {
+    fn of(events: &'e [CheckedEvent]) -> Self {
         Self {
             ids: events.iter().map(CheckedEvent::id).collect(),
-            types: events.iter().map(|e| e.event_type().to_string()).collect(),
-            payloads: events.iter().map(|e| e.payload().clone()).collect(),
-            metadata: events
-                .iter()
-                .map(|e| e.metadata().clone().into_value())
-                .collect(),
+            types: events.iter().map(|e| e.event_type().as_str()).collect(),
+            payloads: events.iter().map(|e| Json(e.payload())).collect(),
+            metadata: events.iter().map(|e| Json(e.metadata())).collect(),
             schema_ids: events.iter().map(|e| e.schema().map(|s| s.id)).collect(),
             schema_versions: events
                 .iter()
