@@ -54,7 +54,7 @@ impl Cache {
         if let Some(found) = self.parsed_by_id(id) {
             return Ok(found);
         }
-        let parsed = Arc::new(ParsedSchema::parse(text)?);
+        let parsed = Arc::new(ParsedSchema::parse_stored(text)?);
         self.by_id
             .write()
             .expect("registry cache lock")

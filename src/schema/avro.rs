@@ -24,10 +24,25 @@ pub struct ParsedSchema {
 }
 
 impl ParsedSchema {
+    /// Parses schema text that arrives from outside (a registration, a lookup, a check, the
+    /// catalog), within the shape limits of [`super::limits`].
     pub fn parse(text: &str) -> Result<Self, InvalidSchema> {
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| InvalidSchema(format!("not JSON: {e}")))?;
+        let json = Self::json(text)?;
         super::limits::check(&json)?;
+        Self::from_json(json)
+    }
+
+    /// Parses schema text the registry already stored. The shape limits are not applied: a schema
+    /// registered before they existed must still decode and upcast the events written with it.
+    pub fn parse_stored(text: &str) -> Result<Self, InvalidSchema> {
+        Self::from_json(Self::json(text)?)
+    }
+
+    fn json(text: &str) -> Result<serde_json::Value, InvalidSchema> {
+        serde_json::from_str(text).map_err(|e| InvalidSchema(format!("not JSON: {e}")))
+    }
+
+    fn from_json(json: serde_json::Value) -> Result<Self, InvalidSchema> {
         refuse_fixed_uuid(&json)?;
         let schema = Schema::parse(&json).map_err(|e| InvalidSchema(e.to_string()))?;
         let names = ResolvedSchema::try_from(&schema)
@@ -178,6 +193,27 @@ fn field_named<'a>(record: &'a RecordSchema, name: &str) -> Option<&'a RecordFie
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shape limits guard what arrives, not what is stored: a schema registered before them
+    /// (here an enum one symbol over the cap) still parses from the registry's table.
+    #[test]
+    fn stored_schemas_parse_past_the_shape_limits_that_new_text_must_meet() {
+        let symbols: Vec<String> = (0..=super::super::limits::MAX_ENUM_SYMBOLS)
+            .map(|i| format!("S{i}"))
+            .collect();
+        let text =
+            serde_json::json!({"type": "enum", "name": "t.big", "symbols": symbols}).to_string();
+        assert!(
+            ParsedSchema::parse(&text).is_err(),
+            "new text over the cap is refused"
+        );
+        let stored = ParsedSchema::parse_stored(&text).expect("stored text parses");
+        assert!(
+            matches!(stored.schema(), Schema::Enum(e) if e.symbols.len() == symbols.len()),
+            "{:?}",
+            stored.canonical_form().chars().take(80).collect::<String>()
+        );
+    }
 
     #[test]
     fn whitespace_and_key_order_do_not_change_identity_but_defaults_do() {
