@@ -13,7 +13,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so the tests can run it paused.
+use tokio::time::Instant;
 
 use super::{Error, EventSchema};
 use crate::schema::ParsedSchema;
@@ -92,23 +95,42 @@ impl Cache {
                 entry.refreshing = true;
             }
         }
+        // Whatever ends this call (an error, or the caller dropping it mid-fetch, as a request
+        // timeout or a client that disconnects does), the entry must not stay marked as being
+        // refreshed, or it would serve its old answer forever.
+        let refresh = Refreshing {
+            latest: &self.latest,
+            key: &key,
+        };
         let found = fetch.await;
-        let mut cache = self.latest.write().expect("registry cache lock");
-        match found {
-            Ok(value) => {
-                let entry = Cached {
-                    fetched: Instant::now(),
-                    value: value.clone(),
-                    refreshing: false,
-                };
-                cache.insert(key, entry);
-                Ok(value)
-            }
-            Err(err) => {
-                if let Some(entry) = cache.get_mut(&key) {
-                    entry.refreshing = false;
-                }
-                Err(err)
+        drop(refresh);
+        if let Ok(value) = &found {
+            let entry = Cached {
+                fetched: Instant::now(),
+                value: value.clone(),
+                refreshing: false,
+            };
+            self.latest
+                .write()
+                .expect("registry cache lock")
+                .insert(key, entry);
+        }
+        found
+    }
+}
+
+/// Clears an entry's `refreshing` mark when the refresh ends, however it ends.
+struct Refreshing<'c> {
+    latest: &'c RwLock<HashMap<Key, Cached>>,
+    key: &'c Key,
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        // A poisoned lock means a panic elsewhere already; there is nothing left to clear.
+        if let Ok(mut cache) = self.latest.write() {
+            if let Some(entry) = cache.get_mut(self.key) {
+                entry.refreshing = false;
             }
         }
     }
@@ -165,6 +187,29 @@ mod tests {
         assert!(matches!(failed, Err(Error::SchemaNotFound)));
         let found = cache.event_schema("s", None, async { Ok(schema(3)) }).await;
         assert_eq!(id(&found.expect("retry")), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_dropped_mid_fetch_lets_the_next_call_refresh() {
+        let cache = Cache::default();
+        cache
+            .event_schema("s", None, async { Ok(schema(1)) })
+            .await
+            .expect("first");
+        tokio::time::advance(LATEST_TTL).await;
+        // The caller goes away while the refresh waits on the database.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(10),
+            cache.event_schema("s", None, std::future::pending()),
+        )
+        .await;
+        assert!(dropped.is_err(), "the pending fetch cannot have finished");
+        let found = cache.event_schema("s", None, async { Ok(schema(2)) }).await;
+        assert_eq!(
+            id(&found.expect("refreshed")),
+            Some(2),
+            "the entry stayed marked as refreshing and served its stale answer"
+        );
     }
 
     #[test]
