@@ -43,8 +43,11 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 
 /// `GET /metrics`, in Prometheus' text format.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let horizon = store::log::horizon_age(state.store.pool()).await?;
-    metrics::gauge!(crate::metrics::LOG_HORIZON_AGE).set(horizon);
+    // Without keel's recorder there is nothing to render: answer that before asking the database.
+    if state.metrics.is_some() {
+        let horizon = store::log::horizon_age(state.store.pool()).await?;
+        metrics::gauge!(crate::metrics::LOG_HORIZON_AGE).set(horizon);
+    }
     render(state.metrics.as_ref())
 }
 
