@@ -35,6 +35,16 @@ pub(super) struct Verified {
 pub(super) struct Cache {
     ttl: Duration,
     entries: Mutex<HashMap<KeyId, (Instant, Verified)>>,
+    /// Keys and principals this process revoked or disabled in the last TTL. The change commits
+    /// with the caller's transaction, after `forget`; a request that verified against the row as
+    /// it stood before could otherwise cache the key again in between. Nothing barred is cached.
+    barred: Mutex<HashMap<Barred, Instant>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Barred {
+    Key(KeyId),
+    Principal(String),
 }
 
 impl std::fmt::Debug for Cache {
@@ -52,6 +62,7 @@ impl Cache {
         Self {
             ttl,
             entries: Mutex::default(),
+            barred: Mutex::default(),
         }
     }
 
@@ -63,7 +74,7 @@ impl Cache {
     }
 
     pub fn insert(&self, id: KeyId, verified: Verified) {
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || self.is_barred(&id, &verified) {
             return;
         }
         let mut entries = self.entries.lock().expect("key cache lock");
@@ -73,17 +84,40 @@ impl Cache {
         entries.insert(id, (Instant::now(), verified));
     }
 
-    /// Drops `id`, after this process revoked it.
+    /// Drops `id`, after this process revoked it, and caches it no more for a TTL.
     pub fn forget(&self, id: &KeyId) {
+        self.bar(Barred::Key(*id));
         self.entries.lock().expect("key cache lock").remove(id);
     }
 
-    /// Drops every key of the principal `name`, after this process disabled it.
+    /// Drops every key of the principal `name`, after this process disabled it, and caches none
+    /// of them for a TTL.
     pub fn forget_principal(&self, name: &str) {
+        self.bar(Barred::Principal(name.to_owned()));
         self.entries
             .lock()
             .expect("key cache lock")
             .retain(|_, (_, v)| v.principal.name.as_str() != name);
+    }
+
+    fn bar(&self, what: Barred) {
+        let mut barred = self.barred.lock().expect("key cache lock");
+        barred.retain(|_, since| since.elapsed() < self.ttl);
+        barred.insert(what, Instant::now());
+    }
+
+    fn is_barred(&self, id: &KeyId, verified: &Verified) -> bool {
+        let barred = self.barred.lock().expect("key cache lock");
+        [
+            Barred::Key(*id),
+            Barred::Principal(verified.principal.name.as_str().to_owned()),
+        ]
+        .iter()
+        .any(|b| {
+            barred
+                .get(b)
+                .is_some_and(|since| since.elapsed() < self.ttl)
+        })
     }
 }
 
@@ -116,6 +150,28 @@ mod tests {
         assert!(cache.get(&id).is_some(), "fresh within the ttl");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(cache.get(&id).is_none(), "stale at the ttl");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_key_is_not_cached_again_for_a_ttl() {
+        let cache = Cache::new(Duration::from_secs(5));
+        let id = KeyId::parse("0123456789abcdef").unwrap();
+        cache.insert(id, verified());
+        cache.forget(&id);
+        // A request that verified against the row before the revocation committed.
+        cache.insert(id, verified());
+        assert!(cache.get(&id).is_none(), "a revoked key was cached again");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        cache.insert(id, verified());
+        assert!(cache.get(&id).is_some(), "the bar outlived its TTL");
+
+        let other = KeyId::parse("fedcba9876543210").unwrap();
+        cache.forget_principal("svc");
+        cache.insert(other, verified());
+        assert!(
+            cache.get(&other).is_none(),
+            "a disabled principal's key was cached"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -194,6 +194,8 @@ async fn a_disabled_principals_keys_are_refused() {
     let there = keys(pool, ttl);
     let key = principal_with_key(&here, pool, "billing", &[Role::Producer]).await;
     let credential = key.expose_secret();
+    // Both processes have the key cached: "at once here" must not be served by an empty cache.
+    here.authenticate(&credential).await.unwrap();
     there.authenticate(&credential).await.unwrap();
 
     let mut conn = pool.acquire().await.unwrap();
