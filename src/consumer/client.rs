@@ -17,6 +17,15 @@ pub enum StartAt {
 }
 
 impl StartAt {
+    /// `from_beginning` as the settings spell it (`--from-beginning`, `Subscription`).
+    pub fn from_beginning(yes: bool) -> Self {
+        if yes {
+            StartAt::Beginning
+        } else {
+            StartAt::End
+        }
+    }
+
     fn as_reset(self) -> &'static str {
         match self {
             StartAt::Beginning => "earliest",

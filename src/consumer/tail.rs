@@ -52,20 +52,18 @@ pub async fn tail(
         .clone()
         .unwrap_or_else(|| format!("keel-consume-{}", Uuid::new_v4().simple()));
     tracing::Span::current().record("messaging.consumer.group.name", group.as_str());
-    let start = if options.from_beginning {
-        StartAt::Beginning
-    } else {
-        StartAt::End
-    };
-    let mut config = client::config(brokers, &group, "keel-consume", start, &options.properties);
+    // A named group commits what was handed on: librdkafka stores each offset as it is read and
+    // commits in the background. The caller's properties still come last.
+    let mut properties = std::collections::BTreeMap::new();
     if options.group.is_some() {
-        // A named group commits what was handed on: librdkafka stores each offset as it is read
-        // and commits in the background.
-        config
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "true");
+        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+            properties.insert(key.to_owned(), "true".to_owned());
+        }
     }
-    let consumer: StreamConsumer = config.create()?;
+    properties.extend(options.properties.clone());
+    let start = StartAt::from_beginning(options.from_beginning);
+    let consumer: StreamConsumer =
+        client::config(brokers, &group, "keel-consume", start, &properties).create()?;
     let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let mut handed = 0u64;

@@ -73,11 +73,7 @@ pub(super) async fn run<H: Handler>(
     let (revoked_tx, mut revoked_rx) = mpsc::unbounded_channel();
     let gates: GateMap = Arc::default();
     let context = GroupContext::new(gates.clone(), revoked_tx);
-    let start = if subscription.from_beginning {
-        StartAt::Beginning
-    } else {
-        StartAt::End
-    };
+    let start = StartAt::from_beginning(subscription.from_beginning);
     let config = client::config(
         brokers,
         &subscription.group,

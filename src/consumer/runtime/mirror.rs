@@ -13,6 +13,8 @@ pub(super) struct Mirror {
     producer: FutureProducer,
     topics: Topics,
     suffix: String,
+    /// `.dlq` topics already asked for.
+    asked: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Mirror {
@@ -38,6 +40,7 @@ impl Mirror {
                 subscription.dlq_topic_replication,
             )?,
             suffix: suffix.to_owned(),
+            asked: Default::default(),
         })
     }
 
@@ -80,10 +83,14 @@ impl Mirror {
         }
     }
 
-    /// Creates the `.dlq` topic once per process (the one topic creator, [`Topics`]). A failure
-    /// leaves creation to the broker (topic auto-creation) and shows up as a failed send, which
-    /// is counted; it is logged here too.
+    /// Asks for the `.dlq` topic once per process (with the one topic creator, [`Topics`]),
+    /// whatever the answer: a refusal (ACLs, a broker policy) is logged once and leaves creation
+    /// to the broker's auto-creation, and shows up as failed sends, which are counted. Asking
+    /// again for every parked record would cost each one an admin round trip.
     async fn ensure(&self, topic: &str) {
+        if !self.asked.lock().await.insert(topic.to_owned()) {
+            return;
+        }
         if let Err(e) = self.topics.ensure([topic]).await {
             tracing::warn!(error = %e, topic, "cannot create the .dlq topic");
         }
