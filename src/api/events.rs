@@ -316,7 +316,7 @@ async fn present(
         // On failure `upcast` leaves the event untouched.
         match state.registry.upcast(event, wanted).await {
             Ok(()) => {}
-            Err(UpcastError::Registry(e)) => return Err(super::registry_error(e)),
+            Err(UpcastError::Registry(e)) => return Err(e.into()),
             Err(_) if !strict => {}
             Err(err @ UpcastError::NoSuchVersion { .. }) => {
                 return Err(ApiError::not_found(

@@ -103,12 +103,6 @@ fn sensitive_headers() -> SetSensitiveRequestHeadersLayer {
     ])
 }
 
-/// A registry failure on keel's own API (not under `/registry`); the mapping is `ApiError`'s
-/// `From<registry::Error>`.
-pub(crate) fn registry_error(err: registry::Error) -> ApiError {
-    err.into()
-}
-
 /// An unknown route, in the dialect of the API the path belongs to.
 async fn not_found(uri: Uri) -> Response {
     if registry::api::owns(uri.path()) {

@@ -3,8 +3,9 @@
 //! `connection: close`, and its handler is dropped.
 //!
 //! The body is read inside the handler, so a body that trickles in (R.U.D.Y.) ends here. A
-//! handler dropped after its append reached the database may still commit: the client retries
-//! with the same event ids, which the append treats as a replay.
+//! handler dropped after its append reached the database may still commit: a client that chose
+//! its event ids retries with them, which the append treats as a replay; events sent without ids
+//! get new ones on the retry and would be stored twice.
 
 use std::time::Duration;
 
