@@ -354,11 +354,31 @@ impl Default for RedisSinkConfig {
     }
 }
 
-/// API keys (see `src/auth`). No route checks a credential yet: this configures the key store
-/// only.
+/// Whether the API asks for credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every route but `/v1/health/*` needs a valid API key or token.
+    #[default]
+    Required,
+    /// Nobody is asked: every caller may do everything, recorded as `anonymous`. Only ever set
+    /// explicitly; keel logs it loudly at start-up.
+    None,
+}
+
+/// Authentication and authorisation (see `src/auth` and `src/api/auth.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// `required` (the default) or `none` (`KEEL_AUTH__MODE`).
+    pub mode: AuthMode,
+    /// A file holding one API key `keel_<key id>_<secret>` (`KEEL_AUTH__BOOTSTRAP_KEY_FILE`).
+    /// On start, when no enabled principal has the `admin` role, keel creates the principal
+    /// `admin` (role `admin`) with this key; otherwise the file is ignored and may be deleted.
+    pub bootstrap_key_file: Option<PathBuf>,
+    /// Let `/metrics` answer without a credential (`KEEL_AUTH__ANONYMOUS_METRICS`); otherwise it
+    /// needs the `metrics` grant (roles operator and admin).
+    pub anonymous_metrics: bool,
     /// A file holding the server secret that API keys are stored under (as HMAC-SHA256), at least
     /// 32 bytes; surrounding whitespace is ignored (`KEEL_AUTH__KEY_SECRET_FILE`). Every keel
     /// process of one database needs the same secret; changing it invalidates every stored key.
@@ -374,6 +394,9 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            mode: AuthMode::Required,
+            bootstrap_key_file: None,
+            anonymous_metrics: false,
             key_secret_file: None,
             key_secret: None,
             key_cache_ttl_ms: 5_000,

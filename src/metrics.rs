@@ -49,6 +49,11 @@ pub const DLQ_DEPTH: &str = "keel_dlq_depth";
 pub const DLQ_OLDEST_AGE: &str = "keel_dlq_oldest_age_seconds";
 /// Parked records that could not be mirrored to their `.dlq` topic.
 pub const DLQ_MIRROR_ERRORS: &str = "keel_dlq_mirror_errors_total";
+/// Requests whose credential was refused, by `reason` (`missing`, `malformed`, `unknown_key`,
+/// `wrong_secret`, `revoked`, `expired`, `principal_disabled`, `token_*`), and requests an
+/// authenticated caller was not allowed to make (`reason="forbidden"`). Counted, never one log
+/// row each: failed logins are not audited one by one.
+pub const AUTH_REFUSED: &str = "keel_auth_refused_total";
 
 /// What a metric is, for [`describe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +176,11 @@ pub const DESCRIPTIONS: &[Description] = &[
         DLQ_MIRROR_ERRORS,
         Unit::Count,
         "parked records not mirrored to .dlq",
+    ),
+    counter(
+        AUTH_REFUSED,
+        Unit::Count,
+        "requests refused for their credential or grants",
     ),
 ];
 

@@ -64,6 +64,18 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
+    /// 403 `forbidden`: the caller's grants do not allow `action` here. Says nothing about
+    /// whether the resource exists.
+    pub fn forbidden(action: crate::auth::Action) -> Self {
+        metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => "forbidden").increment(1);
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this credential is not allowed {action} here"),
+        )
+        .with_details(json!({"action": action.as_str()}))
+    }
+
     /// keel's own fault; the details stay in the log.
     pub fn internal() -> Self {
         Self::new(
@@ -171,6 +183,12 @@ impl From<crate::append::Error> for ApiError {
             E::Check(V::Refused(refusal)) => refusal.into(),
             E::Check(V::Registry(e)) => e.into(),
             E::Store(e) => e.into(),
+            E::Forbidden { index, .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this credential is not allowed event.append for this aggregate type and event type",
+            )
+            .with_details(json!({"action": "event.append", "index": index})),
         }
     }
 }

@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::AppState;
+use crate::auth::{Action, Caller};
 use crate::model::{
     AggregateType, EventType, ExpectedVersion, Metadata, NewEvent, RecordedEvent, VersionSpec,
 };
@@ -46,12 +48,13 @@ struct EventInput {
 /// when the whole batch was already stored (an idempotent retry).
 pub async fn append(
     state: State<AppState>,
+    caller: Extension<Caller>,
     path: Path<(String, String)>,
     request: Result<Json<AppendRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let result = match request {
-        Ok(request) => append_checked(state, path, request).await,
+        Ok(request) => append_checked(state, caller, path, request).await,
         Err(rejected) => Err(rejected),
     };
     let outcome = match &result {
@@ -70,6 +73,7 @@ pub async fn append(
 #[tracing::instrument(skip_all, fields(http.request.method = "POST", http.route = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events"))]
 async fn append_checked(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((aggregate_type, aggregate_id)): Path<(String, String)>,
     Json(request): Json<AppendRequest>,
 ) -> Result<Response, ApiError> {
@@ -79,6 +83,7 @@ async fn append_checked(
     let result = state
         .appender
         .append(
+            &caller.access,
             &aggregate_type,
             aggregate_id,
             request.expected_version,
@@ -133,12 +138,22 @@ pub struct EventQuery {
 
 pub async fn get_event(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(query): Query<EventQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_uuid(&id, "invalid_event_id", "event id")?;
     let wanted = wanted_version(query.schema_version.as_deref())?;
-    match store::get_event(state.store.pool(), id).await? {
+    let readable = |e: &RecordedEvent| {
+        caller
+            .access
+            .allows(Action::EventRead, e.aggregate_type.as_str())
+    };
+    // An event the caller may not read answers as a missing one: an id is no existence oracle.
+    match store::get_event(state.store.pool(), id)
+        .await?
+        .filter(readable)
+    {
         Some(event) => {
             let mut events = present(&state, vec![event], wanted, true).await?;
             Ok(axum::Json(events.remove(0)).into_response())
@@ -219,8 +234,10 @@ pub struct LogQuery {
 /// events whose transactions commit later.
 pub async fn query_log(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
+    let readable = caller.access.scope(Action::EventRead);
     let limit = state.page_limit(query.limit)?;
     let wanted = wanted_version(query.schema_version.as_deref())?;
     let offset = query.offset.unwrap_or(0);
@@ -255,7 +272,13 @@ pub async fn query_log(
             .collect(),
         from: query.from,
         to: query.to,
+        readable: Some(readable.clone()),
     };
+    if let Some(t) = &filter.aggregate_type {
+        if !readable.contains(t.as_str()) {
+            return Err(ApiError::forbidden(Action::EventRead));
+        }
+    }
     let page =
         store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;
     let next = page.last().map_or(after, |e| e.cursor());

@@ -3,32 +3,36 @@
 //! connection-level limits (header timeout, header count, connection limit); the request timeout
 //! is a layer of [`router`].
 
+pub mod auth;
 mod error;
 mod events;
 mod extract;
 mod health;
 mod projections;
+pub mod routes;
 pub mod server;
 mod timeout;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{header, Uri};
-use axum::middleware;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, Method, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+pub use auth::Authn;
 pub use error::ApiError;
 pub use health::status_router;
+pub use routes::{Need, Route};
 
 use crate::append::Appender;
+use crate::auth::{Action, Caller, Keys};
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
 use crate::registry::{self, Registry};
@@ -44,6 +48,10 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub limits: Arc<ApiConfig>,
     pub metrics: Option<PrometheusHandle>,
+    /// Authentication: the mode and the key store.
+    pub authn: Arc<Authn>,
+    /// The key store, for principal management; `None` when authentication is off.
+    pub keys: Option<Keys>,
 }
 
 impl AppState {
@@ -61,29 +69,100 @@ impl AppState {
     }
 }
 
+/// Every route and its guard, built together ([`routes::Table`]): the router serves exactly
+/// these routes, and the authorisation tests walk exactly this list.
+fn table(state: &AppState) -> routes::Table<AppState> {
+    use Method as M;
+    let metrics = if state.authn.anonymous_metrics() {
+        Need::Anyone
+    } else {
+        Need::Action(Action::Metrics)
+    };
+    let stream = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events";
+    let mut table = routes::Table::new()
+        .at(M::GET, "/v1/health/live", Need::Anyone, health::live)
+        .at(M::GET, "/v1/health/ready", Need::Anyone, health::ready)
+        .at(M::GET, "/metrics", metrics, health::metrics)
+        // Each event's aggregate type and event type are checked by the write path.
+        .at(
+            M::POST,
+            stream,
+            Need::Some(Action::EventAppend),
+            events::append,
+        )
+        .at(
+            M::GET,
+            stream,
+            Need::Path(Action::EventRead, "aggregate_type"),
+            events::read_stream,
+        )
+        .at(
+            M::GET,
+            "/v1/events",
+            Need::Some(Action::EventRead),
+            events::query_log,
+        )
+        .at(
+            M::GET,
+            "/v1/events/{id}",
+            Need::Some(Action::EventRead),
+            events::get_event,
+        )
+        .merge(projections::routes());
+    for (method, path, guard, handler) in registry::api::routes(state.registry.clone()) {
+        let handler = handler.layer(middleware::from_fn(readable_subjects));
+        table = table.route(method, path, registry_need(guard), handler);
+    }
+    table
+}
+
+/// What a registry route's guard means in grants.
+fn registry_need(guard: registry::api::Guard) -> Need {
+    use registry::api::{Guard, Op};
+    let action = |op| match op {
+        Op::Read => Action::RegistryRead,
+        Op::Write => Action::RegistryWrite,
+        Op::Delete => Action::RegistryDelete,
+        Op::Config => Action::RegistryConfig,
+    };
+    match guard {
+        Guard::Open | Guard::Global(Op::Read) => Need::Authenticated,
+        Guard::Subject(op) => Need::Path(action(op), "subject"),
+        Guard::Readable => Need::Some(Action::RegistryRead),
+        Guard::Global(op) => Need::Action(action(op)),
+    }
+}
+
+/// Tells the registry's handlers which subjects the caller may read.
+async fn readable_subjects(mut req: Request, next: Next) -> Response {
+    let scope = req
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.access.scope(Action::RegistryRead))
+        .unwrap_or_default();
+    req.extensions_mut().insert(registry::api::Readable(scope));
+    next.run(req).await
+}
+
+/// Every route of the API with its guard.
+pub fn route_table(state: &AppState) -> Vec<Route> {
+    table(state).into_parts().1
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = Duration::from_millis(state.limits.request_timeout_ms);
-    let registry = state.registry.clone();
-    Router::new()
-        .route("/v1/health/live", get(health::live))
-        .route("/v1/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route(
-            "/v1/aggregates/{aggregate_type}/{aggregate_id}/events",
-            post(events::append).get(events::read_stream),
-        )
-        .route("/v1/events", get(events::query_log))
-        .route("/v1/events/{id}", get(events::get_event))
-        .merge(projections::routes())
+    let authn = state.authn.clone();
+    let (routes, _) = table(&state).into_parts();
+    routes
         .with_state(state)
-        .merge(registry::api::router(registry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal().into_response()
         }))
+        .layer(middleware::from_fn_with_state(authn, auth::authenticate))
         .layer(middleware::from_fn_with_state(
             request_timeout,
             timeout::limit,
@@ -122,6 +201,7 @@ async fn method_not_allowed(uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderMap;
+    use axum::routing::get;
 
     use super::*;
 

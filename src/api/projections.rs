@@ -3,8 +3,8 @@
 //! projection's module), and bad input is refused by keel's extractors in keel's error shape.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::Method;
+use axum::{Extension, Json};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -12,19 +12,44 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Path, Query};
+use super::routes::{Need, Table};
 use super::AppState;
+use crate::auth::{Action, Caller};
+
+const GET: Method = Method::GET;
 use crate::projection::{self, agent_status, live_schema, service_invocations, status};
 use crate::store;
 
 /// The routes under `/v1/projections`: every projection's status, and the read APIs of the
 /// projections keel ships.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/projections", get(list))
-        .route("/v1/projections/{name}", get(status))
-        .route("/v1/projections/agent_status/agents", get(agents))
-        .route("/v1/projections/agent_status/agents/{agent_id}", get(agent))
-        .route("/v1/projections/service_invocations/methods", get(methods))
+pub(super) fn routes() -> Table<AppState> {
+    use Action::ProjectionRead as Read;
+    Table::new()
+        .at(GET, "/v1/projections", Need::Some(Read), list)
+        .at(
+            GET,
+            "/v1/projections/{name}",
+            Need::Path(Read, "name"),
+            status,
+        )
+        .at(
+            GET,
+            "/v1/projections/agent_status/agents",
+            Need::Named(Read, "agent_status"),
+            agents,
+        )
+        .at(
+            GET,
+            "/v1/projections/agent_status/agents/{agent_id}",
+            Need::Named(Read, "agent_status"),
+            agent,
+        )
+        .at(
+            GET,
+            "/v1/projections/service_invocations/methods",
+            Need::Named(Read, "service_invocations"),
+            methods,
+        )
 }
 
 fn db(e: sqlx::Error) -> ApiError {
@@ -32,9 +57,16 @@ fn db(e: sqlx::Error) -> ApiError {
 }
 
 /// `GET /v1/projections`
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
     let mut all = Vec::new();
-    for p in projection::builtin() {
+    let readable = caller.access.scope(Action::ProjectionRead);
+    for p in projection::builtin()
+        .into_iter()
+        .filter(|p| readable.contains(p.name()))
+    {
         all.push(status_of(&state, p.name()).await?);
     }
     Ok(Json(json!({ "projections": all })))

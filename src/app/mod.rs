@@ -21,13 +21,44 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::append::{Appender, Validator};
-use crate::config::Config;
+use crate::auth::{self, Keys};
+use crate::config::{AuthMode, Config};
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 pub use projections::{run as run_projections, Projections};
+
+/// The key store and the first admin, as `auth` configures them; `None` with `auth.mode = "none"`,
+/// which is logged loudly, wherever keel listens.
+async fn security(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result<Option<Keys>> {
+    if config.auth.mode == AuthMode::None {
+        tracing::warn!(
+            listen = %config.listen,
+            "AUTHENTICATION IS OFF (auth.mode = \"none\"): anyone who can reach {} may append, \
+             read, change the registry and run operator actions; use this only on a trusted network",
+            config.listen
+        );
+        return Ok(None);
+    }
+    if config.auth.key_secret.is_none() && config.auth.key_secret_file.is_none() {
+        anyhow::bail!(
+            "authentication is required (auth.mode = \"required\", the default), but no api key \
+             secret is set: set auth.key_secret_file (KEEL_AUTH__KEY_SECRET_FILE) to a file of at \
+             least {} random bytes (scripts/run makes one for local use), or set auth.mode = \
+             \"none\" to run without authentication on a trusted network",
+            crate::config::MIN_KEY_SECRET_BYTES
+        );
+    }
+    let keys = Keys::from_config(pool.clone(), &config.auth)?;
+    if let Some(path) = &config.auth.bootstrap_key_file {
+        if auth::bootstrap(&keys, pool, path).await? {
+            tracing::warn!(file = %path.display(), "created the first admin, principal 'admin', from auth.bootstrap_key_file; the file may now be deleted");
+        }
+    }
+    Ok(Some(keys))
+}
 pub use services::{catalog, Services};
 
 pub struct Application {
@@ -65,6 +96,7 @@ impl Application {
             registry.clone(),
             config.api.validate_payloads,
         );
+        let keys = security(config, store.pool()).await?;
         let state = AppState {
             appender: Appender::new(store.clone(), validator),
             store,
@@ -72,6 +104,8 @@ impl Application {
             registry,
             limits: Arc::new(config.api.clone()),
             metrics: crate::metrics::install(),
+            authn: Arc::new(api::Authn::new(&config.auth, keys.clone())?),
+            keys,
         };
         Ok(Self {
             listener,
@@ -79,6 +113,11 @@ impl Application {
             config: config.clone(),
             projections,
         })
+    }
+
+    /// Every route the API serves, with the grant it needs.
+    pub fn routes(&self) -> Vec<api::Route> {
+        api::route_table(&self.state)
     }
 
     pub fn local_addr(&self) -> SocketAddr {

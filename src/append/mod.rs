@@ -8,6 +8,11 @@
 //!    which also retries transaction-order conflicts and answers idempotent retries).
 //!
 //! A refusal ([`Refusal`]) writes nothing and has the same code and details on every path.
+//!
+//! Grants come first: every event's aggregate type and event type must be allowed to the caller
+//! ([`Access::allows_append`]), checked before any lookup, so a forbidden batch learns nothing
+//! about the registry and writes nothing. Library callers that act as the service itself pass
+//! [`Access::everything`].
 
 mod idempotency;
 mod refusal;
@@ -21,7 +26,10 @@ use uuid::Uuid;
 pub use refusal::Refusal;
 pub use validate::{Error as ValidationError, Validator};
 
-use crate::model::{AggregateType, AppendResult, CheckedEvent, ExpectedVersion, NewEvent};
+use crate::auth::Access;
+use crate::model::{
+    AggregateType, AppendResult, CheckedEvent, EventType, ExpectedVersion, NewEvent,
+};
 use crate::{registry, store};
 
 /// Why an append did not happen. Nothing was written in any case.
@@ -33,6 +41,13 @@ pub enum Error {
     /// The store refused the batch (a version mismatch, an id conflict) or failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The caller may not append the event at `index` (its type) to this aggregate type.
+    #[error("not allowed to append events of type {event_type} to {aggregate_type} aggregates")]
+    Forbidden {
+        index: usize,
+        aggregate_type: AggregateType,
+        event_type: EventType,
+    },
 }
 
 impl Error {
@@ -49,7 +64,7 @@ impl Error {
         match self {
             Self::Store(e) => e.is_retriable(),
             Self::Check(validate::Error::Registry(_)) => true,
-            Self::Check(validate::Error::Refused(_)) => false,
+            Self::Check(validate::Error::Refused(_)) | Self::Forbidden { .. } => false,
         }
     }
 }
@@ -79,13 +94,34 @@ impl From<registry::Error> for Error {
 pub async fn append(
     tx: &mut Transaction<'_, Postgres>,
     validator: &Validator,
+    access: &Access,
     aggregate_type: &AggregateType,
     aggregate_id: Uuid,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
 ) -> Result<AppendResult, Error> {
+    authorize(access, aggregate_type, &events)?;
     let checked = validator.check(aggregate_type, events).await?;
     Ok(store::append(tx, aggregate_type, aggregate_id, expected, &checked).await?)
+}
+
+/// Refuses the batch unless `access` allows every event's type on `aggregate_type`.
+fn authorize(
+    access: &Access,
+    aggregate_type: &AggregateType,
+    events: &[NewEvent],
+) -> Result<(), Error> {
+    match events
+        .iter()
+        .position(|e| !access.allows_append(aggregate_type.as_str(), e.event_type.as_str()))
+    {
+        None => Ok(()),
+        Some(index) => Err(Error::Forbidden {
+            index,
+            aggregate_type: aggregate_type.clone(),
+            event_type: events[index].event_type.clone(),
+        }),
+    }
 }
 
 /// Appends in transactions of the store's own (shared with concurrent appends under group
@@ -117,11 +153,13 @@ impl Appender {
     #[tracing::instrument(skip_all, fields(aggregate_type = %aggregate_type, %aggregate_id, events = events.len()))]
     pub async fn append(
         &self,
+        access: &Access,
         aggregate_type: &AggregateType,
         aggregate_id: Uuid,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
+        authorize(access, aggregate_type, &events)?;
         let batch = self.validator.check_batch(aggregate_type, events).await?;
         // Shared with the store rather than moved, so that a conflict can still be compared with
         // what was sent without copying every payload up front.

@@ -137,6 +137,7 @@ mod tests {
                 roles: vec![],
                 created_at: Utc::now(),
                 disabled_at: None,
+                grants: vec![],
             }),
         }
     }

@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::cache::{Cache, Verified};
+use super::grant::Grant;
 use super::key::{ApiKey, KeyId};
 use super::principal::{Kind, Principal, PrincipalName, Role};
 use super::secret::{ServerSecret, DIGEST_BYTES};
@@ -36,7 +37,10 @@ pub struct Keys {
     cache: Arc<Cache>,
 }
 
-const PRINCIPAL_COLUMNS: &str = "p.id, p.name, p.kind, p.roles, p.created_at, p.disabled_at";
+const PRINCIPAL_COLUMNS: &str = "p.id, p.name, p.kind, p.roles, p.created_at, p.disabled_at, \
+    (SELECT coalesce(jsonb_agg(jsonb_build_array(g.effect, g.action, g.resource, g.event_type) \
+                               ORDER BY g.id), '[]') \
+       FROM grants g WHERE g.principal_id = p.id) AS grants";
 
 #[derive(sqlx::FromRow)]
 struct PrincipalRow {
@@ -46,6 +50,7 @@ struct PrincipalRow {
     roles: Vec<String>,
     created_at: DateTime<Utc>,
     disabled_at: Option<DateTime<Utc>>,
+    grants: sqlx::types::Json<Vec<[String; 4]>>,
 }
 
 impl TryFrom<PrincipalRow> for Principal {
@@ -72,6 +77,15 @@ impl TryFrom<PrincipalRow> for Principal {
             roles,
             created_at: row.created_at,
             disabled_at: row.disabled_at,
+            grants: row
+                .grants
+                .0
+                .iter()
+                .map(|[effect, action, resource, event_type]| {
+                    Grant::parse(effect, action, resource, event_type)
+                        .map_err(|e| corrupt(format!("stored grant of {}: {e}", row.name)))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -195,6 +209,75 @@ impl Keys {
             return Err(Error::PrincipalNotFound(name.clone()));
         }
         Ok(())
+    }
+
+    /// Adds a custom grant to the principal `name`; adding one it has already is fine. Takes
+    /// effect at once through this process and within the cache TTL through others.
+    #[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "INSERT", db.collection.name = "grants", principal = %name, grant = %grant))]
+    pub async fn add_grant(
+        &self,
+        conn: &mut PgConnection,
+        name: &PrincipalName,
+        grant: &Grant,
+    ) -> Result<(), Error> {
+        let found = sqlx::query(
+            "INSERT INTO grants (principal_id, effect, action, resource, event_type)
+             SELECT id, $2, $3, $4, $5 FROM principals WHERE name = $1
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind(grant.effect.as_str())
+        .bind(grant.action.as_str())
+        .bind(grant.resource.to_string())
+        .bind(grant.event_type.to_string())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        self.cache.forget_principal(name.as_str());
+        if found == 0 {
+            // Nothing inserted: the grant was there already, or there is no such principal.
+            self.principal(conn, name).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a custom grant from the principal `name`; whether it had it.
+    #[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "DELETE", db.collection.name = "grants", principal = %name, grant = %grant))]
+    pub async fn remove_grant(
+        &self,
+        conn: &mut PgConnection,
+        name: &PrincipalName,
+        grant: &Grant,
+    ) -> Result<bool, Error> {
+        let removed = sqlx::query(
+            "DELETE FROM grants g USING principals p
+              WHERE g.principal_id = p.id AND p.name = $1 AND g.effect = $2 AND g.action = $3
+                AND g.resource = $4 AND g.event_type = $5",
+        )
+        .bind(name.as_str())
+        .bind(grant.effect.as_str())
+        .bind(grant.action.as_str())
+        .bind(grant.resource.to_string())
+        .bind(grant.event_type.to_string())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        self.cache.forget_principal(name.as_str());
+        if removed == 0 {
+            self.principal(conn, name).await?;
+        }
+        Ok(removed > 0)
+    }
+
+    /// Whether some enabled principal holds the admin role: the bootstrap key is used only when
+    /// none does.
+    pub async fn has_admin(&self, conn: &mut PgConnection) -> Result<bool, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM principals
+                             WHERE 'admin' = ANY(roles) AND disabled_at IS NULL)",
+        )
+        .fetch_one(conn)
+        .await?)
     }
 
     /// Creates a new key for the principal `name`, expiring at `expires_at` if given. The

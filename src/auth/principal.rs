@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::grant::Grant;
+
 /// A principal's name: 1 to 64 characters, lowercase ASCII letters, digits and `. _ @ -`,
 /// starting with a letter or digit (the same rule as the `principals` table's check).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -43,49 +45,6 @@ impl fmt::Display for PrincipalName {
     }
 }
 
-/// Defines a closed set of names stored as text: the enum, `as_str`, `parse` and `Display`.
-macro_rules! named {
-    ($(#[$doc:meta])* $name:ident, $error:ident, $what:literal { $($variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
-
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $error(pub String);
-
-        impl fmt::Display for $error {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let names: &[&str] = &[$($text),+];
-                write!(f, "unknown {} '{}': use one of {}", $what, self.0, names.join(", "))
-            }
-        }
-
-        impl std::error::Error for $error {}
-
-        impl $name {
-            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Result<Self, $error> {
-                match text {
-                    $($text => Ok(Self::$variant),)+
-                    // Cut, so that an error message never carries a long input.
-                    other => Err($error(other.chars().take(40).collect())),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
 named!(
     /// What a principal is: a service, a human or an administrator.
     Kind, InvalidKind, "principal kind" {
@@ -96,8 +55,7 @@ named!(
 );
 
 named!(
-    /// The built-in roles. What each allows is decided by the grants (a later part of issue 11);
-    /// here they are names a principal holds.
+    /// The built-in roles; what each allows is `grant::role_grants`.
     Role, InvalidRole, "role" {
         Producer = "producer",
         Reader = "reader",
@@ -117,6 +75,8 @@ pub struct Principal {
     pub created_at: DateTime<Utc>,
     /// Set once the principal is disabled: none of its keys authenticates any more.
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Custom grants, on top of the roles', oldest first.
+    pub grants: Vec<Grant>,
 }
 
 impl Principal {

@@ -7,6 +7,7 @@ mod event;
 mod expected_version;
 mod names;
 mod park;
+mod pattern;
 mod version_spec;
 
 pub use event::{
@@ -15,4 +16,5 @@ pub use event::{
 pub use expected_version::ExpectedVersion;
 pub use names::{AggregateType, EventType, InvalidName};
 pub use park::{ParkState, UnknownParkState};
+pub use pattern::{InvalidPattern, Pattern, Scope};
 pub use version_spec::{InvalidVersion, VersionSpec};

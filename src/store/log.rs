@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use super::read::EVENT_COLUMNS;
 use super::Error;
-use crate::model::{AggregateType, EventType, RecordedEvent};
+use crate::model::{AggregateType, EventType, Pattern, RecordedEvent, Scope};
 
 /// A place in the log: the `(tx_id, position)` of the last event read. Ordered like the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,6 +93,8 @@ pub struct LogFilter {
     pub from: Option<DateTime<Utc>>,
     /// Events created before this time.
     pub to: Option<DateTime<Utc>>,
+    /// Only aggregate types in this scope (a reader's grants); `None` for every type.
+    pub readable: Option<Scope>,
 }
 
 /// An event with its place in the log.
@@ -189,6 +191,40 @@ fn push_committed_after(q: &mut QueryBuilder<'_, Postgres>, after: LogCursor, fi
     }
     if let Some(to) = filter.to {
         q.push(" AND created_at < ").push_bind(to);
+    }
+    if let Some(scope) = filter.readable.as_ref().filter(|s| !s.is_everything()) {
+        push_scope(q, "aggregate_type", scope);
+    }
+}
+
+/// `AND` the names in `column` are in `scope`: some allow pattern matches and no deny pattern
+/// does. Patterns are bound, never spliced into the SQL.
+fn push_scope(q: &mut QueryBuilder<'_, Postgres>, column: &str, scope: &Scope) {
+    let split = |patterns: &[Pattern]| {
+        let mut literals = Vec::new();
+        let mut prefixes = Vec::new();
+        for p in patterns {
+            match p {
+                Pattern::Literal(name) => literals.push(name.clone()),
+                Pattern::Prefix(prefix) => prefixes.push(prefix.clone()),
+            }
+        }
+        (literals, prefixes)
+    };
+    let matches = |q: &mut QueryBuilder<'_, Postgres>, patterns: &[Pattern]| {
+        let (literals, prefixes) = split(patterns);
+        q.push("(").push(column).push(" = ANY(").push_bind(literals);
+        q.push(") OR EXISTS (SELECT 1 FROM unnest(")
+            .push_bind(prefixes)
+            .push("::text[]) AS p(prefix) WHERE starts_with(")
+            .push(column)
+            .push(", p.prefix)))");
+    };
+    q.push(" AND ");
+    matches(q, &scope.allow);
+    if !scope.deny.is_empty() {
+        q.push(" AND NOT ");
+        matches(q, &scope.deny);
     }
 }
 

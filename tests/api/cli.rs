@@ -7,7 +7,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{agent_state_changed, eventually, fresh_database_url};
+use crate::helpers::{
+    agent_state_changed, bootstrap_key_file, client_with_key, eventually, fresh_database_url,
+    TEST_KEY_SECRET,
+};
 
 fn keel() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -43,14 +46,17 @@ async fn migrate_creates_the_database_and_serve_answers_until_terminated() {
     assert_eq!(tables, 3);
 
     let port = free_port();
+    let (key_file, key) = bootstrap_key_file();
     let mut server = keel()
         .arg("serve")
         .env("KEEL_DATABASE_URL", &database_url)
         .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KEEL_AUTH__KEY_SECRET", TEST_KEY_SECRET)
+        .env("KEEL_AUTH__BOOTSTRAP_KEY_FILE", &key_file)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = client_with_key(&key);
     let base = format!("http://127.0.0.1:{port}");
     eventually(
         Duration::from_secs(30),

@@ -207,7 +207,8 @@ async fn a_slow_body_ends_in_408_request_timeout_and_writes_nothing() {
         let started = Instant::now();
         let mut stream = TcpStream::connect(app.addr).await.unwrap();
         let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: keel\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nhost: keel\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            app.admin_key,
             body.len()
         );
         stream.write_all(head.as_bytes()).await.unwrap();
@@ -312,7 +313,10 @@ async fn over_the_connection_limit_new_connections_wait_until_one_closes() {
         assert_live(&app).await;
     }
     // Operators see the open connections (the value is shared by the tests in this process).
-    let metrics = reqwest::get(app.url("/metrics"))
+    let metrics = app
+        .client()
+        .get(app.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
@@ -444,7 +448,8 @@ async fn shutdown_stops_accepting_answers_the_request_in_flight_then_returns() {
         json!({"events": [crate::helpers::agent_state_changed(agent, "running")]}).to_string();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /v1/aggregates/agent/{agent}/events HTTP/1.1\r\nhost: keel\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/aggregates/agent/{agent}/events HTTP/1.1\r\nhost: keel\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        crate::helpers::admin_key(&config),
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();

@@ -26,6 +26,10 @@ pub struct TestApp {
     /// The write path, as the library offers it: validator and store.
     pub appender: Appender,
     pub registry: Arc<Registry>,
+    /// The bootstrap admin's key, which every request of [`TestApp`]'s own client carries.
+    pub admin_key: String,
+    /// Every route the API serves, with its guard.
+    pub routes: Vec<keel::api::Route>,
     client: reqwest::Client,
 }
 
@@ -56,8 +60,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// The configuration tests run keel with, on a fresh database.
+/// The server secret API keys are stored under in tests (at least 32 bytes).
+pub const TEST_KEY_SECRET: &str = "keel-test-server-secret-0123456789abcdef";
+
+/// A fresh bootstrap key file holding a new key, and the key.
+pub fn bootstrap_key_file() -> (PathBuf, String) {
+    let key = keel::auth::ApiKey::generate().unwrap().expose_secret();
+    let path = std::env::temp_dir().join(format!("keel-test-{}.key", Uuid::new_v4().simple()));
+    std::fs::write(&path, &key).unwrap();
+    (path, key)
+}
+
+/// The configuration tests run keel with, on a fresh database: authentication on, with a fresh
+/// bootstrap admin key.
 pub fn test_config() -> Config {
+    let (key_file, _) = bootstrap_key_file();
     Config {
         database_url: fresh_database_url(),
         listen: ([127, 0, 0, 1], 0).into(),
@@ -67,8 +84,39 @@ pub fn test_config() -> Config {
             acquire_timeout_ms: 30_000,
         },
         api: test_limits(),
+        auth: keel::config::AuthConfig {
+            key_secret: Some(keel::config::Secret::new(TEST_KEY_SECRET)),
+            bootstrap_key_file: Some(key_file),
+            ..Default::default()
+        },
         ..Config::default()
     }
+}
+
+/// The key in the config's bootstrap key file.
+pub fn admin_key(config: &Config) -> String {
+    let path = config
+        .auth
+        .bootstrap_key_file
+        .as_ref()
+        .expect("a bootstrap key file");
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+/// A client that sends `key` with every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        // Idle pooled connections are dropped before keel's header read timeout (10 s by
+        // default) closes them on the server side, so no request races a closing connection.
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("a reqwest client")
 }
 
 /// Like [`spawn_app`], with `adjust` applied to the test configuration first.
@@ -82,19 +130,21 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let store = app.store().clone();
     let appender = app.appender().clone();
     let registry = app.registry().clone();
+    let routes = app.routes();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let admin_key = match config.auth.mode {
+        keel::config::AuthMode::Required => admin_key(&config),
+        keel::config::AuthMode::None => String::new(),
+    };
     TestApp {
+        client: client_with_key(&admin_key),
         config,
         addr,
         store,
         appender,
         registry,
-        // Idle pooled connections are dropped before keel's header read timeout (10 s by
-        // default) closes them on the server side, so no request races a closing connection.
-        client: reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()
-            .expect("a reqwest client"),
+        admin_key,
+        routes,
     }
 }
 
@@ -125,6 +175,11 @@ impl Reply {
 }
 
 impl TestApp {
+    /// The client the test app's own requests use: it sends the admin key.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -177,6 +232,30 @@ impl TestApp {
             .unwrap()
             .unwrap_or_else(|| panic!("{event_type} has no schema version {version}"))
             .id
+    }
+
+    /// Creates the principal `name` with `roles` and custom `grants` (effect, action, resource,
+    /// event type), and returns a key of it.
+    pub async fn principal(
+        &self,
+        name: &str,
+        roles: &[keel::auth::Role],
+        grants: &[(&str, &str, &str, &str)],
+    ) -> String {
+        let keys = keel::auth::Keys::from_config(self.store.pool().clone(), &self.config.auth)
+            .expect("the test key store");
+        let name = keel::auth::PrincipalName::parse(name).unwrap();
+        let mut tx = self.store.pool().begin().await.unwrap();
+        keys.create_principal(&mut tx, &name, keel::auth::Kind::Service, roles)
+            .await
+            .unwrap();
+        for (effect, action, resource, event_type) in grants {
+            let grant = keel::auth::Grant::parse(effect, action, resource, event_type).unwrap();
+            keys.add_grant(&mut tx, &name, &grant).await.unwrap();
+        }
+        let key = keys.create_key(&mut tx, &name, None).await.unwrap();
+        tx.commit().await.unwrap();
+        key.expose_secret()
     }
 
     pub async fn count(&self, table: &str) -> i64 {

@@ -40,6 +40,7 @@ async fn a_services_own_writes_and_its_events_commit_or_roll_back_together() {
         let result = append::append(
             &mut tx,
             app.appender.validator(),
+            &keel::auth::Access::everything(),
             &agent(),
             id,
             ExpectedVersion::NoStream,
@@ -74,6 +75,7 @@ async fn a_wrong_version_leaves_the_callers_transaction_usable() {
     let id = Uuid::new_v4();
     app.appender
         .append(
+            &keel::auth::Access::everything(),
             &agent(),
             id,
             ExpectedVersion::Any,
@@ -86,6 +88,7 @@ async fn a_wrong_version_leaves_the_callers_transaction_usable() {
     let err = append::append(
         &mut tx,
         app.appender.validator(),
+        &keel::auth::Access::everything(),
         &agent(),
         id,
         ExpectedVersion::Exact(5),
@@ -103,6 +106,7 @@ async fn a_wrong_version_leaves_the_callers_transaction_usable() {
     let retried = append::append(
         &mut tx,
         app.appender.validator(),
+        &keel::auth::Access::everything(),
         &agent(),
         id,
         ExpectedVersion::Exact(1),
@@ -131,6 +135,7 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
     // A newer transaction writes version 1 and commits.
     app.appender
         .append(
+            &keel::auth::Access::everything(),
             &agent(),
             id,
             ExpectedVersion::Any,
@@ -143,6 +148,7 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
     let err = append::append(
         &mut old,
         app.appender.validator(),
+        &keel::auth::Access::everything(),
         &agent(),
         id,
         ExpectedVersion::Any,
@@ -161,6 +167,7 @@ async fn an_append_from_a_transaction_older_than_the_aggregates_last_writer_is_r
     let result = app
         .appender
         .append(
+            &keel::auth::Access::everything(),
             &agent(),
             id,
             ExpectedVersion::Exact(1),
@@ -231,6 +238,7 @@ async fn a_library_append_that_breaks_the_schema_is_refused_as_over_http_and_wri
         let err = append::append(
             &mut tx,
             app.appender.validator(),
+            &keel::auth::Access::everything(),
             &AggregateType::parse(aggregate_type).unwrap(),
             id,
             ExpectedVersion::Any,
@@ -263,6 +271,7 @@ async fn a_library_append_stores_the_normalised_payload_with_its_schema() {
     let result = append::append(
         &mut tx,
         app.appender.validator(),
+        &keel::auth::Access::everything(),
         &agent(),
         id,
         ExpectedVersion::NoStream,

@@ -88,6 +88,7 @@ async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() 
     let held_result = append::append(
         &mut held,
         appender.validator(),
+        &keel::auth::Access::everything(),
         &entity(),
         held_aggregate,
         ExpectedVersion::NoStream,
@@ -117,6 +118,7 @@ async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() 
                         match append::append(
                             &mut tx,
                             appender.validator(),
+                            &keel::auth::Access::everything(),
                             &entity(),
                             aggregate,
                             ExpectedVersion::Any,
@@ -131,7 +133,13 @@ async fn the_log_never_skips_an_event_committed_late_or_shows_one_rolled_back() 
                         }
                     } else {
                         appender
-                            .append(&entity(), aggregate, ExpectedVersion::Any, batch.to_vec())
+                            .append(
+                                &keel::auth::Access::everything(),
+                                &entity(),
+                                aggregate,
+                                ExpectedVersion::Any,
+                                batch.to_vec(),
+                            )
                             .await
                             .unwrap();
                     }
@@ -222,6 +230,7 @@ async fn a_plain_position_cursor_would_skip_the_late_committing_event() {
     let held_event = append::append(
         &mut held,
         app.appender.validator(),
+        &keel::auth::Access::everything(),
         &entity(),
         Uuid::new_v4(),
         ExpectedVersion::Any,
@@ -233,6 +242,7 @@ async fn a_plain_position_cursor_would_skip_the_late_committing_event() {
     let later = app
         .appender
         .append(
+            &keel::auth::Access::everything(),
             &entity(),
             Uuid::new_v4(),
             ExpectedVersion::Any,

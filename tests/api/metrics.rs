@@ -25,7 +25,7 @@ async fn metrics_count_appends_by_outcome_in_prometheus_format() {
     let bad = app.append("agent", agent, &json!({"events": []})).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let response = reqwest::get(app.url("/metrics")).await.unwrap();
+    let response = app.client().get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"]
         .to_str()

@@ -26,7 +26,7 @@ async fn send(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value, String) {
-    let mut request = reqwest::Client::new().request(method, app.url(path));
+    let mut request = app.client().request(method, app.url(path));
     if let Some(body) = body {
         request = request
             .header("content-type", CONTENT_TYPE)
@@ -499,8 +499,10 @@ async fn confluents_python_client_and_serdes_work_against_keel() {
         "/tests/clients/confluent_registry.py"
     );
     let url = app.url("/registry");
+    // keel_<key id>_<secret> as Confluent's user info, key id:secret.
+    let user_info = app.admin_key["keel_".len()..].replacen('_', ":", 1);
     let output = tokio::process::Command::new(&python)
-        .args([script, &url])
+        .args([script, &url, &user_info])
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run the tests with scripts/test"));

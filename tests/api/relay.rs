@@ -137,7 +137,9 @@ async fn redis_del(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
 }
 
 async fn metrics_text(app: &TestApp) -> String {
-    reqwest::get(app.url("/metrics"))
+    app.client()
+        .get(app.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

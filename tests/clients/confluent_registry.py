@@ -1,6 +1,7 @@
 """Drives keel's registry with Confluent's own Python client and Avro serdes.
 
-Usage: python3 confluent_registry.py http://127.0.0.1:PORT/registry
+Usage: python3 confluent_registry.py http://127.0.0.1:PORT/registry KEY_ID:SECRET
+The credential is an API key's two halves, sent as HTTP Basic (`basic.auth.user.info`).
 Exits non-zero (with the assertion) if keel answers anything a Confluent client does not accept.
 """
 import json
@@ -11,11 +12,20 @@ from confluent_kafka.schema_registry import (
     SchemaRegistryClient,
     record_subject_name_strategy,
 )
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-url = sys.argv[1]
-client = SchemaRegistryClient({"url": url})
+url, user_info = sys.argv[1], sys.argv[2]
+
+# Without the credential, keel refuses with Confluent's 401 error code.
+try:
+    SchemaRegistryClient({"url": url}).get_subjects()
+    raise AssertionError("keel answered a registry request without a credential")
+except SchemaRegistryError as e:
+    assert e.http_status_code == 401 and e.error_code == 40101, (e.http_status_code, e.error_code)
+
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user_info})
 
 order = json.dumps({
     "type": "record", "namespace": "shop", "name": "order",

@@ -444,7 +444,7 @@ async fn relay_latency(
         tasks.spawn(async move {
             let event = NewEvent::new(event_type, json!({"entity": "bench", "from_state": null, "to_state": "running", "attributes": {"i": i.to_string()}}));
             let id = event.id;
-            let result = appender.append(&bench, Uuid::new_v4(), ExpectedVersion::NoStream, vec![event]).await;
+            let result = appender.append(&crate::auth::Access::everything(), &bench, Uuid::new_v4(), ExpectedVersion::NoStream, vec![event]).await;
             let committed = Instant::now();
             result.map(|_| sent.lock().expect("sent").insert(id, committed))
         });

@@ -18,15 +18,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Error, Registry};
-use crate::model::VersionSpec;
+use crate::model::{Scope, VersionSpec};
 use extract::{RBody, RPath, RQuery};
 use refusal::bad_body;
 pub use refusal::Refusal;
@@ -40,50 +40,200 @@ pub fn owns(path: &str) -> bool {
     path == "/registry" || path.starts_with("/registry/")
 }
 
-pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
-        .route("/registry", get(root))
-        .route("/registry/", get(root))
-        .route("/registry/subjects", get(subjects))
-        .route(
+/// What a route needs from its caller, in the registry's words; the HTTP layer maps these to
+/// grants (`registry.read`, `registry.write`, `registry.delete`, `registry.config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Any authenticated caller: the root, the schema types, the global settings' values.
+    Open,
+    /// `op` on the path's `{subject}`.
+    Subject(Op),
+    /// Reading some subject; the handler shows only the subjects in the caller's [`Readable`]
+    /// (subject lists; a schema id is found only when a readable subject uses it).
+    Readable,
+    /// `op` on every subject: the global compatibility setting.
+    Global(Op),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Delete,
+    Config,
+}
+
+/// The subjects a caller may read, put into each request by the HTTP layer. A handler behind
+/// [`Guard::Readable`] without it answers as if nothing were readable: it fails closed.
+#[derive(Debug, Clone)]
+pub struct Readable(pub Scope);
+
+/// One route: method, path, guard, handler (serving exactly that method).
+pub type Route<S> = (Method, &'static str, Guard, MethodRouter<S>);
+
+/// Every route of the registry API, for the caller's router and its route table.
+pub fn routes<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Vec<Route<S>> {
+    use Guard::*;
+    use Op::*;
+    let r = registry;
+    let subject = |op| Subject(op);
+    vec![
+        (
+            Method::GET,
+            "/registry",
+            Open,
+            get(root).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
+            "/registry/",
+            Open,
+            get(root).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
+            "/registry/subjects",
+            Readable,
+            get(subjects).with_state(r.clone()),
+        ),
+        (
+            Method::POST,
             "/registry/subjects/{subject}",
-            post(lookup).delete(delete_subject),
-        )
-        .route(
+            subject(Read),
+            post(lookup).with_state(r.clone()),
+        ),
+        (
+            Method::DELETE,
+            "/registry/subjects/{subject}",
+            subject(Delete),
+            delete(delete_subject).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
             "/registry/subjects/{subject}/versions",
-            get(versions).post(register),
-        )
-        .route(
+            subject(Read),
+            get(versions).with_state(r.clone()),
+        ),
+        (
+            Method::POST,
+            "/registry/subjects/{subject}/versions",
+            subject(Write),
+            post(register).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
             "/registry/subjects/{subject}/versions/{version}",
-            get(version).delete(delete_version),
-        )
-        .route(
+            subject(Read),
+            get(version).with_state(r.clone()),
+        ),
+        (
+            Method::DELETE,
+            "/registry/subjects/{subject}/versions/{version}",
+            subject(Delete),
+            delete(delete_version).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
             "/registry/subjects/{subject}/versions/{version}/schema",
-            get(version_schema),
-        )
-        .route("/registry/schemas/types", get(types))
-        .route("/registry/schemas/ids/{id}", get(schema_by_id))
-        .route("/registry/schemas/ids/{id}/schema", get(raw_schema_by_id))
-        .route("/registry/schemas/ids/{id}/versions", get(schema_usages))
-        .route(
+            subject(Read),
+            get(version_schema).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
+            "/registry/schemas/types",
+            Open,
+            get(types).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
+            "/registry/schemas/ids/{id}",
+            Readable,
+            get(schema_by_id).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
+            "/registry/schemas/ids/{id}/schema",
+            Readable,
+            get(raw_schema_by_id).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
+            "/registry/schemas/ids/{id}/versions",
+            Readable,
+            get(schema_usages).with_state(r.clone()),
+        ),
+        // A compatibility check changes nothing: reading the subject is enough.
+        (
+            Method::POST,
             "/registry/compatibility/subjects/{subject}/versions",
-            post(check_all),
-        )
-        .route(
+            subject(Read),
+            post(check_all).with_state(r.clone()),
+        ),
+        (
+            Method::POST,
             "/registry/compatibility/subjects/{subject}/versions/{version}",
-            post(check_one),
-        )
-        .route(
+            subject(Read),
+            post(check_one).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
             "/registry/config",
-            get(global_config).put(set_global_config),
-        )
-        .route(
+            Open,
+            get(global_config).with_state(r.clone()),
+        ),
+        (
+            Method::PUT,
+            "/registry/config",
+            Global(Config),
+            put(set_global_config).with_state(r.clone()),
+        ),
+        (
+            Method::GET,
             "/registry/config/{subject}",
-            get(subject_config)
-                .put(set_subject_config)
-                .delete(delete_subject_config),
-        )
-        .with_state(registry)
+            subject(Read),
+            get(subject_config).with_state(r.clone()),
+        ),
+        (
+            Method::PUT,
+            "/registry/config/{subject}",
+            subject(Config),
+            put(set_subject_config).with_state(r.clone()),
+        ),
+        (
+            Method::DELETE,
+            "/registry/config/{subject}",
+            subject(Config),
+            delete(delete_subject_config).with_state(r),
+        ),
+    ]
+}
+
+/// The registry API alone, with every subject readable: for embedding without keel's
+/// authentication (keel's own router guards each route instead).
+pub fn router(registry: Arc<Registry>) -> Router {
+    let mut router = Router::new();
+    for (_, path, _, handler) in routes(registry) {
+        router = router.route(path, handler);
+    }
+    router.layer(axum::Extension(Readable(Scope::everything())))
+}
+
+/// The caller's readable subjects; none when the HTTP layer put none in.
+fn readable(scope: Option<Extension<Readable>>) -> Scope {
+    scope.map(|Extension(Readable(s))| s).unwrap_or_default()
+}
+
+/// Refuses a schema id no readable subject uses, as if it did not exist.
+async fn check_readable_id(r: &Registry, id: i32, scope: &Scope) -> Result<(), Refusal> {
+    if scope.is_everything() {
+        return Ok(());
+    }
+    let usages = r.usages(id, true).await?;
+    if usages.iter().any(|(subject, _)| scope.contains(subject)) {
+        Ok(())
+    } else {
+        Err(Error::SchemaNotFound.into())
+    }
 }
 
 /// A registry reply: status, Confluent's content type, JSON body.
@@ -135,8 +285,15 @@ async fn root() -> Response {
     reply(json!({}))
 }
 
-async fn subjects(State(r): State<Arc<Registry>>, RQuery(p): Params) -> Reply {
-    Ok(reply(json!(r.subjects(flag(&p, "deleted")).await?)))
+async fn subjects(
+    State(r): State<Arc<Registry>>,
+    scope: Option<Extension<Readable>>,
+    RQuery(p): Params,
+) -> Reply {
+    let scope = readable(scope);
+    let mut subjects = r.subjects(flag(&p, "deleted")).await?;
+    subjects.retain(|s| scope.contains(s));
+    Ok(reply(json!(subjects)))
 }
 
 async fn versions(
@@ -239,24 +396,41 @@ fn schema_id(id: &str) -> Result<i32, Refusal> {
     id.parse().map_err(|_| Error::SchemaNotFound.into())
 }
 
-async fn schema_by_id(State(r): State<Arc<Registry>>, RPath(id): RPath<String>) -> Reply {
-    let (text, _) = r.schema_by_id(schema_id(&id)?).await?;
+async fn schema_by_id(
+    State(r): State<Arc<Registry>>,
+    scope: Option<Extension<Readable>>,
+    RPath(id): RPath<String>,
+) -> Reply {
+    let id = schema_id(&id)?;
+    check_readable_id(&r, id, &readable(scope)).await?;
+    let (text, _) = r.schema_by_id(id).await?;
     Ok(reply(json!({"schema": text})))
 }
 
-async fn raw_schema_by_id(State(r): State<Arc<Registry>>, RPath(id): RPath<String>) -> Reply {
-    let (text, _) = r.schema_by_id(schema_id(&id)?).await?;
+async fn raw_schema_by_id(
+    State(r): State<Arc<Registry>>,
+    scope: Option<Extension<Readable>>,
+    RPath(id): RPath<String>,
+) -> Reply {
+    let id = schema_id(&id)?;
+    check_readable_id(&r, id, &readable(scope)).await?;
+    let (text, _) = r.schema_by_id(id).await?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
 async fn schema_usages(
     State(r): State<Arc<Registry>>,
+    scope: Option<Extension<Readable>>,
     RPath(id): RPath<String>,
     RQuery(p): Params,
 ) -> Reply {
-    let usages = r.usages(schema_id(&id)?, flag(&p, "deleted")).await?;
+    let id = schema_id(&id)?;
+    let scope = readable(scope);
+    check_readable_id(&r, id, &scope).await?;
+    let usages = r.usages(id, flag(&p, "deleted")).await?;
     let body: Vec<Value> = usages
         .into_iter()
+        .filter(|(s, _)| scope.contains(s))
         .map(|(s, v)| json!({"subject": s, "version": v}))
         .collect();
     Ok(reply(json!(body)))

@@ -63,6 +63,24 @@ impl Refusal {
         )
     }
 
+    /// No valid credential: 401 with Confluent's `error_code` 40101.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self {
+            error_code: 40101,
+            ..Self::http(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+        }
+    }
+
+    /// A credential whose grants do not allow this: 403 with Confluent's `error_code` 40301. The
+    /// same whether or not the subject exists.
+    pub fn forbidden(message: impl Into<String>, details: Value) -> Self {
+        Self {
+            error_code: 40301,
+            details,
+            ..Self::http(StatusCode::FORBIDDEN, "forbidden", message)
+        }
+    }
+
     /// A failure of HTTP itself, whose Confluent `error_code` is the status, as Confluent's are.
     pub(super) fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {

@@ -1,0 +1,268 @@
+//! Who a request is from: the credential in `Authorization` becomes an [`auth::Caller`] in the
+//! request's extensions, before any route runs. What the caller may do is decided per route
+//! ([`super::routes`]); a request without a credential reaches only the routes anyone may use.
+//!
+//! Credentials: `Authorization: Bearer <api key>` everywhere; under `/registry` also HTTP Basic
+//! with the key id as user and the secret as password, so Confluent clients work with
+//! `basic.auth.user.info`. Every refused credential gets the same 401 `unauthenticated`, whatever
+//! the cause (the cause is counted in `keel_auth_refused_total`).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::error::ApiError;
+use crate::auth::{self, Caller, Keys};
+use crate::config::{AuthConfig, AuthMode};
+use crate::registry;
+
+/// What the authentication layer needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Authn {
+    mode: AuthMode,
+    /// `None` only when `mode` is `none`.
+    keys: Option<Keys>,
+    anonymous_metrics: bool,
+}
+
+impl Authn {
+    /// The layer for `config`; with authentication required, `keys` must be there.
+    pub fn new(config: &AuthConfig, keys: Option<Keys>) -> anyhow::Result<Self> {
+        if config.mode == AuthMode::Required && keys.is_none() {
+            anyhow::bail!("authentication is required, but no key store is configured");
+        }
+        Ok(Self {
+            mode: config.mode,
+            keys,
+            anonymous_metrics: config.anonymous_metrics,
+        })
+    }
+
+    pub fn anonymous_metrics(&self) -> bool {
+        self.anonymous_metrics
+    }
+}
+
+/// A request's id: the client's `x-request-id` when it is short and printable, otherwise a
+/// fresh one. It goes into audit rows and back in the response's `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn of(headers: &HeaderMap) -> Self {
+        let given = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
+        Self(match given {
+            Some(id) => id.to_owned(),
+            None => uuid::Uuid::new_v4().to_string(),
+        })
+    }
+}
+
+/// The credential a request carries.
+enum Credential {
+    None,
+    /// A header that is there but not one keel reads (another scheme, not UTF-8, bad base64).
+    Unreadable,
+    Key(String),
+}
+
+fn credential(headers: &HeaderMap, basic_allowed: bool) -> Credential {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Credential::None;
+    };
+    let Ok(value) = value.to_str() else {
+        return Credential::Unreadable;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Credential::Key(rest.to_owned());
+    }
+    if basic_allowed && scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        return match decoded.as_deref().and_then(|d| d.split_once(':')) {
+            Some((key_id, secret)) => Credential::Key(format!("keel_{key_id}_{secret}")),
+            None => Credential::Unreadable,
+        };
+    }
+    Credential::Unreadable
+}
+
+/// The global layer: puts the [`RequestId`] and, for a valid credential, the [`Caller`] into the
+/// request. A request with an invalid credential is refused here, whatever its route.
+pub async fn authenticate(
+    State(authn): State<Arc<Authn>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let request_id = RequestId::of(req.headers());
+    req.extensions_mut().insert(request_id.clone());
+    let registry = registry::api::owns(req.uri().path());
+    let outcome = match (&authn.mode, &authn.keys) {
+        (AuthMode::None, _) => Ok(Some(Caller::open())),
+        (AuthMode::Required, None) => Err(Refused::Unavailable),
+        (AuthMode::Required, Some(keys)) => match credential(req.headers(), registry) {
+            Credential::None => Ok(None),
+            Credential::Unreadable => Err(Refused::Credential("malformed")),
+            Credential::Key(text) => match keys.authenticate(&text).await {
+                Ok(principal) => {
+                    let key_id = auth::ApiKey::parse(&text)
+                        .map(|k| k.id())
+                        .expect("an authenticated key parses");
+                    Ok(Some(Caller::with_key(&principal, key_id)))
+                }
+                Err(auth::Error::Unauthenticated(reason)) => {
+                    Err(Refused::Credential(reason.as_str()))
+                }
+                Err(e) if e.is_retriable() => Err(Refused::Unavailable),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check an api key");
+                    Err(Refused::Internal)
+                }
+            },
+        },
+    };
+    let mut response = match outcome {
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                req.extensions_mut().insert(caller);
+            }
+            next.run(req).await
+        }
+        Err(refused) => refused.into_response(registry),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+enum Refused {
+    Credential(&'static str),
+    Unavailable,
+    Internal,
+}
+
+impl Refused {
+    fn into_response(self, registry: bool) -> Response {
+        match self {
+            Self::Credential(reason) => {
+                metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => reason).increment(1);
+                unauthenticated(registry)
+            }
+            Self::Unavailable => ApiError::unavailable(
+                "unavailable",
+                "the key store's database is unavailable; retry later",
+            )
+            .into_response(),
+            Self::Internal => ApiError::internal().into_response(),
+        }
+    }
+}
+
+/// 401 `unauthenticated`, with the challenge the route's clients understand.
+pub fn unauthenticated(registry: bool) -> Response {
+    let challenge = if registry {
+        "Basic realm=\"keel registry\", Bearer realm=\"keel\""
+    } else {
+        "Bearer realm=\"keel\""
+    };
+    let message = "a valid credential is required: send Authorization: Bearer <api key>";
+    let mut response = if registry {
+        registry::api::Refusal::unauthenticated(message).into_response()
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message).into_response()
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// 403 `forbidden`: the same whether or not the resource exists.
+pub fn forbidden(registry: bool, action: auth::Action) -> Response {
+    metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => "forbidden").increment(1);
+    let message = format!("this credential is not allowed {action} here");
+    let details = serde_json::json!({"action": action.as_str()});
+    if registry {
+        registry::api::Refusal::forbidden(message, details).into_response()
+    } else {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            .with_details(details)
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_everywhere_basic_only_on_the_registry() {
+        let key = |c: Credential| match c {
+            Credential::Key(k) => Some(k),
+            _ => None,
+        };
+        assert_eq!(
+            key(credential(&headers("Bearer keel_a_b"), false)).as_deref(),
+            Some("keel_a_b")
+        );
+        assert_eq!(
+            key(credential(&headers("bearer  keel_a_b "), false)).as_deref(),
+            Some("keel_a_b")
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("0123:abcd")
+        );
+        assert_eq!(
+            key(credential(&headers(&basic), true)).as_deref(),
+            Some("keel_0123_abcd")
+        );
+        assert!(matches!(
+            credential(&headers(&basic), false),
+            Credential::Unreadable
+        ));
+        assert!(matches!(
+            credential(&headers("Basic !!!"), true),
+            Credential::Unreadable
+        ));
+        assert!(matches!(
+            credential(&headers("Digest x"), true),
+            Credential::Unreadable
+        ));
+        assert!(matches!(
+            credential(&HeaderMap::new(), true),
+            Credential::None
+        ));
+    }
+
+    #[test]
+    fn request_ids_are_taken_only_when_short_and_printable() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(RequestId::of(&h).0, "abc-123");
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"a".repeat(200)).unwrap(),
+        );
+        assert_eq!(RequestId::of(&h).0.len(), 36);
+    }
+}
