@@ -89,11 +89,21 @@ pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         DlqCommand::Retry(target) => {
-            let n = dlq::retry(pool, &target.group, &target.selection()).await?;
+            let n = dlq::retry(
+                &mut *pool.acquire().await?,
+                &target.group,
+                &target.selection(),
+            )
+            .await?;
             println!("{n} row(s) marked for redelivery; the group's running consumer redelivers them in order");
         }
         DlqCommand::Skip(target) => {
-            let n = dlq::skip(pool, &target.group, &target.selection()).await?;
+            let n = dlq::skip(
+                &mut *pool.acquire().await?,
+                &target.group,
+                &target.selection(),
+            )
+            .await?;
             println!("{n} row(s) skipped");
         }
     }

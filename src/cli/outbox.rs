@@ -103,14 +103,18 @@ pub async fn run(config: &Config, command: OutboxCommand) -> anyhow::Result<()> 
                 (None, true) => admin::Selection::All(sink),
                 _ => bail!("name an event id, or pass --all"),
             };
-            let n = admin::retry(pool, which).await?;
+            let n = admin::retry(&mut *pool.acquire().await?, which).await?;
             if n == 0 && matches!(which, admin::Selection::Event(..)) {
                 bail!("no parked event matches");
             }
             println!("released {n} parked row(s) for re-sending");
         }
         OutboxCommand::Skip { id, sink } => {
-            let skipped = admin::skip(pool, admin::Selection::Event(id, sink)).await?;
+            let skipped = admin::skip(
+                &mut *pool.acquire().await?,
+                admin::Selection::Event(id, sink),
+            )
+            .await?;
             if skipped.is_empty() {
                 bail!("no parked event matches");
             }
