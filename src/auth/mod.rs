@@ -1,5 +1,5 @@
-//! Principals and API keys: who a request is from. (Grants, OIDC tokens, audit and the HTTP
-//! middleware that use this come later; no route checks a credential yet.)
+//! Principals, API keys and OIDC bearer tokens: who a request is from. (Grants, audit and the
+//! HTTP middleware that use this come later; no route checks a credential yet.)
 //!
 //! The contract:
 //! - A principal (service, human or admin) has a unique name, built-in [`Role`]s and any number
@@ -16,18 +16,26 @@
 //!   disabled principal takes effect at once through the process that made it and within that
 //!   TTL through every other keel process. Expiry is exact: it is checked on every use.
 //!
+//! - A bearer token that [`looks_like_jwt`] is for [`Oidc::verify`]: a JWT from the issuer
+//!   `auth.oidc.issuer`, checked against its published keys, refused with
+//!   [`Error::TokenExpired`] or [`Error::TokenInvalid`] (see [`oidc`] for the rules). Keys and
+//!   tokens work side by side.
+//!
 //! Layout: `key` is the key format, `secret` the server secret and the digest, `principal` the
-//! principal and its names, `cache` the verified keys, `keys` the store and authentication.
+//! principal and its names, `cache` the verified keys, `keys` the store and authentication,
+//! `oidc` the bearer tokens (with `oidc::jwks`, the issuer's keys).
 
 mod cache;
 mod error;
 mod key;
 mod keys;
+pub mod oidc;
 mod principal;
 mod secret;
 
 pub use error::{Error, Reason};
 pub use key::{ApiKey, InvalidKey, KeyId};
 pub use keys::{KeyInfo, Keys};
+pub use oidc::{looks_like_jwt, Oidc, TokenIdentity};
 pub use principal::{InvalidKind, InvalidName, InvalidRole, Kind, Principal, PrincipalName, Role};
 pub use secret::{ServerSecret, MIN_SECRET_BYTES};
