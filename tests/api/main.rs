@@ -13,6 +13,7 @@ mod keys;
 mod library;
 mod log;
 mod metrics;
+mod oidc;
 mod projections;
 mod reads;
 mod registry;
