@@ -26,10 +26,17 @@ use crate::store::{redact_url, DatabaseConfig};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// PostgreSQL connection URL (`KEEL_DATABASE_URL`). keel creates the database if missing.
+    /// TLS as libpq spells it, in the query: `sslmode=verify-full&sslrootcert=/path/ca.pem`
+    /// checks the server's certificate against that CA (plus the system's roots) and its name
+    /// against the URL's host; `require` encrypts without checking; `verify-*` and `require`
+    /// never fall back to plaintext. The default, `prefer`, does (as libpq's does): set
+    /// `verify-full` wherever the network is not trusted. `sslcert`/`sslkey` give a client
+    /// certificate; `PGSSLMODE`/`PGSSLROOTCERT` work too.
     pub database_url: String,
     /// The HTTP API's address (`KEEL_LISTEN`).
     pub listen: SocketAddr,
-    /// Redis URL for the relay's pub/sub and stream sinks (`KEEL_REDIS_URL`).
+    /// Redis URL for the relay's pub/sub and stream sinks (`KEEL_REDIS_URL`). `rediss://` for
+    /// TLS, checked against the system's roots or `relay.redis.tls_ca_file`.
     pub redis_url: String,
     /// Kafka bootstrap servers, comma-separated (`KEEL_KAFKA_BROKERS`).
     pub kafka_brokers: String,
@@ -255,7 +262,11 @@ pub struct KafkaSinkConfig {
     /// Topics that get JSON values instead of Confluent-framed Avro.
     pub json_topics: Vec<String>,
     /// Raw librdkafka producer settings, applied last (TLS, SASL, `linger.ms`, ...). In TOML:
-    /// `[relay.kafka.properties]` with quoted keys such as `"security.protocol" = "SSL"`.
+    /// `[relay.kafka.properties]` with quoted keys such as `"security.protocol" = "SASL_SSL"`,
+    /// `"ssl.ca.location"`, `"sasl.mechanism" = "SCRAM-SHA-512"`, `"sasl.username"`,
+    /// `"sasl.password"`. The `security.*`, `ssl.*` and `sasl.*` ones also reach keel's admin
+    /// client and `keel consume` (projections take `projections.properties`). Values of keys holding `password`, `secret`, `ssl.key.pem` or
+    /// `oauthbearer.config` are masked in `Debug` and logs.
     pub properties: std::collections::BTreeMap<String, String>,
 }
 

@@ -29,12 +29,12 @@ pub fn install_provider() {
 /// says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{setting} = {}: cannot read the file: {source}", path.display())]
+    // The I/O error is in the message, not a source: shown in a chain it would come twice.
+    #[error("{setting} = {}: cannot read the file: {error}", path.display())]
     Unreadable {
         setting: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{setting} = {}: {problem}", path.display())]
     InvalidPem {
@@ -59,10 +59,10 @@ impl Error {
 }
 
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Unreadable {
+    std::fs::read(path).map_err(|error| Error::Unreadable {
         setting,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

@@ -101,7 +101,8 @@ impl RedisSink {
             }
             _ => "the tls handshake with redis failed: check that the server speaks tls on redis_url's port",
         };
-        Err(anyhow::Error::new(e).context(what))
+        // The client's message already holds its source's, which a chain would show twice.
+        Err(anyhow::anyhow!("{what}: {e}"))
     }
 
     /// The shared connection, opened on first use; it reconnects by itself after a failure.

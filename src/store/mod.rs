@@ -54,7 +54,7 @@ impl Store {
     ///
     /// TLS is what the URL's `sslmode` says (sqlx reads it, with `sslrootcert`, as libpq does;
     /// `PGSSLMODE` and `PGSSLROOTCERT` too): `require`, `verify-ca` and `verify-full` never fall
-    /// back to plaintext, and a failure names what to check (see [`tls_hint`]).
+    /// back to plaintext, and a TLS failure says what in the URL to check.
     pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Self> {
         ensure_database(&config.url).await?;
         let options: PgConnectOptions = config
@@ -230,28 +230,31 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
 /// why the connection failed.
 fn with_tls_hint(error: sqlx::Error, what: &str) -> anyhow::Error {
     match tls_hint(&error) {
-        Some(hint) => anyhow::Error::new(error).context(format!("{what} ({hint})")),
+        // sqlx's message already holds its source's, which a chain would show a second time.
+        Some(hint) => anyhow::anyhow!("{what} ({hint}): {error}"),
         None => anyhow::Error::new(error).context(what.to_owned()),
     }
 }
 
 /// What to check in the database URL after `error`, if it is a TLS failure.
-pub fn tls_hint(error: &sqlx::Error) -> Option<&'static str> {
+fn tls_hint(error: &sqlx::Error) -> Option<&'static str> {
     if let Some(tls) = crate::tls::tls_error(error) {
         return Some(match tls {
             rustls::Error::InvalidCertificate(_) => {
                 "TLS: the server's certificate does not verify: check that database_url's \
-                 sslrootcert is the CA that signed it and, with sslmode=verify-full, that the \
-                 URL's host is a name in it"
+                 sslrootcert is the CA that signed it and that the URL's host is a name in it"
             }
             _ => "TLS: the handshake with PostgreSQL failed: check database_url's sslmode and sslrootcert",
         });
     }
     match error {
-        sqlx::Error::Tls(_) => Some(
+        sqlx::Error::Tls(e) if e.to_string().contains("does not support TLS") => Some(
             "TLS: database_url's sslmode requires TLS, which keel never gives up for plaintext: \
-             check that the server has ssl = on, and sslrootcert",
+             check that the server has ssl = on",
         ),
+        sqlx::Error::Tls(_) => {
+            Some("TLS: check database_url's sslmode, sslrootcert, sslcert and sslkey")
+        }
         // A file the connection options name: the TLS ones are the only files, apart from a
         // Unix socket.
         sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Some(

@@ -138,7 +138,12 @@ async fn openssl_gets_tls_1_2_and_1_3_and_is_refused_tls_1_1() {
     }
     let (ok, text) = s_client(addr, &pki, "-tls1_1").await;
     assert!(!ok, "TLS 1.1 was accepted: {text}");
-    assert!(text.contains("alert protocol version"), "{text}");
+    // The server's alert (rustls answers a TLS 1.1 hello, which has no signature algorithms,
+    // with handshake_failure), not OpenSSL declining to offer TLS 1.1 itself.
+    assert!(
+        text.contains("alert handshake failure") || text.contains("alert protocol version"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -548,8 +553,7 @@ async fn postgres_over_tls_verifies_the_ca_and_the_host_and_never_falls_back_to_
         .expect_err("a missing sslrootcert file fails");
     assert!(err.contains("sslrootcert"), "{err}");
 
-    // 127.0.0.2 is the same server, but not a name in its certificate: verify-full refuses it,
-    // verify-ca (the CA only) does not.
+    // 127.0.0.2 is the same server, but not a name in its certificate: verify-full refuses it.
     let url = pg.url(
         "127.0.0.2",
         &db(),
@@ -559,17 +563,25 @@ async fn postgres_over_tls_verifies_the_ca_and_the_host_and_never_falls_back_to_
         .await
         .expect_err("verify-full checks the host");
     assert!(
-        err.contains("does not verify") && err.contains("NotValidForName"),
+        err.contains("does not verify") && err.contains("not valid for name"),
         "{err}"
     );
+    // verify-ca checks the CA. (It should not check the host, but with sqlx 0.8.6 and rustls
+    // 0.23.24+ it does, as verify-full does: sqlx issue #3793, fixed after 0.8.6.)
     let url = pg.url(
-        "127.0.0.2",
+        "127.0.0.1",
         &db(),
         &format!("sslmode=verify-ca&sslrootcert={ca}"),
     );
-    connect(&url)
-        .await
-        .expect("verify-ca does not check the host");
+    connect(&url).await.expect("verify-ca with the right CA");
+    let wrong_ca = wrong.ca().display().to_string();
+    let url = pg.url(
+        "127.0.0.1",
+        &db(),
+        &format!("sslmode=verify-ca&sslrootcert={wrong_ca}"),
+    );
+    let err = connect(&url).await.expect_err("verify-ca checks the CA");
+    assert!(err.contains("does not verify"), "{err}");
 
     // The server turns TLS off: require and verify-* fail rather than go on in plaintext.
     let plain = connect(&pg.url("127.0.0.1", "postgres", "sslmode=disable"))

@@ -111,8 +111,8 @@ impl Pki {
         self.dir.path(&format!("{name}.key"))
     }
 
-    /// A server certificate `name` for 127.0.0.1, 127.0.0.1's alias 127.0.0.2 is *not* in it, and
-    /// `localhost`, with serial number `serial`.
+    /// A server certificate `name` for 127.0.0.1 and `localhost` (127.0.0.2 is not in it), with
+    /// serial number `serial`.
     pub fn server(&self, name: &str, serial: u32) -> &Self {
         self.sign(
             name,
@@ -341,13 +341,24 @@ impl PgServer {
             "-E",
             "UTF8",
         ]));
-        let hba = data.join("pg_hba.conf");
-        let mut rules = std::fs::read_to_string(&hba).unwrap();
-        rules.push_str("host all all 127.0.0.0/8 trust\n");
-        std::fs::write(&hba, rules).unwrap();
+        let append = |file: &str, text: String| {
+            let path = data.join(file);
+            let mut old = std::fs::read_to_string(&path).unwrap();
+            old.push_str(&text);
+            std::fs::write(&path, old).unwrap();
+        };
+        append("pg_hba.conf", "host all all 127.0.0.0/8 trust\n".into());
+        // In the file, not on the command line, so that a test can turn ssl off with ALTER
+        // SYSTEM (command-line settings would beat it).
+        append(
+            "postgresql.conf",
+            format!(
+                "ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n",
+                dir = dir.0.display()
+            ),
+        );
         let options = format!(
-            "-p {port} -k {dir} -c listen_addresses=127.0.0.1,127.0.0.2 -c ssl=on \
-             -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key -c fsync=off",
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1,127.0.0.2 -c fsync=off",
             dir = dir.0.display()
         );
         let server = Self { port, dir };
