@@ -141,25 +141,11 @@ async fn run(
             match acceptor {
                 None => connection(&builder, stream, peer, None, router, shutdown).await,
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    let stream = tokio::select! {
-                        done = tokio::time::timeout(limits.header_read_timeout, handshake) => done,
-                        _ = shutdown.wait() => return,
-                    };
-                    match stream {
-                        Ok(Ok(stream)) => {
-                            let cert = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|chain| chain.first())
-                                .and_then(|leaf| super::tls::peer_certificate(leaf));
-                            connection(&builder, stream, peer, cert, router, shutdown).await
-                        }
-                        // Plain HTTP, untrusted client certificates, unsupported versions.
-                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                    }
+                    let handshake = limits.header_read_timeout;
+                    tls_connection(
+                        &builder, acceptor, stream, peer, handshake, router, shutdown,
+                    )
+                    .await
                 }
             }
             drop(place);
@@ -192,9 +178,41 @@ impl Drop for Place {
     }
 }
 
+/// A TLS connection: the handshake, within `handshake_timeout`, then [`connection`] with the
+/// client certificate's identity. A failed handshake (plain HTTP, an untrusted client certificate,
+/// an old TLS version) closes it.
+async fn tls_connection(
+    builder: &Builder<TokioExecutor>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handshake_timeout: Duration,
+    router: Router,
+    shutdown: Shutdown,
+) {
+    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => done,
+        _ = shutdown.wait() => return,
+    };
+    match stream {
+        Ok(Ok(stream)) => {
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| super::tls::peer_certificate(leaf));
+            connection(builder, stream, peer, cert, router, shutdown).await
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
+        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+    }
+}
+
 /// One connection, until the client closes it, a limit closes it, or shutdown has let its
-/// request in flight finish.
-/// The peer's address and certificate go into every request's extensions.
+/// request in flight finish. The peer's address and certificate go into every request's
+/// extensions.
 async fn connection<S>(
     builder: &Builder<TokioExecutor>,
     stream: S,

@@ -28,11 +28,9 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// Reads the files `settings` names. An error names the setting and the file.
-    ///
-    /// # Panics
-    /// If `settings` has no certificate: check [`ApiTlsConfig::enabled`] first.
     pub fn load(settings: &ApiTlsConfig) -> Result<Self, Error> {
-        let config = server_config(settings)?;
+        let (config, certificate) = server_config(settings)?;
+        tracing::info!(%certificate, "api tls certificate loaded");
         Ok(Self {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(config)),
@@ -42,9 +40,10 @@ impl ServerTls {
     /// Reads the files again and, if they load, serves new handshakes with them; connections
     /// already open keep the certificate they were accepted with. On error nothing changes.
     pub fn reload(&self) -> Result<(), Error> {
-        let config = Arc::new(server_config(&self.settings)?);
+        let (config, certificate) = server_config(&self.settings)?;
         // A poisoned lock only means a reader panicked while cloning an Arc: the value is whole.
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        tracing::info!(%certificate, "api tls certificate reloaded");
         Ok(())
     }
 
@@ -52,24 +51,6 @@ impl ServerTls {
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         TlsAcceptor::from(current.clone())
-    }
-
-    /// What the certificate file holds now, for logs: its subject and serial number.
-    fn describe(&self) -> String {
-        let Some(path) = &self.settings.cert_file else {
-            return String::new();
-        };
-        let leaf = tls::read_certificates("api.tls.cert_file", path)
-            .ok()
-            .and_then(|chain| chain.into_iter().next())
-            .and_then(|der| x509_cert::Certificate::from_der(&der).ok());
-        match leaf {
-            Some(c) => format!(
-                "subject {}, serial {}",
-                c.tbs_certificate.subject, c.tbs_certificate.serial_number
-            ),
-            None => String::new(),
-        }
     }
 }
 
@@ -91,13 +72,12 @@ pub async fn reload_on_hangup(tls: Arc<ServerTls>, shutdown: Shutdown) {
                 got = hangups.recv() => if got.is_none() { return },
                 _ = shutdown.wait() => return,
             }
-            match tls.reload() {
-                Ok(()) => tracing::info!(certificate = %tls.describe(), "tls certificate reloaded"),
-                Err(e) => tracing::error!(
+            if let Err(e) = tls.reload() {
+                tracing::error!(
                     error = %e,
                     code = e.code(),
                     "cannot reload the tls certificate; new connections keep getting the current one"
-                ),
+                );
             }
         }
     }
@@ -108,18 +88,23 @@ pub async fn reload_on_hangup(tls: Arc<ServerTls>, shutdown: Shutdown) {
     }
 }
 
-/// The rustls configuration `settings` describe.
-fn server_config(settings: &ApiTlsConfig) -> Result<ServerConfig, Error> {
-    let cert_file = settings
-        .cert_file
-        .as_deref()
-        .expect("ServerTls is built only when api.tls.cert_file is set");
-    let key_file = settings
-        .key_file
-        .as_deref()
-        .expect("the config checks that api.tls.key_file comes with api.tls.cert_file");
+/// The rustls configuration `settings` describe, and its certificate's subject and serial number
+/// for logs.
+fn server_config(settings: &ApiTlsConfig) -> Result<(ServerConfig, String), Error> {
+    let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
+        return Err(Error::Invalid(
+            "set both api.tls.cert_file and api.tls.key_file for TLS".into(),
+        ));
+    };
     let chain = tls::read_certificates("api.tls.cert_file", cert_file)?;
     let key = tls::read_private_key("api.tls.key_file", key_file)?;
+    let certificate = match x509_cert::Certificate::from_der(&chain[0]) {
+        Ok(c) => format!(
+            "subject {}, serial {}",
+            c.tbs_certificate.subject, c.tbs_certificate.serial_number
+        ),
+        Err(e) => format!("unreadable: {e}"),
+    };
     let provider = tls::provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -159,7 +144,7 @@ fn server_config(settings: &ApiTlsConfig) -> Result<ServerConfig, Error> {
     // The server speaks HTTP/1.1 only; a client offering only h2 is refused at the handshake
     // rather than misread.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, certificate))
 }
 
 /// The identity in a client's verified certificate (its DER): the subject's common name and the

@@ -147,7 +147,7 @@ async fn openssl_gets_tls_1_2_and_1_3_and_is_refused_tls_1_1() {
 }
 
 #[tokio::test]
-async fn plain_http_to_the_tls_port_is_refused_at_once_and_a_silent_client_at_the_header_timeout() {
+async fn plain_http_to_the_tls_port_is_refused_at_once_and_silent_clients_at_the_header_timeout() {
     let pki = Pki::new("plain");
     pki.server("server", 0x1001);
     let (addr, _) = spawn_https_app(tls_settings(&pki, "server"), |c| {
@@ -175,6 +175,21 @@ async fn plain_http_to_the_tls_port_is_refused_at_once_and_a_silent_client_at_th
     let _ = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing))
         .await
         .expect("a client that never starts its handshake is closed at the header timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_500),
+        "closed after {waited:?}"
+    );
+    assert!(nothing.is_empty());
+
+    // After its handshake, a client that sends no request head is closed at the header timeout.
+    let config = pki.client_config(ANY_TLS, None);
+    let mut idle = tls_connect(addr, config).await.expect("handshake");
+    let started = Instant::now();
+    let mut nothing = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut nothing))
+        .await
+        .expect("a TLS client that sends no request is closed at the header timeout");
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(1_500),
