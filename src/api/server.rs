@@ -18,18 +18,25 @@
 //! - **Shutdown**: stop accepting, ask every connection to finish (idle ones close at once,
 //!   requests in flight are answered), and return once all of them have closed.
 //!
+//! - **Peer address**: every request carries its connection's TCP peer as
+//!   [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo), as `axum::serve` with connect info
+//!   would put it; the failed-authentication limit is keyed by it (`api::rate`).
+//!
 //! HTTP/1.1 only, as keel served before: the builder is told so (`http1_only`), which also skips
 //! the protocol sniffing that would read the first bytes of a connection with no timer running.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
 
 use crate::config::ApiConfig;
 use crate::shutdown::Shutdown;
@@ -74,9 +81,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             }
             _ = &mut stopped => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e, &shutdown).await;
                     continue;
@@ -87,7 +94,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
         let (builder, router, shutdown) = (builder.clone(), router.clone(), shutdown.clone());
         let place = Place::take(permit);
         tokio::spawn(async move {
-            connection(&builder, stream, router, shutdown).await;
+            connection(&builder, stream, peer, router, shutdown).await;
             drop(place);
         });
     }
@@ -123,12 +130,17 @@ impl Drop for Place {
 async fn connection(
     builder: &Builder<TokioExecutor>,
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     shutdown: Shutdown,
 ) {
     // Small responses go out at once rather than after Nagle's delay, as with `axum::serve`.
     let _ = stream.set_nodelay(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let service = router.map_request(move |mut request: Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
