@@ -8,6 +8,7 @@ mod events;
 mod extract;
 mod health;
 mod projections;
+pub mod rate;
 pub mod server;
 mod timeout;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub registry: Arc<Registry>,
     pub limits: Arc<ApiConfig>,
+    /// Requests and events per principal, failed authentications per peer.
+    pub rate: rate::RateLimits,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -65,6 +68,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = Duration::from_millis(state.limits.request_timeout_ms);
     let registry = state.registry.clone();
+    let rate = state.rate.clone();
     Router::new()
         .route("/v1/health/live", get(health::live))
         .route("/v1/health/ready", get(health::ready))
@@ -88,6 +92,8 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
             timeout::limit,
         ))
+        // Before everything that looks at a credential (authentication goes inside this).
+        .layer(middleware::from_fn_with_state(rate, rate::guard_peers))
         .layer(TraceLayer::new_for_http())
         .layer(sensitive_headers())
 }

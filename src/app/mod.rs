@@ -71,6 +71,7 @@ impl Application {
             catalog,
             registry,
             limits: Arc::new(config.api.clone()),
+            rate: api::rate::RateLimits::new(&config.api.rate_limit),
             metrics: crate::metrics::install(),
         };
         Ok(Self {
