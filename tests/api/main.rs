@@ -14,6 +14,7 @@ mod library;
 mod log;
 mod metrics;
 mod projections;
+mod rate_limit;
 mod reads;
 mod registry;
 mod relay;
