@@ -313,17 +313,15 @@ impl std::fmt::Debug for ProjectionsConfig {
     }
 }
 
-/// Raw librdkafka settings with the values of secret ones (passwords, secrets, private keys,
-/// OAuth bearer configs) replaced by `***`, for `Debug`.
+/// Raw librdkafka settings with the values of secret ones
+/// ([`crate::kafka::is_secret_setting`]) replaced by `***`, for `Debug`.
 fn redacted(
     properties: &std::collections::BTreeMap<String, String>,
 ) -> std::collections::BTreeMap<&str, &str> {
-    const SECRET: [&str; 4] = ["password", "secret", "ssl.key.pem", "oauthbearer.config"];
     properties
         .iter()
         .map(|(key, value)| {
-            let lower = key.to_ascii_lowercase();
-            let secret = SECRET.iter().any(|s| lower.contains(s));
+            let secret = crate::kafka::is_secret_setting(key);
             (key.as_str(), if secret { "***" } else { value.as_str() })
         })
         .collect()
