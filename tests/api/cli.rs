@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::{agent_state_changed, eventually, fresh_database_url};
 
-fn keel() -> Command {
+pub fn keel() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +18,7 @@ fn keel() -> Command {
     command
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -21,4 +21,5 @@ mod relay;
 mod relay_support;
 mod replay;
 mod schemas;
+mod secrets;
 mod unvalidated;
