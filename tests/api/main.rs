@@ -16,6 +16,7 @@ mod library;
 mod log;
 mod metrics;
 mod oidc;
+mod parsers;
 mod projections;
 mod rate_limit;
 mod reads;

@@ -42,6 +42,8 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
     let mut config = config.clone();
     config.database_url = url;
     config.listen = ([127, 0, 0, 1], 0).into();
+    // Nothing is asked over HTTP here: the benchmark appends in-process.
+    config.auth.mode = crate::config::AuthMode::None;
     let app = Application::build(&config).await?;
     let pool = app.store().pool().clone();
     let registry = app.registry().clone();

@@ -46,6 +46,8 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
     let mut config = config.clone();
     config.database_url = url;
     config.listen = ([127, 0, 0, 1], 0).into();
+    // Nothing is asked over HTTP here: the benchmark appends in-process.
+    config.auth.mode = crate::config::AuthMode::None;
     config.relay.redis.enabled = false;
     config.relay.in_process = false;
     let app = Application::build(&config).await?;
