@@ -5,6 +5,7 @@
 //! projection runner) from a [`Config`] to measure it, and only `app` and `cli` wire components.
 
 mod append;
+mod limits;
 mod projection;
 mod relay;
 mod stats;
@@ -23,6 +24,27 @@ pub enum Command {
     /// Projection catch-up next to a raw rdkafka consumer of the same topic, and a rebuild from
     /// the event store next to a raw ordered scan of the same events.
     Projection(ProjectionArgs),
+    /// A paced producer's latency alone and beside a noisy principal over its rate limit.
+    Limits(LimitsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Requests per second (and burst) each principal is allowed.
+    #[arg(long, default_value_t = 200)]
+    pub limit: u32,
+    /// Appends per second of the well-behaved producer (under the limit).
+    #[arg(long, default_value_t = 50)]
+    pub calm_rate: u64,
+    /// Closed-loop producers of the noisy principal.
+    #[arg(long, default_value_t = 8)]
+    pub noisy: usize,
+    /// Seconds of each run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The database to run in; dropped and recreated. Defaults to `keel_bench_limits`.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -97,5 +119,6 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
         Command::Append(args) => append::run(config, args).await,
         Command::Relay(args) => relay::run(config, args).await,
         Command::Projection(args) => projection::run(config, args).await,
+        Command::Limits(args) => limits::run(config, args).await,
     }
 }
