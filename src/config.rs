@@ -394,6 +394,11 @@ pub struct AuthConfig {
     /// Let `/metrics` answer without a credential (`KEEL_AUTH__ANONYMOUS_METRICS`); otherwise it
     /// needs the `metrics` grant (roles operator and admin).
     pub anonymous_metrics: bool,
+    /// A request with no `Authorization` header but a TLS client certificate verified against
+    /// `api.tls.client_ca_file` acts as the enabled principal named by the certificate's subject
+    /// common name (`KEEL_AUTH__CERTIFICATE_PRINCIPALS`). Off by default: turn it on only when
+    /// that CA issues certificates for keel's principals alone.
+    pub certificate_principals: bool,
     /// A file holding the server secret that API keys are stored under (as HMAC-SHA256), at least
     /// 32 bytes; surrounding whitespace is ignored (`KEEL_AUTH__KEY_SECRET_FILE`). Every keel
     /// process of one database needs the same secret; changing it invalidates every stored key.
@@ -414,6 +419,7 @@ impl Default for AuthConfig {
             mode: AuthMode::Required,
             bootstrap_key_file: None,
             anonymous_metrics: false,
+            certificate_principals: false,
             key_secret_file: None,
             key_secret: None,
             key_cache_ttl_ms: 5_000,

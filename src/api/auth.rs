@@ -6,7 +6,9 @@
 //! `auth.oidc.issuer` gets 401 `token_expired` or `token_invalid` when refused); under `/registry` also HTTP Basic
 //! with the key id as user and the secret as password, so Confluent clients work with
 //! `basic.auth.user.info`. Every refused credential gets the same 401 `unauthenticated`, whatever
-//! the cause (the cause is counted in `keel_auth_refused_total`).
+//! the cause (the cause is counted in `keel_auth_refused_total`). With
+//! `auth.certificate_principals`, a request without `Authorization` over a verified TLS client
+//! certificate acts as the enabled principal its subject common name names.
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use sqlx::PgPool;
 
 use super::error::ApiError;
 use super::rate::RateLimits;
+use super::server::PeerCertificate;
 use crate::auth::{self, looks_like_jwt, Caller, Keys, Oidc};
 use crate::config::{AuthConfig, AuthMode};
 use crate::registry;
@@ -35,6 +38,8 @@ pub struct Authn {
     oidc: Option<Oidc>,
     /// Requests per principal, checked once the caller is known.
     rate: Option<RateLimits>,
+    /// `auth.certificate_principals`.
+    certificates: bool,
     anonymous_metrics: bool,
 }
 
@@ -53,6 +58,7 @@ impl Authn {
             audit: Some(audit),
             oidc,
             rate: None,
+            certificates: config.certificate_principals,
             mode: config.mode,
             keys,
             anonymous_metrics: config.anonymous_metrics,
@@ -143,7 +149,10 @@ pub async fn authenticate(
         (AuthMode::None, _) => Ok(Some(Caller::open())),
         (AuthMode::Required, None) => Err(Refused::Unavailable),
         (AuthMode::Required, Some(keys)) => match credential(req.headers(), registry) {
-            Credential::None => Ok(None),
+            Credential::None => match req.extensions().get::<PeerCertificate>() {
+                Some(cert) if authn.certificates => certificate_caller(keys, cert).await,
+                _ => Ok(None),
+            },
             Credential::Unreadable => Err(Refused::Credential("malformed")),
             Credential::Key(text) if !text.starts_with("keel_") && looks_like_jwt(&text) => {
                 match &authn.oidc {
@@ -203,6 +212,25 @@ pub async fn authenticate(
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The enabled principal a verified client certificate names by its subject common name.
+async fn certificate_caller(
+    keys: &Keys,
+    cert: &PeerCertificate,
+) -> Result<Option<Caller>, Refused> {
+    let Ok(name) = auth::PrincipalName::parse(&cert.subject) else {
+        return Err(Refused::Credential("certificate_unknown"));
+    };
+    match keys.enabled_principal(&name).await {
+        Ok(Some(principal)) => Ok(Some(Caller::with_certificate(&principal))),
+        Ok(None) => Err(Refused::Credential("certificate_unknown")),
+        Err(e) if e.is_retriable() => Err(Refused::Unavailable),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up a certificate's principal");
+            Err(Refused::Internal)
+        }
+    }
 }
 
 enum Refused {

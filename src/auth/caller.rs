@@ -54,6 +54,15 @@ impl Caller {
         }
     }
 
+    /// A caller whose verified TLS client certificate names `principal`.
+    pub fn with_certificate(principal: &Principal) -> Self {
+        Self {
+            name: principal.name.to_string(),
+            method: Method::Certificate,
+            access: Arc::new(Access::new(&principal.roles, &principal.grants)),
+        }
+    }
+
     /// A caller with a verified OIDC token: the token's roles; custom grants belong to stored
     /// principals only.
     pub fn with_token(identity: &TokenIdentity) -> Self {

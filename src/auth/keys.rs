@@ -269,6 +269,22 @@ impl Keys {
         Ok(removed > 0)
     }
 
+    /// The principal `name` if it exists and is enabled: for a verified TLS client certificate,
+    /// which names a principal instead of carrying a key. Asked on every such request, so a
+    /// disabled principal stops at once.
+    pub async fn enabled_principal(
+        &self,
+        name: &PrincipalName,
+    ) -> Result<Option<Principal>, Error> {
+        let row: Option<PrincipalRow> = sqlx::query_as(&format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.name = $1 AND p.disabled_at IS NULL"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Principal::try_from).transpose()
+    }
+
     /// Whether some enabled principal holds the admin role: the bootstrap key is used only when
     /// none does.
     pub async fn has_admin(&self, conn: &mut PgConnection) -> Result<bool, Error> {

@@ -422,6 +422,53 @@ async fn a_verified_client_certificate_reaches_the_request_as_peer_certificate_w
 }
 
 #[tokio::test]
+async fn with_certificate_principals_a_client_certificate_acts_as_the_principal_it_names() {
+    // Arrange: keel over mTLS (optional), certificates as principals, and the principal
+    // `keel-client` as a reader.
+    let pki = Pki::new("certprincipal");
+    pki.server("server", 0x1001).client("client", "keel-client");
+    pki.client("other", "nobody-here");
+    let mut config = test_config();
+    config.api.tls = ApiTlsConfig {
+        client_ca_file: Some(pki.ca()),
+        client_auth: ClientAuth::Optional,
+        ..tls_settings(&pki, "server")
+    };
+    config.auth.certificate_principals = true;
+    let app = Application::build(&config).await.unwrap();
+    let addr = app.local_addr();
+    let keys = keel::auth::Keys::from_config(app.store().pool().clone(), &config.auth).unwrap();
+    let pool = app.store().pool().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let name = keel::auth::PrincipalName::parse("keel-client").unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    keys.create_principal(
+        &mut conn,
+        &name,
+        keel::auth::Kind::Service,
+        &[keel::auth::Role::Reader],
+    )
+    .await
+    .unwrap();
+    let ask = |identity: Option<&'static str>, path: &'static str| {
+        let config = pki.client_config(ANY_TLS, identity.map(|n| (&pki, n)));
+        async move {
+            let mut stream = tls_connect(addr, config).await.unwrap();
+            get(&mut stream, path).await.unwrap().0
+        }
+    };
+
+    // Act and assert: the reader reads and may not manage principals; no certificate, or one
+    // naming no principal, is 401; a disabled principal's certificate stops at once.
+    assert_eq!(ask(Some("client"), "/v1/events").await, 200);
+    assert_eq!(ask(Some("client"), "/v1/principals").await, 403);
+    assert_eq!(ask(None, "/v1/events").await, 401);
+    assert_eq!(ask(Some("other"), "/v1/events").await, 401);
+    keys.disable_principal(&mut conn, &name).await.unwrap();
+    assert_eq!(ask(Some("client"), "/v1/events").await, 401);
+}
+
+#[tokio::test]
 async fn required_client_auth_refuses_a_client_without_a_certificate() {
     let pki = Pki::new("required");
     pki.server("server", 0x1001).client("client", "keel-client");
