@@ -14,6 +14,7 @@ mod keys;
 mod library;
 mod log;
 mod metrics;
+mod operator_cli;
 mod projections;
 mod reads;
 mod registry;

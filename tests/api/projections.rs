@@ -257,13 +257,13 @@ fn high_watermarks(broker: &Server, topic: &str) -> HashMap<i32, i64> {
         .collect()
 }
 
-fn keel(app: &TestApp, broker: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_KAFKA_BROKERS", broker.brokers())
-        .env("KEEL_LOG", "warn")
+/// `keel ARGS` against `app`'s API, as the admin.
+async fn keel(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let mut command = app.keel();
+    command.args(args);
+    tokio::process::Command::from(command)
         .output()
+        .await
         .expect("run keel")
 }
 
@@ -320,18 +320,20 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
     );
     load.await.unwrap();
     // Publish every agent event a second time: the projection must not apply them again.
-    succeeded(&keel(
-        &app,
-        &broker,
-        &[
-            "replay",
-            "republish",
-            "--topic",
-            "keel.agent",
-            "--event-type",
-            "agent.state.changed",
-        ],
-    ));
+    succeeded(
+        &keel(
+            &app,
+            &[
+                "replay",
+                "republish",
+                "--topic",
+                "keel.agent",
+                "--event-type",
+                "agent.state.changed",
+            ],
+        )
+        .await,
+    );
     // Wait until the projection has read past every record, duplicates included.
     let ends = high_watermarks(&broker, "keel.agent");
     eventually(
@@ -475,11 +477,7 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
         }
     });
     for name in ["agent_status", "service_invocations"] {
-        let report = succeeded(&keel(
-            &app,
-            &broker,
-            &["replay", "projection", name, "--page", "50"],
-        ));
+        let report = succeeded(&keel(&app, &["replay", "projection", name, "--page", "50"]).await);
         assert_eq!(report["swapped"], true, "{report}");
         assert_eq!(report["schema"], format!("keel_proj_{name}"));
     }
@@ -499,17 +497,19 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     .await
     .unwrap();
     let agent_text = agent.to_string();
-    succeeded(&keel(
-        &app,
-        &broker,
-        &[
-            "replay",
-            "projection",
-            "agent_status",
-            "--aggregate",
-            &agent_text,
-        ],
-    ));
+    succeeded(
+        &keel(
+            &app,
+            &[
+                "replay",
+                "projection",
+                "agent_status",
+                "--aggregate",
+                &agent_text,
+            ],
+        )
+        .await,
+    );
     assert_eq!(
         agents_in(&app, "keel_proj_agent_status").await.get(agent),
         Some(expected)
@@ -517,7 +517,6 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     // A projection whose rows mix aggregates refuses, and says why.
     let out = keel(
         &app,
-        &broker,
         &[
             "replay",
             "projection",
@@ -525,7 +524,8 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
             "--aggregate",
             &agent_text,
         ],
-    );
+    )
+    .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot rebuild one aggregate"));
 
@@ -537,17 +537,19 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     .fetch_one(app.store.pool())
     .await
     .unwrap();
-    let report = succeeded(&keel(
-        &app,
-        &broker,
-        &[
-            "replay",
-            "projection",
-            "agent_status",
-            "--until",
-            &cut.to_string(),
-        ],
-    ));
+    let report = succeeded(
+        &keel(
+            &app,
+            &[
+                "replay",
+                "projection",
+                "agent_status",
+                "--until",
+                &cut.to_string(),
+            ],
+        )
+        .await,
+    );
     assert_eq!(report["swapped"], false);
     let until = agents_in(&app, "keel_proj_agent_status_until").await;
     let transitions: i64 = until.values().map(|a| a.3).sum();
@@ -560,10 +562,9 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
     append_concurrently(&app, 100, 8, 16).await;
     // SIGINT a slow rebuild (one event per page) part-way.
-    let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+    let child = app
+        .keel()
         .args(["replay", "projection", "agent_status", "--page", "1"])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -592,11 +593,7 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
     let done = report["events_read"].as_u64().unwrap();
     assert!(done > 0 && done < 800, "{report}");
     // Run again: it resumes (reads only the rest) and swaps in the full model.
-    let report = succeeded(&keel(
-        &app,
-        &broker,
-        &["replay", "projection", "agent_status"],
-    ));
+    let report = succeeded(&keel(&app, &["replay", "projection", "agent_status"]).await);
     assert_eq!(report["swapped"], true);
     assert_eq!(
         report["events_read"].as_u64().unwrap() + done,
