@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use sqlx::PgPool;
 
 use super::error::ApiError;
 use crate::auth::{self, Caller, Keys};
@@ -23,6 +24,8 @@ use crate::registry;
 /// What the authentication layer needs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Authn {
+    /// Where refused operator actions are recorded.
+    audit: Option<PgPool>,
     mode: AuthMode,
     /// `None` only when `mode` is `none`.
     keys: Option<Keys>,
@@ -31,11 +34,12 @@ pub struct Authn {
 
 impl Authn {
     /// The layer for `config`; with authentication required, `keys` must be there.
-    pub fn new(config: &AuthConfig, keys: Option<Keys>) -> anyhow::Result<Self> {
+    pub fn new(config: &AuthConfig, keys: Option<Keys>, audit: PgPool) -> anyhow::Result<Self> {
         if config.mode == AuthMode::Required && keys.is_none() {
             anyhow::bail!("authentication is required, but no key store is configured");
         }
         Ok(Self {
+            audit: Some(audit),
             mode: config.mode,
             keys,
             anonymous_metrics: config.anonymous_metrics,
@@ -64,6 +68,10 @@ impl RequestId {
         })
     }
 }
+
+/// The database refused operator actions are recorded in, for the route guards.
+#[derive(Debug, Clone)]
+pub struct AuditLog(pub PgPool);
 
 /// The credential a request carries.
 enum Credential {
@@ -107,6 +115,9 @@ pub async fn authenticate(
 ) -> Response {
     let request_id = RequestId::of(req.headers());
     req.extensions_mut().insert(request_id.clone());
+    if let Some(pool) = &authn.audit {
+        req.extensions_mut().insert(AuditLog(pool.clone()));
+    }
     let registry = registry::api::owns(req.uri().path());
     let outcome = match (&authn.mode, &authn.keys) {
         (AuthMode::None, _) => Ok(Some(Caller::open())),

@@ -176,6 +176,28 @@ impl From<crate::append::Refusal> for ApiError {
     }
 }
 
+impl From<crate::auth::Error> for ApiError {
+    fn from(err: crate::auth::Error) -> Self {
+        use crate::auth::Error as E;
+        let message = err.to_string();
+        match err {
+            E::Unauthenticated(_) => Self::new(StatusCode::UNAUTHORIZED, err.code(), message),
+            E::PrincipalExists(_) | E::KeyExists(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            E::PrincipalNotFound(_) | E::KeyNotFound(_) => Self::not_found("not_found", message),
+            E::InvalidName(_) | E::InvalidRole(_) => Self::bad_request("invalid_input", message),
+            E::Unavailable(_) => {
+                Self::unavailable("unavailable", "the database is unavailable; retry later")
+            }
+            E::Random(_) | E::Database(_) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::from(err)), "auth store error");
+                Self::internal()
+            }
+        }
+    }
+}
+
 impl From<crate::append::Error> for ApiError {
     fn from(err: crate::append::Error) -> Self {
         use crate::append::{Error as E, ValidationError as V};

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod extract;
 mod health;
+mod operator;
 mod projections;
 pub mod routes;
 pub mod server;
@@ -34,7 +35,8 @@ pub use routes::{Need, Route};
 use crate::append::Appender;
 use crate::auth::{Action, Caller, Keys};
 use crate::catalog::Catalog;
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, RelayConfig};
+use crate::projection::Projection;
 use crate::registry::{self, Registry};
 use crate::store::Store;
 
@@ -52,6 +54,11 @@ pub struct AppState {
     pub authn: Arc<Authn>,
     /// The key store, for principal management; `None` when authentication is off.
     pub keys: Option<Keys>,
+    /// The relay's settings and the brokers, for republish jobs and the outbox status.
+    pub relay: Arc<RelayConfig>,
+    pub kafka_brokers: String,
+    /// The projections this process knows, for rebuild jobs.
+    pub projections: Arc<[Arc<dyn Projection>]>,
 }
 
 impl AppState {
@@ -108,7 +115,8 @@ fn table(state: &AppState) -> routes::Table<AppState> {
             Need::Some(Action::EventRead),
             events::get_event,
         )
-        .merge(projections::routes());
+        .merge(projections::routes())
+        .merge(operator::routes());
     for (method, path, guard, handler) in registry::api::routes(state.registry.clone()) {
         let handler = handler.layer(middleware::from_fn(readable_subjects));
         table = table.route(method, path, registry_need(guard), handler);

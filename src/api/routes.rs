@@ -13,7 +13,10 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::RequestExt;
 use axum::Router;
 
-use super::auth::{forbidden, unauthenticated};
+use serde_json::json;
+
+use super::auth::{forbidden, unauthenticated, AuditLog, RequestId};
+use crate::auth::audit::{self, Entry, Outcome};
 use crate::auth::{Action, Caller};
 use crate::registry;
 
@@ -128,12 +131,23 @@ async fn authorize(State(guard): State<Arc<Guard>>, mut req: Request, next: Next
         },
     };
     if allowed {
-        next.run(req).await
-    } else {
-        let action = match guard.need {
-            Need::Action(a) | Need::Some(a) | Need::Path(a, _) | Need::Named(a, _) => a,
-            Need::Anyone | Need::Authenticated => unreachable!("always allowed above"),
-        };
-        forbidden(guard.registry, action).into_response()
+        return next.run(req).await;
     }
+    let action = match guard.need {
+        Need::Action(a) | Need::Some(a) | Need::Path(a, _) | Need::Named(a, _) => a,
+        Need::Anyone | Need::Authenticated => unreachable!("always allowed above"),
+    };
+    if action.is_operator() {
+        if let Some(AuditLog(pool)) = req.extensions().get::<AuditLog>() {
+            let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+            let target = json!({"method": req.method().as_str(), "path": req.uri().path()});
+            let entry = Entry::new(&caller, action.as_str(), target)
+                .outcome(Outcome::Denied, Some("forbidden".into()))
+                .request(request_id, None);
+            if let Err(e) = audit::record_alone(pool, &entry).await {
+                tracing::error!(error = %e, "cannot record a denied operator action in the audit log");
+            }
+        }
+    }
+    forbidden(guard.registry, action).into_response()
 }

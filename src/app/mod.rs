@@ -97,6 +97,7 @@ impl Application {
             config.api.validate_payloads,
         );
         let keys = security(config, store.pool()).await?;
+        let authn = api::Authn::new(&config.auth, keys.clone(), store.pool().clone())?;
         let state = AppState {
             appender: Appender::new(store.clone(), validator),
             store,
@@ -104,8 +105,11 @@ impl Application {
             registry,
             limits: Arc::new(config.api.clone()),
             metrics: crate::metrics::install(),
-            authn: Arc::new(api::Authn::new(&config.auth, keys.clone())?),
+            authn: Arc::new(authn),
             keys,
+            relay: Arc::new(config.relay.clone()),
+            kafka_brokers: config.kafka_brokers.clone(),
+            projections: projections.all().into(),
         };
         Ok(Self {
             listener,

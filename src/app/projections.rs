@@ -56,6 +56,11 @@ impl Projections {
         self.known.push(projection);
     }
 
+    /// Every known projection.
+    pub fn all(&self) -> Vec<Arc<dyn Projection>> {
+        self.known.clone()
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         self.known.iter().map(|p| p.name()).collect()
     }

@@ -63,6 +63,24 @@ pub enum Resource {
 }
 
 impl Action {
+    /// Whether this is an operator action: its refusals are recorded in the audit log, as its
+    /// successes are (reads of data are counted, not audited).
+    pub fn is_operator(self) -> bool {
+        use Action::*;
+        matches!(
+            self,
+            OutboxRetry
+                | OutboxSkip
+                | DlqRetry
+                | DlqSkip
+                | ReplayRun
+                | ProjectionRebuild
+                | RetentionSet
+                | PrincipalManage
+                | AuditRead
+        )
+    }
+
     pub fn resource(self) -> Resource {
         use Action::*;
         match self {

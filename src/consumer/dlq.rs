@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::record::Record;
@@ -259,10 +259,13 @@ pub async fn list(
     .await
 }
 
-pub async fn show(pool: &PgPool, id: i64) -> Result<Option<DlqRow>, sqlx::Error> {
+pub async fn show<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<DlqRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM consumer_dlq WHERE id = $1"))
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await
 }
 
@@ -279,12 +282,16 @@ pub enum ManageError {
 
 /// Marks the selected parked rows, and the rows held behind them, for redelivery by the running
 /// consumer. Returns how many rows were marked.
-pub async fn retry(pool: &PgPool, group: &str, selection: &Selection) -> Result<u64, ManageError> {
+pub async fn retry(
+    conn: &mut PgConnection,
+    group: &str,
+    selection: &Selection,
+) -> Result<u64, ManageError> {
     const SET: &str = "UPDATE consumer_dlq SET state = 'retry', updated_at = now()
          WHERE state IN ('parked', 'held') AND group_id = $1";
     let done = match selection {
         Selection::Id(id) => {
-            let row = parked_row(pool, group, *id).await?;
+            let row = parked_row(&mut *conn, group, *id).await?;
             sqlx::query(&format!(
                 "{SET} AND topic = $2 AND partition = $3 AND record_key = $4"
             ))
@@ -292,17 +299,17 @@ pub async fn retry(pool: &PgPool, group: &str, selection: &Selection) -> Result<
             .bind(&row.topic)
             .bind(row.partition)
             .bind(&row.record_key)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
         }
         Selection::Key(key) => {
             sqlx::query(&format!("{SET} AND record_key = $2"))
                 .bind(group)
                 .bind(key)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?
         }
-        Selection::All => sqlx::query(SET).bind(group).execute(pool).await?,
+        Selection::All => sqlx::query(SET).bind(group).execute(&mut *conn).await?,
     };
     Ok(done.rows_affected())
 }
@@ -310,16 +317,19 @@ pub async fn retry(pool: &PgPool, group: &str, selection: &Selection) -> Result<
 /// Drops the selected rows. Skipping one parked row releases the rows held behind it: they are
 /// marked for redelivery, in order. `--key` and `--all` drop the whole chain. Returns how many
 /// rows were skipped.
-pub async fn skip(pool: &PgPool, group: &str, selection: &Selection) -> Result<u64, ManageError> {
-    let mut tx = pool.begin().await?;
+pub async fn skip(
+    conn: &mut PgConnection,
+    group: &str,
+    selection: &Selection,
+) -> Result<u64, ManageError> {
     let skipped = match selection {
         Selection::Id(id) => {
-            let row = parked_row(pool, group, *id).await?;
+            let row = parked_row(&mut *conn, group, *id).await?;
             let n = sqlx::query(
                 "UPDATE consumer_dlq SET state = 'skipped', updated_at = now() WHERE id = $1",
             )
             .bind(row.id)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
             sqlx::query(
@@ -331,7 +341,7 @@ pub async fn skip(pool: &PgPool, group: &str, selection: &Selection) -> Result<u
             .bind(&row.topic)
             .bind(row.partition)
             .bind(&row.record_key)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
             n
         }
@@ -341,7 +351,7 @@ pub async fn skip(pool: &PgPool, group: &str, selection: &Selection) -> Result<u
         )
         .bind(group)
         .bind(key)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected(),
         Selection::All => sqlx::query(
@@ -349,16 +359,15 @@ pub async fn skip(pool: &PgPool, group: &str, selection: &Selection) -> Result<u
               WHERE group_id = $1 AND state IN ('parked', 'held', 'retry')",
         )
         .bind(group)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected(),
     };
-    tx.commit().await?;
     Ok(skipped)
 }
 
-async fn parked_row(pool: &PgPool, group: &str, id: i64) -> Result<DlqRow, ManageError> {
-    let row = show(pool, id)
+async fn parked_row(conn: &mut PgConnection, group: &str, id: i64) -> Result<DlqRow, ManageError> {
+    let row = show(conn, id)
         .await?
         .filter(|r| r.group_id == group)
         .ok_or_else(|| ManageError::NotFound(id, group.to_owned()))?;

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::outbox::wake_relays;
@@ -94,7 +94,7 @@ impl Selection {
 
 /// Releases parked rows to be re-sent (with a fresh attempt count), and wakes the relays.
 /// Returns how many rows were released.
-pub async fn retry(pool: &PgPool, which: Selection) -> Result<u64, sqlx::Error> {
+pub async fn retry(conn: &mut PgConnection, which: Selection) -> Result<u64, sqlx::Error> {
     let (id, sink) = which.binds();
     let done = sqlx::query(
         "UPDATE relay_parked SET state = 'retry', attempts = 0, updated_at = now()
@@ -103,15 +103,18 @@ pub async fn retry(pool: &PgPool, which: Selection) -> Result<u64, sqlx::Error> 
     )
     .bind(id)
     .bind(sink)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
-    wake_relays(pool).await?;
+    wake_relays(&mut *conn).await?;
     Ok(done.rows_affected())
 }
 
 /// Gives up on parked rows: they are never delivered to that sink, and the rows held behind them
 /// flow again. Returns the rows skipped.
-pub async fn skip(pool: &PgPool, which: Selection) -> Result<Vec<ParkedEntry>, sqlx::Error> {
+pub async fn skip(
+    conn: &mut PgConnection,
+    which: Selection,
+) -> Result<Vec<ParkedEntry>, sqlx::Error> {
     let (id, sink) = which.binds();
     let skipped = sqlx::query_as(
         "DELETE FROM relay_parked
@@ -122,8 +125,8 @@ pub async fn skip(pool: &PgPool, which: Selection) -> Result<Vec<ParkedEntry>, s
     )
     .bind(id)
     .bind(sink)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
-    wake_relays(pool).await?;
+    wake_relays(&mut *conn).await?;
     Ok(skipped)
 }

@@ -334,11 +334,12 @@ pub async fn cleanup(
 pub const WAKE_CHANNEL: &str = "keel_relay";
 
 /// Tells every relay listening that there is new work. Issued outside append transactions, so it
-/// never adds to their cost or holds their commit.
-pub async fn wake_relays(pool: &PgPool) -> Result<(), sqlx::Error> {
+/// never adds to their cost or holds their commit. Inside a transaction, the notice goes out when
+/// it commits.
+pub async fn wake_relays<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(WAKE_CHANNEL)
-        .execute(pool)
+        .execute(executor)
         .await
         .map(|_| ())
 }

@@ -127,6 +127,46 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/registry/config/{subject}", "registry.read"),
     ("PUT", "/registry/config/{subject}", "registry.config"),
     ("DELETE", "/registry/config/{subject}", "registry.config"),
+    ("GET", "/v1/outbox/status", "outbox.read"),
+    ("GET", "/v1/outbox/parked", "outbox.read"),
+    ("POST", "/v1/outbox/retry", "outbox.retry"),
+    ("POST", "/v1/outbox/skip", "outbox.skip"),
+    ("GET", "/v1/dlq/{group}", "dlq.read"),
+    ("GET", "/v1/dlq/{group}/rows/{id}", "dlq.read"),
+    ("POST", "/v1/dlq/{group}/retry", "dlq.retry"),
+    ("POST", "/v1/dlq/{group}/skip", "dlq.skip"),
+    ("POST", "/v1/replay/republish", "replay.run"),
+    (
+        "POST",
+        "/v1/projections/{name}/rebuild",
+        "projection.rebuild",
+    ),
+    ("GET", "/v1/principals", "principal.manage"),
+    ("POST", "/v1/principals", "principal.manage"),
+    (
+        "POST",
+        "/v1/principals/{principal}/disable",
+        "principal.manage",
+    ),
+    ("GET", "/v1/principals/{principal}/keys", "principal.manage"),
+    (
+        "POST",
+        "/v1/principals/{principal}/keys",
+        "principal.manage",
+    ),
+    ("DELETE", "/v1/keys/{key_id}", "principal.manage"),
+    (
+        "POST",
+        "/v1/principals/{principal}/grants",
+        "principal.manage",
+    ),
+    (
+        "POST",
+        "/v1/principals/{principal}/grants/remove",
+        "principal.manage",
+    ),
+    ("GET", "/v1/audit", "audit.read"),
+    ("GET", "/v1/audit/verify", "audit.read"),
 ];
 
 /// The expected decision for a route: `None` for anyone, `Some(None)` for any credential,
@@ -147,6 +187,10 @@ fn expected(method: &Method, path: &str) -> Option<Option<Action>> {
 /// no request of the matrix changes anything (mutations answer 404 or 422 once allowed).
 fn concrete(path: &str, values: &HashMap<&str, String>) -> String {
     let mut out = path.to_owned();
+    if let Some(rebuild) = out.strip_suffix("{name}/rebuild") {
+        // A projection that does not exist: an allowed caller gets 404, and nothing is rebuilt.
+        out = format!("{rebuild}matrix_nothing/rebuild");
+    }
     for (name, value) in values {
         out = out.replace(&format!("{{{name}}}"), value);
     }

@@ -1,0 +1,219 @@
+//! Operator routes: the outbox, dead letters, replay and rebuild jobs, principals and the audit
+//! log. `keel outbox`, `keel dlq`, `keel replay`, `keel principal`, `keel grant` and `keel audit`
+//! act only through these, so no operator action skips authorisation or the audit log.
+//!
+//! Every change commits with its audit row ([`audited`]); a failure is recorded on its own, and
+//! a refusal by the route's guard is recorded as `denied` (`super::routes`). Long jobs answer with
+//! NDJSON progress lines and record their start and end ([`jobs`]).
+
+mod audit;
+mod dlq;
+mod jobs;
+mod outbox;
+mod principals;
+
+use axum::http::Method;
+use futures_util::future::BoxFuture;
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+
+use super::auth::RequestId;
+use super::error::ApiError;
+use super::routes::{Need, Table};
+use super::AppState;
+use crate::auth::{self, audit::Entry, audit::Outcome, Action, Caller};
+
+/// The operator routes and their guards.
+pub(super) fn routes() -> Table<AppState> {
+    use Action as A;
+    let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+    Table::new()
+        .at(
+            get.clone(),
+            "/v1/outbox/status",
+            Need::Action(A::OutboxRead),
+            outbox::status,
+        )
+        .at(
+            get.clone(),
+            "/v1/outbox/parked",
+            Need::Action(A::OutboxRead),
+            outbox::parked,
+        )
+        .at(
+            post.clone(),
+            "/v1/outbox/retry",
+            Need::Action(A::OutboxRetry),
+            outbox::retry,
+        )
+        .at(
+            post.clone(),
+            "/v1/outbox/skip",
+            Need::Action(A::OutboxSkip),
+            outbox::skip,
+        )
+        .at(
+            get.clone(),
+            "/v1/dlq/{group}",
+            Need::Path(A::DlqRead, "group"),
+            dlq::list,
+        )
+        .at(
+            get.clone(),
+            "/v1/dlq/{group}/rows/{id}",
+            Need::Path(A::DlqRead, "group"),
+            dlq::show,
+        )
+        .at(
+            post.clone(),
+            "/v1/dlq/{group}/retry",
+            Need::Path(A::DlqRetry, "group"),
+            dlq::retry,
+        )
+        .at(
+            post.clone(),
+            "/v1/dlq/{group}/skip",
+            Need::Path(A::DlqSkip, "group"),
+            dlq::skip,
+        )
+        // The topic is in the body: the handler checks it before the job starts.
+        .at(
+            post.clone(),
+            "/v1/replay/republish",
+            Need::Some(A::ReplayRun),
+            jobs::republish,
+        )
+        .at(
+            post.clone(),
+            "/v1/projections/{name}/rebuild",
+            Need::Path(A::ProjectionRebuild, "name"),
+            jobs::rebuild,
+        )
+        .at(
+            get.clone(),
+            "/v1/principals",
+            Need::Action(A::PrincipalManage),
+            principals::list,
+        )
+        .at(
+            post.clone(),
+            "/v1/principals",
+            Need::Action(A::PrincipalManage),
+            principals::create,
+        )
+        .at(
+            post.clone(),
+            "/v1/principals/{principal}/disable",
+            Need::Action(A::PrincipalManage),
+            principals::disable,
+        )
+        .at(
+            get.clone(),
+            "/v1/principals/{principal}/keys",
+            Need::Action(A::PrincipalManage),
+            principals::keys,
+        )
+        .at(
+            post.clone(),
+            "/v1/principals/{principal}/keys",
+            Need::Action(A::PrincipalManage),
+            principals::create_key,
+        )
+        .at(
+            delete,
+            "/v1/keys/{key_id}",
+            Need::Action(A::PrincipalManage),
+            principals::revoke_key,
+        )
+        .at(
+            post.clone(),
+            "/v1/principals/{principal}/grants",
+            Need::Action(A::PrincipalManage),
+            principals::add_grant,
+        )
+        .at(
+            post,
+            "/v1/principals/{principal}/grants/remove",
+            Need::Action(A::PrincipalManage),
+            principals::remove_grant,
+        )
+        .at(
+            get.clone(),
+            "/v1/audit",
+            Need::Action(A::AuditRead),
+            audit::list,
+        )
+        .at(
+            get,
+            "/v1/audit/verify",
+            Need::Action(A::AuditRead),
+            audit::verify,
+        )
+}
+
+/// One operator action about to happen: who, what, on what.
+pub(super) struct Op {
+    pub entry: Entry,
+}
+
+impl Op {
+    pub fn new(caller: &Caller, request: &RequestId, action: &str, target: Value) -> Self {
+        Self {
+            entry: Entry::new(caller, action, target).request(Some(request.0.clone()), None),
+        }
+    }
+
+    pub fn params(mut self, params: Value) -> Self {
+        self.entry = self.entry.params(params);
+        self
+    }
+}
+
+/// Runs `change` in a transaction and commits it with its audit row; a failed change rolls back
+/// and is recorded as `failed` on its own (a refused request is still an attempt).
+pub(super) async fn audited<T, F>(state: &AppState, op: Op, change: F) -> Result<T, ApiError>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, ApiError>>,
+{
+    let pool = state.store.pool();
+    let mut tx = pool.begin().await.map_err(db)?;
+    match change(&mut tx).await {
+        Ok(done) => {
+            auth::audit::record(&mut tx, &op.entry).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(done)
+        }
+        Err(err) => {
+            drop(tx);
+            let entry = op.entry.outcome(Outcome::Failed, Some(err.code.to_owned()));
+            if let Err(e) = auth::audit::record_alone(pool, &entry).await {
+                tracing::error!(error = %e, action = %entry.action, "cannot record a failed operator action in the audit log");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// A JSON body that may be left out: an empty body is the defaults.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("malformed request body: {e}")))
+}
+
+fn db(e: sqlx::Error) -> ApiError {
+    crate::store::Error::from(e).into()
+}
+
+/// `{"field": value}` for a JSON body field, for audit targets.
+fn target(pairs: &[(&str, Value)]) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in pairs {
+        if !v.is_null() {
+            map.insert((*k).to_owned(), v.clone());
+        }
+    }
+    json!(map)
+}
