@@ -84,7 +84,8 @@ pub enum Error {
 
 fn api_message(code: &str, message: &str, details: &Value, hint: &Option<String>) -> String {
     let mut text = format!("{code}: {message}");
-    let interesting = details.as_object().is_some_and(|d| !d.is_empty());
+    // The hint says in words what the details of a 401 or 403 say.
+    let interesting = hint.is_none() && details.as_object().is_some_and(|d| !d.is_empty());
     if interesting {
         text.push_str(&format!(" {details}"));
     }
