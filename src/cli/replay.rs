@@ -194,8 +194,11 @@ async fn republish(client: &Client, args: RepublishArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         let sent = report["sent"].as_u64().unwrap_or_default();
-        println!("republished {sent} events to {}", args.topic);
-        if let Some(cursor) = report["cursor"].as_str() {
+        let cursor = report["cursor"].as_str().unwrap_or_default();
+        if report["interrupted"] == true {
+            println!("interrupted after {sent} events; resume with --after {cursor}");
+        } else {
+            println!("republished {sent} events to {}", args.topic);
             println!("to send only later events, run again with --after {cursor}");
         }
     }
