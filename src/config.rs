@@ -389,6 +389,8 @@ pub struct AuthConfig {
     /// 60000; 0 asks every time (`KEEL_AUTH__KEY_CACHE_TTL_MS`). A key revoked, or a principal
     /// disabled, through another keel process stops working within this time.
     pub key_cache_ttl_ms: u64,
+    /// JWT bearer tokens from an OpenID Connect issuer, beside API keys (`[auth.oidc]`).
+    pub oidc: OidcConfig,
 }
 
 impl Default for AuthConfig {
@@ -400,7 +402,161 @@ impl Default for AuthConfig {
             key_secret_file: None,
             key_secret: None,
             key_cache_ttl_ms: 5_000,
+            oidc: OidcConfig::default(),
         }
+    }
+}
+
+/// JWT bearer tokens signed by an OpenID Connect issuer, verified against the issuer's published
+/// keys (its JWKS). Off unless `issuer`, `audience` and `jwks_url` are all set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The issuer, exactly as the tokens' `iss` claim spells it, trailing slash and all
+    /// (`KEEL_AUTH__OIDC__ISSUER`), for example `https://login.example.com/realms/keel`.
+    pub issuer: Option<String>,
+    /// The audience keel accepts: a token's `aud` claim (a string or an array) must contain it
+    /// (`KEEL_AUTH__OIDC__AUDIENCE`). Use a value meant for keel alone, so that a token issued
+    /// for another service is refused.
+    pub audience: Option<String>,
+    /// Where the issuer publishes its signing keys, a JSON Web Key Set
+    /// (`KEEL_AUTH__OIDC__JWKS_URL`). It must be `https://`; plain `http://` is accepted only to
+    /// a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`), for a local identity provider.
+    /// keel fetches keys from this URL only: a token's `jku`, `x5u` and embedded `jwk` headers
+    /// are ignored.
+    pub jwks_url: Option<String>,
+    /// The signature algorithms keel accepts (`KEEL_AUTH__OIDC__ALGORITHMS`, as `[RS256,ES256]`),
+    /// from RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 and EdDSA. `none` and the
+    /// HMAC algorithms (HS256, HS384, HS512) are refused: keel verifies with the issuer's public
+    /// keys, never with a shared secret. A token's key must also be of its algorithm's type.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds, at most 60
+    /// (`KEEL_AUTH__OIDC__LEEWAY_S`).
+    pub leeway_s: u64,
+    /// The claim that holds a token's roles (`KEEL_AUTH__OIDC__ROLES_CLAIM`): an array of
+    /// strings, or one space-separated string as in `scope`. Each value that is a built-in role
+    /// name (`producer`, `reader`, `registry-admin`, `operator`, `admin`) grants that role;
+    /// other values grant nothing. A name that is not a top-level claim is read as a dotted
+    /// path into nested objects, so `realm_access.roles` finds Keycloak's realm roles; a
+    /// top-level claim whose name has dots (`https://example.com/roles`) is found as it is.
+    pub roles_claim: String,
+    /// How long fetched keys are trusted before keel fetches the JWKS again, in seconds, 1 to
+    /// 86400 (`KEEL_AUTH__OIDC__JWKS_CACHE_S`). A key the issuer withdrew stops verifying within
+    /// about this time. When the JWKS cannot be fetched, the keys fetched last keep verifying.
+    pub jwks_cache_s: u64,
+    /// Fewest seconds between two fetches of the JWKS, whatever the cause, at least 1 and at
+    /// most `jwks_cache_s` (`KEEL_AUTH__OIDC__JWKS_REFETCH_MIN_S`). A token whose `kid` is not
+    /// among the cached keys makes keel fetch again (so a rotated key works without a restart),
+    /// but no more often than this, so a flood of tokens with made-up `kid`s cannot make keel
+    /// flood the issuer.
+    pub jwks_refetch_min_s: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            jwks_url: None,
+            algorithms: ["RS256", "ES256", "EdDSA"].map(String::from).to_vec(),
+            leeway_s: 30,
+            roles_claim: "roles".into(),
+            jwks_cache_s: 300,
+            jwks_refetch_min_s: 30,
+        }
+    }
+}
+
+/// The JWT signature algorithms `auth.oidc.algorithms` may name: the asymmetric ones.
+pub const OIDC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+impl OidcConfig {
+    /// Whether tokens are verified at all: `issuer` is set (and, once validated, so are
+    /// `audience` and `jwks_url`).
+    pub fn enabled(&self) -> bool {
+        self.issuer.is_some()
+    }
+
+    /// Checks the settings; every error names the setting at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let set = [
+            ("auth.oidc.issuer", &self.issuer),
+            ("auth.oidc.audience", &self.audience),
+            ("auth.oidc.jwks_url", &self.jwks_url),
+        ];
+        for (name, value) in &set {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                bail!("{name} must not be empty: leave it unset to turn OIDC tokens off");
+            }
+        }
+        let missing: Vec<&str> = set
+            .iter()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| *name)
+            .collect();
+        if missing.len() == set.len() {
+            return Ok(());
+        }
+        if !missing.is_empty() {
+            bail!(
+                "auth.oidc.issuer, auth.oidc.audience and auth.oidc.jwks_url go together: set all three or none (missing: {})",
+                missing.join(", ")
+            );
+        }
+        if let Some(url) = &self.jwks_url {
+            let parsed = reqwest::Url::parse(url)
+                .with_context(|| format!("auth.oidc.jwks_url {url:?} is not a URL"))?;
+            if !is_secure_fetch_url(&parsed) {
+                bail!("auth.oidc.jwks_url must use https (plain http only to a loopback host such as 127.0.0.1 or localhost): {url}");
+            }
+        }
+        if self.algorithms.is_empty() {
+            bail!("auth.oidc.algorithms must name at least one algorithm");
+        }
+        for alg in &self.algorithms {
+            if alg.eq_ignore_ascii_case("none") {
+                bail!("auth.oidc.algorithms must not contain '{alg}': unsigned tokens are never accepted");
+            }
+            if alg.to_ascii_uppercase().starts_with("HS") {
+                bail!("auth.oidc.algorithms must not contain '{alg}': keel verifies tokens with the issuer's public keys, never with a shared secret (HMAC)");
+            }
+            if !OIDC_ALGORITHMS.contains(&alg.as_str()) {
+                bail!(
+                    "unknown algorithm '{alg}' in auth.oidc.algorithms: use some of {}",
+                    OIDC_ALGORITHMS.join(", ")
+                );
+            }
+        }
+        if self.leeway_s > 60 {
+            bail!("auth.oidc.leeway_s must be at most 60: an expired token must stop working soon");
+        }
+        if self.roles_claim.trim().is_empty() {
+            bail!("auth.oidc.roles_claim must not be empty");
+        }
+        if !(1..=86_400).contains(&self.jwks_cache_s) {
+            bail!("auth.oidc.jwks_cache_s must be between 1 and 86400");
+        }
+        if self.jwks_refetch_min_s < 1 || self.jwks_refetch_min_s > self.jwks_cache_s {
+            bail!("auth.oidc.jwks_refetch_min_s must be at least 1 and at most auth.oidc.jwks_cache_s");
+        }
+        Ok(())
+    }
+}
+
+/// Whether keel may fetch keys from `url`: `https`, or `http` to a loopback host.
+pub fn is_secure_fetch_url(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => url.host_str().is_some_and(|host| {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
     }
 }
 
@@ -422,7 +578,7 @@ impl AuthConfig {
                 "auth.key_cache_ttl_ms must be at most 60000: a revoked key must stop working soon"
             );
         }
-        Ok(())
+        self.oidc.validate()
     }
 }
 
@@ -773,5 +929,174 @@ mod tests {
             assert!(err.to_string().contains("not both"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_oidc_section_loads_from_env_with_safe_defaults() {
+        figment::Jail::expect_with(|jail| {
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert!(!config.auth.oidc.enabled(), "off by default");
+            assert_eq!(config.auth.oidc.algorithms, ["RS256", "ES256", "EdDSA"]);
+            assert_eq!(config.auth.oidc.leeway_s, 30);
+            assert_eq!(config.auth.oidc.roles_claim, "roles");
+            assert_eq!(
+                (
+                    config.auth.oidc.jwks_cache_s,
+                    config.auth.oidc.jwks_refetch_min_s
+                ),
+                (300, 30)
+            );
+
+            jail.set_env(
+                "KEEL_AUTH__OIDC__ISSUER",
+                "https://idp.example.com/realms/keel",
+            );
+            jail.set_env("KEEL_AUTH__OIDC__AUDIENCE", "keel");
+            jail.set_env("KEEL_AUTH__OIDC__JWKS_URL", "https://idp.example.com/certs");
+            jail.set_env("KEEL_AUTH__OIDC__ALGORITHMS", "[ES256, PS256]");
+            jail.set_env("KEEL_AUTH__OIDC__LEEWAY_S", "5");
+            jail.set_env("KEEL_AUTH__OIDC__ROLES_CLAIM", "realm_access.roles");
+            jail.set_env("KEEL_AUTH__OIDC__JWKS_CACHE_S", "600");
+            jail.set_env("KEEL_AUTH__OIDC__JWKS_REFETCH_MIN_S", "60");
+            let oidc = Config::load(None, &Overrides::default()).unwrap().auth.oidc;
+            assert!(oidc.enabled());
+            assert_eq!(
+                oidc.issuer.as_deref(),
+                Some("https://idp.example.com/realms/keel")
+            );
+            assert_eq!(oidc.audience.as_deref(), Some("keel"));
+            assert_eq!(
+                oidc.jwks_url.as_deref(),
+                Some("https://idp.example.com/certs")
+            );
+            assert_eq!(oidc.algorithms, ["ES256", "PS256"]);
+            assert_eq!(oidc.leeway_s, 5);
+            assert_eq!(oidc.roles_claim, "realm_access.roles");
+            assert_eq!((oidc.jwks_cache_s, oidc.jwks_refetch_min_s), (600, 60));
+            assert!(ignored_env_vars()
+                .iter()
+                .all(|v| !v.starts_with("KEEL_AUTH")));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_oidc_settings_are_refused_naming_the_setting() {
+        let good = || OidcConfig {
+            issuer: Some("https://idp.example.com".into()),
+            audience: Some("keel".into()),
+            jwks_url: Some("https://idp.example.com/jwks".into()),
+            ..OidcConfig::default()
+        };
+        good().validate().unwrap();
+        OidcConfig::default().validate().unwrap();
+        let refused = |config: OidcConfig, needle: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        refused(
+            OidcConfig {
+                audience: None,
+                ..good()
+            },
+            "missing: auth.oidc.audience",
+        );
+        refused(
+            OidcConfig {
+                issuer: None,
+                jwks_url: None,
+                ..good()
+            },
+            "missing: auth.oidc.issuer, auth.oidc.jwks_url",
+        );
+        refused(
+            OidcConfig {
+                issuer: Some(" ".into()),
+                ..good()
+            },
+            "auth.oidc.issuer must not be empty",
+        );
+        for (url, needle) in [
+            ("http://idp.example.com/jwks", "must use https"),
+            ("http://10.0.0.1/jwks", "must use https"),
+            ("file:///etc/jwks.json", "must use https"),
+            ("not a url", "is not a URL"),
+        ] {
+            refused(
+                OidcConfig {
+                    jwks_url: Some(url.into()),
+                    ..good()
+                },
+                needle,
+            );
+        }
+        for loopback in [
+            "http://127.0.0.1:8081/jwks",
+            "http://127.3.2.1/jwks",
+            "http://localhost:8081/jwks",
+            "http://[::1]:8081/jwks",
+        ] {
+            OidcConfig {
+                jwks_url: Some(loopback.into()),
+                ..good()
+            }
+            .validate()
+            .unwrap();
+        }
+        for (algorithms, needle) in [
+            (vec!["none"], "must not contain 'none'"),
+            (vec!["RS256", "NONE"], "must not contain 'NONE'"),
+            (vec!["HS256"], "never with a shared secret"),
+            (vec!["ES256", "HS512"], "'HS512'"),
+            (
+                vec!["RS257"],
+                "unknown algorithm 'RS257' in auth.oidc.algorithms",
+            ),
+            (vec![], "auth.oidc.algorithms must name at least one"),
+        ] {
+            refused(
+                OidcConfig {
+                    algorithms: algorithms.into_iter().map(String::from).collect(),
+                    ..good()
+                },
+                needle,
+            );
+        }
+        refused(
+            OidcConfig {
+                leeway_s: 61,
+                ..good()
+            },
+            "auth.oidc.leeway_s must be at most 60",
+        );
+        refused(
+            OidcConfig {
+                roles_claim: "".into(),
+                ..good()
+            },
+            "auth.oidc.roles_claim",
+        );
+        refused(
+            OidcConfig {
+                jwks_cache_s: 0,
+                ..good()
+            },
+            "auth.oidc.jwks_cache_s",
+        );
+        refused(
+            OidcConfig {
+                jwks_refetch_min_s: 0,
+                ..good()
+            },
+            "auth.oidc.jwks_refetch_min_s",
+        );
+        refused(
+            OidcConfig {
+                jwks_cache_s: 10,
+                jwks_refetch_min_s: 30,
+                ..good()
+            },
+            "auth.oidc.jwks_refetch_min_s",
+        );
     }
 }

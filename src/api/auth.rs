@@ -2,7 +2,8 @@
 //! request's extensions, before any route runs. What the caller may do is decided per route
 //! ([`super::routes`]); a request without a credential reaches only the routes anyone may use.
 //!
-//! Credentials: `Authorization: Bearer <api key>` everywhere; under `/registry` also HTTP Basic
+//! Credentials: `Authorization: Bearer <api key or OIDC token>` everywhere (a token from
+//! `auth.oidc.issuer` gets 401 `token_expired` or `token_invalid` when refused); under `/registry` also HTTP Basic
 //! with the key id as user and the secret as password, so Confluent clients work with
 //! `basic.auth.user.info`. Every refused credential gets the same 401 `unauthenticated`, whatever
 //! the cause (the cause is counted in `keel_auth_refused_total`).
@@ -17,7 +18,7 @@ use base64::Engine;
 use sqlx::PgPool;
 
 use super::error::ApiError;
-use crate::auth::{self, Caller, Keys};
+use crate::auth::{self, looks_like_jwt, Caller, Keys, Oidc};
 use crate::config::{AuthConfig, AuthMode};
 use crate::registry;
 
@@ -29,17 +30,25 @@ pub struct Authn {
     mode: AuthMode,
     /// `None` only when `mode` is `none`.
     keys: Option<Keys>,
+    /// Bearer tokens from `auth.oidc.issuer`, when configured.
+    oidc: Option<Oidc>,
     anonymous_metrics: bool,
 }
 
 impl Authn {
     /// The layer for `config`; with authentication required, `keys` must be there.
-    pub fn new(config: &AuthConfig, keys: Option<Keys>, audit: PgPool) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &AuthConfig,
+        keys: Option<Keys>,
+        oidc: Option<Oidc>,
+        audit: PgPool,
+    ) -> anyhow::Result<Self> {
         if config.mode == AuthMode::Required && keys.is_none() {
             anyhow::bail!("authentication is required, but no key store is configured");
         }
         Ok(Self {
             audit: Some(audit),
+            oidc,
             mode: config.mode,
             keys,
             anonymous_metrics: config.anonymous_metrics,
@@ -125,6 +134,22 @@ pub async fn authenticate(
         (AuthMode::Required, Some(keys)) => match credential(req.headers(), registry) {
             Credential::None => Ok(None),
             Credential::Unreadable => Err(Refused::Credential("malformed")),
+            Credential::Key(text) if !text.starts_with("keel_") && looks_like_jwt(&text) => {
+                match &authn.oidc {
+                    Some(oidc) => match oidc.verify(&text).await {
+                        Ok(identity) => Ok(Some(Caller::with_token(&identity))),
+                        Err(e @ (auth::Error::TokenExpired | auth::Error::TokenInvalid(_))) => {
+                            Err(Refused::Token(e))
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot check a bearer token");
+                            Err(Refused::Internal)
+                        }
+                    },
+                    // No issuer configured: a token is just a credential keel does not know.
+                    None => Err(Refused::Credential("token_without_issuer")),
+                }
+            }
             Credential::Key(text) => match keys.authenticate(&text).await {
                 Ok(principal) => {
                     let key_id = auth::ApiKey::parse(&text)
@@ -160,6 +185,8 @@ pub async fn authenticate(
 
 enum Refused {
     Credential(&'static str),
+    /// An OIDC token refused: `token_expired` or `token_invalid`.
+    Token(auth::Error),
     Unavailable,
     Internal,
 }
@@ -170,6 +197,20 @@ impl Refused {
             Self::Credential(reason) => {
                 metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => reason).increment(1);
                 unauthenticated(registry)
+            }
+            Self::Token(e) => {
+                let reason = e.reason().map_or("token_invalid", |r| r.as_str());
+                metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => reason).increment(1);
+                let mut response = if registry {
+                    registry::api::Refusal::unauthenticated(e.to_string()).into_response()
+                } else {
+                    ApiError::from(e).into_response()
+                };
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keel\", error=\"invalid_token\""),
+                );
+                response
             }
             Self::Unavailable => ApiError::unavailable(
                 "unavailable",

@@ -181,7 +181,9 @@ impl From<crate::auth::Error> for ApiError {
         use crate::auth::Error as E;
         let message = err.to_string();
         match err {
-            E::Unauthenticated(_) => Self::new(StatusCode::UNAUTHORIZED, err.code(), message),
+            E::Unauthenticated(_) | E::TokenExpired | E::TokenInvalid(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, err.code(), message)
+            }
             E::PrincipalExists(_) | E::KeyExists(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }

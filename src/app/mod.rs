@@ -30,6 +30,24 @@ use crate::store::Store;
 
 pub use projections::{run as run_projections, Projections};
 
+/// The OIDC token verifier, when `auth.oidc` names an issuer. Its keys are fetched once now, so
+/// that an unreachable issuer shows in the start-up log; keel starts anyway (API keys still work,
+/// tokens fail closed until the keys can be fetched).
+async fn oidc(config: &Config) -> anyhow::Result<Option<auth::Oidc>> {
+    let Some(oidc) = auth::Oidc::from_config(&config.auth.oidc, reqwest::Client::new())? else {
+        return Ok(None);
+    };
+    match oidc.fetch_keys().await {
+        Ok(n) => {
+            tracing::info!(keys = n, issuer = %config.auth.oidc.issuer.as_deref().unwrap_or(""), "oidc issuer keys fetched")
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot fetch the oidc issuer's keys yet; tokens are refused until they can be fetched")
+        }
+    }
+    Ok(Some(oidc))
+}
+
 /// The key store and the first admin, as `auth` configures them; `None` with `auth.mode = "none"`,
 /// which is logged loudly, wherever keel listens.
 async fn security(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result<Option<Keys>> {
@@ -97,7 +115,11 @@ impl Application {
             config.api.validate_payloads,
         );
         let keys = security(config, store.pool()).await?;
-        let authn = api::Authn::new(&config.auth, keys.clone(), store.pool().clone())?;
+        let oidc = match keys {
+            Some(_) => oidc(config).await?,
+            None => None,
+        };
+        let authn = api::Authn::new(&config.auth, keys.clone(), oidc, store.pool().clone())?;
         let state = AppState {
             appender: Appender::new(store.clone(), validator),
             store,

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::access::Access;
 use super::key::KeyId;
+use super::oidc::TokenIdentity;
 use super::principal::Principal;
 
 /// How a caller authenticated.
@@ -50,6 +51,16 @@ impl Caller {
             name: principal.name.to_string(),
             method: Method::ApiKey { key_id },
             access: Arc::new(Access::new(&principal.roles, &principal.grants)),
+        }
+    }
+
+    /// A caller with a verified OIDC token: the token's roles; custom grants belong to stored
+    /// principals only.
+    pub fn with_token(identity: &TokenIdentity) -> Self {
+        Self {
+            name: format!("oidc:{}", identity.subject),
+            method: Method::Token,
+            access: Arc::new(Access::new(&identity.roles, &[])),
         }
     }
 

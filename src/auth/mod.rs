@@ -22,10 +22,15 @@
 //! - Every operator action and principal change writes one [`audit`] row in the same transaction
 //!   as the change; rows are append-only and hash-chained.
 //!
+//! - A bearer token that [`looks_like_jwt`] is for [`Oidc::verify`]: a JWT from the issuer
+//!   `auth.oidc.issuer`, checked against its published keys, refused with
+//!   [`Error::TokenExpired`] or [`Error::TokenInvalid`] (see [`oidc`] for the rules). Keys and
+//!   tokens work side by side.
+//!
 //! Layout: `key` is the key format, `secret` the server secret and the digest, `principal` the
 //! principal and its names, `cache` the verified keys, `keys` the store and authentication,
 //! `grant` the grant words and roles, `access` the decisions, `caller` a request's identity,
-//! `audit` the log.
+//! `audit` the log, `oidc` the bearer tokens (with `oidc::jwks`, the issuer's keys).
 
 /// Defines a closed set of names stored as text: the enum, `as_str`, `parse` and `Display`.
 macro_rules! named {
@@ -79,6 +84,7 @@ mod error;
 mod grant;
 mod key;
 mod keys;
+pub mod oidc;
 mod principal;
 mod secret;
 
@@ -89,5 +95,6 @@ pub use error::{Error, Reason};
 pub use grant::{role_grants, Action, Effect, Grant, InvalidGrant, Resource};
 pub use key::{ApiKey, InvalidKey, KeyId};
 pub use keys::{KeyInfo, Keys};
+pub use oidc::{looks_like_jwt, Oidc, TokenIdentity};
 pub use principal::{InvalidKind, InvalidName, InvalidRole, Kind, Principal, PrincipalName, Role};
 pub use secret::{ServerSecret, MIN_SECRET_BYTES};

@@ -15,6 +15,7 @@ mod keys;
 mod library;
 mod log;
 mod metrics;
+mod oidc;
 mod operator_cli;
 mod projections;
 mod reads;
