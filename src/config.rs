@@ -26,10 +26,17 @@ use crate::store::{redact_url, DatabaseConfig};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// PostgreSQL connection URL (`KEEL_DATABASE_URL`). keel creates the database if missing.
+    /// TLS as libpq spells it, in the query: `sslmode=verify-full&sslrootcert=/path/ca.pem`
+    /// checks the server's certificate against that CA (plus the system's roots) and its name
+    /// against the URL's host; `require` encrypts without checking; `verify-*` and `require`
+    /// never fall back to plaintext. The default, `prefer`, does (as libpq's does): set
+    /// `verify-full` wherever the network is not trusted. `sslcert`/`sslkey` give a client
+    /// certificate; `PGSSLMODE`/`PGSSLROOTCERT` work too.
     pub database_url: String,
     /// The HTTP API's address (`KEEL_LISTEN`).
     pub listen: SocketAddr,
-    /// Redis URL for the relay's pub/sub and stream sinks (`KEEL_REDIS_URL`).
+    /// Redis URL for the relay's pub/sub and stream sinks (`KEEL_REDIS_URL`). `rediss://` for
+    /// TLS, checked against the system's roots or `relay.redis.tls_ca_file`.
     pub redis_url: String,
     /// Kafka bootstrap servers, comma-separated (`KEEL_KAFKA_BROKERS`).
     pub kafka_brokers: String,
@@ -255,7 +262,11 @@ pub struct KafkaSinkConfig {
     /// Topics that get JSON values instead of Confluent-framed Avro.
     pub json_topics: Vec<String>,
     /// Raw librdkafka producer settings, applied last (TLS, SASL, `linger.ms`, ...). In TOML:
-    /// `[relay.kafka.properties]` with quoted keys such as `"security.protocol" = "SSL"`.
+    /// `[relay.kafka.properties]` with quoted keys such as `"security.protocol" = "SASL_SSL"`,
+    /// `"ssl.ca.location"`, `"sasl.mechanism" = "SCRAM-SHA-512"`, `"sasl.username"`,
+    /// `"sasl.password"`. The `security.*`, `ssl.*` and `sasl.*` ones also reach keel's admin
+    /// client and `keel consume` (projections take `projections.properties`). Values of keys holding `password`, `secret`, `ssl.key.pem` or
+    /// `oauthbearer.config` are masked in `Debug` and logs.
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
@@ -341,6 +352,11 @@ pub struct RedisSinkConfig {
     pub stream_prefix: String,
     /// Approximate most entries a stream keeps (`XADD ... MAXLEN ~ n`) (`..._STREAM_MAXLEN`).
     pub stream_maxlen: u64,
+    /// For a `rediss://` `redis_url`: PEM CA certificates the server's certificate must chain to,
+    /// instead of the system's roots, for a private CA (`KEEL_RELAY__REDIS__TLS_CA_FILE`). Without
+    /// it, `rediss://` trusts the system's roots. A certificate that does not verify fails the
+    /// relay's start; keel never falls back to plaintext.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisSinkConfig {
@@ -350,6 +366,7 @@ impl Default for RedisSinkConfig {
             channel_prefix: "keel.".into(),
             stream_prefix: "keel.stream.".into(),
             stream_maxlen: 100_000,
+            tls_ca_file: None,
         }
     }
 }
@@ -645,6 +662,62 @@ pub struct ApiConfig {
     pub max_connections: u32,
     /// Most headers in a request; more get 431 (`KEEL_API__MAX_HEADERS`).
     pub max_headers: usize,
+    /// HTTPS on the API's listener (not on `keel relay`'s status listener).
+    pub tls: ApiTlsConfig,
+}
+
+/// TLS on the API's listener: off unless `cert_file` and `key_file` are set; then the listener
+/// speaks only TLS 1.2 and 1.3 (rustls), HTTP/1.1. SIGHUP re-reads the three files: new
+/// connections get the new certificate, open ones keep theirs, and files that do not load leave
+/// the current certificate in place (the error is logged). The TLS handshake must finish within
+/// `api.header_read_timeout_ms`, and the request head then gets that long again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiTlsConfig {
+    /// The server's PEM certificate chain, its own certificate first
+    /// (`KEEL_API__TLS__CERT_FILE`).
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of that certificate: PKCS#8, PKCS#1 or SEC1
+    /// (`KEEL_API__TLS__KEY_FILE`).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are verified against; when set, clients are
+    /// asked for a certificate (`KEEL_API__TLS__CLIENT_CA_FILE`). A verified certificate's
+    /// subject common name and DNS and URI alternative names reach the request as
+    /// `api::server::PeerCertificate`.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `optional` lets a client without a certificate in (one whose
+    /// certificate does not verify is refused), `required` refuses it at the handshake
+    /// (`KEEL_API__TLS__CLIENT_AUTH`).
+    pub client_auth: ClientAuth,
+}
+
+impl ApiTlsConfig {
+    /// Whether the API serves HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("set both api.tls.cert_file and api.tls.key_file, or neither");
+        }
+        if self.client_ca_file.is_some() && !self.enabled() {
+            bail!("api.tls.client_ca_file needs api.tls.cert_file and api.tls.key_file");
+        }
+        if self.client_auth == ClientAuth::Required && self.client_ca_file.is_none() {
+            bail!("api.tls.client_auth = \"required\" needs api.tls.client_ca_file");
+        }
+        Ok(())
+    }
+}
+
+/// Whether a TLS client must present a certificate; see [`ApiTlsConfig::client_auth`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
 }
 
 impl Default for ApiConfig {
@@ -660,6 +733,7 @@ impl Default for ApiConfig {
             request_timeout_ms: 30_000,
             max_connections: 1_024,
             max_headers: 100,
+            tls: ApiTlsConfig::default(),
         }
     }
 }
@@ -782,6 +856,10 @@ impl Config {
         {
             bail!("api.header_read_timeout_ms, api.request_timeout_ms, api.max_connections and api.max_headers must be positive");
         }
+        api.tls.validate()?;
+        if self.relay.redis.tls_ca_file.is_some() && !self.redis_url.starts_with("rediss://") {
+            bail!("relay.redis.tls_ca_file needs a rediss:// redis_url (TLS)");
+        }
         if self.pool.max_connections == 0 {
             bail!("pool.max_connections must be positive");
         }
@@ -902,6 +980,75 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("postgres://keel:***@db/keel"), "{shown}");
+    }
+
+    #[test]
+    fn debug_masks_secret_librdkafka_settings_and_shows_the_others() {
+        let secrets = [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "SASL.PASSWORD",
+        ];
+        let shown = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "keel-relay"),
+            ("ssl.ca.location", "/etc/keel/kafka-ca.pem"),
+        ];
+        let mut properties = std::collections::BTreeMap::new();
+        for (i, key) in secrets.iter().enumerate() {
+            properties.insert(key.to_string(), format!("SECRET-CANARY-{i}"));
+        }
+        for (key, value) in shown {
+            properties.insert(key.to_owned(), value.to_owned());
+        }
+        let mut config = Config::default();
+        config.relay.kafka.properties = properties.clone();
+        config.projections.properties = properties;
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("SECRET-CANARY"), "{debug}");
+        for (key, value) in shown {
+            assert!(
+                debug.contains(&format!("{key:?}: {value:?}")),
+                "{key}: {debug}"
+            );
+        }
+        assert!(debug.contains("\"sasl.password\": \"***\""), "{debug}");
+    }
+
+    #[test]
+    fn api_tls_needs_a_certificate_and_its_key_together_and_required_client_auth_needs_a_ca() {
+        figment::Jail::expect_with(|jail| {
+            for (toml, problem) in [
+                ("[api.tls]\ncert_file = \"c.pem\"\n", "api.tls.key_file"),
+                ("[api.tls]\nkey_file = \"k.pem\"\n", "api.tls.cert_file"),
+                ("[api.tls]\nclient_ca_file = \"ca.pem\"\n", "api.tls.client_ca_file"),
+                (
+                    "[api.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_auth = \"required\"\n",
+                    "api.tls.client_ca_file",
+                ),
+                ("[api.tls]\nclient_auth = \"sometimes\"\n", "client_auth"),
+                ("[relay.redis]\ntls_ca_file = \"ca.pem\"\n", "rediss://"),
+            ] {
+                jail.create_file("tls.toml", toml)?;
+                let err = Config::load(Some(Path::new("tls.toml")), &Overrides::default())
+                    .unwrap_err();
+                assert!(format!("{err:#}").contains(problem), "{toml}: {err:#}");
+            }
+            jail.set_env("KEEL_API__TLS__CERT_FILE", "c.pem");
+            jail.set_env("KEEL_API__TLS__KEY_FILE", "k.pem");
+            jail.set_env("KEEL_API__TLS__CLIENT_CA_FILE", "ca.pem");
+            jail.set_env("KEEL_API__TLS__CLIENT_AUTH", "required");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert!(config.api.tls.enabled());
+            assert_eq!(config.api.tls.client_auth, ClientAuth::Required);
+            assert_eq!(config.api.tls.key_file, Some(PathBuf::from("k.pem")));
+            Ok(())
+        });
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! (`tests/api/architecture.rs` checks this on the source, so the import graph has no circle):
 //!
 //! ```text
-//! model, metrics, retry, shutdown      domain types and primitives; no IO crate in model
+//! model, metrics, retry, shutdown,     domain types and primitives; no IO crate in model;
+//! tls                                  TLS's one crypto provider (ring) and PEM files
 //! schema, catalog, kafka               Avro rules, the schemas/ folder, the Kafka client layer
 //! wire                                 the event on the wire, encode and decode; no IO
 //! store                                events, outbox, reads, the gap-safe log; nothing above it
@@ -53,4 +54,5 @@ pub mod schema;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! The HTTP API (axum), under `/v1`. Handlers validate input into domain types, call the store,
 //! and map every error to one JSON shape (see [`error`]). [`server`] serves a router with the
-//! connection-level limits (header timeout, header count, connection limit); the request timeout
-//! is a layer of [`router`].
+//! connection-level limits (header timeout, header count, connection limit), over TLS with
+//! [`tls`]; the request timeout is a layer of [`router`].
 
 pub mod auth;
 mod error;
@@ -13,6 +13,7 @@ mod projections;
 pub mod routes;
 pub mod server;
 mod timeout;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,19 +20,44 @@
 //!
 //! HTTP/1.1 only, as keel served before: the builder is told so (`http1_only`), which also skips
 //! the protocol sniffing that would read the first bytes of a connection with no timer running.
+//!
+//! [`serve_tls`] is the same server over TLS (see [`super::tls`]). The limits hold there too: a
+//! connection takes its place under the limit before its handshake, the handshake must finish
+//! within the header read timeout (so a client that opens a connection and sends nothing, or
+//! sends plain HTTP, is closed as on the plain port; plain HTTP fails at its first byte), and the
+//! request head then gets the header read timeout of its own.
+//!
+//! Every request carries its peer's address as [`axum::extract::ConnectInfo`]`<SocketAddr>` in
+//! its extensions, and over TLS a verified client certificate's identity as [`PeerCertificate`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
 
+use super::tls::ServerTls;
 use crate::config::ApiConfig;
 use crate::shutdown::Shutdown;
+
+/// The identity in the client certificate a TLS connection presented and the server verified
+/// against `api.tls.client_ca_file`, in each request's extensions (`Extension<PeerCertificate>`);
+/// absent when the client sent none. For the authentication layer to map to a principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The subject's common name (CN); empty if it has none.
+    pub subject: String,
+    /// The DNS names and URIs among its subject alternative names, in certificate order.
+    pub sans: Vec<String>,
+}
 
 /// What the server enforces on connections; from [`ApiConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +81,28 @@ impl From<&ApiConfig> for Limits {
 /// docs). Accept errors are logged and retried, never returned: a full file table must not stop
 /// the server for good.
 pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdown: Shutdown) {
+    run(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS: each connection is accepted with `tls`'s configuration as it is at that
+/// moment (see [`ServerTls::reload`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Arc<ServerTls>,
+    shutdown: Shutdown,
+) {
+    run(listener, router, limits, Some(tls), shutdown).await
+}
+
+async fn run(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: Shutdown,
+) {
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -74,9 +121,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             }
             _ = &mut stopped => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e, &shutdown).await;
                     continue;
@@ -84,10 +131,23 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             },
             _ = &mut stopped => break,
         };
+        // Small responses go out at once rather than after Nagle's delay, as with `axum::serve`.
+        let _ = stream.set_nodelay(true);
         let (builder, router, shutdown) = (builder.clone(), router.clone(), shutdown.clone());
         let place = Place::take(permit);
+        // Taken now, so that a reload after this accept does not change this connection.
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            connection(&builder, stream, router, shutdown).await;
+            match acceptor {
+                None => connection(&builder, stream, peer, None, router, shutdown).await,
+                Some(acceptor) => {
+                    let handshake = limits.header_read_timeout;
+                    tls_connection(
+                        &builder, acceptor, stream, peer, handshake, router, shutdown,
+                    )
+                    .await
+                }
+            }
             drop(place);
         });
     }
@@ -118,17 +178,60 @@ impl Drop for Place {
     }
 }
 
-/// One connection, until the client closes it, a limit closes it, or shutdown has let its
-/// request in flight finish.
-async fn connection(
+/// A TLS connection: the handshake, within `handshake_timeout`, then [`connection`] with the
+/// client certificate's identity. A failed handshake (plain HTTP, an untrusted client certificate,
+/// an old TLS version) closes it.
+async fn tls_connection(
     builder: &Builder<TokioExecutor>,
-    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handshake_timeout: Duration,
     router: Router,
     shutdown: Shutdown,
 ) {
-    // Small responses go out at once rather than after Nagle's delay, as with `axum::serve`.
-    let _ = stream.set_nodelay(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => done,
+        _ = shutdown.wait() => return,
+    };
+    match stream {
+        Ok(Ok(stream)) => {
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| super::tls::peer_certificate(leaf));
+            connection(builder, stream, peer, cert, router, shutdown).await
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "tls handshake failed"),
+        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+    }
+}
+
+/// One connection, until the client closes it, a limit closes it, or shutdown has let its
+/// request in flight finish. The peer's address and certificate go into every request's
+/// extensions.
+async fn connection<S>(
+    builder: &Builder<TokioExecutor>,
+    stream: S,
+    peer: SocketAddr,
+    cert: Option<PeerCertificate>,
+    router: Router,
+    shutdown: Shutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = router.map_request(move |mut request: axum::http::Request<_>| {
+        let extensions = request.extensions_mut();
+        extensions.insert(ConnectInfo(peer));
+        if let Some(cert) = &cert {
+            extensions.insert(cert.clone());
+        }
+        request
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

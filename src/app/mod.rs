@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::api::tls::ServerTls;
 use crate::api::{self, AppState};
 use crate::append::{Appender, Validator};
 use crate::auth::{self, Keys};
@@ -81,6 +82,8 @@ pub use services::{catalog, Services};
 
 pub struct Application {
     listener: TcpListener,
+    /// With `api.tls`, the API's TLS configuration; SIGHUP reloads it.
+    tls: Option<Arc<ServerTls>>,
     state: AppState,
     config: Config,
     projections: Projections,
@@ -98,6 +101,15 @@ impl Application {
     /// name and `keel serve --projections` runs. An unknown name in `projections.run` fails here.
     pub async fn build_with(config: &Config, projections: Projections) -> anyhow::Result<Self> {
         projections.selected(config)?;
+        crate::tls::install_provider();
+        // Before anything connects: a certificate that does not load is a configuration error.
+        let tls = if config.api.tls.enabled() {
+            Some(Arc::new(
+                ServerTls::load(&config.api.tls).context("cannot set up TLS for the API")?,
+            ))
+        } else {
+            None
+        };
         let Services { store, registry } = Services::connect(config).await?;
         let store = store.with_group_commit(
             config.append.group_commit_workers,
@@ -135,6 +147,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            tls,
             state,
             config: config.clone(),
             projections,
@@ -154,6 +167,12 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The API's TLS configuration when `api.tls` is set: [`ServerTls::reload`] is what SIGHUP
+    /// calls.
+    pub fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.tls.as_ref()
     }
 
     /// The write path, for appending in-process as the HTTP API does.
@@ -216,9 +235,16 @@ impl Application {
         } else {
             None
         };
-        tracing::info!(addr = %self.local_addr(), "keel api listening");
+        tracing::info!(addr = %self.local_addr(), tls = self.tls.is_some(), "keel api listening");
         let limits = api::server::Limits::from(self.state.limits.as_ref());
-        api::server::serve(self.listener, api::router(self.state), limits, shutdown).await;
+        let router = api::router(self.state);
+        match self.tls {
+            None => api::server::serve(self.listener, router, limits, shutdown).await,
+            Some(tls) => {
+                tokio::spawn(api::tls::reload_on_hangup(tls.clone(), shutdown.clone()));
+                api::server::serve_tls(self.listener, router, limits, tls, shutdown).await
+            }
+        }
         beside.trigger();
         if let Some(n) = notifier {
             // It holds no state worth draining; waiting only makes sure it is gone.

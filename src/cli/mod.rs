@@ -97,6 +97,8 @@ pub enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any client or server builds a TLS configuration.
+    crate::tls::install_provider();
     let mut overrides = Overrides {
         database_url: cli.database_url,
         log: cli.log,

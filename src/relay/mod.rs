@@ -77,6 +77,7 @@ pub async fn start(
     commits: Option<watch::Receiver<u64>>,
 ) -> anyhow::Result<RelayHandle> {
     let relay = &config.relay;
+    crate::tls::install_provider();
     let pool = relay_pool(&pool, relay).await?;
     let mut sinks: Vec<Arc<Sink>> = Vec::new();
     if relay.kafka.enabled {
@@ -90,8 +91,11 @@ pub async fn start(
         sinks.push(Arc::new(Sink::Kafka(k)));
     }
     if relay.redis.enabled {
-        let r =
-            RedisSink::new(&config.redis_url, relay.redis.clone()).context("invalid redis url")?;
+        let r = RedisSink::new(&config.redis_url, relay.redis.clone())
+            .context("cannot configure the redis sink")?;
+        r.check_tls()
+            .await
+            .context("cannot start the redis sink over tls")?;
         sinks.push(Arc::new(Sink::Redis(r)));
     }
     let name = relay.name.clone().unwrap_or_else(default_name);

@@ -8,12 +8,18 @@
 //! Stream entries have the fields `id` (the event id, for deduplication), `type`, `aggregate_id`,
 //! `version` and `event` (the envelope). The channel carries the envelope alone, published after
 //! the stream entry was added.
+//!
+//! TLS: a `rediss://` `redis_url`, verified against the system's roots or, with
+//! `relay.redis.tls_ca_file`, against that CA alone. [`RedisSink::check_tls`] connects once at the
+//! relay's start so that a certificate that does not verify stops it there, with a clear error,
+//! rather than failing every batch; keel never falls back to plaintext.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult};
+use redis::{RedisError, RedisResult, TlsCertificates};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -30,9 +36,26 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
+    /// A sink for `url`, not yet connected. With `config.tls_ca_file` (for a `rediss://` URL),
+    /// the server's certificate must chain to that CA.
     pub fn new(url: &str, config: RedisSinkConfig) -> anyhow::Result<Self> {
+        let client = match &config.tls_ca_file {
+            None => redis::Client::open(url).context("invalid redis url")?,
+            Some(ca_file) => {
+                // Read and checked here, so that a bad file is named; the client parses it again.
+                crate::tls::read_certificates("relay.redis.tls_ca_file", ca_file)?;
+                let root_cert = std::fs::read(ca_file)
+                    .with_context(|| format!("relay.redis.tls_ca_file = {}", ca_file.display()))?;
+                let certificates = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url, certificates)
+                    .context("invalid redis url for relay.redis.tls_ca_file (it needs rediss://)")?
+            }
+        };
         Ok(Self {
-            client: redis::Client::open(url)?,
+            client,
             config,
             connection: Mutex::new(None),
             script: redis::Script::new(PUBLISH_SCRIPT),
@@ -45,6 +68,41 @@ impl RedisSink {
 
     pub fn stream(&self, aggregate_type: &str) -> String {
         format!("{}{aggregate_type}", self.config.stream_prefix)
+    }
+
+    /// For a `rediss://` URL: connects once and fails if TLS does, naming what to check. A server
+    /// that cannot be reached only gets a warning: the sink retries as it does without TLS.
+    pub async fn check_tls(&self) -> anyhow::Result<()> {
+        if !matches!(
+            self.client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            return Ok(());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let Err(e) = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        else {
+            return Ok(());
+        };
+        let Some(tls) = crate::tls::tls_error(&e) else {
+            tracing::warn!(error = %e, "cannot reach redis over tls at start; the redis sink retries");
+            return Ok(());
+        };
+        let what = match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                "the redis server's certificate does not verify: check that relay.redis.tls_ca_file \
+                 is the CA that signed it (or, without it, that the system trusts that CA) and that \
+                 redis_url's host is a name in the certificate"
+            }
+            _ => "the tls handshake with redis failed: check that the server speaks tls on redis_url's port",
+        };
+        // The client's message already holds its source's, which a chain would show twice.
+        Err(anyhow::anyhow!("{what}: {e}"))
     }
 
     /// The shared connection, opened on first use; it reconnects by itself after a failure.

@@ -51,6 +51,10 @@ pub struct Store {
 
 impl Store {
     /// Connects, creating the database if it is missing and applying pending migrations.
+    ///
+    /// TLS is what the URL's `sslmode` says (sqlx reads it, with `sslrootcert`, as libpq does;
+    /// `PGSSLMODE` and `PGSSLROOTCERT` too): `require`, `verify-ca` and `verify-full` never fall
+    /// back to plaintext, and a TLS failure says what in the URL to check.
     pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Self> {
         ensure_database(&config.url).await?;
         let options: PgConnectOptions = config
@@ -63,7 +67,7 @@ impl Store {
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
             .connect_with(options)
             .await
-            .context("cannot connect to the database")?;
+            .map_err(|e| with_tls_hint(e, "cannot connect to the database"))?;
         MIGRATOR
             .run(&pool)
             .await
@@ -208,7 +212,7 @@ async fn resolve_refusal(
 async fn ensure_database(url: &str) -> anyhow::Result<()> {
     if Postgres::database_exists(url)
         .await
-        .context("cannot reach PostgreSQL to check the database exists")?
+        .map_err(|e| with_tls_hint(e, "cannot reach PostgreSQL to check the database exists"))?
     {
         return Ok(());
     }
@@ -218,6 +222,45 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
             Ok(())
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
-        Err(e) => Err(e).context("cannot create the database"),
+        Err(e) => Err(with_tls_hint(e, "cannot create the database")),
+    }
+}
+
+/// `error` with `what` as context, and with what to check in the URL when TLS (or a TLS file) is
+/// why the connection failed.
+fn with_tls_hint(error: sqlx::Error, what: &str) -> anyhow::Error {
+    match tls_hint(&error) {
+        // sqlx's message already holds its source's, which a chain would show a second time.
+        Some(hint) => anyhow::anyhow!("{what} ({hint}): {error}"),
+        None => anyhow::Error::new(error).context(what.to_owned()),
+    }
+}
+
+/// What to check in the database URL after `error`, if it is a TLS failure.
+fn tls_hint(error: &sqlx::Error) -> Option<&'static str> {
+    if let Some(tls) = crate::tls::tls_error(error) {
+        return Some(match tls {
+            rustls::Error::InvalidCertificate(_) => {
+                "TLS: the server's certificate does not verify: check that database_url's \
+                 sslrootcert is the CA that signed it and that the URL's host is a name in it"
+            }
+            _ => "TLS: the handshake with PostgreSQL failed: check database_url's sslmode and sslrootcert",
+        });
+    }
+    match error {
+        sqlx::Error::Tls(e) if e.to_string().contains("does not support TLS") => Some(
+            "TLS: database_url's sslmode requires TLS, which keel never gives up for plaintext: \
+             check that the server has ssl = on",
+        ),
+        sqlx::Error::Tls(_) => {
+            Some("TLS: check database_url's sslmode, sslrootcert, sslcert and sslkey")
+        }
+        // A file the connection options name: the TLS ones are the only files, apart from a
+        // Unix socket.
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => Some(
+            "a file database_url names cannot be read: check sslrootcert, sslcert and sslkey \
+             (or PGSSLROOTCERT), or the socket directory",
+        ),
+        _ => None,
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Each top-level module's layer, lowest first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["model", "metrics", "retry", "shutdown"],
+    &["model", "metrics", "retry", "shutdown", "tls"],
     &["schema", "catalog", "kafka"],
     &["wire"],
     &["store"],

@@ -24,4 +24,6 @@ mod relay;
 mod relay_support;
 mod replay;
 mod schemas;
+mod tls;
+mod tls_support;
 mod unvalidated;
