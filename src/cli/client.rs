@@ -3,8 +3,10 @@
 //! same authorisation and writes the same audit row as any other client's. No operator command
 //! opens the database.
 //!
-//! - The server: `--url` or `KEEL_URL`; by default the config's `listen` address over HTTP
-//!   (`http://127.0.0.1:8080` with the default config).
+//! - The server: `--url` or `KEEL_URL`; by default the config's `listen` address, over HTTPS
+//!   when the config sets `api.tls` (`http://127.0.0.1:8080` with the default config). An https
+//!   URL is verified against the system's roots, or against `--ca-file` / `KEEL_CA_FILE` (a
+//!   private CA).
 //! - The credential: `KEEL_API_KEY` only, never a flag, so that it does not show in `ps` or in a
 //!   shell's history. It is sent as `Authorization: Bearer`, marked sensitive.
 //! - Failures ([`Error`]) carry keel's error code and message and say what to do next: which key
@@ -14,6 +16,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +27,7 @@ use serde_json::Value;
 use crate::config::Config;
 
 /// The environment variables the client reads; they are not config settings.
-pub const ENV_VARS: &[&str] = &["KEEL_URL", "KEEL_API_KEY"];
+pub const ENV_VARS: &[&str] = &["KEEL_URL", "KEEL_API_KEY", "KEEL_CA_FILE"];
 
 /// A request that gets no answer within this time fails; long jobs are exempt.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,8 +62,13 @@ impl<'a> Need<'a> {
 /// Why an operator command's request failed. The message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach keel at {url} ({reason})\n  is `keel serve` running at {url}? set KEEL_URL (or --url) to its address")]
-    Unreachable { url: String, reason: String },
+    #[error("cannot reach keel at {url} ({reason})\n  is `keel serve` running at {url}? set KEEL_URL (or --url) to its address{tls}")]
+    Unreachable {
+        url: String,
+        reason: String,
+        /// For an https URL: how to trust a private CA.
+        tls: &'static str,
+    },
     /// keel refused the request: `{"error": {"code", "message", "details"}}`.
     #[error("{}", api_message(.code, .message, .details, .hint))]
     Api {
@@ -78,6 +86,8 @@ pub enum Error {
     Cut { reason: String },
     #[error("--url {0:?} is not an http(s) URL")]
     BadUrl(String),
+    #[error("--ca-file {path}: {problem}")]
+    BadCa { path: String, problem: String },
     #[error("unexpected reply from keel: {0}")]
     Protocol(String),
 }
@@ -124,7 +134,7 @@ impl fmt::Debug for Client {
 }
 
 /// The URL keel serves on with `config`: its `listen` address, with a wildcard address (which
-/// listens on every interface) replaced by loopback.
+/// listens on every interface) replaced by loopback; https when the API terminates TLS.
 pub fn default_url(config: &Config) -> String {
     let mut addr: SocketAddr = config.listen;
     if addr.ip().is_unspecified() {
@@ -134,27 +144,54 @@ pub fn default_url(config: &Config) -> String {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    format!("http://{addr}")
+    let scheme = if config.api.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}")
 }
 
 impl Client {
-    /// A client for `url` (or the config's address) with the key in `KEEL_API_KEY`, if any.
-    pub fn from_env(url: Option<&str>, config: &Config) -> Result<Self, Error> {
+    /// A client for `url` (or the config's address) with the key in `KEEL_API_KEY`, if any,
+    /// trusting `ca_file` for https.
+    pub fn from_env(
+        url: Option<&str>,
+        ca_file: Option<&Path>,
+        config: &Config,
+    ) -> Result<Self, Error> {
         let key = std::env::var("KEEL_API_KEY")
             .ok()
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty());
         let url = url.map_or_else(|| default_url(config), str::to_owned);
-        Self::new(&url, key)
+        Self::new(&url, key, ca_file)
     }
 
-    pub fn new(url: &str, key: Option<String>) -> Result<Self, Error> {
+    pub fn new(url: &str, key: Option<String>, ca_file: Option<&Path>) -> Result<Self, Error> {
         let base = Url::parse(url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
             .ok_or_else(|| Error::BadUrl(url.to_owned()))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(path) = ca_file {
+            let bad = |problem: String| Error::BadCa {
+                path: path.display().to_string(),
+                problem,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read the file: {e}")))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+            if roots.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+            // Only this CA: a private keel is not vouched for by the public roots.
+            builder = builder.tls_built_in_root_certs(false);
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Protocol(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self { http, base, key })
@@ -247,9 +284,15 @@ impl Client {
             .last()
             .map(|cause| format!(": {cause}"))
             .unwrap_or_default();
+        let tls = if self.base.scheme() == "https" {
+            "; if its certificate comes from a private CA, set KEEL_CA_FILE (or --ca-file) to that CA"
+        } else {
+            ""
+        };
         Error::Unreachable {
             url: self.base.as_str().trim_end_matches('/').to_owned(),
             reason: format!("{reason}{detail}"),
+            tls,
         }
     }
 
@@ -457,13 +500,13 @@ mod tests {
 
     #[test]
     fn path_segments_are_encoded_and_a_base_path_is_kept() {
-        let client = Client::new("http://127.0.0.1:8080/keel/", None).unwrap();
+        let client = Client::new("http://127.0.0.1:8080/keel/", None, None).unwrap();
         assert_eq!(
             client.url(&["v1", "dlq", "a/b c", "retry"]).as_str(),
             "http://127.0.0.1:8080/keel/v1/dlq/a%2Fb%20c/retry"
         );
-        assert!(Client::new("127.0.0.1:8080", None).is_err());
-        assert!(Client::new("ftp://x", None).is_err());
+        assert!(Client::new("127.0.0.1:8080", None, None).is_err());
+        assert!(Client::new("ftp://x", None, None).is_err());
     }
 
     #[test]
@@ -472,11 +515,13 @@ mod tests {
         assert_eq!(default_url(&config), "http://127.0.0.1:8080");
         config.listen = ([0, 0, 0, 0], 9000).into();
         assert_eq!(default_url(&config), "http://127.0.0.1:9000");
+        config.api.tls.cert_file = Some("c.pem".into());
+        assert_eq!(default_url(&config), "https://127.0.0.1:9000");
     }
 
     #[test]
     fn the_debug_form_hides_the_key() {
-        let client = Client::new("http://x", Some("keel_secret".into())).unwrap();
+        let client = Client::new("http://x", Some("keel_secret".into()), None).unwrap();
         assert!(!format!("{client:?}").contains("keel_secret"));
     }
 }

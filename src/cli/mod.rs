@@ -54,6 +54,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEEL_URL")]
     pub url: Option<String>,
 
+    /// PEM CA certificates to verify an https `--url` with, instead of the system's roots (a
+    /// keel whose certificate comes from a private CA).
+    #[arg(long, global = true, env = "KEEL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -117,7 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     progress::install();
-    let api = || client::Client::from_env(cli.url.as_deref(), &config);
+    let api = || client::Client::from_env(cli.url.as_deref(), cli.ca_file.as_deref(), &config);
 
     match cli.command {
         Command::Serve(_) => serve::run(&config).await,

@@ -356,3 +356,36 @@ async fn audit_list_shows_principal_changes_and_verify_finds_a_tampered_row() {
         broken.stderr
     );
 }
+
+#[tokio::test]
+async fn the_cli_reaches_an_https_keel_through_the_ca_it_is_given() {
+    let pki = crate::tls_support::Pki::new("cli");
+    pki.server("server", 0x1001);
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.api.tls = keel::config::ApiTlsConfig {
+            cert_file: Some(pki.cert("server")),
+            key_file: Some(pki.key("server")),
+            ..Default::default()
+        };
+    })
+    .await;
+    let https = format!("https://{}", app.addr);
+
+    // The system's roots do not vouch for a private CA: refused, with what to set.
+    let mut command = app.keel();
+    command.args(["outbox", "status"]).env("KEEL_URL", &https);
+    let out = run(command).await;
+    assert!(
+        !out.ok && out.stderr.contains("UnknownIssuer") && out.stderr.contains("set KEEL_CA_FILE"),
+        "{}",
+        out.stderr
+    );
+
+    let mut command = app.keel();
+    command
+        .args(["principal", "list", "--json"])
+        .env("KEEL_URL", &https)
+        .env("KEEL_CA_FILE", pki.ca());
+    let principals = run(command).await.json_lines("principal list over https");
+    assert!(principals.iter().any(|p| p["name"] == "admin"));
+}
