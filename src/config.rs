@@ -324,17 +324,15 @@ impl std::fmt::Debug for ProjectionsConfig {
     }
 }
 
-/// Raw librdkafka settings with the values of secret ones (passwords, secrets, private keys,
-/// OAuth bearer configs) replaced by `***`, for `Debug`.
+/// Raw librdkafka settings with the values of secret ones
+/// ([`crate::kafka::is_secret_setting`]) replaced by `***`, for `Debug`.
 fn redacted(
     properties: &std::collections::BTreeMap<String, String>,
 ) -> std::collections::BTreeMap<&str, &str> {
-    const SECRET: [&str; 4] = ["password", "secret", "ssl.key.pem", "oauthbearer.config"];
     properties
         .iter()
         .map(|(key, value)| {
-            let lower = key.to_ascii_lowercase();
-            let secret = SECRET.iter().any(|s| lower.contains(s));
+            let secret = crate::kafka::is_secret_setting(key);
             (key.as_str(), if secret { "***" } else { value.as_str() })
         })
         .collect()
@@ -664,6 +662,7 @@ pub struct ApiConfig {
     pub max_headers: usize,
     /// HTTPS on the API's listener (not on `keel relay`'s status listener).
     pub tls: ApiTlsConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 /// TLS on the API's listener: off unless `cert_file` and `key_file` are set; then the listener
@@ -734,7 +733,59 @@ impl Default for ApiConfig {
             max_connections: 1_024,
             max_headers: 100,
             tls: ApiTlsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
+    }
+}
+
+/// Rate limits (see `src/api/rate`); over one, a request gets 429 `rate_limited` with
+/// `retry-after`. Each keel process counts on its own: N replicas behind a load balancer allow up
+/// to N times these rates. 0 turns a limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per second one principal may send, sustained
+    /// (`KEEL_API__RATE_LIMIT__REQUESTS_PER_SECOND`).
+    pub requests_per_second: u32,
+    /// Requests one principal may send at once, on top of nothing sent for a while
+    /// (`KEEL_API__RATE_LIMIT__REQUEST_BURST`).
+    pub request_burst: u32,
+    /// Events per second one principal may append, sustained; an append costs as many as it holds
+    /// (`KEEL_API__RATE_LIMIT__EVENTS_PER_SECOND`).
+    pub events_per_second: u32,
+    /// Events one principal may append at once (`KEEL_API__RATE_LIMIT__EVENT_BURST`). At least
+    /// `api.max_batch_events`, so that every append the API accepts can pass.
+    pub event_burst: u32,
+    /// Failed authentications a peer address may make per minute, all at once or spread out; past
+    /// them its requests get 429 before any credential is checked
+    /// (`KEEL_API__RATE_LIMIT__FAILED_AUTH_PER_MINUTE`). Keyed by the TCP peer (an IPv6 peer by its
+    /// /64), never by `X-Forwarded-For`: behind a proxy, every client shares the proxy's budget.
+    pub failed_auth_per_minute: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        // Generous: a guard against one runaway client, not a quota. keel on two cores serves
+        // about 5,000 appends and 25,000 events a second in all.
+        Self {
+            requests_per_second: 10_000,
+            request_burst: 20_000,
+            events_per_second: 100_000,
+            event_burst: 100_000,
+            failed_auth_per_minute: 30,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    fn validate(&self, max_batch_events: usize) -> anyhow::Result<()> {
+        if self.requests_per_second > 0 && self.request_burst == 0 {
+            bail!("api.rate_limit.request_burst must be positive when api.rate_limit.requests_per_second is");
+        }
+        if self.events_per_second > 0 && (self.event_burst as usize) < max_batch_events {
+            bail!("api.rate_limit.event_burst must be at least api.max_batch_events ({max_batch_events}), or no full append could pass");
+        }
+        Ok(())
     }
 }
 
@@ -860,6 +911,7 @@ impl Config {
         if self.relay.redis.tls_ca_file.is_some() && !self.redis_url.starts_with("rediss://") {
             bail!("relay.redis.tls_ca_file needs a rediss:// redis_url (TLS)");
         }
+        api.rate_limit.validate(api.max_batch_events)?;
         if self.pool.max_connections == 0 {
             bail!("pool.max_connections must be positive");
         }
@@ -944,6 +996,25 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn rate_limits_load_from_env_and_an_event_burst_below_a_full_append_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KEEL_API__RATE_LIMIT__REQUESTS_PER_SECOND", "5");
+            jail.set_env("KEEL_API__RATE_LIMIT__FAILED_AUTH_PER_MINUTE", "0");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.api.rate_limit.requests_per_second, 5);
+            assert_eq!(config.api.rate_limit.failed_auth_per_minute, 0);
+            assert_eq!(config.api.rate_limit.event_burst, 100_000);
+
+            jail.set_env("KEEL_API__RATE_LIMIT__EVENT_BURST", "999");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("event_burst"), "{err}");
+            jail.set_env("KEEL_API__RATE_LIMIT__EVENTS_PER_SECOND", "0");
+            Config::load(None, &Overrides::default()).expect("no event limit, no burst needed");
+            Ok(())
+        });
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub const APPEND_REQUESTS: &str = "keel_append_requests_total";
 pub const APPEND_EVENTS: &str = "keel_append_events_total";
 /// Time from receiving an append to replying, whatever the outcome.
 pub const APPEND_SECONDS: &str = "keel_append_duration_seconds";
+/// Requests refused with 429 by `limit`: `requests` and `events` (per principal), `failed_auth`
+/// (per peer address). Each process counts its own refusals against its own buckets.
+pub const RATE_LIMITED: &str = "keel_rate_limited_total";
 /// HTTP connections open on this process's listeners. At `api.max_connections` a listener stops
 /// accepting and new connections wait, so a value pinned at the limit means clients are queueing.
 pub const HTTP_CONNECTIONS: &str = "keel_http_connections_open";
@@ -110,6 +113,11 @@ pub const DESCRIPTIONS: &[Description] = &[
         APPEND_SECONDS,
         Unit::Seconds,
         "time from receiving an append to replying",
+    ),
+    counter(
+        RATE_LIMITED,
+        Unit::Count,
+        "requests refused over a rate limit, by limit",
     ),
     gauge(
         HTTP_CONNECTIONS,

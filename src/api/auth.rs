@@ -18,6 +18,7 @@ use base64::Engine;
 use sqlx::PgPool;
 
 use super::error::ApiError;
+use super::rate::RateLimits;
 use crate::auth::{self, looks_like_jwt, Caller, Keys, Oidc};
 use crate::config::{AuthConfig, AuthMode};
 use crate::registry;
@@ -32,6 +33,8 @@ pub struct Authn {
     keys: Option<Keys>,
     /// Bearer tokens from `auth.oidc.issuer`, when configured.
     oidc: Option<Oidc>,
+    /// Requests per principal, checked once the caller is known.
+    rate: Option<RateLimits>,
     anonymous_metrics: bool,
 }
 
@@ -49,10 +52,18 @@ impl Authn {
         Ok(Self {
             audit: Some(audit),
             oidc,
+            rate: None,
             mode: config.mode,
             keys,
             anonymous_metrics: config.anonymous_metrics,
         })
+    }
+
+    /// Limits each authenticated principal's requests per second (keyed by principal, so a
+    /// client cannot reset its bucket by rotating keys).
+    pub fn with_rate_limits(mut self, rate: RateLimits) -> Self {
+        self.rate = Some(rate);
+        self
     }
 
     pub fn anonymous_metrics(&self) -> bool {
@@ -170,10 +181,21 @@ pub async fn authenticate(
     };
     let mut response = match outcome {
         Ok(caller) => {
-            if let Some(caller) = caller {
-                req.extensions_mut().insert(caller);
+            let limited = match (&caller, &authn.rate) {
+                (Some(c), Some(rate)) if c.method != auth::Method::Open => {
+                    rate.check_request(&c.name).err()
+                }
+                _ => None,
+            };
+            match limited {
+                Some(limited) => limited.response(req.uri().path()),
+                None => {
+                    if let Some(caller) = caller {
+                        req.extensions_mut().insert(caller);
+                    }
+                    next.run(req).await
+                }
             }
-            next.run(req).await
         }
         Err(refused) => refused.into_response(registry),
     };

@@ -80,6 +80,9 @@ async fn append_checked(
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
     let events = parse_events(&state, request.events)?;
+    if caller.method != crate::auth::Method::Open {
+        state.rate.check_events(&caller.name, events.len() as u32)?;
+    }
     let result = state
         .appender
         .append(

@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod operator;
 mod projections;
+pub mod rate;
 pub mod routes;
 pub mod server;
 mod timeout;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub registry: Arc<Registry>,
     pub limits: Arc<ApiConfig>,
+    /// Requests and events per principal, failed authentications per peer.
+    pub rate: rate::RateLimits,
     pub metrics: Option<PrometheusHandle>,
     /// Authentication: the mode and the key store.
     pub authn: Arc<Authn>,
@@ -162,6 +165,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = Duration::from_millis(state.limits.request_timeout_ms);
     let authn = state.authn.clone();
+    let rate = state.rate.clone();
     let (routes, _) = table(&state).into_parts();
     routes
         .with_state(state)
@@ -176,6 +180,8 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
             timeout::limit,
         ))
+        // Before everything that looks at a credential (authentication goes inside this).
+        .layer(middleware::from_fn_with_state(rate, rate::guard_peers))
         .layer(TraceLayer::new_for_http())
         .layer(sensitive_headers())
 }

@@ -131,7 +131,9 @@ impl Application {
             Some(_) => oidc(config).await?,
             None => None,
         };
-        let authn = api::Authn::new(&config.auth, keys.clone(), oidc, store.pool().clone())?;
+        let rate = api::rate::RateLimits::new(&config.api.rate_limit);
+        let authn = api::Authn::new(&config.auth, keys.clone(), oidc, store.pool().clone())?
+            .with_rate_limits(rate.clone());
         let state = AppState {
             appender: Appender::new(store.clone(), validator),
             store,
@@ -139,6 +141,7 @@ impl Application {
             registry,
             limits: Arc::new(config.api.clone()),
             metrics: crate::metrics::install(),
+            rate,
             authn: Arc::new(authn),
             keys,
             relay: Arc::new(config.relay.clone()),

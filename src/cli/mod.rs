@@ -116,6 +116,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     crate::telemetry::init(&config.log, config.log_format)?;
+    // The effective settings, for debugging a deployment; `Debug` hides every secret in them.
+    tracing::debug!(?config, "configuration loaded");
     for name in config::ignored_env_vars() {
         if !client::ENV_VARS.contains(&name.as_str()) {
             tracing::warn!("ignoring {name}: not a keel setting");

@@ -62,8 +62,8 @@ pub async fn tail(
     }
     properties.extend(options.properties.clone());
     let start = StartAt::from_beginning(options.from_beginning);
-    let consumer: StreamConsumer =
-        client::config(brokers, &group, "keel-consume", start, &properties).create()?;
+    let config = client::config(brokers, &group, "keel-consume", start, &properties);
+    let consumer: StreamConsumer = crate::kafka::create(&config)?;
     let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let mut handed = 0u64;

@@ -39,7 +39,7 @@ impl Topics {
         replication: i32,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
-            admin: super::connection_config(brokers, properties).create()?,
+            admin: super::create(&super::connection_config(brokers, properties))?,
             partitions,
             replication,
             known: Mutex::new(HashSet::new()),

@@ -81,9 +81,9 @@ pub async fn run(
         StartAt::Beginning,
         &options.properties,
     );
-    let consumer: StreamConsumer<Resets> = config
-        .create_with_context(Resets(resets_tx))
-        .context("creating the projection's Kafka consumer")?;
+    let consumer: StreamConsumer<Resets> =
+        crate::kafka::create_with_context(&config, Resets(resets_tx))
+            .context("creating the projection's Kafka consumer")?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
     let mut runner = Runner {

@@ -225,7 +225,7 @@ impl ProducerSlot {
     ) -> Result<Self, KafkaError> {
         let config = producer_config(brokers, properties);
         Ok(Self {
-            producer: Mutex::new(config.create()?),
+            producer: Mutex::new(crate::kafka::create(&config)?),
             config,
         })
     }

@@ -209,6 +209,22 @@ fn command_line_parsing_and_printing_live_in_cli_alone() {
 }
 
 #[test]
+fn every_kafka_client_is_made_through_the_kafka_module_which_hides_secrets_in_its_errors() {
+    for (module, path, code) in sources() {
+        if module == "kafka" {
+            continue;
+        }
+        for create in [".create()", ".create_with_context("] {
+            assert!(
+                !code.contains(create),
+                "{} calls {create}: make Kafka clients with kafka::create, whose errors show no secret",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
 fn only_app_and_cli_start_components() {
     const STARTS: &[&str] = &[
         "relay::start(",

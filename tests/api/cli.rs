@@ -12,7 +12,7 @@ use crate::helpers::{
     TEST_KEY_SECRET,
 };
 
-fn keel() -> Command {
+pub fn keel() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -21,7 +21,7 @@ fn keel() -> Command {
     command
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

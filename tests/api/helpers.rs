@@ -42,6 +42,12 @@ pub fn test_limits() -> ApiConfig {
         default_page_size: 100,
         max_offset: 10_000,
         validate_payloads: true,
+        // The authorisation tests send many refused credentials from one address; the peer
+        // limit has tests of its own (rate_limit.rs).
+        rate_limit: keel::config::RateLimitConfig {
+            failed_auth_per_minute: 0,
+            ..Default::default()
+        },
         ..ApiConfig::default()
     }
 }

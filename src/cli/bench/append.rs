@@ -1,5 +1,6 @@
 //! The append benchmark: closed-loop producers, each owning its aggregates and sending the version
-//! it expects, against (a) keel's HTTP API and (b) the same transaction in raw SQL through sqlx.
+//! it expects, against (a) keel's HTTP API with an API key, (b) the same with authentication
+//! off, (c) also without payload validation, and (d) the same transaction in raw SQL through sqlx.
 //! Both use durable commits (`synchronous_commit` as the server has it, normally `on`).
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ enum Target {
     Http {
         client: reqwest::Client,
         base: String,
+        /// The API key sent as a bearer token, when the instance asks for one.
+        key: Option<String>,
     },
     Sql {
         pool: PgPool,
@@ -41,7 +44,21 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
         .api
         .max_batch_events
         .max(args.batch.iter().copied().max().unwrap_or(1));
+    // keel as it runs by default: every request authenticated with an API key (of the bootstrap
+    // admin), its caller's rate limits checked, its grants checked by the write path.
+    let key = crate::auth::ApiKey::generate()?;
+    let key_dir = std::env::temp_dir().join(format!("keel-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&key_dir)?;
+    let key_file = key_dir.join("admin.key");
+    std::fs::write(&key_file, key.expose_secret())?;
+    app_config.auth.mode = crate::config::AuthMode::Required;
+    app_config.auth.key_secret_file = None;
+    app_config.auth.key_secret = Some(crate::config::Secret::new(
+        crate::auth::ApiKey::generate()?.expose_secret(),
+    ));
+    app_config.auth.bootstrap_key_file = Some(key_file);
     let app = Application::build(&app_config).await?;
+    std::fs::remove_dir_all(&key_dir)?;
     let base = format!("http://{}", app.local_addr());
     // The baseline gets a connection per producer, as a hand-written service would; the two keel
     // instances keep their configured pools (group commit needs few connections). Together they
@@ -51,7 +68,12 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
         .connect(&app_config.database_url)
         .await?;
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    // A second keel on the same database with payload validation off, to price validation.
+    // The same keel with authentication off, to price authentication.
+    app_config.auth.mode = crate::config::AuthMode::None;
+    let open = Application::build(&app_config).await?;
+    let open_base = format!("http://{}", open.local_addr());
+    tokio::spawn(open.run_until_stopped(std::future::pending()));
+    // And with payload validation off too, to price validation.
     app_config.api.validate_payloads = false;
     let unvalidated = Application::build(&app_config).await?;
     let unvalidated_base = format!("http://{}", unvalidated.local_addr());
@@ -69,10 +91,17 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     let http = Arc::new(Target::Http {
         client: client.clone(),
         base,
+        key: Some(key.expose_secret()),
+    });
+    let http_open = Arc::new(Target::Http {
+        client: client.clone(),
+        base: open_base,
+        key: None,
     });
     let http_unvalidated = Arc::new(Target::Http {
         client,
         base: unvalidated_base,
+        key: None,
     });
     let sql = Arc::new(Target::Sql { pool });
     let payload = Arc::new(json!({
@@ -82,11 +111,12 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     for &batch in &args.batch {
         for &producers in &args.producers {
             let keel = measure(&http, producers, batch, &args, &payload).await?;
+            let open = measure(&http_open, producers, batch, &args, &payload).await?;
             let unvalidated = measure(&http_unvalidated, producers, batch, &args, &payload).await?;
             let raw = measure(&sql, producers, batch, &args, &payload).await?;
             println!(
                 "{}",
-                stats::row(producers, batch, &keel, &unvalidated, &raw)
+                stats::row(producers, batch, &keel, &open, &unvalidated, &raw)
             );
         }
     }
@@ -154,7 +184,7 @@ impl Target {
         payload: &Value,
     ) -> anyhow::Result<i32> {
         match self {
-            Target::Http { client, base } => {
+            Target::Http { client, base, key } => {
                 let expected = if version == 0 {
                     json!("no_stream")
                 } else {
@@ -163,13 +193,15 @@ impl Target {
                 let events: Vec<Value> = (0..batch)
                     .map(|_| json!({"type": EVENT_TYPE, "payload": payload}))
                     .collect();
-                let response = client
+                let mut request = client
                     .post(format!(
                         "{base}/v1/aggregates/{AGGREGATE_TYPE}/{aggregate}/events"
                     ))
-                    .json(&json!({"expected_version": expected, "events": events}))
-                    .send()
-                    .await?;
+                    .json(&json!({"expected_version": expected, "events": events}));
+                if let Some(key) = key {
+                    request = request.bearer_auth(key);
+                }
+                let response = request.send().await?;
                 let status = response.status();
                 let body: Value = response.json().await?;
                 anyhow::ensure!(status.is_success(), "append failed: {status} {body}");

@@ -42,6 +42,8 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
     let mut config = config.clone();
     config.database_url = url;
     config.listen = ([127, 0, 0, 1], 0).into();
+    // Nothing is asked over HTTP here: the benchmark appends in-process.
+    config.auth.mode = crate::config::AuthMode::None;
     let app = Application::build(&config).await?;
     let pool = app.store().pool().clone();
     let registry = app.registry().clone();
@@ -150,14 +152,13 @@ async fn prefill(
 
 /// A raw consumer in a new group reads `events` records from the beginning; records per second.
 async fn raw_consume(config: &Config, topic: &str, events: u64) -> anyhow::Result<f64> {
-    let consumer: StreamConsumer = client::config(
+    let consumer: StreamConsumer = kafka::create(&client::config(
         &config.kafka_brokers,
         &format!("bench-raw-{}", Uuid::new_v4().simple()),
         "keel-bench-raw",
         StartAt::Beginning,
         &kafka::connection_settings(&config.relay.kafka.properties),
-    )
-    .create()?;
+    ))?;
     consumer.subscribe(&[topic])?;
     let mut seen = 0u64;
     let mut started = None;

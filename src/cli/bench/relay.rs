@@ -46,6 +46,8 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
     let mut config = config.clone();
     config.database_url = url;
     config.listen = ([127, 0, 0, 1], 0).into();
+    // Nothing is asked over HTTP here: the benchmark appends in-process.
+    config.auth.mode = crate::config::AuthMode::None;
     config.relay.redis.enabled = false;
     config.relay.in_process = false;
     let app = Application::build(&config).await?;
@@ -252,7 +254,8 @@ pub(super) async fn encode_backlog(
 }
 
 pub(super) fn producer(config: &Config) -> anyhow::Result<FutureProducer> {
-    Ok(kafka::producer_config(&config.kafka_brokers, &config.relay.kafka.properties).create()?)
+    let producer = kafka::producer_config(&config.kafka_brokers, &config.relay.kafka.properties);
+    Ok(kafka::create(&producer)?)
 }
 
 /// Sends every record with a raw producer; returns records per second, first send to last ack.
@@ -325,19 +328,20 @@ async fn arrivals(
     topic: &str,
 ) -> anyhow::Result<(StreamConsumer, Arc<Mutex<HashMap<Uuid, Instant>>>)> {
     let group = format!("keel-bench-{}", Uuid::new_v4().simple());
-    let consumer: StreamConsumer = client::config(
+    let mut consumer = client::config(
         &config.kafka_brokers,
         &group,
         "keel-bench",
         StartAt::End,
         &kafka::connection_settings(&config.relay.kafka.properties),
-    )
+    );
     // Measuring latency: fetch as soon as anything arrives.
-    .set("fetch.wait.max.ms", "5")
-    .set("fetch.error.backoff.ms", "5")
-    .set("fetch.queue.backoff.ms", "5")
-    .set("session.timeout.ms", "6000")
-    .create()?;
+    consumer
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.error.backoff.ms", "5")
+        .set("fetch.queue.backoff.ms", "5")
+        .set("session.timeout.ms", "6000");
+    let consumer: StreamConsumer = kafka::create(&consumer)?;
     // Start every partition at its current end, explicitly: `latest` is only resolved at the
     // first fetch, which may come after the first bench events. The lookups block, so they run
     // where blocking is allowed.

@@ -39,37 +39,47 @@ impl Sample {
 /// throughput kept with validation on (validated/unvalidated), then latencies.
 pub fn header() -> String {
     format!(
-        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>8} {:>9}   {:<22} {:<22} {:<22}",
+        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9}   {:<22} {:<22} {:<22} {:<22}",
         "producers",
         "batch",
         "keel ev/s",
+        "no-auth",
         "no-val",
         "raw ev/s",
         "keel/raw",
+        "auth/off",
         "val cost",
         "keel p50/p99/p999 ms",
+        "no-auth p50/p99/p999",
         "no-val p50/p99/p999",
         "raw p50/p99/p999 ms"
     )
 }
 
+/// One result line. `keel` authenticates with an API key; `open` is the same with authentication
+/// off; `unvalidated` also skips payload validation. `auth/off` is keel's rate over `open`'s (the
+/// price of authentication), `val cost` is `open`'s over `unvalidated`'s.
 pub fn row(
     producers: usize,
     batch: usize,
     keel: &Sample,
+    open: &Sample,
     unvalidated: &Sample,
     raw: &Sample,
 ) -> String {
     format!(
-        "{:<9} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2}   {:<22} {:<22} {:<22}",
+        "{:<9} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2} {:>9.2}   {:<22} {:<22} {:<22} {:<22}",
         producers,
         batch,
         keel.events_per_sec(),
+        open.events_per_sec(),
         unvalidated.events_per_sec(),
         raw.events_per_sec(),
         keel.events_per_sec() / raw.events_per_sec(),
-        keel.events_per_sec() / unvalidated.events_per_sec(),
+        keel.events_per_sec() / open.events_per_sec(),
+        open.events_per_sec() / unvalidated.events_per_sec(),
         keel.percentiles(),
+        open.percentiles(),
         unvalidated.percentiles(),
         raw.percentiles()
     )

@@ -82,8 +82,7 @@ pub(super) async fn run<H: Handler>(
         &subscription.properties,
     );
     let consumer: Arc<StreamConsumer<GroupContext>> = Arc::new(
-        config
-            .create_with_context(context)
+        crate::kafka::create_with_context(&config, context)
             .context("creating the Kafka consumer")?,
     );
     let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();

@@ -32,7 +32,7 @@ impl Mirror {
             .set("message.timeout.ms", "10000")
             .set("client.id", "keel-dlq-mirror");
         Ok(Self {
-            producer: config.create()?,
+            producer: kafka::create(&config)?,
             topics: Topics::new(
                 brokers,
                 &subscription.properties,

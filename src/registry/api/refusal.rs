@@ -81,6 +81,15 @@ impl Refusal {
         }
     }
 
+    /// A request over one of the API's rate limits (`api.rate_limit`); the caller adds the
+    /// `retry-after` header.
+    pub fn rate_limited(message: String, details: Value) -> Self {
+        Self {
+            details,
+            ..Self::http(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     /// A failure of HTTP itself, whose Confluent `error_code` is the status, as Confluent's are.
     pub(super) fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {

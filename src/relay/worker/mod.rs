@@ -339,6 +339,11 @@ impl SinkLoop {
         for e in &settled.errors {
             self.record_error(e);
         }
+        // Retried failures are counted, not logged one by one; the first of a round says why.
+        if let Some(e) = settled.errors.first() {
+            tracing::debug!(sink = %self.kind(), errors = settled.errors.len(), error = %e,
+                "publishes failed this round");
+        }
     }
 }
 
