@@ -145,6 +145,19 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
     )
     .await;
 
+    // Republish reads below the transaction horizon, which is cluster-wide: a transaction open in
+    // another test's database holds it back. Wait until the log shows every event.
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(30),
+        "the log to show the 15 agent events",
+        || async {
+            let page = app
+                .get("/v1/events?event_type=agent.state.changed&limit=100")
+                .await;
+            (page.body["events"].as_array().map(Vec::len) == Some(15)).then_some(())
+        },
+    )
+    .await;
     let out = republish_agents(&app, &["--topic", "replay.copy"]).await;
     assert!(
         out.contains("republished 15 events to replay.copy"),
