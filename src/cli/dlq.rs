@@ -1,10 +1,11 @@
-//! `keel dlq`: list, inspect and redrive a consumer group's dead-letter rows.
+//! `keel dlq`: list, inspect and redrive a consumer group's dead-letter rows, through keel's API
+//! (`/v1/dlq/{group}/...`).
 
 use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use crate::app::Services;
-use crate::config::Config;
-use crate::consumer::dlq::{self, DlqRow, Selection};
+use super::client::{list, rows, Client, Need};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -22,8 +23,13 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One row in full, as JSON, with its payload decoded where possible.
-    Show { id: i64 },
+    /// One row in full, as JSON, with its payload as `value_base64`.
+    Show {
+        /// The group the row belongs to.
+        #[arg(long)]
+        group: String,
+        id: i64,
+    },
     /// Redeliver parked rows and the rows held behind them, in order, through the group's running
     /// consumer (after fixing the cause).
     Retry(Target),
@@ -48,18 +54,30 @@ pub struct Target {
 }
 
 impl Target {
-    fn selection(&self) -> Selection {
+    /// The request body: exactly one of `id`, `key`, `all`.
+    fn body(&self) -> Value {
         match (&self.id, &self.key) {
-            (Some(id), _) => Selection::Id(*id),
-            (None, Some(key)) => Selection::Key(key.clone()),
-            (None, None) => Selection::All,
+            (Some(id), _) => json!({"id": id}),
+            (None, Some(key)) => json!({"key": key}),
+            (None, None) => json!({"all": true}),
         }
     }
 }
 
-pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
-    let services = Services::connect(config).await?;
-    let pool = services.pool();
+/// A row of `GET /v1/dlq/{group}`, for the table.
+#[derive(Debug, Deserialize)]
+struct Row {
+    id: i64,
+    state: String,
+    topic: String,
+    partition: i32,
+    kafka_offset: i64,
+    record_key: String,
+    reason_class: String,
+    reason: String,
+}
+
+pub async fn run(client: &Client, command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List {
             group,
@@ -67,50 +85,62 @@ pub async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
             closed,
             json,
         } => {
-            let rows = dlq::list(pool, &group, key.as_deref(), closed).await?;
+            let mut query = Vec::new();
+            if let Some(key) = key {
+                query.push(("key", key));
+            }
+            if closed {
+                query.push(("closed", "true".to_owned()));
+            }
+            let answer = client
+                .get(&["v1", "dlq", &group], &query, Need::on("dlq.read", &group))
+                .await?;
+            let found = list(&answer, "rows")?;
             if json {
-                for row in &rows {
+                for row in &found {
                     println!("{}", serde_json::to_string(row)?);
                 }
             } else {
-                print_table(&rows);
+                print_table(&rows(&found)?);
             }
         }
-        DlqCommand::Show { id } => {
-            let row = dlq::show(pool, id)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no dead-letter row {id}"))?;
-            let mut value = serde_json::to_value(&row)?;
-            value["value_base64"] = row
-                .value
-                .as_deref()
-                .map(|v| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v))
-                .into();
-            println!("{}", serde_json::to_string_pretty(&value)?);
+        DlqCommand::Show { group, id } => {
+            let row = client
+                .get(
+                    &["v1", "dlq", &group, "rows", &id.to_string()],
+                    &[],
+                    Need::on("dlq.read", &group),
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&row)?);
         }
         DlqCommand::Retry(target) => {
-            let n = dlq::retry(
-                &mut *pool.acquire().await?,
-                &target.group,
-                &target.selection(),
-            )
-            .await?;
+            let answer = client
+                .post(
+                    &["v1", "dlq", &target.group, "retry"],
+                    &target.body(),
+                    Need::on("dlq.retry", &target.group),
+                )
+                .await?;
+            let n = answer["marked"].as_u64().unwrap_or_default();
             println!("{n} row(s) marked for redelivery; the group's running consumer redelivers them in order");
         }
         DlqCommand::Skip(target) => {
-            let n = dlq::skip(
-                &mut *pool.acquire().await?,
-                &target.group,
-                &target.selection(),
-            )
-            .await?;
+            let answer = client
+                .post(
+                    &["v1", "dlq", &target.group, "skip"],
+                    &target.body(),
+                    Need::on("dlq.skip", &target.group),
+                )
+                .await?;
+            let n = answer["skipped"].as_u64().unwrap_or_default();
             println!("{n} row(s) skipped");
         }
     }
     Ok(())
 }
 
-fn print_table(rows: &[DlqRow]) {
+fn print_table(rows: &[Row]) {
     println!(
         "{:>8}  {:<9}  {:<24}  {:>9}  {:>10}  {:<36}  {:<17}  reason",
         "id", "state", "topic", "partition", "offset", "key", "class"

@@ -5,11 +5,19 @@
 //! a command that touches the database connects through [`Services::connect`] (the one
 //! bootstrap). Ctrl-C and SIGTERM become one [`crate::shutdown::Shutdown`] token
 //! ([`crate::shutdown::on_signals`]) for every long-running command.
+//!
+//! The operator commands (`outbox`, `dlq`, `replay`, `principal`, `grant`, `audit`) never open
+//! the database: they act through keel's HTTP API ([`client`]) with the key in `KEEL_API_KEY`,
+//! so each of their actions is authorised and audited like any other client's.
 
+mod audit;
 mod bench;
+mod client;
 mod consume;
 mod dlq;
+mod grant;
 mod outbox;
+mod principal;
 mod progress;
 mod project;
 mod relay;
@@ -40,6 +48,17 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub log: Option<String>,
 
+    /// keel's API, for the operator commands; by default the config's `listen` address
+    /// (`http://127.0.0.1:8080`). Their credential comes from `KEEL_API_KEY` only, never from a
+    /// flag (a command line shows in `ps`).
+    #[arg(long, global = true, env = "KEEL_URL")]
+    pub url: Option<String>,
+
+    /// PEM CA certificates to verify an https `--url` with, instead of the system's roots (a
+    /// keel whose certificate comes from a private CA).
+    #[arg(long, global = true, env = "KEEL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,19 +69,28 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run the relay alone: ship the outbox to Kafka and Redis. Run several for availability.
     Relay,
-    /// Read history back from the event store.
+    /// Read history back from the event store (through the API).
     #[command(subcommand)]
     Replay(replay::ReplayCommand),
     /// Tail topics as decoded JSON lines (keel's headers, Avro through the registry).
     Consume(consume::ConsumeArgs),
-    /// Inspect the outbox and manage parked events.
+    /// Inspect the outbox and manage parked events (through the API).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
     /// Run projections (read models in PostgreSQL) from Kafka, exactly once.
     Project,
-    /// Inspect and redrive consumer groups' dead-letter rows.
+    /// Inspect and redrive consumer groups' dead-letter rows (through the API).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Manage principals and their API keys (through the API).
+    #[command(subcommand)]
+    Principal(principal::PrincipalCommand),
+    /// Manage principals' custom grants (through the API).
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
+    /// Read and verify the audit log (through the API).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate,
     /// Manage the event catalog's schemas in the registry.
@@ -91,18 +119,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The effective settings, for debugging a deployment; `Debug` hides every secret in them.
     tracing::debug!(?config, "configuration loaded");
     for name in config::ignored_env_vars() {
-        tracing::warn!("ignoring {name}: not a keel setting");
+        if !client::ENV_VARS.contains(&name.as_str()) {
+            tracing::warn!("ignoring {name}: not a keel setting");
+        }
     }
     progress::install();
+    let api = || client::Client::from_env(cli.url.as_deref(), cli.ca_file.as_deref(), &config);
 
     match cli.command {
         Command::Serve(_) => serve::run(&config).await,
         Command::Relay => relay::run(&config).await,
         Command::Project => project::run(&config).await,
-        Command::Replay(command) => replay::run(&config, command).await,
-        Command::Outbox(command) => outbox::run(&config, command).await,
+        Command::Replay(command) => replay::run(&api()?, command).await,
+        Command::Outbox(command) => outbox::run(&api()?, command).await,
         Command::Consume(args) => consume::run(&config, args).await,
-        Command::Dlq(command) => dlq::run(&config, command).await,
+        Command::Dlq(command) => dlq::run(&api()?, command).await,
+        Command::Principal(command) => principal::run(&api()?, command).await,
+        Command::Grant(command) => grant::run(&api()?, command).await,
+        Command::Audit(command) => audit::run(&api()?, command).await,
         Command::Migrate => {
             Services::connect(&config).await?;
             tracing::info!("migrations applied");

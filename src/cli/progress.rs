@@ -1,12 +1,17 @@
-//! How the command line shows the library's progress reports ([`crate::replay::progress`]): a
-//! bar with rate and ETA on a terminal, a line every five seconds otherwise (logs, CI), on stderr
-//! so that stdout keeps only results.
+//! How the command line shows progress: the library's progress reports
+//! ([`crate::replay::progress`]) as a bar with rate and ETA, and a job running on the server
+//! ([`follow`]) as a spinner with its elapsed time, on a terminal; a line every five seconds
+//! otherwise (logs, CI). All on stderr, so that stdout keeps only results.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
 
+use super::client::{Job, Line};
 use crate::replay::progress::{self, Snapshot, Throttle, View};
+use crate::shutdown;
 
 /// Makes every later progress report show on stderr.
 pub fn install() {
@@ -69,5 +74,81 @@ impl View for Lines {
 
     fn finished(&self, at: &Snapshot<'_>, message: &str) {
         eprintln!("{}; {message}", at.line());
+    }
+}
+
+/// Follows a job running on the server to its final line and returns its report. Ctrl-C (or
+/// SIGTERM) stops following and fails with `detached`: the job itself continues on the server
+/// to its end, and its audit row (`keel audit list --action <audit_action>`) records how it
+/// ended.
+pub async fn follow(mut job: Job, label: &str, audit_action: &str) -> anyhow::Result<Value> {
+    let view = JobView::new(label);
+    let stop = shutdown::on_signals();
+    loop {
+        let line = tokio::select! {
+            line = job.next() => line,
+            () = stop.wait() => {
+                view.clear();
+                anyhow::bail!(
+                    "stopped following {label}: the job continues on the server to its end; \
+                     `keel audit list --action {audit_action}` shows how it ended"
+                );
+            }
+        };
+        match line {
+            Ok(Some(Line::Started)) => view.running(0.0),
+            Ok(Some(Line::Running { elapsed_s })) => view.running(elapsed_s),
+            Ok(Some(Line::Done(report))) => {
+                view.clear();
+                return Ok(report);
+            }
+            Ok(None) => anyhow::bail!("the job's answer ended twice"),
+            Err(err) => {
+                view.clear();
+                return Err(err.into());
+            }
+        }
+    }
+}
+
+/// A spinner on a terminal; otherwise a line every five seconds.
+enum JobView {
+    Spinner(ProgressBar),
+    Lines { label: String, throttle: Throttle },
+}
+
+impl JobView {
+    fn new(label: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self::Lines {
+                label: label.to_owned(),
+                throttle: Throttle::default(),
+            };
+        }
+        let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            spinner.set_style(style);
+        }
+        spinner.set_message(format!("{label} on the server"));
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        Self::Spinner(spinner)
+    }
+
+    fn running(&self, elapsed_s: f64) {
+        match self {
+            // The spinner keeps its own clock.
+            Self::Spinner(_) => {}
+            Self::Lines { label, throttle } => {
+                if throttle.due() {
+                    eprintln!("{label}: running on the server for {elapsed_s:.0} s");
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        if let Self::Spinner(spinner) = self {
+            spinner.finish_and_clear();
+        }
     }
 }

@@ -1,18 +1,18 @@
-//! `keel replay`: history back from the event store, as JSON lines (`aggregate`), onto a Kafka
-//! topic (`republish`), or into a rebuilt projection (`projection`).
+//! `keel replay`: history back from the event store, through keel's API: an aggregate's events
+//! as JSON lines (`aggregate`), re-sent onto a Kafka topic (`republish`), or rebuilt into a
+//! projection (`projection`). The last two run as jobs on the server; the command follows them
+//! with a spinner and prints their report.
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
+use serde_json::{json, Value};
 
-use crate::app::{self, Projections, Services};
-use crate::config::Config;
+use super::client::{Client, Need};
+use super::progress;
 use crate::model::{AggregateType, EventType};
-use crate::projection::rebuild::{rebuild, RebuildOptions, Until};
-use crate::relay::kafka::KafkaSink;
-use crate::replay::republish::{republish, RepublishOptions};
-use crate::replay::{self, AsOf};
-use crate::shutdown;
+use crate::projection::rebuild::Until;
+use crate::replay::AsOf;
 use crate::store::LogCursor;
 
 #[derive(Debug, Subcommand)]
@@ -27,10 +27,17 @@ pub enum ReplayCommand {
         as_of: Option<AsOf>,
     },
     /// Re-send stored events to a Kafka topic in log order (per-aggregate order kept), rate-limited
-    /// and resumable.
+    /// and resumable (`--after` the cursor of the report).
+    ///
+    /// The job runs on the server. Ctrl-C only stops following it: the job continues to its end,
+    /// and `keel audit list --action replay.run` shows how it ended.
     Republish(RepublishArgs),
     /// Rebuild a projection from the event store into a shadow schema and swap it in, while live
-    /// traffic continues. Ctrl-C stops safely; running it again resumes.
+    /// traffic continues.
+    ///
+    /// The job runs on the server. Ctrl-C only stops following it: the job continues to its end,
+    /// and `keel audit list --action projection.rebuild` shows how it ended. A rebuild the server
+    /// stopped (it shut down) resumes when run again.
     Projection(RebuildArgs),
 }
 
@@ -54,6 +61,9 @@ pub struct RepublishArgs {
     /// Most events per second.
     #[arg(long, default_value_t = 5_000)]
     pub rate: u64,
+    /// Print the job's report as JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -62,8 +72,8 @@ pub struct RebuildArgs {
     pub name: String,
     /// Build a point-in-time view of the events at or before this position or RFC 3339 time,
     /// into `keel_proj_<name>_until`, beside the live one.
-    #[arg(long, conflicts_with = "aggregate")]
-    pub until: Option<Until>,
+    #[arg(long, conflicts_with = "aggregate", value_parser = parse_until)]
+    pub until: Option<String>,
     /// Rebuild only this aggregate, in place.
     #[arg(long)]
     pub aggregate: Option<uuid::Uuid>,
@@ -75,114 +85,152 @@ pub struct RebuildArgs {
     pub page: i64,
 }
 
-pub async fn run(config: &Config, command: ReplayCommand) -> anyhow::Result<()> {
+pub async fn run(client: &Client, command: ReplayCommand) -> anyhow::Result<()> {
     match command {
         ReplayCommand::Aggregate {
             aggregate_type,
             aggregate_id,
             as_of,
-        } => aggregate(config, aggregate_type, aggregate_id, as_of).await,
-        ReplayCommand::Republish(args) => republish_command(config, args).await,
-        ReplayCommand::Projection(args) => rebuild_command(config, args).await,
+        } => aggregate(client, aggregate_type, aggregate_id, as_of).await,
+        ReplayCommand::Republish(args) => republish(client, args).await,
+        ReplayCommand::Projection(args) => rebuild(client, args).await,
     }
 }
 
+/// Pages through `GET /v1/aggregates/{type}/{id}/events` (each event resolved to the latest
+/// schema of its type), up to `as_of`.
 async fn aggregate(
-    config: &Config,
+    client: &Client,
     aggregate_type: String,
     aggregate_id: uuid::Uuid,
     as_of: Option<AsOf>,
 ) -> anyhow::Result<()> {
     let aggregate_type = AggregateType::parse(aggregate_type)?;
-    let services = Services::connect(config).await?;
-    let events = replay::history(
-        &services.store,
-        &services.registry,
-        &aggregate_type,
-        aggregate_id,
-        as_of,
-    )
-    .await?;
-    if events.is_empty() {
+    let id = aggregate_id.to_string();
+    let path = ["v1", "aggregates", aggregate_type.as_str(), &id, "events"];
+    let need = Need::on("event.read", aggregate_type.as_str());
+    let mut from_version = 1;
+    let mut printed = 0;
+    'pages: loop {
+        let query = [
+            ("from_version", from_version.to_string()),
+            ("schema_version", "latest".to_owned()),
+        ];
+        let page = match client.get(&path, &query, need).await {
+            Ok(page) => page,
+            Err(e) if e.code() == Some("aggregate_not_found") => break,
+            Err(e) => return Err(e.into()),
+        };
+        for event in super::client::list(&page, "events")? {
+            if as_of.is_some_and(|a| !includes(a, &event)) {
+                break 'pages;
+            }
+            println!("{}", serde_json::to_string(&event)?);
+            printed += 1;
+        }
+        match page["next_version"].as_i64() {
+            Some(next) if next > from_version => from_version = next,
+            _ => break,
+        }
+    }
+    if printed == 0 {
         bail!(
             "aggregate {aggregate_type}/{aggregate_id} has no events{}",
             if as_of.is_some() { " as of then" } else { "" }
         );
     }
-    for event in events {
-        println!("{}", serde_json::to_string(&event)?);
-    }
     Ok(())
 }
 
-async fn republish_command(config: &Config, args: RepublishArgs) -> anyhow::Result<()> {
+/// Whether `event` (as the API shows it) is at or before `as_of`.
+fn includes(as_of: AsOf, event: &Value) -> bool {
+    match as_of {
+        AsOf::Version(v) => event["version"].as_i64().is_some_and(|e| e <= i64::from(v)),
+        AsOf::Time(t) => event["created_at"]
+            .as_str()
+            .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+            .is_some_and(|c| c <= t),
+    }
+}
+
+async fn republish(client: &Client, args: RepublishArgs) -> anyhow::Result<()> {
+    // Checked here too, so that a typo fails before any request.
     if args.rate == 0 {
         bail!("--rate must be positive");
     }
-    let after = match &args.after {
-        Some(token) => LogCursor::decode(token).context("--after is not a cursor keel printed")?,
-        None => LogCursor::START,
-    };
-    let event_types = args
-        .event_type
-        .iter()
-        .map(|t| EventType::parse(t.as_str()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--event-type: {e}"))?;
-    let options = RepublishOptions {
-        event_types,
-        from: args.from,
-        to: args.to,
-        after,
-        rate: args.rate,
-    };
-    let services = Services::connect(config).await?;
-    let catalog = app::catalog(config)?;
-    let sink = KafkaSink::new(
-        &config.kafka_brokers,
-        config.relay.kafka.clone(),
-        catalog,
-        services.registry.clone(),
-    )
-    .context("cannot configure the kafka producer")?
-    .to_topic(&args.topic);
-    let done = republish(
-        services.pool(),
-        &sink,
-        &options,
+    if let Some(token) = &args.after {
+        LogCursor::decode(token).context("--after is not a cursor keel printed")?;
+    }
+    for t in &args.event_type {
+        EventType::parse(t.as_str()).map_err(|e| anyhow::anyhow!("--event-type: {e}"))?;
+    }
+    let mut body = json!({"topic": args.topic, "rate": args.rate});
+    if !args.event_type.is_empty() {
+        body["event_types"] = json!(args.event_type);
+    }
+    if let Some(from) = args.from {
+        body["from"] = json!(from);
+    }
+    if let Some(to) = args.to {
+        body["to"] = json!(to);
+    }
+    if let Some(after) = &args.after {
+        body["after"] = json!(after);
+    }
+    let job = client
+        .job(
+            &["v1", "replay", "republish"],
+            &body,
+            Need::on("replay.run", &args.topic),
+        )
+        .await?;
+    let report = progress::follow(
+        job,
         &format!("republishing to {}", args.topic),
-        &shutdown::on_signals(),
+        "replay.run",
     )
     .await?;
-    if done.interrupted {
-        println!(
-            "interrupted after {} events; resume with --after {}",
-            done.sent,
-            done.cursor.encode()
-        );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("republished {} events to {}", done.sent, args.topic);
+        let sent = report["sent"].as_u64().unwrap_or_default();
+        let cursor = report["cursor"].as_str().unwrap_or_default();
+        if report["interrupted"] == true {
+            println!("interrupted after {sent} events; resume with --after {cursor}");
+        } else {
+            println!("republished {sent} events to {}", args.topic);
+            println!("to send only later events, run again with --after {cursor}");
+        }
     }
     Ok(())
 }
 
-async fn rebuild_command(config: &Config, args: RebuildArgs) -> anyhow::Result<()> {
-    let projection = Projections::builtin().find(&args.name)?;
-    let services = Services::connect(config).await?;
-    let options = RebuildOptions {
-        until: args.until,
-        aggregate: args.aggregate,
-        restart: args.restart,
-        page: args.page,
-    };
-    let report = rebuild(
-        services.pool(),
-        &services.registry,
-        projection.as_ref(),
-        &options,
-        shutdown::on_signals().wait(),
+async fn rebuild(client: &Client, args: RebuildArgs) -> anyhow::Result<()> {
+    let mut body = json!({"restart": args.restart, "page": args.page});
+    if let Some(until) = &args.until {
+        body["until"] = json!(until);
+    }
+    if let Some(aggregate) = args.aggregate {
+        body["aggregate"] = json!(aggregate);
+    }
+    let job = client
+        .job(
+            &["v1", "projections", &args.name, "rebuild"],
+            &body,
+            Need::on("projection.rebuild", &args.name),
+        )
+        .await?;
+    let report = progress::follow(
+        job,
+        &format!("rebuilding {}", args.name),
+        "projection.rebuild",
     )
     .await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// `--until` as typed, once it parses: a position or an RFC 3339 time.
+fn parse_until(text: &str) -> Result<String, String> {
+    text.parse::<Until>().map(|_| text.to_owned())
 }

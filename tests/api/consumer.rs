@@ -131,25 +131,18 @@ async fn fault(app: &TestApp, event: Uuid, kind: &str) {
         .unwrap();
 }
 
-fn keel_dlq(app: &TestApp, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("dlq")
-        .args(args)
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_LOG", "warn")
-        .output()
-        .expect("run keel dlq");
-    assert!(
-        out.status.success(),
-        "keel dlq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+async fn keel_dlq(app: &TestApp, args: &[&str]) -> String {
+    let mut command = app.keel();
+    command.arg("dlq").args(args);
+    crate::helpers::run(command)
+        .await
+        .expect_ok(&format!("keel dlq {args:?}"))
 }
 
 /// `keel dlq list --json` as `(state, reason_class, event id)`, in offset order.
-fn dlq_rows(app: &TestApp, group: &str) -> Vec<(String, String, Uuid)> {
+async fn dlq_rows(app: &TestApp, group: &str) -> Vec<(String, String, Uuid)> {
     keel_dlq(app, &["list", "--group", group, "--json"])
+        .await
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
@@ -258,7 +251,7 @@ async fn a_poison_event_is_parked_its_key_waits_others_flow_and_dlq_retry_delive
     let expected: HashMap<Uuid, Vec<Uuid>> = [(healthy, h.clone())].into();
     wait_handled(&app, &expected, Duration::from_secs(60)).await;
     let dlq = eventually(Duration::from_secs(30), "four dead-letter rows", || async {
-        let rows = dlq_rows(&app, group);
+        let rows = dlq_rows(&app, group).await;
         (rows.len() == 4).then_some(rows)
     })
     .await;
@@ -287,6 +280,7 @@ async fn a_poison_event_is_parked_its_key_waits_others_flow_and_dlq_retry_delive
         "the new event to be held",
         || async {
             dlq_rows(&app, group)
+                .await
                 .iter()
                 .any(|r| r.2 == p4 && r.0 == "held")
                 .then_some(())
@@ -322,7 +316,8 @@ async fn a_poison_event_is_parked_its_key_waits_others_flow_and_dlq_retry_delive
     let out = keel_dlq(
         &app,
         &["retry", "--group", group, "--key", &poisoned.to_string()],
-    );
+    )
+    .await;
     assert!(out.starts_with("3 row(s)"), "{out}");
     // A live event of the key that arrives while the chain waits for redelivery is held, then
     // delivered after it.
@@ -330,22 +325,23 @@ async fn a_poison_event_is_parked_its_key_waits_others_flow_and_dlq_retry_delive
     let mut all = HashMap::from([(poisoned, vec![p[0], p[1], p[2], p4, p5]), (healthy, h)]);
     wait_handled(&app, &all, Duration::from_secs(30)).await;
     // The flaky key is still parked until it is retried too.
-    assert_eq!(dlq_rows(&app, group).len(), 2);
+    assert_eq!(dlq_rows(&app, group).await.len(), 2);
     let parked_id = keel_dlq(&app, &["list", "--group", group, "--json"])
+        .await
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|v| v["state"] == "parked")
         .unwrap()["id"]
         .as_i64()
         .unwrap();
-    keel_dlq(&app, &["retry", "--group", group, &parked_id.to_string()]);
+    keel_dlq(&app, &["retry", "--group", group, &parked_id.to_string()]).await;
     all.insert(flaky, f);
     wait_handled(&app, &all, Duration::from_secs(30)).await;
     assert_in_order(&as_received(&handled(&app).await), &all);
     eventually(
         Duration::from_secs(10),
         "an empty dead-letter list",
-        || async { dlq_rows(&app, group).is_empty().then_some(()) },
+        || async { dlq_rows(&app, group).await.is_empty().then_some(()) },
     )
     .await;
 }
@@ -371,9 +367,13 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
                 restarts += 1;
                 c = ConsumerProcess::start(&app, &broker, group, "c", &[]);
             }
-            let crashing = ids[1];
-            let rows = dlq_rows(&app, group);
-            async move { rows.into_iter().find(|r| r.2 == crashing) }
+            let (app, crashing) = (&app, ids[1]);
+            async move {
+                dlq_rows(app, group)
+                    .await
+                    .into_iter()
+                    .find(|r| r.2 == crashing)
+            }
         },
     )
     .await;
@@ -391,6 +391,7 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
         "the next event to be held",
         || async {
             dlq_rows(&app, group)
+                .await
                 .iter()
                 .any(|r| r.2 == ids[2] && r.0 == "held")
                 .then_some(())
@@ -399,12 +400,15 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
     .await;
     // `keel dlq show` says why; the group's depth counts both rows.
     let parked_id = keel_dlq(&app, &["list", "--group", group, "--json"])
+        .await
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|v| v["state"] == "parked")
         .unwrap()["id"]
         .to_string();
-    let shown: Value = serde_json::from_str(&keel_dlq(&app, &["show", &parked_id])).unwrap();
+    let shown: Value =
+        serde_json::from_str(&keel_dlq(&app, &["show", "--group", group, &parked_id]).await)
+            .unwrap();
     assert_eq!(shown["reason_class"], "crash_loop");
     assert_eq!(shown["event_id"], ids[1].to_string());
     assert!(shown["value_base64"]
@@ -416,14 +420,14 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
     assert_eq!(depth, 2);
     assert!(age >= 0.0);
     // Skipping the parked record releases the one held behind it; the skipped one is never handled.
-    keel_dlq(&app, &["skip", "--group", group, &parked_id]);
+    keel_dlq(&app, &["skip", "--group", group, &parked_id]).await;
     let rest: HashMap<Uuid, Vec<Uuid>> = [(agent, vec![ids[0], ids[2]])].into();
     wait_handled(&app, &rest, Duration::from_secs(30)).await;
     assert!(handled(&app).await.iter().all(|r| r.3 != ids[1]));
     eventually(
         Duration::from_secs(10),
         "an empty dead-letter list",
-        || async { dlq_rows(&app, group).is_empty().then_some(()) },
+        || async { dlq_rows(&app, group).await.is_empty().then_some(()) },
     )
     .await;
 }

@@ -264,11 +264,69 @@ impl TestApp {
         key.expose_secret()
     }
 
+    /// The `keel` binary pointed at this app's API (`KEEL_URL`) with the admin key.
+    pub fn keel(&self) -> std::process::Command {
+        self.keel_with(Some(&self.admin_key))
+    }
+
+    /// The `keel` binary pointed at this app's API with `key` in `KEEL_API_KEY` (none: unset).
+    pub fn keel_with(&self, key: Option<&str>) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("KEEL_CONFIG")
+            .env_remove("KEEL_API_KEY")
+            .env("KEEL_URL", self.url(""))
+            .env("KEEL_LOG", "warn");
+        if let Some(key) = key {
+            command.env("KEEL_API_KEY", key);
+        }
+        command
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(self.store.pool())
             .await
             .expect("count")
+    }
+}
+
+/// What a run of the `keel` binary gave.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Stdout, asserting that the command succeeded.
+    pub fn expect_ok(self, what: &str) -> String {
+        assert!(self.ok, "{what} failed: {}{}", self.stdout, self.stderr);
+        self.stdout
+    }
+
+    /// Stdout's lines as JSON.
+    pub fn json_lines(self, what: &str) -> Vec<Value> {
+        self.expect_ok(what)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: {e}: {l}")))
+            .collect()
+    }
+}
+
+/// Runs `command` to its end without blocking the runtime (an in-process app may be the server
+/// it talks to).
+pub async fn run(command: std::process::Command) -> Run {
+    let output = tokio::process::Command::from(command)
+        .output()
+        .await
+        .expect("run keel");
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

@@ -16,6 +16,7 @@ mod library;
 mod log;
 mod metrics;
 mod oidc;
+mod operator_cli;
 mod parsers;
 mod projections;
 mod rate_limit;

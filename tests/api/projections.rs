@@ -257,13 +257,13 @@ fn high_watermarks(broker: &Server, topic: &str) -> HashMap<i32, i64> {
         .collect()
 }
 
-fn keel(app: &TestApp, broker: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_KAFKA_BROKERS", broker.brokers())
-        .env("KEEL_LOG", "warn")
+/// `keel ARGS` against `app`'s API, as the admin.
+async fn keel(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let mut command = app.keel();
+    command.args(args);
+    tokio::process::Command::from(command)
         .output()
+        .await
         .expect("run keel")
 }
 
@@ -320,18 +320,20 @@ async fn projections_apply_each_event_exactly_once_through_repeated_kills_and_du
     );
     load.await.unwrap();
     // Publish every agent event a second time: the projection must not apply them again.
-    succeeded(&keel(
-        &app,
-        &broker,
-        &[
-            "replay",
-            "republish",
-            "--topic",
-            "keel.agent",
-            "--event-type",
-            "agent.state.changed",
-        ],
-    ));
+    succeeded(
+        &keel(
+            &app,
+            &[
+                "replay",
+                "republish",
+                "--topic",
+                "keel.agent",
+                "--event-type",
+                "agent.state.changed",
+            ],
+        )
+        .await,
+    );
     // Wait until the projection has read past every record, duplicates included.
     let ends = high_watermarks(&broker, "keel.agent");
     eventually(
@@ -475,11 +477,7 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
         }
     });
     for name in ["agent_status", "service_invocations"] {
-        let report = succeeded(&keel(
-            &app,
-            &broker,
-            &["replay", "projection", name, "--page", "50"],
-        ));
+        let report = succeeded(&keel(&app, &["replay", "projection", name, "--page", "50"]).await);
         assert_eq!(report["swapped"], true, "{report}");
         assert_eq!(report["schema"], format!("keel_proj_{name}"));
     }
@@ -499,17 +497,19 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     .await
     .unwrap();
     let agent_text = agent.to_string();
-    succeeded(&keel(
-        &app,
-        &broker,
-        &[
-            "replay",
-            "projection",
-            "agent_status",
-            "--aggregate",
-            &agent_text,
-        ],
-    ));
+    succeeded(
+        &keel(
+            &app,
+            &[
+                "replay",
+                "projection",
+                "agent_status",
+                "--aggregate",
+                &agent_text,
+            ],
+        )
+        .await,
+    );
     assert_eq!(
         agents_in(&app, "keel_proj_agent_status").await.get(agent),
         Some(expected)
@@ -517,7 +517,6 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     // A projection whose rows mix aggregates refuses, and says why.
     let out = keel(
         &app,
-        &broker,
         &[
             "replay",
             "projection",
@@ -525,7 +524,8 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
             "--aggregate",
             &agent_text,
         ],
-    );
+    )
+    .await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot rebuild one aggregate"));
 
@@ -537,69 +537,151 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     .fetch_one(app.store.pool())
     .await
     .unwrap();
-    let report = succeeded(&keel(
-        &app,
-        &broker,
-        &[
-            "replay",
-            "projection",
-            "agent_status",
-            "--until",
-            &cut.to_string(),
-        ],
-    ));
+    let report = succeeded(
+        &keel(
+            &app,
+            &[
+                "replay",
+                "projection",
+                "agent_status",
+                "--until",
+                &cut.to_string(),
+            ],
+        )
+        .await,
+    );
     assert_eq!(report["swapped"], false);
     let until = agents_in(&app, "keel_proj_agent_status_until").await;
     let transitions: i64 = until.values().map(|a| a.3).sum();
     assert_eq!(transitions, 101);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_rebuild_resumes_where_it_stopped() {
-    let broker = Broker::start().await;
-    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
-    append_concurrently(&app, 100, 8, 16).await;
-    // SIGINT a slow rebuild (one event per page) part-way.
-    let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["replay", "projection", "agent_status", "--page", "1"])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// A `keel serve` process on `app`'s database (same server secret, so `app`'s keys work), killed
+/// on drop.
+struct ServeProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServeProcess {
+    async fn start(app: &TestApp) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("KEEL_CONFIG")
+            .env("KEEL_DATABASE_URL", &app.config.database_url)
+            .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEEL_AUTH__KEY_SECRET", crate::helpers::TEST_KEY_SECRET)
+            .env("KEEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start keel serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/v1/health/ready");
+        eventually(Duration::from_secs(30), "keel serve to be ready", || {
+            let ready = ready.clone();
+            async move {
+                let reply = reqwest::get(ready).await.ok()?;
+                (reply.status() == StatusCode::OK).then_some(())
+            }
+        })
+        .await;
+        Self { child, url }
+    }
+
+    /// `keel replay projection agent_status ARGS` against this server, started.
+    fn rebuild(&self, app: &TestApp, args: &[&str]) -> tokio::process::Child {
+        let mut command = app.keel();
+        command
+            .args(["replay", "projection", "agent_status"])
+            .args(args)
+            .env("KEEL_URL", &self.url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tokio::process::Command::from(command).spawn().unwrap()
+    }
+
+    /// A crash: SIGKILL, and wait for the process to be gone.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events the interrupted rebuild of `agent_status` has committed so far.
+async fn rebuilt_so_far(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM keel_proj_agent_status_rebuild.keel_applied")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap_or(0)
+}
+
+async fn rebuilt_past(app: &TestApp, n: i64) {
     eventually(
         Duration::from_secs(30),
         "the rebuild to make progress",
-        || async {
-            let n: Option<i64> = sqlx::query_scalar(
-                "SELECT count(*) FROM keel_proj_agent_status_rebuild.keel_applied",
-            )
-            .fetch_one(app.store.pool())
-            .await
-            .ok();
-            n.filter(|n| *n >= 5).map(|_| ())
-        },
+        || async { (rebuilt_so_far(app).await > n).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_outlives_its_cli_and_resumes_after_the_server_dies() {
+    let app = crate::helpers::spawn_app().await;
+    append_concurrently(&app, 100, 8, 16).await;
+
+    // Ctrl-C on the CLI stops following; the rebuild (one event per page, slow) goes on.
+    let server = ServeProcess::start(&app).await;
+    let cli = server.rebuild(&app, &["--page", "1"]);
+    rebuilt_past(&app, 5).await;
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &cli.id().unwrap().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["cancelled"], true, "{report}");
-    let done = report["events_read"].as_u64().unwrap();
-    assert!(done > 0 && done < 800, "{report}");
+    let out = cli.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("the job continues on the server"),
+        "{stderr}"
+    );
+    let at_interrupt = rebuilt_so_far(&app).await;
+    rebuilt_past(&app, at_interrupt).await;
+
+    // The server dies mid-rebuild; its CLI says the job may not have ended.
+    server.kill();
+    let server = ServeProcess::start(&app).await;
+    let done = rebuilt_so_far(&app).await;
+    let cli = server.rebuild(&app, &["--page", "1"]);
+    rebuilt_past(&app, done + 5).await;
+    server.kill();
+    let out = cli.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("closed before the job's end"),
+        "{stderr}"
+    );
+    let done = rebuilt_so_far(&app).await;
+    assert!(done < 800, "the rebuild ended before the server died");
+
     // Run again: it resumes (reads only the rest) and swaps in the full model.
-    let report = succeeded(&keel(
-        &app,
-        &broker,
-        &["replay", "projection", "agent_status"],
-    ));
+    let server = ServeProcess::start(&app).await;
+    let out = server.rebuild(&app, &[]).wait_with_output().await.unwrap();
+    let report = succeeded(&out);
     assert_eq!(report["swapped"], true);
     assert_eq!(
-        report["events_read"].as_u64().unwrap() + done,
+        report["events_read"].as_u64().unwrap() + done as u64,
         800,
         "{report}"
     );
@@ -613,4 +695,12 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
         .map(|(id, a)| (id, a.3))
         .collect();
     assert!(counts.values().all(|n| *n == 8));
+    // Each run is in the audit log: three starts, one end (the other two died with the server).
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT outcome FROM audit_log WHERE action = 'projection.rebuild' ORDER BY id",
+    )
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(outcomes, ["started", "started", "started", "ok"]);
 }

@@ -115,21 +115,13 @@ fn too_big(agent: Uuid, to: &str) -> Value {
     event
 }
 
-/// Runs `keel outbox ARGS` against `app`'s database; returns its standard output.
-fn keel_outbox(app: &TestApp, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("outbox")
-        .args(args)
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "keel outbox {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+/// Runs `keel outbox ARGS` against `app`'s API; returns its standard output.
+async fn keel_outbox(app: &TestApp, args: &[&str]) -> String {
+    let mut command = app.keel();
+    command.arg("outbox").args(args);
+    crate::helpers::run(command)
+        .await
+        .expect_ok(&format!("keel outbox {args:?}"))
 }
 
 async fn redis_del(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
@@ -590,7 +582,7 @@ async fn a_poison_event_is_parked_its_aggregate_waits_others_flow_and_retry_deli
 
     // The cause is fixed (a relay with default limits), and an operator releases the event.
     let relay = start_relay(&app, None).await;
-    let out = keel_outbox(&app, &["retry", &p[1].to_string()]);
+    let out = keel_outbox(&app, &["retry", &p[1].to_string()]).await;
     assert!(out.contains("released 1 parked row"), "{out}");
     let expected = log.into_inner();
     reader
@@ -632,9 +624,10 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
     )
     .await;
 
-    let parked = keel_outbox(&app, &["parked"]);
+    let parked = keel_outbox(&app, &["parked"]).await;
     assert!(parked.contains(&ids[0].to_string()), "{parked}");
-    let status: Value = serde_json::from_str(&keel_outbox(&app, &["status", "--json"])).unwrap();
+    let status: Value =
+        serde_json::from_str(&keel_outbox(&app, &["status", "--json"]).await).unwrap();
     let kafka = status
         .as_array()
         .unwrap()
@@ -645,7 +638,7 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
         (kafka["parked"].as_i64(), kafka["held"].as_i64()),
         (Some(1), Some(1))
     );
-    let out = keel_outbox(&app, &["skip", &ids[0].to_string(), "--sink", "kafka"]);
+    let out = keel_outbox(&app, &["skip", &ids[0].to_string(), "--sink", "kafka"]).await;
     assert!(
         out.contains(&format!("skipped {} on kafka", ids[0])),
         "{out}"
@@ -732,7 +725,7 @@ async fn a_redis_stream_key_of_the_wrong_type_parks_the_event_and_retry_delivers
     );
 
     redis_del(&mut conn, &stream).await;
-    let out = keel_outbox(&app, &["retry", "--all", "--sink", "redis"]);
+    let out = keel_outbox(&app, &["retry", "--all", "--sink", "redis"]).await;
     assert!(out.contains("released 1 parked row"), "{out}");
     let got = eventually(
         Duration::from_secs(20),

@@ -1,15 +1,13 @@
 //! `keel replay aggregate` and the library's `Aggregate::load`: history from the event store, as
 //! of a version or a time, resolved to the latest schemas.
 
-use std::process::Command;
-
 use keel::model::{AggregateType, RecordedEvent};
 use keel::replay::{self, Aggregate, AsOf};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{agent_state_changed, spawn_app, TestApp};
+use crate::helpers::{agent_state_changed, run, spawn_app, spawn_app_with, Run, TestApp};
 
 async fn append(app: &TestApp, aggregate_type: &str, id: Uuid, event: Value) -> Value {
     let reply = app
@@ -19,26 +17,14 @@ async fn append(app: &TestApp, aggregate_type: &str, id: Uuid, event: Value) -> 
     reply.body["events"][0].clone()
 }
 
-fn replay_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["replay", "aggregate"])
-        .args(args)
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_LOG", "warn")
-        .output()
-        .unwrap()
+async fn replay_cli(app: &TestApp, args: &[&str]) -> Run {
+    let mut command = app.keel();
+    command.args(["replay", "aggregate"]).args(args);
+    run(command).await
 }
 
-fn lines(out: &std::process::Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+fn lines(out: Run) -> Vec<Value> {
+    out.json_lines("keel replay aggregate")
 }
 
 #[derive(Default)]
@@ -58,20 +44,15 @@ async fn an_aggregates_history_replays_as_of_a_version_or_a_time() {
     for state in ["a", "b", "c"] {
         append(&app, "agent", agent, agent_state_changed(agent, state)).await;
     }
-    let all = lines(&replay_cli(&app, &["agent", &agent.to_string()]));
+    let all = lines(replay_cli(&app, &["agent", &agent.to_string()]).await);
     let versions: Vec<i64> = all.iter().map(|e| e["version"].as_i64().unwrap()).collect();
     assert_eq!(versions, [1, 2, 3]);
 
-    let upto2 = lines(&replay_cli(
-        &app,
-        &["agent", &agent.to_string(), "--as-of", "2"],
-    ));
+    let upto2 = lines(replay_cli(&app, &["agent", &agent.to_string(), "--as-of", "2"]).await);
     assert_eq!(upto2, all[..2]);
     let second_at = all[1]["created_at"].as_str().unwrap();
-    let by_time = lines(&replay_cli(
-        &app,
-        &["agent", &agent.to_string(), "--as-of", second_at],
-    ));
+    let by_time =
+        lines(replay_cli(&app, &["agent", &agent.to_string(), "--as-of", second_at]).await);
     assert_eq!(by_time, all[..2]);
 
     // The library folds the same history into state.
@@ -108,18 +89,25 @@ async fn replayed_events_are_resolved_to_the_latest_schema_and_bad_input_is_refu
                "payload": {"service_name": "billing", "method": "charge", "execution_time": 3.0, "status": "OK"}}),
     )
     .await;
-    let events = lines(&replay_cli(&app, &["service", &service.to_string()]));
+    let events = lines(replay_cli(&app, &["service", &service.to_string()]).await);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["schema_version"], 2);
     assert_eq!(events[0]["payload"]["attempt"], 1);
     assert_eq!(events[0]["payload"]["caller"], Value::Null);
 
-    let missing = replay_cli(&app, &["service", &Uuid::new_v4().to_string()]);
-    assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("has no events"));
-    let bad = replay_cli(&app, &["service", &service.to_string(), "--as-of", "soon"]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither a version nor an RFC 3339 time"));
+    let missing = replay_cli(&app, &["service", &Uuid::new_v4().to_string()]).await;
+    assert!(
+        !missing.ok && missing.stderr.contains("has no events"),
+        "{missing:?}"
+    );
+    let bad = replay_cli(&app, &["service", &service.to_string(), "--as-of", "soon"]).await;
+    assert!(
+        !bad.ok
+            && bad
+                .stderr
+                .contains("neither a version nor an RFC 3339 time"),
+        "{bad:?}"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +116,8 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
     use std::collections::HashMap;
 
     let broker = Broker::start().await;
-    let app = spawn_app().await;
+    // The server republishes: it needs the broker.
+    let app = spawn_app_with(|c| c.kafka_brokers = broker.brokers()).await;
     let mut expected: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     let agents: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for round in 0..5 {
@@ -156,13 +145,24 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
     )
     .await;
 
-    let out = republish_agents(&app, &broker, &["--topic", "replay.copy"]);
+    // Republish reads below the transaction horizon, which is cluster-wide: a transaction open in
+    // another test's database holds it back. Wait until the log shows every event.
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(30),
+        "the log to show the 15 agent events",
+        || async {
+            let page = app
+                .get("/v1/events?event_type=agent.state.changed&limit=100")
+                .await;
+            (page.body["events"].as_array().map(Vec::len) == Some(15)).then_some(())
+        },
+    )
+    .await;
+    let out = republish_agents(&app, &["--topic", "replay.copy"]).await;
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.contains("republished 15 events to replay.copy"),
+        "{out}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("republished 15 events to replay.copy"));
 
     let mut reader = KafkaReader::new(&broker.brokers(), &["replay.copy"]);
     let all: Vec<Uuid> = expected.values().flatten().copied().collect();
@@ -184,8 +184,11 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
         .map(|e| e["id"].as_str().unwrap().parse().unwrap())
         .collect();
     let after = first.body["next"].as_str().unwrap();
-    let out = republish_agents(&app, &broker, &["--topic", "replay.rest", "--after", after]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("republished 10 events to replay.rest"));
+    let out = republish_agents(&app, &["--topic", "replay.rest", "--after", after]).await;
+    assert!(
+        out.contains("republished 10 events to replay.rest"),
+        "{out}"
+    );
     let rest: Vec<Uuid> = all.into_iter().filter(|id| !skipped.contains(id)).collect();
     let mut reader = KafkaReader::new(&broker.brokers(), &["replay.rest"]);
     reader
@@ -197,21 +200,17 @@ async fn republish_resends_stored_events_of_a_type_to_a_topic_in_each_aggregates
         .all(|r| !skipped.contains(&r.event_id())));
 }
 
-/// `keel replay republish` of the agent events, at 1,000 a second, with `args`.
-fn republish_agents(
-    app: &TestApp,
-    broker: &crate::relay_support::Server,
-    args: &[&str],
-) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["replay", "republish"])
-        .args(args)
-        .args(["--event-type", "agent.state.changed", "--rate", "1000"])
-        .env("KEEL_DATABASE_URL", &app.config.database_url)
-        .env("KEEL_KAFKA_BROKERS", broker.brokers())
-        .env("KEEL_LOG", "warn")
-        .output()
-        .unwrap()
+/// `keel replay republish` of the agent events, at 1,000 a second, with `args`, through `app`
+/// (which publishes to its broker); its standard output.
+async fn republish_agents(app: &TestApp, args: &[&str]) -> String {
+    let mut command = app.keel();
+    command.args(["replay", "republish"]).args(args).args([
+        "--event-type",
+        "agent.state.changed",
+        "--rate",
+        "1000",
+    ]);
+    run(command).await.expect_ok("keel replay republish")
 }
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
