@@ -78,7 +78,7 @@ async fn security(config: &Config, pool: &sqlx::PgPool) -> anyhow::Result<Option
     }
     Ok(Some(keys))
 }
-pub use services::{catalog, Services};
+pub use services::{audit_catalog_sync, catalog, Services};
 
 pub struct Application {
     listener: TcpListener,
@@ -117,6 +117,7 @@ impl Application {
         );
         let catalog = services::catalog(config)?;
         let synced = registry::sync::sync(&registry, &catalog).await?;
+        services::audit_catalog_sync(store.pool(), config, &synced).await?;
         tracing::info!(schemas = synced.len(), "event catalog registered");
         let listener = TcpListener::bind(config.listen)
             .await

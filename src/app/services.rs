@@ -38,3 +38,32 @@ impl Services {
 pub fn catalog(config: &Config) -> anyhow::Result<Arc<Catalog>> {
     Ok(Arc::new(Catalog::load(&config.schemas_dir)?))
 }
+
+/// Records what a catalog sync changed (new schema versions) in the audit log, as `catalog.sync`
+/// by the principal `keel` (the catalog folder is the operator's word). Nothing is recorded when
+/// nothing changed. Written right after the registrations commit, not in their transactions: the
+/// registry commits each version on its own.
+pub async fn audit_catalog_sync(
+    pool: &PgPool,
+    config: &Config,
+    synced: &[crate::registry::sync::Synced],
+) -> anyhow::Result<()> {
+    let registered: Vec<serde_json::Value> = synced
+        .iter()
+        .filter(|s| s.registered.created)
+        .map(|s| {
+            serde_json::json!({"subject": s.subject, "version": s.registered.version,
+                "id": s.registered.id, "file": s.file})
+        })
+        .collect();
+    if registered.is_empty() {
+        return Ok(());
+    }
+    let entry = crate::auth::audit::Entry::system(
+        "catalog.sync",
+        serde_json::json!({"schemas_dir": config.schemas_dir.display().to_string()}),
+        serde_json::json!({ "registered": registered }),
+    );
+    crate::auth::audit::record_alone(pool, &entry).await?;
+    Ok(())
+}

@@ -39,11 +39,13 @@ impl SchemaCommand {
 }
 
 pub async fn run(config: &Config, command: SchemaCommand) -> anyhow::Result<()> {
-    let Services { registry, .. } = Services::connect(config).await?;
+    let Services { registry, store } = Services::connect(config).await?;
     match command {
         SchemaCommand::Sync { .. } => {
             let catalog = app::catalog(config)?;
-            for synced in sync::sync(&registry, &catalog).await? {
+            let all = sync::sync(&registry, &catalog).await?;
+            app::audit_catalog_sync(store.pool(), config, &all).await?;
+            for synced in all {
                 let r = synced.registered;
                 let what = if r.created { "registered" } else { "unchanged" };
                 println!(

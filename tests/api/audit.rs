@@ -56,13 +56,17 @@ async fn parked_row(app: &TestApp, group: &str, offset: i64, key: &str) -> i64 {
 
 #[tokio::test]
 async fn each_operator_action_yields_exactly_one_ok_row_and_a_refusal_one_denied_row() {
-    // Arrange: the bootstrap admin's own creation is the first row.
+    // Arrange: the catalog's first registration and the bootstrap admin's creation are the
+    // first rows.
     use reqwest::Method as M;
     let app = spawn_app().await;
     let before = rows(&app).await;
-    assert_eq!(before.len(), 1, "{before:?}");
-    assert_eq!(before[0]["action"], "principal.create");
-    assert_eq!(before[0]["auth_method"], "bootstrap");
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(before[0]["action"], "catalog.sync");
+    assert_eq!(before[0]["principal"], "keel");
+    assert!(before[0]["params"]["registered"].as_array().unwrap().len() >= 5);
+    assert_eq!(before[1]["action"], "principal.create");
+    assert_eq!(before[1]["auth_method"], "bootstrap");
     let first = parked_row(&app, "billing", 1, "k1").await;
     let second = parked_row(&app, "billing", 2, "k2").await;
 
@@ -139,7 +143,7 @@ async fn each_operator_action_yields_exactly_one_ok_row_and_a_refusal_one_denied
 
     // Assert: exactly one row per action, in order, by whom, with the request's id.
     let after = rows(&app).await;
-    let seen: Vec<(String, String, String)> = after[1..]
+    let seen: Vec<(String, String, String)> = after[2..]
         .iter()
         .map(|r| {
             (
@@ -165,7 +169,7 @@ async fn each_operator_action_yields_exactly_one_ok_row_and_a_refusal_one_denied
         ])
         .collect();
     assert_eq!(seen, expected);
-    assert!(after[1..].iter().all(|r| r["request_id"].is_string()));
+    assert!(after[2..].iter().all(|r| r["request_id"].is_string()));
     let key_row = after.iter().find(|r| r["action"] == "key.create").unwrap();
     assert_eq!(key_row["params"]["key_id"], key_id.as_str());
     let secret = key.rsplit_once('_').unwrap().1;
@@ -233,7 +237,7 @@ async fn keels_database_role_cannot_update_or_delete_audit_rows() {
         .fetch_one(&as_role)
         .await
         .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(count, 2);
     as_role.close().await;
     sqlx::query(&format!("DROP OWNED BY {role}"))
         .execute(pool)
@@ -272,7 +276,7 @@ async fn the_hash_chain_finds_an_edited_or_removed_row() {
                 .unwrap()
         }
     };
-    assert_eq!(verify(&app).await, json!({"rows": 4, "broken_at": null}));
+    assert_eq!(verify(&app).await, json!({"rows": 5, "broken_at": null}));
 
     // Act: edit row 3 as the superuser, around the trigger.
     let pool = app.store.pool();
