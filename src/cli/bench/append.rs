@@ -44,6 +44,10 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
         .api
         .max_batch_events
         .max(args.batch.iter().copied().max().unwrap_or(1));
+    // Three keel instances and a connection per baseline producer must fit under PostgreSQL's
+    // default max_connections of 100 at 64 producers: each keel gets at most 10 connections,
+    // plenty for its 4 group-commit workers, key lookups and reads.
+    app_config.pool.max_connections = app_config.pool.max_connections.min(10);
     // keel as it runs by default: every request authenticated with an API key (of the bootstrap
     // admin), its caller's rate limits checked, its grants checked by the write path.
     let key = crate::auth::ApiKey::generate()?;
@@ -60,9 +64,7 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     let app = Application::build(&app_config).await?;
     std::fs::remove_dir_all(&key_dir)?;
     let base = format!("http://{}", app.local_addr());
-    // The baseline gets a connection per producer, as a hand-written service would; the two keel
-    // instances keep their configured pools (group commit needs few connections). Together they
-    // stay under PostgreSQL's default max_connections of 100 at 64 producers.
+    // The baseline gets a connection per producer, as a hand-written service would.
     let pool = PgPoolOptions::new()
         .max_connections(max_producers as u32)
         .connect(&app_config.database_url)
