@@ -305,3 +305,45 @@ async fn the_hash_chain_finds_an_edited_or_removed_row() {
     tx.commit().await.unwrap();
     assert_eq!(verify(&app).await, json!({"rows": 2, "broken_at": 4}));
 }
+
+#[tokio::test]
+async fn a_second_rebuild_of_a_projection_while_one_runs_anywhere_is_refused_with_409() {
+    // Arrange: another process (this test's own connection) holds the rebuild's lock.
+    let app = spawn_app().await;
+    let mut other = app.store.pool().acquire().await.unwrap().detach();
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('keel.rebuild.' || $1))")
+            .bind("agent_status")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+    assert!(locked);
+    let rebuild = || {
+        app.client()
+            .post(app.url("/v1/projections/agent_status/rebuild"))
+            .send()
+    };
+
+    // Act and assert: refused while it is held, and runs once it is released.
+    let refused = rebuild().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "job_running");
+    drop(other);
+    let ran = crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the lock to go",
+        || async {
+            let reply = rebuild().await.unwrap();
+            (reply.status() == StatusCode::OK).then_some(reply)
+        },
+    )
+    .await;
+    let lines = ran.text().await.unwrap();
+    assert!(
+        lines.lines().last().unwrap().contains("\"done\""),
+        "{lines}"
+    );
+    // And the lock is free again after the job: a third rebuild runs too.
+    assert_eq!(rebuild().await.unwrap().status(), StatusCode::OK);
+}

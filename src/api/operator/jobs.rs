@@ -171,6 +171,7 @@ pub async fn rebuild(
         restart: body.restart,
         page: body.page.unwrap_or(10_000),
     };
+    let mut guard = rebuild_lock(&state, &name).await?;
     let (pool, registry) = (state.store.pool().clone(), state.registry.clone());
     start(&state, op, async move {
         let report = run_rebuild(
@@ -180,10 +181,44 @@ pub async fn rebuild(
             &options,
             std::future::pending(),
         )
-        .await?;
-        Ok(json!(report))
+        .await;
+        // Released before the job reports its end, so the next rebuild may start at once; if
+        // this fails (or the task is dropped), closing the connection releases it.
+        let _ = sqlx::query(REBUILD_UNLOCK)
+            .bind(&name)
+            .execute(&mut guard)
+            .await;
+        let _ = sqlx::Connection::close(guard).await;
+        Ok(json!(report?))
     })
     .await
+}
+
+const REBUILD_LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('keel.rebuild.' || $1))";
+const REBUILD_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('keel.rebuild.' || $1))";
+
+/// One rebuild of a projection at a time, across every keel process of the database: a session
+/// advisory lock on a connection of the job's own, taken out of the pool so that closing it (at
+/// the job's end, or when the process dies) always releases the lock. 409 `job_running` otherwise.
+async fn rebuild_lock(state: &AppState, name: &str) -> Result<sqlx::PgConnection, ApiError> {
+    let db = |e: sqlx::Error| ApiError::from(crate::store::Error::from(e));
+    let mut conn = state.store.pool().acquire().await.map_err(db)?.detach();
+    let locked: bool = sqlx::query_scalar(REBUILD_LOCK)
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db)?;
+    if locked {
+        Ok(conn)
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "job_running",
+            format!(
+                "a rebuild of {name} is already running; wait for it to end (keel audit list --action projection.rebuild)"
+            ),
+        ))
+    }
 }
 
 /// A refusal of the handler's own grant check: audited as `denied`, answered 403.
