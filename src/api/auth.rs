@@ -293,16 +293,13 @@ pub fn unauthenticated(registry: bool) -> Response {
 }
 
 /// 403 `forbidden`: the same whether or not the resource exists.
+/// [`ApiError::forbidden`], in the dialect of the route (Confluent's under `/registry`).
 pub fn forbidden(registry: bool, action: auth::Action) -> Response {
-    metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => "forbidden").increment(1);
-    let message = format!("this credential is not allowed {action} here");
-    let details = serde_json::json!({"action": action.as_str()});
+    let error = ApiError::forbidden(action);
     if registry {
-        registry::api::Refusal::forbidden(message, details).into_response()
+        registry::api::Refusal::forbidden(error.message, error.details).into_response()
     } else {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
-            .with_details(details)
-            .into_response()
+        error.into_response()
     }
 }
 

@@ -171,6 +171,14 @@ impl From<store::Error> for ApiError {
 
 /// A registry failure on keel's own API (not under `/registry`, which speaks Confluent's dialect):
 /// the database's failures as the store's, anything else is keel's fault.
+/// A driver error, through the store's one SQLSTATE table (so a handler's own query maps as the
+/// store's do).
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        store::Error::from(e).into()
+    }
+}
+
 impl From<registry::Error> for ApiError {
     fn from(err: registry::Error) -> Self {
         use registry::Error as E;

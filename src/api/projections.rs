@@ -18,7 +18,6 @@ use crate::auth::{Action, Caller};
 
 const GET: Method = Method::GET;
 use crate::projection::{self, agent_status, live_schema, service_invocations, status};
-use crate::store;
 
 /// The routes under `/v1/projections`: every projection's status, and the read APIs of the
 /// projections keel ships.
@@ -52,9 +51,6 @@ pub(super) fn routes() -> Table<AppState> {
         )
 }
 
-fn db(e: sqlx::Error) -> ApiError {
-    store::Error::from(e).into()
-}
 
 /// `GET /v1/projections`
 pub async fn list(
@@ -88,11 +84,11 @@ fn known(name: &str) -> Result<(), ApiError> {
 }
 
 async fn status_of(state: &AppState, name: &str) -> Result<Value, ApiError> {
-    let mut conn = state.store.pool().acquire().await.map_err(db)?;
-    let Some(found) = status::of(&mut conn, name).await.map_err(db)? else {
+    let mut conn = state.store.pool().acquire().await?;
+    let Some(found) = status::of(&mut conn, name).await? else {
         return Ok(json!({"name": name, "state": "not_started", "events_applied": 0}));
     };
-    let position = status::positions(&mut conn, name).await.map_err(db)?;
+    let position = status::positions(&mut conn, name).await?;
     Ok(json!({
         "name": name,
         "state": found.state,
@@ -110,8 +106,8 @@ async fn status_of(state: &AppState, name: &str) -> Result<Value, ApiError> {
 
 /// 404 until the projection has run once (its tables do not exist yet).
 async fn started(state: &AppState, name: &str) -> Result<(), ApiError> {
-    let mut conn = state.store.pool().acquire().await.map_err(db)?;
-    if status::started(&mut conn, name).await.map_err(db)? {
+    let mut conn = state.store.pool().acquire().await?;
+    if status::started(&mut conn, name).await? {
         Ok(())
     } else {
         Err(ApiError::not_found(
@@ -141,10 +137,10 @@ pub async fn agents(
     started(&state, "agent_status").await?;
     let limit = state.page_limit(q.limit)?;
     let after = q.after.as_deref().map(agent_id).transpose()?;
-    let mut conn = state.store.pool().acquire().await.map_err(db)?;
+    let mut conn = state.store.pool().acquire().await?;
     let rows = agent_status::list(&mut conn, q.state.as_deref(), after, limit)
         .await
-        .map_err(db)?;
+        ?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.agent_id))
         .flatten();
@@ -158,8 +154,8 @@ pub async fn agent(
 ) -> Result<Json<Value>, ApiError> {
     started(&state, "agent_status").await?;
     let id = agent_id(&id)?;
-    let mut conn = state.store.pool().acquire().await.map_err(db)?;
-    match agent_status::get(&mut conn, id).await.map_err(db)? {
+    let mut conn = state.store.pool().acquire().await?;
+    match agent_status::get(&mut conn, id).await? {
         Some(row) => Ok(Json(json!(row))),
         None => Err(ApiError::not_found(
             "agent_not_found",
@@ -179,9 +175,9 @@ pub async fn methods(
     Query(q): Query<MethodQuery>,
 ) -> Result<Json<Value>, ApiError> {
     started(&state, "service_invocations").await?;
-    let mut conn = state.store.pool().acquire().await.map_err(db)?;
+    let mut conn = state.store.pool().acquire().await?;
     let rows = service_invocations::list(&mut conn, q.service.as_deref())
         .await
-        .map_err(db)?;
+        ?;
     Ok(Json(json!({"methods": rows})))
 }

@@ -16,7 +16,7 @@ use axum::Router;
 use serde_json::json;
 
 use super::auth::{forbidden, unauthenticated, AuditLog, RequestId};
-use crate::auth::audit::{self, Entry, Outcome};
+use crate::auth::audit::{self, Entry};
 use crate::auth::{Action, Caller};
 use crate::registry;
 
@@ -141,12 +141,8 @@ async fn authorize(State(guard): State<Arc<Guard>>, mut req: Request, next: Next
         if let Some(AuditLog(pool)) = req.extensions().get::<AuditLog>() {
             let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
             let target = json!({"method": req.method().as_str(), "path": req.uri().path()});
-            let entry = Entry::new(&caller, action.as_str(), target)
-                .outcome(Outcome::Denied, Some("forbidden".into()))
-                .request(request_id, None);
-            if let Err(e) = audit::record_alone(pool, &entry).await {
-                tracing::error!(error = %e, "cannot record a denied operator action in the audit log");
-            }
+            let entry = Entry::new(&caller, action.as_str(), target).request(request_id, None);
+            audit::record_denied(pool, entry).await;
         }
     }
     forbidden(guard.registry, action).into_response()

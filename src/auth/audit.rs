@@ -221,6 +221,15 @@ pub async fn record_alone(pool: &PgPool, entry: &Entry) -> Result<i64, Error> {
     Ok(id)
 }
 
+/// Records `entry` as a refused attempt (`denied`, reason `forbidden`) in a transaction of its
+/// own. A failure to write it is logged, not returned: the caller is refused either way.
+pub async fn record_denied(pool: &PgPool, entry: Entry) {
+    let entry = entry.outcome(Outcome::Denied, Some("forbidden".into()));
+    if let Err(e) = record_alone(pool, &entry).await {
+        tracing::error!(error = %e, action = %entry.action, "cannot record a denied operator action in the audit log");
+    }
+}
+
 /// Which rows [`list`] returns: newest first, before `before` (an id), at most `limit`.
 #[derive(Debug, Clone, Default)]
 pub struct Query {

@@ -10,7 +10,7 @@ use super::super::auth::RequestId;
 use super::super::error::ApiError;
 use super::super::extract::{Json as Body, Path, Query};
 use super::super::AppState;
-use super::{audited, db, target, Op};
+use super::{audited, target, Op};
 use crate::auth::Caller;
 use crate::consumer::dlq::{self, ManageError, Selection};
 
@@ -35,7 +35,7 @@ pub async fn list(
         query.closed,
     )
     .await
-    .map_err(db)?;
+    ?;
     Ok(Json(json!({ "rows": rows })))
 }
 
@@ -46,7 +46,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let row = dlq::show(state.store.pool(), id)
         .await
-        .map_err(db)?
+        ?
         .filter(|r| r.group_id == group)
         .ok_or_else(|| {
             ApiError::not_found(
@@ -103,7 +103,7 @@ fn manage(e: ManageError) -> ApiError {
             "not_parked",
             e.to_string(),
         ),
-        ManageError::Database(e) => db(e),
+        ManageError::Database(e) => e.into(),
     }
 }
 

@@ -201,13 +201,12 @@ const REBUILD_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('keel.rebuild.'
 /// advisory lock on a connection of the job's own, taken out of the pool so that closing it (at
 /// the job's end, or when the process dies) always releases the lock. 409 `job_running` otherwise.
 async fn rebuild_lock(state: &AppState, name: &str) -> Result<sqlx::PgConnection, ApiError> {
-    let db = |e: sqlx::Error| ApiError::from(crate::store::Error::from(e));
-    let mut conn = state.store.pool().acquire().await.map_err(db)?.detach();
+    let mut conn = state.store.pool().acquire().await?.detach();
     let locked: bool = sqlx::query_scalar(REBUILD_LOCK)
         .bind(name)
         .fetch_one(&mut conn)
         .await
-        .map_err(db)?;
+        ?;
     if locked {
         Ok(conn)
     } else {
@@ -223,10 +222,7 @@ async fn rebuild_lock(state: &AppState, name: &str) -> Result<sqlx::PgConnection
 
 /// A refusal of the handler's own grant check: audited as `denied`, answered 403.
 async fn denied(state: &AppState, op: Op, action: Action) -> ApiError {
-    let entry = op.entry.outcome(Outcome::Denied, Some("forbidden".into()));
-    if let Err(e) = audit::record_alone(state.store.pool(), &entry).await {
-        tracing::error!(error = %e, "cannot record a denied operator action in the audit log");
-    }
+    audit::record_denied(state.store.pool(), op.entry).await;
     ApiError::forbidden(action)
 }
 

@@ -176,11 +176,11 @@ where
     F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, ApiError>>,
 {
     let pool = state.store.pool();
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await?;
     match change(&mut tx).await {
         Ok(done) => {
             auth::audit::record(&mut tx, &op.entry).await?;
-            tx.commit().await.map_err(db)?;
+            tx.commit().await?;
             Ok(done)
         }
         Err(err) => {
@@ -203,9 +203,6 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
         .map_err(|e| ApiError::bad_request("invalid_body", format!("malformed request body: {e}")))
 }
 
-fn db(e: sqlx::Error) -> ApiError {
-    crate::store::Error::from(e).into()
-}
 
 /// `{"field": value}` for a JSON body field, for audit targets.
 fn target(pairs: &[(&str, Value)]) -> Value {

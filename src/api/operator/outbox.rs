@@ -10,7 +10,7 @@ use super::super::auth::RequestId;
 use super::super::error::ApiError;
 use super::super::extract::{Json as Body, Query};
 use super::super::AppState;
-use super::{audited, db, target, Op};
+use super::{audited, target, Op};
 use crate::auth::Caller;
 use crate::relay::{self, admin, sink::SinkKind};
 
@@ -23,7 +23,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     };
     let sinks: Vec<_> = admin::status(state.store.pool(), &relay::all_partitions())
         .await
-        .map_err(db)?
+        ?
         .into_iter()
         .filter(|s| enabled(&s.sink))
         .collect();
@@ -42,7 +42,7 @@ pub async fn parked(
     Query(query): Query<ParkedQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = state.page_limit(query.limit)?;
-    let parked = admin::parked(state.store.pool(), limit).await.map_err(db)?;
+    let parked = admin::parked(state.store.pool(), limit).await?;
     Ok(Json(json!({ "parked": parked })))
 }
 
@@ -102,7 +102,7 @@ pub async fn retry(
     let one = which.event_id.is_some();
     let released = audited(&state, op, move |conn| {
         Box::pin(async move {
-            let n = admin::retry(conn, selection).await.map_err(db)?;
+            let n = admin::retry(conn, selection).await?;
             if n == 0 && one {
                 return Err(nothing_parked());
             }
@@ -132,7 +132,7 @@ pub async fn skip(
         Box::pin(async move {
             let skipped = admin::skip(conn, admin::Selection::Event(id, sink))
                 .await
-                .map_err(db)?;
+                ?;
             if skipped.is_empty() {
                 return Err(nothing_parked());
             }

@@ -33,7 +33,7 @@ fn name(text: &str) -> Result<PrincipalName, ApiError> {
 /// `GET /v1/principals`
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let keys = key_store(&state)?;
-    let mut conn = state.store.pool().acquire().await.map_err(super::db)?;
+    let mut conn = state.store.pool().acquire().await?;
     let principals = keys.principals(&mut conn).await?;
     Ok(Json(json!({ "principals": principals })))
 }
@@ -109,7 +109,7 @@ pub async fn disable(
 pub async fn keys_of(state: &AppState, principal: &str) -> Result<Value, ApiError> {
     let keys = key_store(state)?;
     let who = name(principal)?;
-    let mut conn = state.store.pool().acquire().await.map_err(super::db)?;
+    let mut conn = state.store.pool().acquire().await?;
     Ok(json!({ "keys": keys.keys(&mut conn, &who).await? }))
 }
 
