@@ -51,7 +51,6 @@ pub(super) fn routes() -> Table<AppState> {
         )
 }
 
-
 /// `GET /v1/projections`
 pub async fn list(
     State(state): State<AppState>,
@@ -138,9 +137,7 @@ pub async fn agents(
     let limit = state.page_limit(q.limit)?;
     let after = q.after.as_deref().map(agent_id).transpose()?;
     let mut conn = state.store.pool().acquire().await?;
-    let rows = agent_status::list(&mut conn, q.state.as_deref(), after, limit)
-        .await
-        ?;
+    let rows = agent_status::list(&mut conn, q.state.as_deref(), after, limit).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.agent_id))
         .flatten();
@@ -176,8 +173,6 @@ pub async fn methods(
 ) -> Result<Json<Value>, ApiError> {
     started(&state, "service_invocations").await?;
     let mut conn = state.store.pool().acquire().await?;
-    let rows = service_invocations::list(&mut conn, q.service.as_deref())
-        .await
-        ?;
+    let rows = service_invocations::list(&mut conn, q.service.as_deref()).await?;
     Ok(Json(json!({"methods": rows})))
 }

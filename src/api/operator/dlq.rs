@@ -34,8 +34,7 @@ pub async fn list(
         query.key.as_deref(),
         query.closed,
     )
-    .await
-    ?;
+    .await?;
     Ok(Json(json!({ "rows": rows })))
 }
 
@@ -45,8 +44,7 @@ pub async fn show(
     Path((group, id)): Path<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     let row = dlq::show(state.store.pool(), id)
-        .await
-        ?
+        .await?
         .filter(|r| r.group_id == group)
         .ok_or_else(|| {
             ApiError::not_found(

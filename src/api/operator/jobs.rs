@@ -205,8 +205,7 @@ async fn rebuild_lock(state: &AppState, name: &str) -> Result<sqlx::PgConnection
     let locked: bool = sqlx::query_scalar(REBUILD_LOCK)
         .bind(name)
         .fetch_one(&mut conn)
-        .await
-        ?;
+        .await?;
     if locked {
         Ok(conn)
     } else {

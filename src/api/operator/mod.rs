@@ -203,7 +203,6 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
         .map_err(|e| ApiError::bad_request("invalid_body", format!("malformed request body: {e}")))
 }
 
-
 /// `{"field": value}` for a JSON body field, for audit targets.
 fn target(pairs: &[(&str, Value)]) -> Value {
     let mut map = serde_json::Map::new();

@@ -22,8 +22,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         None => false,
     };
     let sinks: Vec<_> = admin::status(state.store.pool(), &relay::all_partitions())
-        .await
-        ?
+        .await?
         .into_iter()
         .filter(|s| enabled(&s.sink))
         .collect();
@@ -130,9 +129,7 @@ pub async fn skip(
     let op = Op::new(&caller, &request, "outbox.skip", which.target());
     let skipped = audited(&state, op, move |conn| {
         Box::pin(async move {
-            let skipped = admin::skip(conn, admin::Selection::Event(id, sink))
-                .await
-                ?;
+            let skipped = admin::skip(conn, admin::Selection::Event(id, sink)).await?;
             if skipped.is_empty() {
                 return Err(nothing_parked());
             }

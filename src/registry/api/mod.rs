@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::handler::Handler;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -76,136 +77,148 @@ pub fn routes<S: Clone + Send + Sync + 'static>(registry: Arc<Registry>) -> Vec<
     use Guard::*;
     use Op::*;
     let r = registry;
-    let subject = |op| Subject(op);
     vec![
-        (
-            Method::GET,
-            "/registry",
-            Open,
-            get(root).with_state(r.clone()),
-        ),
-        (
-            Method::GET,
-            "/registry/",
-            Open,
-            get(root).with_state(r.clone()),
-        ),
-        (
-            Method::GET,
-            "/registry/subjects",
-            Readable,
-            get(subjects).with_state(r.clone()),
-        ),
-        (
+        at(&r, Method::GET, "/registry", Open, root),
+        at(&r, Method::GET, "/registry/", Open, root),
+        at(&r, Method::GET, "/registry/subjects", Readable, subjects),
+        at(
+            &r,
             Method::POST,
             "/registry/subjects/{subject}",
-            subject(Read),
-            post(lookup).with_state(r.clone()),
+            Subject(Read),
+            lookup,
         ),
-        (
+        at(
+            &r,
             Method::DELETE,
             "/registry/subjects/{subject}",
-            subject(Delete),
-            delete(delete_subject).with_state(r.clone()),
+            Subject(Delete),
+            delete_subject,
         ),
-        (
+        at(
+            &r,
             Method::GET,
             "/registry/subjects/{subject}/versions",
-            subject(Read),
-            get(versions).with_state(r.clone()),
+            Subject(Read),
+            versions,
         ),
-        (
+        at(
+            &r,
             Method::POST,
             "/registry/subjects/{subject}/versions",
-            subject(Write),
-            post(register).with_state(r.clone()),
+            Subject(Write),
+            register,
         ),
-        (
+        at(
+            &r,
             Method::GET,
             "/registry/subjects/{subject}/versions/{version}",
-            subject(Read),
-            get(version).with_state(r.clone()),
+            Subject(Read),
+            version,
         ),
-        (
+        at(
+            &r,
             Method::DELETE,
             "/registry/subjects/{subject}/versions/{version}",
-            subject(Delete),
-            delete(delete_version).with_state(r.clone()),
+            Subject(Delete),
+            delete_version,
         ),
-        (
+        at(
+            &r,
             Method::GET,
             "/registry/subjects/{subject}/versions/{version}/schema",
-            subject(Read),
-            get(version_schema).with_state(r.clone()),
+            Subject(Read),
+            version_schema,
         ),
-        (
-            Method::GET,
-            "/registry/schemas/types",
-            Open,
-            get(types).with_state(r.clone()),
-        ),
-        (
+        at(&r, Method::GET, "/registry/schemas/types", Open, types),
+        at(
+            &r,
             Method::GET,
             "/registry/schemas/ids/{id}",
             Readable,
-            get(schema_by_id).with_state(r.clone()),
+            schema_by_id,
         ),
-        (
+        at(
+            &r,
             Method::GET,
             "/registry/schemas/ids/{id}/schema",
             Readable,
-            get(raw_schema_by_id).with_state(r.clone()),
+            raw_schema_by_id,
         ),
-        (
+        at(
+            &r,
             Method::GET,
             "/registry/schemas/ids/{id}/versions",
             Readable,
-            get(schema_usages).with_state(r.clone()),
+            schema_usages,
         ),
         // A compatibility check changes nothing: reading the subject is enough.
-        (
+        at(
+            &r,
             Method::POST,
             "/registry/compatibility/subjects/{subject}/versions",
-            subject(Read),
-            post(check_all).with_state(r.clone()),
+            Subject(Read),
+            check_all,
         ),
-        (
+        at(
+            &r,
             Method::POST,
             "/registry/compatibility/subjects/{subject}/versions/{version}",
-            subject(Read),
-            post(check_one).with_state(r.clone()),
+            Subject(Read),
+            check_one,
         ),
-        (
-            Method::GET,
-            "/registry/config",
-            Open,
-            get(global_config).with_state(r.clone()),
-        ),
-        (
+        at(&r, Method::GET, "/registry/config", Open, global_config),
+        at(
+            &r,
             Method::PUT,
             "/registry/config",
             Global(Config),
-            put(set_global_config).with_state(r.clone()),
+            set_global_config,
         ),
-        (
+        at(
+            &r,
             Method::GET,
             "/registry/config/{subject}",
-            subject(Read),
-            get(subject_config).with_state(r.clone()),
+            Subject(Read),
+            subject_config,
         ),
-        (
+        at(
+            &r,
             Method::PUT,
             "/registry/config/{subject}",
-            subject(Config),
-            put(set_subject_config).with_state(r.clone()),
+            Subject(Config),
+            set_subject_config,
         ),
-        (
+        at(
+            &r,
             Method::DELETE,
             "/registry/config/{subject}",
-            subject(Config),
-            delete(delete_subject_config).with_state(r),
+            Subject(Config),
+            delete_subject_config,
         ),
     ]
+}
+
+/// One route serving exactly `method`, on the registry's state.
+fn at<H, T, S>(
+    r: &Arc<Registry>,
+    method: Method,
+    path: &'static str,
+    guard: Guard,
+    handler: H,
+) -> Route<S>
+where
+    H: Handler<T, Arc<Registry>>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("routes use standard methods");
+    (
+        method,
+        path,
+        guard,
+        on(filter, handler).with_state(r.clone()),
+    )
 }
 
 /// The registry API alone, with every subject readable: for embedding without keel's
