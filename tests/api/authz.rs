@@ -559,3 +559,65 @@ async fn with_auth_mode_none_every_caller_may_do_everything() {
     let metrics = reqwest::get(app.url("/metrics")).await.unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_bootstrap_key_is_used_once_then_ignored_while_an_admin_exists() {
+    // Arrange: a keel that made its first admin from one key file.
+    let app = spawn_app().await;
+    let (other_file, other_key) = crate::helpers::bootstrap_key_file();
+
+    // Act: a second keel on the same database with another bootstrap file.
+    let mut config = app.config.clone();
+    config.auth.bootstrap_key_file = Some(other_file);
+    let again = keel::app::Application::build(&config).await.unwrap();
+    let addr = again.local_addr();
+    tokio::spawn(again.run_until_stopped(std::future::pending()));
+
+    // Assert: the first key still works there, the second was never stored.
+    let events = format!("http://{addr}/v1/events");
+    let first = client_with_key(&app.admin_key)
+        .get(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = client_with_key(&other_key)
+        .get(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::UNAUTHORIZED);
+    let admins: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM principals WHERE 'admin' = ANY(roles)")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(admins, 1);
+}
+
+#[tokio::test]
+async fn refused_credentials_and_refused_grants_are_counted_by_reason() {
+    let app = spawn_app().await;
+    let (key_id, _) = app.admin_key["keel_".len()..].split_once('_').unwrap();
+    let wrong = format!("keel_{key_id}_{}", "0".repeat(64));
+    let refused = client_with_key(&wrong)
+        .get(app.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let reader = app.principal("counted-reader", &[Role::Reader], &[]).await;
+    let forbidden = client_with_key(&reader)
+        .get(app.url("/v1/outbox/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let metrics = app.get_text("/metrics").await;
+    for reason in ["wrong_secret", "forbidden"] {
+        assert!(
+            metrics.contains(&format!("keel_auth_refused_total{{reason=\"{reason}\"}}")),
+            "{reason} not counted:\n{metrics}"
+        );
+    }
+}

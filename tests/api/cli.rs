@@ -263,3 +263,19 @@ fn a_catalog_schema_must_be_a_record_named_after_its_event_type() {
     );
     std::fs::remove_dir_all(catalog).unwrap();
 }
+
+#[test]
+fn serve_refuses_to_start_without_an_api_key_secret_and_says_how_to_make_one() {
+    let (ok, out) = run(keel()
+        .arg("serve")
+        .env("KEEL_DATABASE_URL", fresh_database_url())
+        .env("KEEL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env_remove("KEEL_AUTH__KEY_SECRET")
+        .env_remove("KEEL_AUTH__KEY_SECRET_FILE")
+        .env_remove("KEEL_AUTH__MODE"));
+    assert!(!ok, "keel serve started without a key secret: {out}");
+    assert!(
+        out.contains("auth.key_secret_file") && out.contains("auth.mode = \"none\""),
+        "{out}"
+    );
+}

@@ -201,6 +201,13 @@ impl TestApp {
         Self::reply(self.client.get(self.url(path)).send().await.expect("GET")).await
     }
 
+    /// A GET's body as text (`/metrics`, say), asserting 200.
+    pub async fn get_text(&self, path: &str) -> String {
+        let reply = self.client.get(self.url(path)).send().await.expect("GET");
+        assert_eq!(reply.status(), StatusCode::OK, "GET {path}");
+        reply.text().await.expect("body")
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
         Self::reply(
             self.client
