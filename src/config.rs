@@ -52,6 +52,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub projections: ProjectionsConfig,
     pub auth: AuthConfig,
+    pub observability: ObservabilityConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -71,6 +72,7 @@ impl std::fmt::Debug for Config {
             relay,
             projections,
             auth,
+            observability,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -86,6 +88,7 @@ impl std::fmt::Debug for Config {
             .field("relay", relay)
             .field("projections", projections)
             .field("auth", auth)
+            .field("observability", observability)
             .finish()
     }
 }
@@ -115,6 +118,56 @@ impl Default for ProjectionsConfig {
             batch_size: 5000,
             properties: Default::default(),
         }
+    }
+}
+
+/// Pipeline health, canaries and trace export (see `src/health/` and `src/telemetry.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// A stage that should move and has not for this long is unhealthy: a relay, projection or
+    /// consumer group whose loop has not reported, or whose position has not moved while work
+    /// waits upstream of it (`KEEL_OBSERVABILITY__STALL_AFTER_MS`).
+    pub stall_after_ms: u64,
+    /// Every this many milliseconds append a canary event and watch it reach Kafka and Redis;
+    /// 0 is off (`KEEL_OBSERVABILITY__CANARY_INTERVAL_MS`). Any number of keel processes may
+    /// have it on: one canary is written per interval between them.
+    pub canary_interval_ms: u64,
+    /// Where to export traces over OTLP, for example `http://127.0.0.1:4318`; unset (the
+    /// default) exports nothing unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+    /// (`KEEL_OBSERVABILITY__OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            stall_after_ms: 30_000,
+            canary_interval_ms: 0,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+impl ObservabilityConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.stall_after_ms < 500 {
+            bail!("observability.stall_after_ms must be at least 500");
+        }
+        if self.canary_interval_ms != 0 && self.canary_interval_ms < 100 {
+            bail!("observability.canary_interval_ms must be 0 (off) or at least 100");
+        }
+        Ok(())
+    }
+
+    pub fn stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.stall_after_ms)
+    }
+
+    /// How often stages report and the monitor samples: a sixth of the stall threshold, between
+    /// 100 ms and 5 s, so a stall is seen well within twice the threshold.
+    pub fn sample_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.stall_after_ms / 6).clamp(100, 5_000))
     }
 }
 
@@ -811,6 +864,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             projections: ProjectionsConfig::default(),
             auth: AuthConfig::default(),
+            observability: ObservabilityConfig::default(),
         }
     }
 }
@@ -932,6 +986,7 @@ impl Config {
             bail!("projections.batch_size must be positive");
         }
         self.auth.validate()?;
+        self.observability.validate()?;
         Ok(())
     }
 

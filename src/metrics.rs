@@ -58,6 +58,38 @@ pub const DLQ_MIRROR_ERRORS: &str = "keel_dlq_mirror_errors_total";
 /// row each: failed logins are not audited one by one.
 pub const AUTH_REFUSED: &str = "keel_auth_refused_total";
 
+// The pipeline monitor's readings (src/health/): every keel process samples the whole pipeline
+// from PostgreSQL and exports what it saw, so these are the same on every process (take `max`).
+
+/// Each pipeline component's verdict, by `component` (`relay.kafka`, `projection.<name>`,
+/// `group.<id>`, `canary.redis`, ...): 0 ok, 1 degraded, 2 unhealthy.
+pub const PIPELINE_STATUS: &str = "keel_pipeline_status";
+/// The newest position in the event store (the head every stage downstream follows).
+pub const STORE_HEAD: &str = "keel_store_head_position";
+/// The furthest log position a relay sink has passed, by `sink`.
+pub const RELAY_POSITION: &str = "keel_relay_position";
+/// Age of the oldest outbox row a sink has not passed, over all partitions, by `sink`.
+pub const UNDELIVERED_AGE: &str = "keel_outbox_undelivered_age_seconds";
+/// Age of a stage's freshest loop heartbeat, by `component`: how long since any process running
+/// it last showed its loop turning (it beats even when idle).
+pub const HEARTBEAT_AGE: &str = "keel_stage_heartbeat_age_seconds";
+/// Messages a consumer group (or a projection's group) has yet to commit, by `group`, `topic`
+/// and `partition`.
+pub const CONSUMER_LAG: &str = "keel_consumer_lag_messages";
+/// How long since a group's committed offset last reached the partition's end, by `group`,
+/// `topic` and `partition` (0 while caught up).
+pub const CONSUMER_LAG_SECONDS: &str = "keel_consumer_lag_seconds";
+/// A projection's stored checkpoint (next offset), by `projection`, `topic` and `partition`.
+pub const PROJECTION_CHECKPOINT: &str = "keel_projection_checkpoint";
+/// Time since the newest canary seen on a sink was written, by `sink`.
+pub const CANARY_AGE: &str = "keel_canary_age_seconds";
+/// Time from writing the newest canary to seeing it on the sink, by `sink`.
+pub const CANARY_LATENCY: &str = "keel_canary_latency_seconds";
+/// Spans the trace exporter dropped (queue full or export failed).
+pub const OTEL_DROPPED_SPANS: &str = "keel_otel_dropped_spans_total";
+/// Incoming `traceparent`/`tracestate` request headers ignored as invalid, by `header`.
+pub const TRACE_CONTEXT_INVALID: &str = "keel_trace_context_invalid_total";
+
 /// What a metric is, for [`describe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -189,6 +221,62 @@ pub const DESCRIPTIONS: &[Description] = &[
         AUTH_REFUSED,
         Unit::Count,
         "requests refused for their credential or grants",
+    ),
+    gauge(
+        PIPELINE_STATUS,
+        Unit::Count,
+        "pipeline component verdict: 0 ok, 1 degraded, 2 unhealthy",
+    ),
+    gauge(STORE_HEAD, Unit::Count, "newest position in the event store"),
+    gauge(
+        RELAY_POSITION,
+        Unit::Count,
+        "furthest log position a sink has passed",
+    ),
+    gauge(
+        UNDELIVERED_AGE,
+        Unit::Seconds,
+        "age of the oldest outbox row a sink has not passed, all partitions",
+    ),
+    gauge(
+        HEARTBEAT_AGE,
+        Unit::Seconds,
+        "age of a stage's freshest loop heartbeat",
+    ),
+    gauge(
+        CONSUMER_LAG,
+        Unit::Count,
+        "messages a group has yet to commit, by partition",
+    ),
+    gauge(
+        CONSUMER_LAG_SECONDS,
+        Unit::Seconds,
+        "time since a group's committed offset last reached the partition end",
+    ),
+    gauge(
+        PROJECTION_CHECKPOINT,
+        Unit::Count,
+        "a projection's stored next offset, by partition",
+    ),
+    gauge(
+        CANARY_AGE,
+        Unit::Seconds,
+        "time since the newest canary seen on a sink was written",
+    ),
+    gauge(
+        CANARY_LATENCY,
+        Unit::Seconds,
+        "time from writing a canary to seeing it on a sink",
+    ),
+    counter(
+        OTEL_DROPPED_SPANS,
+        Unit::Count,
+        "spans the trace exporter dropped",
+    ),
+    counter(
+        TRACE_CONTEXT_INVALID,
+        Unit::Count,
+        "invalid trace context request headers ignored",
     ),
 ];
 
