@@ -14,7 +14,9 @@
 //! 5. [`consumer`] runs Kafka consumer groups over what the relay published (decoding with
 //!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
 //!    to read models exactly once; [`replay`] reads history back from the store.
-//! 6. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
+//! 6. Every stage beats in [`heartbeat`]; [`health`] watches the whole pipeline for stalls and
+//!    says so on `/v1/health/pipeline`.
+//! 7. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
 //!    them. [`shutdown`] stops every long-running component; [`retry`] is the one backoff.
 //!
 //! Dependencies point one way, lowest layer first; a module uses only modules of lower layers
@@ -25,12 +27,13 @@
 //! tls                                  TLS's one crypto provider (ring) and PEM files
 //! schema, catalog, kafka               Avro rules, the schemas/ folder, the Kafka client layer
 //! wire                                 the event on the wire, encode and decode; no IO
-//! store                                events, outbox, reads, the gap-safe log; nothing above it
+//! store, heartbeat                     events, outbox, reads, the gap-safe log; stage heartbeats
 //! config, registry                     the typed config tree; schemas in PostgreSQL
 //! auth                                 principals and API keys (uses config)
 //! append, relay, consumer, telemetry   the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
-//! replay, then projection, then api    history; read models; HTTP
+//! replay, then projection, then health history; read models; the pipeline monitor
+//! api                                  HTTP
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
 //! ```
 
@@ -42,6 +45,8 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod health;
+pub mod heartbeat;
 pub mod kafka;
 pub mod metrics;
 pub mod model;

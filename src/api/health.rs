@@ -1,7 +1,17 @@
-//! Liveness (the process answers), readiness (the database answers) and metrics.
+//! Health at three levels, and metrics.
+//!
+//! * `/v1/health/live`: the process answers. Nothing else is checked, so a restart is never
+//!   asked for because of a dependency.
+//! * `/v1/health/ready`: this process can do its own job. For `keel serve`, its database (a
+//!   broker outage is what the outbox absorbs: API pods stay in their Service); for `keel relay`,
+//!   its database and its own sink loops.
+//! * `/v1/health/pipeline`: the whole pipeline's verdict from [`crate::health::Monitor`], 503
+//!   when any component is unhealthy, on every keel process.
+
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -10,22 +20,88 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::health::{Monitor, Status};
+use crate::heartbeat::Beat;
 use crate::store;
 
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "live"}))
 }
 
-/// The endpoints of a keel process that serves no API (`keel relay`): liveness and `/metrics`,
-/// with the same handlers and shapes as `keel serve`'s.
-pub fn status_router(metrics: Option<PrometheusHandle>) -> Router {
-    Router::new().route("/v1/health/live", get(live)).route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move { render(metrics.as_ref()) }
-        }),
-    )
+/// What a keel process that serves no API (`keel relay`) needs for its health endpoints.
+#[derive(Clone)]
+pub struct StatusState {
+    pub metrics: Option<PrometheusHandle>,
+    pub pool: sqlx::PgPool,
+    pub monitor: Monitor,
+    /// The process's own stages: it is ready only while each of them beats.
+    pub beats: Vec<Beat>,
+    pub stall_after: Duration,
+}
+
+/// The endpoints of a keel process that serves no API (`keel relay`): the three health levels
+/// and `/metrics`, with the same shapes as `keel serve`'s.
+pub fn status_router(state: StatusState) -> Router {
+    Router::new()
+        .route("/v1/health/live", get(live))
+        .route("/v1/health/ready", get(stages_ready))
+        .route(
+            "/v1/health/pipeline",
+            get(|State(s): State<StatusState>| async move { verdict(&s.monitor).await }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<StatusState>| async move { render(s.metrics.as_ref()) }),
+        )
+        .with_state(state)
+}
+
+/// `/v1/health/pipeline`: the monitor's verdict, 503 when any component is unhealthy.
+pub async fn pipeline(State(state): State<AppState>) -> Response {
+    verdict(&state.monitor).await
+}
+
+async fn verdict(monitor: &Monitor) -> Response {
+    let verdict = monitor.verdict().await;
+    let code = match verdict.status {
+        Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    (code, Json(verdict)).into_response()
+}
+
+/// Ready when the database answers and each of this process's stages beats: a sink loop stuck
+/// for `observability.stall_after_ms` makes its relay unready.
+async fn stages_ready(State(state): State<StatusState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    match sqlx::query("SELECT 1").execute(&state.pool).await {
+        Ok(_) => {
+            checks.insert("database".into(), json!("ok"));
+        }
+        Err(e) => {
+            ready = false;
+            checks.insert("database".into(), json!(format!("unavailable: {e}")));
+        }
+    }
+    for beat in &state.beats {
+        let age = beat.age();
+        let ok = age < state.stall_after;
+        ready &= ok;
+        let said = match ok {
+            true => json!("ok"),
+            false => json!(format!(
+                "its loop has not turned for {:.0} s",
+                age.as_secs_f64()
+            )),
+        };
+        checks.insert(beat.component().to_owned(), said);
+    }
+    let (code, status) = match ready {
+        true => (StatusCode::OK, "ready"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "unready"),
+    };
+    (code, Json(json!({"status": status, "checks": checks}))).into_response()
 }
 
 /// Ready when the database answers. Also reports how long the log is being held back by the

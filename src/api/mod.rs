@@ -31,7 +31,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::Authn;
 pub use error::ApiError;
-pub use health::status_router;
+pub use health::{status_router, StatusState};
 pub use routes::{Need, Route};
 
 use crate::append::Appender;
@@ -63,6 +63,8 @@ pub struct AppState {
     pub kafka_brokers: String,
     /// The projections this process knows, for rebuild jobs.
     pub projections: Arc<[Arc<dyn Projection>]>,
+    /// The pipeline monitor behind `/v1/health/pipeline`.
+    pub monitor: crate::health::Monitor,
 }
 
 impl AppState {
@@ -93,6 +95,12 @@ fn table(state: &AppState) -> routes::Table<AppState> {
     let mut table = routes::Table::new()
         .at(M::GET, "/v1/health/live", Need::Anyone, health::live)
         .at(M::GET, "/v1/health/ready", Need::Anyone, health::ready)
+        .at(
+            M::GET,
+            "/v1/health/pipeline",
+            Need::Anyone,
+            health::pipeline,
+        )
         .at(M::GET, "/metrics", metrics, health::metrics)
         // Each event's aggregate type and event type are checked by the write path.
         .at(

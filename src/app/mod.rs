@@ -24,6 +24,7 @@ use crate::api::{self, AppState};
 use crate::append::{Appender, Validator};
 use crate::auth::{self, Keys};
 use crate::config::{AuthMode, Config};
+use crate::health::Monitor;
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
@@ -87,6 +88,8 @@ pub struct Application {
     state: AppState,
     config: Config,
     projections: Projections,
+    /// Stops the pipeline monitor once the API has drained.
+    monitor_stop: Shutdown,
 }
 
 impl Application {
@@ -133,6 +136,8 @@ impl Application {
             None => None,
         };
         let rate = api::rate::RateLimits::new(&config.api.rate_limit);
+        let monitor_stop = Shutdown::new();
+        let monitor = Monitor::start(config, store.pool().clone(), monitor_stop.clone());
         let authn = api::Authn::new(&config.auth, keys.clone(), oidc, store.pool().clone())?
             .with_rate_limits(rate.clone());
         let state = AppState {
@@ -148,6 +153,7 @@ impl Application {
             relay: Arc::new(config.relay.clone()),
             kafka_brokers: config.kafka_brokers.clone(),
             projections: projections.all().into(),
+            monitor,
         };
         Ok(Self {
             listener,
@@ -155,6 +161,7 @@ impl Application {
             state,
             config: config.clone(),
             projections,
+            monitor_stop,
         })
     }
 
@@ -242,6 +249,7 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), tls = self.tls.is_some(), "keel api listening");
         let limits = api::server::Limits::from(self.state.limits.as_ref());
         let router = api::router(self.state);
+        let monitor_stop = self.monitor_stop;
         match self.tls {
             None => api::server::serve(self.listener, router, limits, shutdown).await,
             Some(tls) => {
@@ -250,6 +258,7 @@ impl Application {
             }
         }
         beside.trigger();
+        monitor_stop.trigger();
         if let Some(n) = notifier {
             // It holds no state worth draining; waiting only makes sure it is gone.
             let _ = n.await;

@@ -113,6 +113,7 @@ pub async fn run(
         let options = RunnerOptions {
             batch_size: config.projections.batch_size,
             properties: config.projections.properties.clone(),
+            beat_every: config.observability.sample_every(),
             ..Default::default()
         };
         let (pool, registry, brokers) = (

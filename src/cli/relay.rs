@@ -1,12 +1,12 @@
-//! `keel relay`: the relay alone, with its liveness and metrics endpoints on `relay.listen`, until
-//! Ctrl-C or SIGTERM; both stop with the one shutdown token.
+//! `keel relay`: the relay alone, with its health endpoints (live, ready, pipeline) and metrics on
+//! `relay.listen`, until Ctrl-C or SIGTERM; all stop with the one shutdown token.
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::app::{self, Services};
 use crate::config::Config;
-use crate::{api, metrics, relay, shutdown};
+use crate::{api, health, metrics, relay, shutdown};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let services = Services::connect(config).await?;
@@ -16,13 +16,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (relay.listen)"))?;
-    tracing::info!(addr = %listener.local_addr()?, "relay metrics on /metrics");
-    let status = tokio::spawn(api::server::serve(
-        listener,
-        api::status_router(metrics::install()),
-        api::server::Limits::from(&config.api),
-        stop.clone(),
-    ));
+    tracing::info!(addr = %listener.local_addr()?, "relay health on /v1/health/*, metrics on /metrics");
     let relay = relay::start(
         config,
         services.pool().clone(),
@@ -31,6 +25,19 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         None,
     )
     .await?;
+    let status = api::StatusState {
+        metrics: metrics::install(),
+        pool: services.pool().clone(),
+        monitor: health::Monitor::start(config, services.pool().clone(), stop.clone()),
+        beats: relay.beats().to_vec(),
+        stall_after: config.observability.stall_after(),
+    };
+    let status = tokio::spawn(api::server::serve(
+        listener,
+        api::status_router(status),
+        api::server::Limits::from(&config.api),
+        stop.clone(),
+    ));
     stop.wait().await;
     relay.shutdown().await;
     status.await.context("the relay's status server panicked")?;

@@ -32,6 +32,7 @@ use super::{apply_once, live_schema, ApplyContext, Projection};
 use crate::consumer::client::{self, StartAt};
 use crate::consumer::decode::Decoder;
 use crate::consumer::record::Record;
+use crate::heartbeat::Beat;
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
@@ -43,6 +44,8 @@ pub struct RunnerOptions {
     pub linger: Duration,
     /// Raw librdkafka consumer settings, applied last.
     pub properties: BTreeMap<String, String>,
+    /// How often the runner's heartbeat is written (see [`crate::heartbeat`]).
+    pub beat_every: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -51,6 +54,7 @@ impl Default for RunnerOptions {
             batch_size: 5000,
             linger: Duration::from_millis(20),
             properties: BTreeMap::new(),
+            beat_every: crate::heartbeat::DEFAULT_EVERY,
         }
     }
 }
@@ -86,6 +90,15 @@ pub async fn run(
             .context("creating the projection's Kafka consumer")?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
+    let beat = Beat::start(
+        pool.clone(),
+        format!("projection.{}", projection.name()),
+        crate::heartbeat::process_name(),
+        serde_json::json!({ "topics": topics }),
+        options.beat_every,
+    );
+    let lane = beat.lane();
+    let mut beating = tokio::time::interval(options.beat_every);
     let mut runner = Runner {
         pool,
         decoder: Decoder::new(registry),
@@ -102,9 +115,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut report = tokio::time::interval(Duration::from_secs(5));
     loop {
+        lane.tick();
         let mut batch = Vec::new();
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = beating.tick() => continue,
             _ = report.tick() => { runner.report_lag().await; continue; }
             m = runner.consumer.recv() => match m {
                 Ok(m) => { let r = Record::from_message(&m); drop(m); runner.take(r, &mut resets, &mut batch).await? }
@@ -139,6 +154,7 @@ pub async fn run(
         }
     }
     runner.consumer.unsubscribe();
+    drop(beat);
     tracing::info!(
         projection = runner.projection.name(),
         "projection runner stopped"

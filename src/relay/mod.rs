@@ -45,6 +45,7 @@ pub use self::sink::Sink;
 use self::sink::SinkKind;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::heartbeat::Beat;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -54,9 +55,15 @@ pub struct RelayHandle {
     stop: Shutdown,
     tasks: JoinSet<()>,
     sinks: Vec<Arc<Sink>>,
+    beats: Vec<Beat>,
 }
 
 impl RelayHandle {
+    /// Each sink's heartbeat (`relay.kafka`, `relay.redis`), for this process's readiness.
+    pub fn beats(&self) -> &[Beat] {
+        &self.beats
+    }
+
     pub async fn shutdown(mut self) {
         self.stop.trigger();
         while self.tasks.join_next().await.is_some() {}
@@ -130,7 +137,17 @@ pub async fn start(
         let stop = stop.clone();
         tasks.spawn(async move { leases.run(stop).await });
     }
+    let every = config.observability.sample_every();
+    let mut beats = Vec::new();
     for sink in &sinks {
+        // One heartbeat per sink and process; each lane ticks its own part of it.
+        let beat = Beat::start(
+            pool.clone(),
+            format!("relay.{}", sink.kind()),
+            name.clone(),
+            serde_json::json!({"lanes": relay.lanes}),
+            every,
+        );
         for lane in 0..relay.lanes {
             let worker = worker::SinkLoop {
                 sink: sink.clone(),
@@ -143,14 +160,21 @@ pub async fn start(
                 attempts: Default::default(),
                 lane: (lane, relay.lanes),
                 inflight: None,
+                beat: beat.lane(),
             };
             tasks.spawn(worker.run(stop.clone()));
         }
+        beats.push(beat);
     }
     let kinds: Vec<SinkKind> = sinks.iter().map(|s| s.kind()).collect();
     tasks.spawn(housekeeping(pool, leases.subscribe(), kinds, stop.clone()));
     tracing::info!(relay = %name, owner = %leases.owner, sinks = sinks.len(), "relay started");
-    Ok(RelayHandle { stop, tasks, sinks })
+    Ok(RelayHandle {
+        stop,
+        tasks,
+        sinks,
+        beats,
+    })
 }
 
 /// The relay's own connections, apart from the API's: every sink lane and the lease, listener and

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["model", "metrics", "retry", "shutdown", "tls"],
     &["schema", "catalog", "kafka"],
     &["wire"],
-    &["store"],
+    &["store", "heartbeat"],
     &["config", "registry"],
     &["auth"],
     &[
@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["replay"],
     &["projection"],
+    &["health"],
     &["api"],
     &["app"],
     &["cli"],

@@ -30,6 +30,7 @@ use crate::consumer::client::{self, StartAt};
 use crate::consumer::decode::Decoder;
 use crate::consumer::dlq;
 use crate::consumer::record::Record;
+use crate::heartbeat::Beat;
 use crate::registry::Registry;
 
 /// A queue length at which its partition is paused, and the one at which it is resumed.
@@ -102,11 +103,20 @@ pub(super) async fn run<H: Handler>(
     });
     tracing::info!(group = %shared.subscription.group, topics = ?shared.subscription.topics, "consumer group started");
 
+    let beat = Beat::start(
+        shared.pool.clone(),
+        format!("group.{}", shared.subscription.group),
+        crate::heartbeat::process_name(),
+        serde_json::json!({ "topics": shared.subscription.topics }),
+        shared.subscription.beat_every,
+    );
+    let lane = beat.lane();
     let mut queues: HashMap<Place, Queue> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut report = tokio::time::interval(Duration::from_secs(5));
     tokio::pin!(shutdown);
     loop {
+        lane.tick();
         tokio::select! {
             _ = &mut shutdown => break,
             Some(revoked) = revoked_rx.recv() => {
@@ -132,6 +142,7 @@ pub(super) async fn run<H: Handler>(
     tokio::task::spawn_blocking(move || all.iter().for_each(|g| g.revoke_and_wait(REVOKE_WAIT)))
         .await?;
     drop(queues);
+    drop(beat);
     consumer.unsubscribe();
     tracing::info!(group = %shared.subscription.group, "consumer group stopped");
     Ok(())

@@ -78,6 +78,9 @@ pub struct Subscription {
     pub dlq_topic_replication: i32,
     /// Raw librdkafka settings for the consumer, applied last.
     pub properties: BTreeMap<String, String>,
+    /// How often this member's heartbeat is written (see [`crate::heartbeat`]); the pipeline
+    /// monitor reports the group as `group.<group>`. Set it to `observability.sample_every()`.
+    pub beat_every: Duration,
 }
 
 impl Subscription {
@@ -98,6 +101,7 @@ impl Subscription {
             dlq_topic_partitions: 6,
             dlq_topic_replication: 1,
             properties: BTreeMap::new(),
+            beat_every: crate::heartbeat::DEFAULT_EVERY,
         }
     }
 

@@ -25,6 +25,7 @@ use super::outbox::{self, Commit, OutboxRow};
 use super::sink::{Outcome, SinkError, SinkKind};
 use super::sink::{Sent, Sink};
 use crate::config::RelayConfig;
+use crate::heartbeat::Lane;
 use crate::metrics;
 use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
@@ -49,6 +50,8 @@ pub(crate) struct SinkLoop {
     pub lane: (i16, i16),
     /// The batch sent last, settled while the next one is on its way.
     pub inflight: Option<InFlight>,
+    /// Ticked each time the loop turns, busy or idle (see [`crate::heartbeat`]).
+    pub beat: Lane,
 }
 
 /// A batch sent and not yet settled.
@@ -83,6 +86,7 @@ impl SinkLoop {
         let mut last_redrive = Instant::now() - REDRIVE_EVERY;
         let mut wake = self.wake.clone();
         loop {
+            self.beat.tick();
             if !again {
                 let wait = backoff.unwrap_or(poll);
                 tokio::select! {

@@ -1,0 +1,674 @@
+//! The long-lived pipeline monitor: samples every `observability.sample_every()`, judges each
+//! component with [`super::rules`], exports the readings as metrics, and keeps the verdict for
+//! `/v1/health/pipeline`.
+//!
+//! Kafka and Redis are asked only once someone wants the verdict (the first request to
+//! `/v1/health/pipeline`) or a projection or consumer group needs Kafka's partition ends, so a
+//! keel process nobody monitors never opens connections it has no use for.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{watch, Notify};
+
+use super::kafka::{KafkaView, Partitions};
+use super::rules::{self, Facts, Sample, Tracker};
+use super::{Component, Status, Verdict};
+use crate::config::Config;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+
+/// A handle on the monitor; clones share it.
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    verdict: RwLock<Option<Verdict>>,
+    wanted: AtomicBool,
+    kick: Notify,
+    samples: watch::Sender<u64>,
+}
+
+impl Monitor {
+    /// Starts sampling until `stop`. Needs a tokio runtime.
+    pub fn start(config: &Config, pool: PgPool, stop: Shutdown) -> Monitor {
+        let shared = Arc::new(Shared {
+            verdict: RwLock::new(None),
+            wanted: AtomicBool::new(false),
+            kick: Notify::new(),
+            samples: watch::Sender::new(0),
+        });
+        let sampler = Sampler::new(config, pool);
+        tokio::spawn(run(
+            sampler,
+            shared.clone(),
+            config.observability.sample_every(),
+            stop,
+        ));
+        Monitor { shared }
+    }
+
+    /// The latest verdict. The first call also starts the Kafka and Redis checks and waits (up to
+    /// a few seconds) for a sample that includes them.
+    pub async fn verdict(&self) -> Verdict {
+        let mut samples = self.shared.samples.subscribe();
+        let first = !self.shared.wanted.swap(true, Ordering::SeqCst);
+        if first || self.current().is_none() {
+            samples.mark_unchanged();
+            self.shared.kick.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(10), samples.changed()).await;
+        }
+        self.current().unwrap_or_else(|| {
+            let mut c = BTreeMap::new();
+            c.insert(
+                "database".to_owned(),
+                Component {
+                    status: Status::Unhealthy,
+                    reason: "the monitor has not sampled the pipeline yet".into(),
+                    since: Utc::now(),
+                },
+            );
+            Verdict::new(c)
+        })
+    }
+
+    /// The latest verdict without waiting, `None` before the first sample.
+    pub fn current(&self) -> Option<Verdict> {
+        self.shared.verdict.read().expect("verdict lock").clone()
+    }
+}
+
+async fn run(mut sampler: Sampler, shared: Arc<Shared>, every: Duration, stop: Shutdown) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.kick.notified() => {}
+            _ = stop.wait() => return,
+        }
+        let wanted = shared.wanted.load(Ordering::SeqCst);
+        let verdict = sampler.sample(wanted).await;
+        *shared.verdict.write().expect("verdict lock") = Some(verdict);
+        shared.samples.send_modify(|n| *n += 1);
+    }
+}
+
+/// One stage row of `pipeline_stages`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct StageRow {
+    component: String,
+    process: String,
+    age: f64,
+    detail: Value,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct RelayRow {
+    sink: String,
+    position: i64,
+    furthest: i64,
+    waiting: i64,
+    oldest: Option<f64>,
+}
+
+/// What one sample read from PostgreSQL.
+#[derive(Debug, Default)]
+struct Db {
+    head: i64,
+    horizon_age: f64,
+    stages: Vec<StageRow>,
+    relay: Vec<RelayRow>,
+    parked: HashMap<String, i64>,
+    projections: BTreeSet<String>,
+    offsets: Vec<(String, String, i32, i64)>,
+    rebuilding: BTreeSet<String>,
+    canary_sent: (i64, f64),
+    canary_seen: HashMap<String, (i64, f64)>,
+    registry_subjects: i64,
+}
+
+/// How many outbox rows per partition the monitor counts; beyond it, "at least" this many.
+const COUNT_CAP: i64 = 10_000;
+
+async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
+    let mut c = pool.acquire().await?;
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(&mut *c)
+        .await?;
+    // Not fatal: the age is only added to a stalled relay's reason.
+    let horizon_age = crate::store::log::horizon_age(&mut *c).await.unwrap_or(0.0);
+    let stages = sqlx::query_as(
+        "SELECT component, process, extract(epoch FROM now() - beat_at)::float8 AS age, detail
+           FROM pipeline_stages",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    let relay = sqlx::query_as(
+        "SELECT c.sink, sum(c.position)::bigint AS position, max(c.position) AS furthest,
+                sum(b.n)::bigint AS waiting,
+                extract(epoch FROM now() - min(b.oldest))::float8 AS oldest
+           FROM relay_progress c
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS n, min(x.created_at) AS oldest FROM (
+                    SELECT o.created_at FROM outbox o
+                     WHERE o.partition = c.partition AND (o.tx_id, o.position) > (c.tx_id, c.position)
+                     ORDER BY o.tx_id, o.position LIMIT $1) x) b
+          GROUP BY c.sink",
+    )
+    .bind(COUNT_CAP)
+    .fetch_all(&mut *c)
+    .await?;
+    let parked: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sink, count(*) FROM relay_parked GROUP BY sink")
+            .fetch_all(&mut *c)
+            .await?;
+    let projections: Vec<String> = sqlx::query_scalar("SELECT name FROM projections")
+        .fetch_all(&mut *c)
+        .await?;
+    let offsets =
+        sqlx::query_as("SELECT projection, topic, partition, next_offset FROM projection_offsets")
+            .fetch_all(&mut *c)
+            .await?;
+    // A rebuild holds a session advisory lock on hashtext('keel.rebuild.' || name) while it runs
+    // (see api::operator::jobs); its one-bigint key shows in pg_locks as classid/objid.
+    let rebuilding: Vec<String> = sqlx::query_scalar(
+        "SELECT p.name FROM projections p
+          WHERE EXISTS (SELECT 1 FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+                           AND ((l.classid::bigint << 32) | l.objid::bigint)
+                               = hashtext('keel.rebuild.' || p.name)::bigint)",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    let canary_sent: (i64, f64) = sqlx::query_as(
+        "SELECT seq, coalesce(extract(epoch FROM now() - sent_at), 'infinity')::float8
+           FROM pipeline_canary_sent WHERE id = 1",
+    )
+    .fetch_optional(&mut *c)
+    .await?
+    .unwrap_or((0, f64::INFINITY));
+    let seen: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT sink, seq, extract(epoch FROM now() - sent_at)::float8 FROM pipeline_canary_seen",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    let registry_subjects: i64 = sqlx::query_scalar("SELECT count(*) FROM registry_schemas")
+        .fetch_one(&mut *c)
+        .await?;
+    Ok(Db {
+        head,
+        horizon_age,
+        stages,
+        relay,
+        parked: parked.into_iter().collect(),
+        projections: projections.into_iter().collect(),
+        offsets,
+        rebuilding: rebuilding.into_iter().collect(),
+        canary_sent,
+        canary_seen: seen.into_iter().map(|(s, q, a)| (s, (q, a))).collect(),
+        registry_subjects,
+    })
+}
+
+/// Rows of stages gone this long are forgotten (a decommissioned stage stops being reported).
+const FORGET_AFTER: &str = "1 day";
+
+struct Sampler {
+    pool: PgPool,
+    stall_after: Duration,
+    sinks: Vec<&'static str>,
+    kafka: Option<KafkaView>,
+    redis: Option<redis::Client>,
+    trackers: HashMap<String, Tracker>,
+    /// When each (group, topic, partition) last had nothing waiting.
+    caught_up: HashMap<(String, String, i32), Instant>,
+    last: BTreeMap<String, Component>,
+    samples: u64,
+}
+
+impl Sampler {
+    fn new(config: &Config, pool: PgPool) -> Self {
+        let relay = &config.relay;
+        let mut sinks = Vec::new();
+        if relay.kafka.enabled {
+            sinks.push("kafka");
+        }
+        if relay.redis.enabled {
+            sinks.push("redis");
+        }
+        let timeout = config
+            .observability
+            .sample_every()
+            .clamp(Duration::from_millis(500), Duration::from_secs(3));
+        let kafka = relay
+            .kafka
+            .enabled
+            .then(|| KafkaView::new(&config.kafka_brokers, &relay.kafka.properties, timeout));
+        let redis = match relay.redis.enabled {
+            true => redis::Client::open(config.redis_url.as_str())
+                .map_err(|e| tracing::warn!(error = %e, "the health monitor cannot use redis_url"))
+                .ok(),
+            false => None,
+        };
+        Self {
+            pool,
+            stall_after: config.observability.stall_after(),
+            sinks,
+            kafka,
+            redis,
+            trackers: HashMap::new(),
+            caught_up: HashMap::new(),
+            last: BTreeMap::new(),
+            samples: 0,
+        }
+    }
+
+    async fn sample(&mut self, wanted: bool) -> Verdict {
+        let now = Instant::now();
+        let mut found: BTreeMap<String, (Status, String)> = BTreeMap::new();
+        self.samples += 1;
+        let db = match read_db(&self.pool).await {
+            Ok(db) => {
+                found.insert("database".into(), (Status::Ok, "ok".into()));
+                db
+            }
+            Err(e) => {
+                // Without the database nothing else can be judged: keep the other verdicts as
+                // they were and say why.
+                let mut components = self.last.clone();
+                components.retain(|k, _| k != "database");
+                let reason = format!("cannot query the database: {e}");
+                self.settle(&mut components, "database", Status::Unhealthy, reason);
+                self.publish(&components);
+                return Verdict::new(components);
+            }
+        };
+        if self.samples % 600 == 1 {
+            let forgotten = sqlx::query(&format!(
+                "DELETE FROM pipeline_stages WHERE beat_at < now() - interval '{FORGET_AFTER}'"
+            ))
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = forgotten {
+                tracing::debug!(error = %e, "cannot forget old stage rows");
+            }
+        }
+        found.insert(
+            "registry".into(),
+            (
+                Status::Ok,
+                format!("{} subjects readable", db.registry_subjects),
+            ),
+        );
+        ::metrics::gauge!(metrics::STORE_HEAD).set(db.head as f64);
+
+        let stages = group_stages(&db.stages);
+        let groups: Vec<String> = stages
+            .keys()
+            .filter_map(|k| k.strip_prefix("group.").map(str::to_owned))
+            .collect();
+        let mut projections = db.projections.clone();
+        projections.extend(
+            stages
+                .keys()
+                .filter_map(|k| k.strip_prefix("projection.").map(str::to_owned)),
+        );
+
+        // Kafka: only when asked for, or when a follower needs its partition ends.
+        let mut ends: Option<Partitions> = None;
+        let mut committed: HashMap<String, BTreeMap<(String, i32), Option<i64>>> = HashMap::new();
+        if let Some(kafka) = &self.kafka {
+            let needed = !groups.is_empty() || !projections.is_empty();
+            if wanted || needed {
+                match kafka.probe().await {
+                    Ok(n) => {
+                        found.insert("kafka".into(), (Status::Ok, format!("{n} brokers answer")));
+                        let topics = follower_topics(&stages, &db.offsets);
+                        match kafka.ends(topics.into_iter().collect()).await {
+                            Ok(e) => ends = Some(e),
+                            Err(e) => tracing::debug!(error = %e, "cannot read partition ends"),
+                        }
+                        for g in &groups {
+                            let parts =
+                                partitions_of(&stages[&format!("group.{g}")], ends.as_ref());
+                            match kafka.committed(g, parts).await {
+                                Ok(c) => {
+                                    committed.insert(g.clone(), c);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(group = %g, error = %e, "cannot read committed offsets")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        found.insert(
+                            "kafka".into(),
+                            (Status::Unhealthy, format!("no broker answers: {e}")),
+                        );
+                    }
+                }
+            }
+        }
+        if let (Some(client), true) = (&self.redis, wanted) {
+            found.insert("redis".into(), redis_probe(client).await);
+        }
+
+        // Relay sinks.
+        for sink in self.sinks.clone() {
+            let name = format!("relay.{sink}");
+            let row = db.relay.iter().find(|r| r.sink == sink);
+            let (position, waiting, oldest) = row
+                .map(|r| (r.position, r.waiting, r.oldest.map(Duration::from_secs_f64)))
+                .unwrap_or((0, 0, None));
+            if let Some(r) = row {
+                ::metrics::gauge!(metrics::RELAY_POSITION, "sink" => sink).set(r.furthest as f64);
+            }
+            ::metrics::gauge!(metrics::UNDELIVERED_AGE, "sink" => sink)
+                .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
+            let sample = Sample {
+                now,
+                position,
+                waiting,
+                oldest_waiting: Some(oldest.unwrap_or_default()),
+            };
+            let parked = db.parked.get(sink).copied().unwrap_or(0);
+            let (status, mut reason) =
+                self.follow(&name, "relay", stages.get(&name), sample, false, parked);
+            if status == Status::Unhealthy && db.horizon_age >= self.stall_after.as_secs_f64() {
+                reason.push_str(&format!(
+                    "; a write transaction open for {:.0} s holds the log back",
+                    db.horizon_age
+                ));
+            }
+            found.insert(name, (status, reason));
+        }
+
+        // Projections: their stored checkpoints against the ends of their partitions.
+        for p in &projections {
+            let name = format!("projection.{p}");
+            let mine: Vec<_> = db.offsets.iter().filter(|o| &o.0 == p).collect();
+            let mut position = 0;
+            let mut waiting = 0;
+            for (_, topic, partition, next) in &mine {
+                position += next;
+                ::metrics::gauge!(metrics::PROJECTION_CHECKPOINT, "projection" => p.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(*next as f64);
+                if let Some(e) = ends
+                    .as_ref()
+                    .and_then(|e| e.get(&(topic.clone(), *partition)))
+                {
+                    let lag = (e.high - next).max(0);
+                    waiting += lag;
+                    self.lag_metrics(&format!("keel-projection-{p}"), topic, *partition, lag, now);
+                }
+            }
+            // Partitions of its topics it has no checkpoint on yet wait from their start.
+            if let (Some(ends), Some(rows)) = (ends.as_ref(), stages.get(&name)) {
+                for ((topic, partition), e) in ends {
+                    let reads = rows.iter().any(|r| topics_of(&r.detail).contains(topic));
+                    let stored = mine.iter().any(|o| &o.1 == topic && o.2 == *partition);
+                    if reads && !stored {
+                        waiting += (e.high - e.low).max(0);
+                    }
+                }
+            }
+            let sample = Sample {
+                now,
+                position,
+                waiting,
+                oldest_waiting: None,
+            };
+            let rebuilding = db.rebuilding.contains(p);
+            let verdict = self.follow(&name, "runner", stages.get(&name), sample, rebuilding, 0);
+            found.insert(name, verdict);
+        }
+
+        // Consumer groups run by keel's consumer runtime: committed offsets against the ends.
+        for g in &groups {
+            let name = format!("group.{g}");
+            let rows = &stages[&name];
+            let mut position = 0;
+            let mut waiting = 0;
+            if let (Some(ends), Some(done)) = (ends.as_ref(), committed.get(g)) {
+                for (topic, partition) in partitions_of(rows, Some(ends)) {
+                    let Some(e) = ends.get(&(topic.clone(), partition)) else {
+                        continue;
+                    };
+                    let at = done
+                        .get(&(topic.clone(), partition))
+                        .copied()
+                        .flatten()
+                        .unwrap_or(e.low);
+                    position += at;
+                    let lag = (e.high - at).max(0);
+                    waiting += lag;
+                    self.lag_metrics(g, &topic, partition, lag, now);
+                }
+            }
+            let sample = Sample {
+                now,
+                position,
+                waiting,
+                oldest_waiting: None,
+            };
+            let verdict = self.follow(&name, "member", Some(rows), sample, false, 0);
+            found.insert(name, verdict);
+        }
+
+        // Canaries: the newest written against the newest seen on each sink.
+        let (sent_seq, sent_age) = db.canary_sent;
+        let canary_on = sent_seq > 0 && sent_age < (10 * self.stall_after).as_secs_f64();
+        if canary_on {
+            for sink in self.sinks.clone() {
+                let name = format!("canary.{sink}");
+                let (seen_seq, seen_age) = db
+                    .canary_seen
+                    .get(sink)
+                    .copied()
+                    .unwrap_or((0, f64::INFINITY));
+                let tracker = self
+                    .trackers
+                    .entry(name.clone())
+                    .or_insert_with(|| Tracker::new(now));
+                let progress = tracker.observe(Sample {
+                    now,
+                    position: seen_seq,
+                    waiting: sent_seq - seen_seq,
+                    oldest_waiting: None,
+                });
+                let verdict = if sent_seq > seen_seq && progress.still_for >= self.stall_after {
+                    let last = match seen_age.is_finite() {
+                        true => format!("the newest seen was written {seen_age:.0} s ago"),
+                        false => "none has been seen yet".into(),
+                    };
+                    (
+                        Status::Unhealthy,
+                        format!(
+                            "{} canaries written and not seen on {sink} for {:.0} s; {last}",
+                            sent_seq - seen_seq,
+                            progress.still_for.as_secs_f64()
+                        ),
+                    )
+                } else {
+                    (
+                        Status::Ok,
+                        format!("newest seen written {seen_age:.1} s ago"),
+                    )
+                };
+                found.insert(name, verdict);
+            }
+        }
+
+        let mut components = BTreeMap::new();
+        for (name, (status, reason)) in found {
+            self.settle(&mut components, &name, status, reason);
+        }
+        self.trackers.retain(|k, _| components.contains_key(k));
+        self.publish(&components);
+        self.last = components.clone();
+        Verdict::new(components)
+    }
+
+    /// Judges one following stage with its tracker.
+    fn follow(
+        &mut self,
+        name: &str,
+        runner: &'static str,
+        rows: Option<&Vec<StageRow>>,
+        sample: Sample,
+        rebuilding: bool,
+        parked: i64,
+    ) -> (Status, String) {
+        let stall = self.stall_after.as_secs_f64();
+        let freshest = rows.and_then(|rows| {
+            rows.iter()
+                .min_by(|a, b| a.age.total_cmp(&b.age))
+                .map(|r| (Duration::from_secs_f64(r.age.max(0.0)), r.process.as_str()))
+        });
+        let stale_instances = match freshest {
+            Some((age, _)) if age.as_secs_f64() < stall => rows
+                .map(|rows| rows.iter().filter(|r| r.age >= stall).count())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if let Some((age, _)) = freshest {
+            ::metrics::gauge!(metrics::HEARTBEAT_AGE, "component" => name.to_owned())
+                .set(age.as_secs_f64());
+        }
+        let progress = self
+            .trackers
+            .entry(name.to_owned())
+            .or_insert_with(|| Tracker::new(sample.now))
+            .observe(sample);
+        rules::judge(
+            self.stall_after,
+            &Facts {
+                runner,
+                heartbeat: freshest,
+                stale_instances,
+                sample,
+                progress,
+                rebuilding,
+                parked,
+            },
+        )
+    }
+
+    fn lag_metrics(&mut self, group: &str, topic: &str, partition: i32, lag: i64, now: Instant) {
+        let key = (group.to_owned(), topic.to_owned(), partition);
+        let since = self.caught_up.entry(key.clone()).or_insert(now);
+        if lag == 0 {
+            *since = now;
+        }
+        let behind = now.saturating_duration_since(*since).as_secs_f64();
+        let labels = [
+            ("group", group.to_owned()),
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ];
+        ::metrics::gauge!(metrics::CONSUMER_LAG, &labels).set(lag as f64);
+        ::metrics::gauge!(metrics::CONSUMER_LAG_SECONDS, &labels).set(behind);
+    }
+
+    /// Puts a component's verdict in, keeping `since` while its status stays the same.
+    fn settle(
+        &self,
+        components: &mut BTreeMap<String, Component>,
+        name: &str,
+        status: Status,
+        reason: String,
+    ) {
+        let since = match self.last.get(name) {
+            Some(c) if c.status == status => c.since,
+            _ => Utc::now(),
+        };
+        components.insert(
+            name.to_owned(),
+            Component {
+                status,
+                reason,
+                since,
+            },
+        );
+    }
+
+    fn publish(&self, components: &BTreeMap<String, Component>) {
+        for (name, c) in components {
+            ::metrics::gauge!(metrics::PIPELINE_STATUS, "component" => name.clone())
+                .set(c.status.gauge());
+        }
+        for gone in self.last.keys().filter(|k| !components.contains_key(*k)) {
+            ::metrics::gauge!(metrics::PIPELINE_STATUS, "component" => gone.clone()).set(0.0);
+        }
+    }
+}
+
+async fn redis_probe(client: &redis::Client) -> (Status, String) {
+    let ping = async {
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => (Status::Ok, "answers PING".into()),
+        Ok(Err(e)) => (Status::Unhealthy, format!("does not answer: {e}")),
+        Err(_) => (Status::Unhealthy, "does not answer PING within 3 s".into()),
+    }
+}
+
+fn group_stages(rows: &[StageRow]) -> BTreeMap<String, Vec<StageRow>> {
+    let mut out: BTreeMap<String, Vec<StageRow>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.component.clone()).or_default().push(r.clone());
+    }
+    out
+}
+
+/// The topics a stage says it reads (`detail.topics`).
+fn topics_of(detail: &Value) -> Vec<String> {
+    detail
+        .get("topics")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn follower_topics(
+    stages: &BTreeMap<String, Vec<StageRow>>,
+    offsets: &[(String, String, i32, i64)],
+) -> BTreeSet<String> {
+    let mut topics: BTreeSet<String> = offsets.iter().map(|o| o.1.clone()).collect();
+    for (name, rows) in stages {
+        if name.starts_with("group.") || name.starts_with("projection.") {
+            for r in rows {
+                topics.extend(topics_of(&r.detail));
+            }
+        }
+    }
+    topics
+}
+
+/// Every partition of the topics `rows` read, as far as Kafka's ends show them.
+fn partitions_of(rows: &[StageRow], ends: Option<&Partitions>) -> Vec<(String, i32)> {
+    let topics: BTreeSet<String> = rows.iter().flat_map(|r| topics_of(&r.detail)).collect();
+    ends.map(|e| {
+        e.keys()
+            .filter(|(t, _)| topics.contains(t))
+            .cloned()
+            .collect()
+    })
+    .unwrap_or_default()
+}

@@ -1,0 +1,298 @@
+//! The stall rules, without IO: given what was sampled over time, is a stage ok, degraded or
+//! unhealthy, and why. The [`super::Monitor`] feeds them; the tests here pin each rule.
+//!
+//! A stage that follows another (a relay sink after the outbox, a group or a projection after
+//! its partitions' ends) is judged on three things:
+//! 1. **Liveness**: the freshest heartbeat of any process running it. Older than the threshold:
+//!    unhealthy, even with nothing to do (its process is frozen or gone).
+//! 2. **Progress against upstream**: work waits for it (`waiting > 0`) and its position has not
+//!    moved for the threshold: unhealthy (stuck). Its position is compared with the stage
+//!    upstream, so a frozen stage cannot read as caught up.
+//! 3. **Falling behind but moving**: it has not caught up for the threshold, or it is being
+//!    rebuilt: degraded.
+
+use std::time::{Duration, Instant};
+
+use super::Status;
+
+/// What the monitor remembers of one following stage between samples.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    position: Option<i64>,
+    moved_at: Instant,
+    caught_up_at: Instant,
+}
+
+/// One sample of a following stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub now: Instant,
+    /// Where the stage stands (a sum over partitions is fine: it only has to move when the stage
+    /// does).
+    pub position: i64,
+    /// Work waiting for it upstream: messages or rows it has not passed.
+    pub waiting: i64,
+    /// How long the oldest waiting item has waited, where the upstream knows (the outbox does).
+    pub oldest_waiting: Option<Duration>,
+}
+
+/// How long a stage has been without progress, as of the last sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Since the position last moved, or since the first sample.
+    pub still_for: Duration,
+    /// Since nothing last waited for it (0 while caught up).
+    pub behind_for: Duration,
+}
+
+impl Tracker {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            position: None,
+            moved_at: now,
+            caught_up_at: now,
+        }
+    }
+
+    /// Takes a sample and says how long the stage has been still and behind.
+    pub fn observe(&mut self, s: Sample) -> Progress {
+        if self.position != Some(s.position) {
+            self.position = Some(s.position);
+            self.moved_at = s.now;
+        }
+        if s.waiting <= 0 {
+            self.caught_up_at = s.now;
+            // Nothing to do is not standing still.
+            self.moved_at = s.now;
+        }
+        Progress {
+            still_for: s.now.saturating_duration_since(self.moved_at),
+            behind_for: s.now.saturating_duration_since(self.caught_up_at),
+        }
+    }
+}
+
+/// Everything the rules weigh for one following stage.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// What runs the stage, for reasons: "relay", "runner", "member".
+    pub runner: &'a str,
+    /// Age of the freshest heartbeat, and which process sent it; `None` if no process has ever
+    /// reported running the stage (or all stopped cleanly).
+    pub heartbeat: Option<(Duration, &'a str)>,
+    /// Instances whose heartbeat is older than the threshold while another is fresh.
+    pub stale_instances: usize,
+    pub sample: Sample,
+    pub progress: Progress,
+    /// A rebuild is running.
+    pub rebuilding: bool,
+    /// Rows or records parked for an operator.
+    pub parked: i64,
+}
+
+/// The verdict on one following stage.
+pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
+    let secs = |d: Duration| format!("{:.0} s", d.as_secs_f64());
+    let waiting = f.sample.waiting;
+    let stuck = waiting > 0
+        && f.progress.still_for >= stall_after
+        && f.sample.oldest_waiting.is_none_or(|age| age >= stall_after);
+    match f.heartbeat {
+        Some((age, process)) if age >= stall_after => {
+            return (
+                Status::Unhealthy,
+                format!(
+                    "no {} has reported for {} (last: {process}); {waiting} waiting",
+                    f.runner,
+                    secs(age)
+                ),
+            )
+        }
+        None if stuck => {
+            return (
+                Status::Unhealthy,
+                format!(
+                    "no {} is running and {waiting} have waited for {}",
+                    f.runner,
+                    secs(f.progress.still_for)
+                ),
+            )
+        }
+        _ => {}
+    }
+    if stuck {
+        return (
+            Status::Unhealthy,
+            format!(
+                "stalled: {waiting} waiting and its position has not moved for {}",
+                secs(f.progress.still_for)
+            ),
+        );
+    }
+    if f.rebuilding {
+        return (Status::Degraded, "rebuilding".into());
+    }
+    if f.parked > 0 {
+        return (
+            Status::Degraded,
+            format!("{} parked, waiting for an operator", f.parked),
+        );
+    }
+    if f.heartbeat.is_none() {
+        return (Status::Degraded, format!("no {} is running", f.runner));
+    }
+    if waiting > 0 && f.progress.behind_for >= stall_after {
+        return (
+            Status::Degraded,
+            format!(
+                "catching up: {waiting} waiting, not caught up for {}",
+                secs(f.progress.behind_for)
+            ),
+        );
+    }
+    if f.stale_instances > 0 {
+        return (
+            Status::Degraded,
+            format!(
+                "{} of its {}s stopped reporting; another carries on",
+                f.stale_instances, f.runner
+            ),
+        );
+    }
+    (Status::Ok, "ok".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(30);
+
+    fn facts(heartbeat: Option<Duration>, sample: Sample, progress: Progress) -> Facts<'static> {
+        Facts {
+            runner: "relay",
+            heartbeat: heartbeat.map(|a| (a, "host:1")),
+            stale_instances: 0,
+            sample,
+            progress,
+            rebuilding: false,
+            parked: 0,
+        }
+    }
+
+    fn sample(now: Instant, position: i64, waiting: i64) -> Sample {
+        Sample {
+            now,
+            position,
+            waiting,
+            oldest_waiting: None,
+        }
+    }
+
+    #[test]
+    fn a_stage_whose_position_stands_still_while_work_waits_is_unhealthy() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(t0);
+        let beat = Some(Duration::from_secs(1));
+        let p = t.observe(sample(t0, 10, 5));
+        assert_eq!(
+            judge(STALL, &facts(beat, sample(t0, 10, 5), p)).0,
+            Status::Ok
+        );
+        let later = t0 + STALL;
+        let s = sample(later, 10, 9);
+        let p = t.observe(s);
+        let (status, reason) = judge(STALL, &facts(beat, s, p));
+        assert_eq!(status, Status::Unhealthy, "{reason}");
+        assert!(reason.contains("not moved"), "{reason}");
+    }
+
+    #[test]
+    fn an_idle_stage_is_never_stalled_however_long_it_stands_still() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(t0);
+        for minutes in 0..30 {
+            let s = sample(t0 + Duration::from_secs(60 * minutes), 10, 0);
+            let p = t.observe(s);
+            let (status, reason) = judge(STALL, &facts(Some(Duration::from_secs(2)), s, p));
+            assert_eq!(status, Status::Ok, "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_stage_that_moves_but_stays_behind_is_degraded_not_unhealthy() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(t0);
+        let mut last = (Status::Ok, String::new());
+        for i in 0..10 {
+            let s = sample(t0 + Duration::from_secs(10 * i), 100 * i as i64, 1000);
+            let p = t.observe(s);
+            last = judge(STALL, &facts(Some(Duration::from_secs(1)), s, p));
+            assert_ne!(last.0, Status::Unhealthy, "{}", last.1);
+        }
+        assert_eq!(last.0, Status::Degraded, "{}", last.1);
+        assert!(last.1.contains("catching up"), "{}", last.1);
+    }
+
+    #[test]
+    fn an_old_heartbeat_is_unhealthy_even_with_nothing_to_do() {
+        let t0 = Instant::now();
+        let s = sample(t0, 10, 0);
+        let p = Tracker::new(t0).observe(s);
+        let (status, reason) = judge(STALL, &facts(Some(STALL), s, p));
+        assert_eq!(status, Status::Unhealthy);
+        assert!(reason.contains("host:1"), "{reason}");
+        assert_eq!(
+            judge(STALL, &facts(Some(STALL - Duration::from_secs(1)), s, p)).0,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn the_outbox_age_decides_whether_a_still_relay_is_stuck_yet() {
+        // The position has not moved for the threshold, but the oldest row waiting is young:
+        // the relay has not yet had the threshold's time to pass it.
+        let t0 = Instant::now();
+        let mut t = Tracker::new(t0);
+        t.observe(sample(t0, 10, 1));
+        let mut s = sample(t0 + STALL, 10, 1);
+        s.oldest_waiting = Some(Duration::from_secs(3));
+        let p = t.observe(s);
+        assert_ne!(
+            judge(STALL, &facts(Some(Duration::from_secs(1)), s, p)).0,
+            Status::Unhealthy
+        );
+        s.oldest_waiting = Some(STALL);
+        assert_eq!(
+            judge(STALL, &facts(Some(Duration::from_secs(1)), s, p)).0,
+            Status::Unhealthy
+        );
+    }
+
+    #[test]
+    fn a_rebuild_and_parked_rows_are_degraded() {
+        let t0 = Instant::now();
+        let s = sample(t0, 10, 0);
+        let p = Tracker::new(t0).observe(s);
+        let mut f = facts(Some(Duration::from_secs(1)), s, p);
+        f.rebuilding = true;
+        assert_eq!(judge(STALL, &f), (Status::Degraded, "rebuilding".into()));
+        f.rebuilding = false;
+        f.parked = 2;
+        assert_eq!(judge(STALL, &f).0, Status::Degraded);
+    }
+
+    #[test]
+    fn no_runner_with_work_waiting_past_the_threshold_is_unhealthy() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(t0);
+        t.observe(sample(t0, 0, 4));
+        let s = sample(t0 + STALL, 0, 4);
+        let p = t.observe(s);
+        let (status, reason) = judge(STALL, &facts(None, s, p));
+        assert_eq!(status, Status::Unhealthy, "{reason}");
+        let idle = sample(t0 + STALL, 0, 0);
+        let p = t.observe(idle);
+        assert_eq!(judge(STALL, &facts(None, idle, p)).0, Status::Degraded);
+    }
+}
