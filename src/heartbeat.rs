@@ -8,13 +8,17 @@
 //!   and a process that is stopped (`SIGSTOP`, a long GC-like pause, a kill) stops writing.
 //! * A loop with several lanes ticks one [`Lane`] each; the row shows the oldest lane's tick, so
 //!   one stuck lane is not hidden by the others.
+//! * While a loop waits on one long piece of work (a batch's transaction, a round of sends) it
+//!   holds [`Lane::busy`]: its process is alive and working, so the row shows the time of writing.
+//!   Whether that work gets anywhere is judged from positions, not from beats (see
+//!   [`crate::health::rules`]).
 //! * Dropping every handle of a beat deletes its row: a clean stop leaves nothing behind. A
 //!   killed process leaves its row ageing, which is the point.
 //!
 //! Writes are best effort: a database outage delays them (and the monitor, which reads from the
 //! same database, reports that instead).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +49,7 @@ impl std::fmt::Debug for Beat {
 struct Inner {
     component: String,
     instance: Uuid,
-    lanes: Mutex<Vec<Arc<AtomicI64>>>,
+    lanes: Mutex<Vec<Arc<LaneState>>>,
     detail: Mutex<Value>,
     /// Told when the last handle drops, so the writer deletes the row and ends.
     gone: Arc<Notify>,
@@ -57,14 +61,49 @@ impl Drop for Inner {
     }
 }
 
+#[derive(Debug, Default)]
+struct LaneState {
+    /// When the loop last turned, in ms since the epoch.
+    ticked: AtomicI64,
+    /// Pieces of work in progress (see [`Lane::busy`]).
+    busy: AtomicUsize,
+}
+
+impl LaneState {
+    /// What the row shows for this lane: now while busy, else the last tick.
+    fn shown(&self, now: i64) -> i64 {
+        match self.busy.load(Ordering::Relaxed) {
+            0 => self.ticked.load(Ordering::Relaxed),
+            _ => now,
+        }
+    }
+}
+
 /// One lane of a beat: ticked by one loop.
 #[derive(Clone, Debug)]
-pub struct Lane(Arc<AtomicI64>);
+pub struct Lane(Arc<LaneState>);
 
 impl Lane {
     /// Marks that the loop turned now.
     pub fn tick(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+        self.0.ticked.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks the lane busy until the guard drops (which ticks it).
+    pub fn busy(&self) -> Busy {
+        self.0.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+}
+
+/// See [`Lane::busy`].
+#[must_use = "the lane is busy only while the guard lives"]
+pub struct Busy(Lane);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0 .0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.tick();
     }
 }
 
@@ -110,7 +149,10 @@ impl Beat {
 
     /// A new lane, ticked once now. The row's beat is its oldest lane's last tick.
     pub fn lane(&self) -> Lane {
-        let lane = Lane(Arc::new(AtomicI64::new(now_ms())));
+        let lane = Lane(Arc::new(LaneState {
+            ticked: AtomicI64::new(now_ms()),
+            busy: AtomicUsize::new(0),
+        }));
         self.inner
             .lanes
             .lock()
@@ -135,12 +177,9 @@ impl Beat {
     }
 
     fn oldest_tick(&self) -> i64 {
+        let now = now_ms();
         let lanes = self.inner.lanes.lock().expect("beat lanes lock");
-        lanes
-            .iter()
-            .map(|l| l.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or_else(now_ms)
+        lanes.iter().map(|l| l.shown(now)).min().unwrap_or(now)
     }
 }
 

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
 use super::kafka::{KafkaView, Partitions};
-use super::rules::{self, Facts, Sample, Tracker};
+use super::rules::{self, Behind, Facts, Sample, Tracker};
 use super::{Component, Status, Verdict};
 use crate::config::Config;
 use crate::metrics;
@@ -189,7 +189,8 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     .fetch_all(&mut *c)
     .await?;
     let canary_sent: (i64, f64) = sqlx::query_as(
-        "SELECT seq, coalesce(extract(epoch FROM now() - sent_at), 'infinity')::float8
+        "SELECT seq, CASE WHEN isfinite(sent_at) THEN extract(epoch FROM now() - sent_at)::float8
+                         ELSE 'infinity'::float8 END
            FROM pipeline_canary_sent WHERE id = 1",
     )
     .fetch_optional(&mut *c)
@@ -228,8 +229,8 @@ struct Sampler {
     kafka: Option<KafkaView>,
     redis: Option<redis::Client>,
     trackers: HashMap<String, Tracker>,
-    /// When each (group, topic, partition) last had nothing waiting.
-    caught_up: HashMap<(String, String, i32), Instant>,
+    /// How far behind in time each (group, topic, partition) is.
+    behind: HashMap<(String, String, i32), Behind>,
     last: BTreeMap<String, Component>,
     samples: u64,
 }
@@ -265,7 +266,7 @@ impl Sampler {
             kafka,
             redis,
             trackers: HashMap::new(),
-            caught_up: HashMap::new(),
+            behind: HashMap::new(),
             last: BTreeMap::new(),
             samples: 0,
         }
@@ -408,7 +409,14 @@ impl Sampler {
                 {
                     let lag = (e.high - next).max(0);
                     waiting += lag;
-                    self.lag_metrics(&format!("keel-projection-{p}"), topic, *partition, lag, now);
+                    self.lag_metrics(
+                        &format!("keel-projection-{p}"),
+                        topic,
+                        *partition,
+                        *next,
+                        e.high,
+                        now,
+                    );
                 }
             }
             // Partitions of its topics it has no checkpoint on yet wait from their start.
@@ -451,7 +459,7 @@ impl Sampler {
                     position += at;
                     let lag = (e.high - at).max(0);
                     waiting += lag;
-                    self.lag_metrics(g, &topic, partition, lag, now);
+                    self.lag_metrics(g, &topic, partition, at, e.high, now);
                 }
             }
             let sample = Sample {
@@ -563,20 +571,24 @@ impl Sampler {
         )
     }
 
-    fn lag_metrics(&mut self, group: &str, topic: &str, partition: i32, lag: i64, now: Instant) {
+    fn lag_metrics(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        at: i64,
+        end: i64,
+        now: Instant,
+    ) {
         let key = (group.to_owned(), topic.to_owned(), partition);
-        let since = self.caught_up.entry(key.clone()).or_insert(now);
-        if lag == 0 {
-            *since = now;
-        }
-        let behind = now.saturating_duration_since(*since).as_secs_f64();
+        let behind = self.behind.entry(key).or_default().observe(now, at, end);
         let labels = [
             ("group", group.to_owned()),
             ("topic", topic.to_owned()),
             ("partition", partition.to_string()),
         ];
-        ::metrics::gauge!(metrics::CONSUMER_LAG, &labels).set(lag as f64);
-        ::metrics::gauge!(metrics::CONSUMER_LAG_SECONDS, &labels).set(behind);
+        ::metrics::gauge!(metrics::CONSUMER_LAG, &labels).set((end - at).max(0) as f64);
+        ::metrics::gauge!(metrics::CONSUMER_LAG_SECONDS, &labels).set(behind.as_secs_f64());
     }
 
     /// Puts a component's verdict in, keeping `since` while its status stays the same.

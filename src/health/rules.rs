@@ -8,8 +8,8 @@
 //! 2. **Progress against upstream**: work waits for it (`waiting > 0`) and its position has not
 //!    moved for the threshold: unhealthy (stuck). Its position is compared with the stage
 //!    upstream, so a frozen stage cannot read as caught up.
-//! 3. **Falling behind but moving**: it has not caught up for the threshold, or it is being
-//!    rebuilt: degraded.
+//! 3. **Falling behind but moving**: the oldest work waiting for it is older than the threshold
+//!    ([`Behind`]), or it is being rebuilt: degraded.
 
 use std::time::{Duration, Instant};
 
@@ -20,29 +20,60 @@ use super::Status;
 pub struct Tracker {
     position: Option<i64>,
     moved_at: Instant,
-    caught_up_at: Instant,
+    behind: Behind,
 }
 
 /// One sample of a following stage.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     pub now: Instant,
-    /// Where the stage stands (a sum over partitions is fine: it only has to move when the stage
-    /// does).
+    /// Where the stage stands, in the upstream's units (offsets, sequence numbers), so that
+    /// `position + waiting` is where the upstream stood. A sum over partitions is fine.
     pub position: i64,
     /// Work waiting for it upstream: messages or rows it has not passed.
     pub waiting: i64,
-    /// How long the oldest waiting item has waited, where the upstream knows (the outbox does).
+    /// How long the oldest waiting item has waited, where the upstream knows (the outbox does);
+    /// then `position` need only move when the stage does.
     pub oldest_waiting: Option<Duration>,
 }
 
 /// How long a stage has been without progress, as of the last sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
-    /// Since the position last moved, or since the first sample.
+    /// Since the position last moved (or since it last had nothing to do).
     pub still_for: Duration,
-    /// Since nothing last waited for it (0 while caught up).
+    /// How far behind in time: the age of the oldest work waiting for it.
     pub behind_for: Duration,
+}
+
+/// Lag in time: how long ago the upstream stood where the stage stands now. A stage that keeps
+/// up under steady load always has a little waiting at each sample, but passes each sample's
+/// upstream end within moments; one that falls behind passes them later and later.
+#[derive(Debug, Clone, Default)]
+pub struct Behind {
+    /// (when, where the upstream ended then), oldest first.
+    ends: std::collections::VecDeque<(Instant, i64)>,
+}
+
+impl Behind {
+    /// Takes a sample of the stage's position and the upstream's end; returns how long ago the
+    /// upstream ended at or before `position` (zero when caught up).
+    pub fn observe(&mut self, now: Instant, position: i64, upstream: i64) -> Duration {
+        if position >= upstream {
+            self.ends.clear();
+            return Duration::ZERO;
+        }
+        self.ends.push_back((now, upstream));
+        // The newest sample whose end the stage has passed; older ones say nothing more.
+        match self.ends.iter().rposition(|&(_, end)| end <= position) {
+            Some(i) => {
+                self.ends.drain(..i);
+                now.saturating_duration_since(self.ends[0].0)
+            }
+            // Behind every end sampled: at least as old as the oldest.
+            None => now.saturating_duration_since(self.ends[0].0),
+        }
+    }
 }
 
 impl Tracker {
@@ -50,7 +81,7 @@ impl Tracker {
         Self {
             position: None,
             moved_at: now,
-            caught_up_at: now,
+            behind: Behind::default(),
         }
     }
 
@@ -61,13 +92,18 @@ impl Tracker {
             self.moved_at = s.now;
         }
         if s.waiting <= 0 {
-            self.caught_up_at = s.now;
             // Nothing to do is not standing still.
             self.moved_at = s.now;
         }
+        let behind_for = match s.oldest_waiting {
+            Some(age) => age,
+            None => self
+                .behind
+                .observe(s.now, s.position, s.position + s.waiting.max(0)),
+        };
         Progress {
             still_for: s.now.saturating_duration_since(self.moved_at),
-            behind_for: s.now.saturating_duration_since(self.caught_up_at),
+            behind_for,
         }
     }
 }
@@ -145,7 +181,7 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
         return (
             Status::Degraded,
             format!(
-                "catching up: {waiting} waiting, not caught up for {}",
+                "catching up: {waiting} waiting, {} behind",
                 secs(f.progress.behind_for)
             ),
         );
@@ -267,6 +303,26 @@ mod tests {
             judge(STALL, &facts(Some(Duration::from_secs(1)), s, p)).0,
             Status::Unhealthy
         );
+    }
+
+    #[test]
+    fn a_stage_that_keeps_up_under_steady_load_is_never_behind() {
+        // Every sample finds 50 waiting, but each sample's end is passed by the next.
+        let t0 = Instant::now();
+        let mut b = Behind::default();
+        for i in 0..100i64 {
+            let now = t0 + Duration::from_secs(i as u64);
+            let behind = b.observe(now, i * 100, i * 100 + 50);
+            assert!(behind <= Duration::from_secs(1), "{behind:?} at {i}");
+        }
+        // Falling behind: it passes each end later and later.
+        let mut b = Behind::default();
+        let mut last = Duration::ZERO;
+        for i in 0..100i64 {
+            let now = t0 + Duration::from_secs(i as u64);
+            last = b.observe(now, i * 50, i * 100 + 50);
+        }
+        assert!(last >= Duration::from_secs(45), "{last:?}");
     }
 
     #[test]

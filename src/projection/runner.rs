@@ -139,6 +139,7 @@ pub async fn run(
             }
         }
         let mut failures = BATCH_RETRY.backoff();
+        let busy = lane.busy();
         while !batch.is_empty() {
             match runner.apply(&mut batch).await {
                 Ok(()) => failures.succeeded(),
@@ -152,6 +153,7 @@ pub async fn run(
                 }
             }
         }
+        drop(busy);
     }
     runner.consumer.unsubscribe();
     drop(beat);

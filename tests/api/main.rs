@@ -10,6 +10,7 @@ mod concurrency;
 mod consume;
 mod consumer;
 mod hardening;
+mod health;
 mod helpers;
 mod keys;
 mod library;

@@ -251,6 +251,10 @@ impl RelayProcess {
             .env("KEEL_RELAY__REDIS__ENABLED", r.redis.enabled.to_string())
             .env("KEEL_RELAY__REDIS__CHANNEL_PREFIX", &r.redis.channel_prefix)
             .env("KEEL_RELAY__REDIS__STREAM_PREFIX", &r.redis.stream_prefix)
+            .env(
+                "KEEL_OBSERVABILITY__STALL_AFTER_MS",
+                config.observability.stall_after_ms.to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -271,6 +275,16 @@ impl RelayProcess {
             .status()
             .is_ok_and(|s| s.success());
         sent && child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running relay");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "cannot send SIG{signal} to keel relay");
     }
 
     /// `kill -9`.

@@ -116,6 +116,7 @@ impl SinkLoop {
                 last_redrive = Instant::now();
             }
             let mut owned = self.owned.clone();
+            let busy = self.beat.busy();
             let result = tokio::select! {
                 r = self.round(&parts, redrive) => Some(r),
                 _ = lost(&mut owned, &parts) => None,
@@ -132,6 +133,7 @@ impl SinkLoop {
                 }
             }
             drop(guard);
+            drop(busy);
             match result {
                 Some(Ok(round)) => {
                     again = round.full && !round.failed;

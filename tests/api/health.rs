@@ -1,0 +1,293 @@
+//! Pipeline health against real processes and a real broker: a frozen `keel relay` or
+//! `keel project` (SIGSTOP) turns `keel serve`'s `/v1/health/pipeline` to 503 naming it within
+//! twice the stall threshold while the API stays live and ready, and SIGCONT brings it back
+//! without a restart; Redis down is named as Redis while the Kafka path stays ok; a rebuild is
+//! degraded, never unhealthy.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{agent_state_changed, spawn_app_with, within, TestApp};
+use crate::relay_support::{
+    append_concurrently, fast_relay, spawn_kafka_relayed_app, Broker, RedisServer, RelayProcess,
+    Server,
+};
+
+/// The stall threshold the tests run with. Stages beat and the monitor samples every sixth of it.
+const STALL_MS: u64 = 3_000;
+const STALL: Duration = Duration::from_millis(STALL_MS);
+
+async fn pipeline(app: &TestApp) -> (StatusCode, Value) {
+    let reply = app.get("/v1/health/pipeline").await;
+    (reply.status, reply.body)
+}
+
+fn status_of<'v>(body: &'v Value, component: &str) -> &'v str {
+    body["components"][component]["status"]
+        .as_str()
+        .unwrap_or("absent")
+}
+
+/// Waits until every one of `components` is ok and the pipeline answers 200.
+async fn all_ok(app: &TestApp, components: &[&str], timeout: Duration) -> Value {
+    let last = std::sync::Mutex::new(Value::Null);
+    let found = within(timeout, || async {
+        let (code, body) = pipeline(app).await;
+        let ok = code == StatusCode::OK && components.iter().all(|c| status_of(&body, c) == "ok");
+        *last.lock().unwrap() = body.clone();
+        ok.then_some(body)
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {components:?} to be ok; the pipeline said {}",
+            last.lock().unwrap()
+        )
+    })
+}
+
+/// Appends to a few agents every 20 ms until dropped.
+struct Load {
+    on: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Load {
+    fn start(app: &TestApp) -> Self {
+        let on = Arc::new(AtomicBool::new(true));
+        let (app, running) = (app.clone(), on.clone());
+        let task = tokio::spawn(async move {
+            let agents: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+            let mut n = 0u64;
+            while running.load(Ordering::Relaxed) {
+                let agent = agents[n as usize % agents.len()];
+                let body = json!({"expected_version": "any", "events": [agent_state_changed(agent, "busy")]});
+                let reply = app.append("agent", agent, &body).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n
+        });
+        Self { on, task }
+    }
+
+    async fn stop(self) -> u64 {
+        self.on.store(false, Ordering::Relaxed);
+        self.task.await.expect("the load task")
+    }
+}
+
+/// Polls until `component` is unhealthy and the pipeline answers 503; checks on the way that the
+/// API's own liveness and readiness stay 200. Returns how long it took and the verdict.
+async fn until_unhealthy(app: &TestApp, component: &str) -> (Duration, Value) {
+    let t0 = Instant::now();
+    let found = within(Duration::from_secs(30), || async {
+        let (code, body) = pipeline(app).await;
+        assert_eq!(app.get("/v1/health/live").await.status, StatusCode::OK);
+        assert_eq!(app.get("/v1/health/ready").await.status, StatusCode::OK);
+        (code == StatusCode::SERVICE_UNAVAILABLE && status_of(&body, component) == "unhealthy")
+            .then_some(body)
+    })
+    .await;
+    let body = found.unwrap_or_else(|| panic!("{component} never turned unhealthy"));
+    eprintln!(
+        "{component} unhealthy after {:?}: {}",
+        t0.elapsed(),
+        body["components"][component]
+    );
+    (t0.elapsed(), body)
+}
+
+fn health_config(c: &mut keel::config::Config) {
+    c.observability.stall_after_ms = STALL_MS;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_and_recovers_on_cont(
+) {
+    let broker = Broker::start().await;
+    let redis = RedisServer::start().await;
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), &redis.url());
+        health_config(c);
+    })
+    .await;
+    let relay = RelayProcess::start(&app.config, "relay-under-test");
+    let load = Load::start(&app);
+    let sinks = ["relay.kafka", "relay.redis", "kafka", "redis", "database"];
+    all_ok(&app, &sinks, Duration::from_secs(60)).await;
+
+    relay.signal("STOP");
+    let (took, body) = until_unhealthy(&app, "relay.kafka").await;
+    assert!(
+        took <= 2 * STALL,
+        "the frozen relay was reported after {took:?}, more than twice the {STALL:?} threshold: {body}"
+    );
+    let reason = body["components"]["relay.kafka"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(!reason.is_empty(), "{body}");
+    assert_eq!(status_of(&body, "database"), "ok", "{body}");
+    assert_eq!(status_of(&body, "kafka"), "ok", "{body}");
+    assert!(body["components"]["relay.kafka"]["since"].is_string());
+
+    relay.signal("CONT");
+    all_ok(&app, &sinks, Duration::from_secs(30)).await;
+    assert!(load.stop().await > 0);
+}
+
+/// A `keel project` process with the app's settings, killed on drop.
+struct Projector {
+    child: Child,
+    config: std::path::PathBuf,
+}
+
+impl Projector {
+    fn start(app: &TestApp) -> Self {
+        let config = std::env::temp_dir().join(format!("keel-health-{}.toml", Uuid::new_v4()));
+        std::fs::write(
+            &config,
+            format!(
+                "[observability]\nstall_after_ms = {STALL_MS}\n[projections.properties]\n\
+                 \"session.timeout.ms\" = \"6000\"\n\"fetch.wait.max.ms\" = \"50\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["--config", config.to_str().unwrap(), "project"])
+            .env_remove("KEEL_CONFIG")
+            .env("KEEL_DATABASE_URL", &app.config.database_url)
+            .env("KEEL_KAFKA_BROKERS", &app.config.kafka_brokers)
+            .env("KEEL_SCHEMAS_DIR", &app.config.schemas_dir)
+            .env("KEEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start keel project");
+        Self { child, config }
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "cannot send SIG{signal} to keel project");
+    }
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_projection_runner_turns_the_pipeline_unhealthy_and_recovers_on_cont() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, health_config).await;
+    let projector = Projector::start(&app);
+    let load = Load::start(&app);
+    let name = "projection.agent_status";
+    all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(90)).await;
+
+    projector.signal("STOP");
+    let (took, body) = until_unhealthy(&app, name).await;
+    assert!(
+        took <= 2 * STALL,
+        "the frozen runner was reported after {took:?}: {body}"
+    );
+    assert_eq!(status_of(&body, "relay.kafka"), "ok", "{body}");
+
+    projector.signal("CONT");
+    all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(60)).await;
+    load.stop().await;
+    // The pipeline's lag figures are exported for the group the runners share.
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("keel_consumer_lag_messages{group=\"keel-projection-agent_status\""),
+        "no lag metric for the projection's group"
+    );
+    assert!(metrics.contains("keel_projection_checkpoint{projection=\"agent_status\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_the_pipeline_names_redis_while_the_kafka_path_stays_ok() {
+    let broker = Broker::start().await;
+    let mut redis: Server = RedisServer::start().await;
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), &redis.url());
+        c.relay.in_process = true;
+        health_config(c);
+    })
+    .await;
+    let load = Load::start(&app);
+    let path = ["relay.kafka", "relay.redis", "kafka", "redis"];
+    all_ok(&app, &path, Duration::from_secs(60)).await;
+
+    redis.stop();
+    let (_, body) = until_unhealthy(&app, "redis").await;
+    let body = match status_of(&body, "relay.redis") {
+        "unhealthy" => body,
+        _ => until_unhealthy(&app, "relay.redis").await.1,
+    };
+    assert_eq!(status_of(&body, "kafka"), "ok", "{body}");
+    assert_eq!(status_of(&body, "relay.kafka"), "ok", "{body}");
+
+    redis.restart().await;
+    all_ok(&app, &path, Duration::from_secs(60)).await;
+    load.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projection_rebuild_is_degraded_never_unhealthy() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |c| {
+        health_config(c);
+        c.projections.in_process = true;
+    })
+    .await;
+    append_concurrently(&app, 40, 40, 8).await;
+    let name = "projection.agent_status";
+    all_ok(&app, &[name], Duration::from_secs(90)).await;
+
+    // One event per transaction, so that the rebuild lasts several samples.
+    let rebuild = app
+        .client()
+        .post(app.url("/v1/projections/agent_status/rebuild"))
+        .json(&json!({"page": 1}))
+        .send();
+    let rebuild = tokio::spawn(async move {
+        let reply = rebuild.await.expect("POST rebuild");
+        let status = reply.status();
+        (status, reply.text().await.unwrap_or_default())
+    });
+    let mut seen = Vec::new();
+    while !rebuild.is_finished() {
+        let (_, body) = pipeline(&app).await;
+        let c = body["components"][name].clone();
+        assert_ne!(
+            c["status"], "unhealthy",
+            "a rebuild made {name} unhealthy: {body}"
+        );
+        seen.push(c);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, report) = rebuild.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(
+        seen.iter()
+            .any(|c| c["status"] == "degraded" && c["reason"] == "rebuilding"),
+        "the rebuild was never shown as degraded: {seen:?}"
+    );
+    all_ok(&app, &[name], Duration::from_secs(30)).await;
+}
