@@ -44,6 +44,10 @@ struct Args {
     /// A librdkafka setting, `name=value`; repeat for several.
     #[arg(long)]
     kafka_property: Vec<String>,
+    /// How often this member's heartbeat is written (keel's pipeline monitor reports the group
+    /// as `group.<group>`); set it to a sixth of `observability.stall_after_ms`.
+    #[arg(long, default_value_t = 5000)]
+    beat_ms: u64,
 }
 
 struct Recorder {
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let topics: Vec<&str> = args.topic.iter().map(String::as_str).collect();
     let mut subscription = Subscription::new(&args.group, &topics);
     subscription.max_retries = args.max_retries;
+    subscription.beat_every = Duration::from_millis(args.beat_ms);
     subscription.backoff_initial = Duration::from_millis(20);
     subscription.reader = args
         .schema_version

@@ -1,5 +1,5 @@
 //! Pipeline health against real processes and a real broker: a frozen `keel relay` or
-//! `keel project` (SIGSTOP) turns `keel serve`'s `/v1/health/pipeline` to 503 naming it within
+//! `keel project` or consumer group member (SIGSTOP) turns `keel serve`'s `/v1/health/pipeline` to 503 naming it within
 //! twice the stall threshold while the API stays live and ready, and SIGCONT brings it back
 //! without a restart; Redis down is named as Redis while the Kafka path stays ok; a rebuild is
 //! degraded, never unhealthy.
@@ -13,6 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::consumer::ConsumerProcess;
 use crate::helpers::{agent_state_changed, spawn_app_with, within, TestApp};
 use crate::relay_support::{
     append_concurrently, fast_relay, spawn_kafka_relayed_app, Broker, RedisServer, RelayProcess,
@@ -290,4 +291,32 @@ async fn a_projection_rebuild_is_degraded_never_unhealthy() {
         "the rebuild was never shown as degraded: {seen:?}"
     );
     all_ok(&app, &[name], Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recovers_on_cont() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, health_config).await;
+    let beat = (STALL_MS / 6).to_string();
+    let member = ConsumerProcess::start(&app, &broker, "billing", "one", &["--beat-ms", &beat]);
+    let load = Load::start(&app);
+    let name = "group.billing";
+    all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(90)).await;
+
+    member.signal("STOP");
+    let (took, body) = until_unhealthy(&app, name).await;
+    assert!(
+        took <= 2 * STALL,
+        "the frozen member was reported after {took:?}: {body}"
+    );
+    assert_eq!(status_of(&body, "relay.kafka"), "ok", "{body}");
+
+    member.signal("CONT");
+    all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(60)).await;
+    load.stop().await;
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\""),
+        "no lag metric for the group"
+    );
 }
