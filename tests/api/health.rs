@@ -124,6 +124,22 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     let load = Load::start(&app);
     let sinks = ["relay.kafka", "relay.redis", "kafka", "redis", "database"];
     all_ok(&app, &sinks, Duration::from_secs(60)).await;
+    // The relay process answers the same three levels on its own listener; it is ready while
+    // its sink loops turn.
+    let own = format!("http://127.0.0.1:{}", relay.metrics_port);
+    let ready: Value = reqwest::get(format!("{own}/v1/health/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"]["relay.kafka"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["relay.redis"], "ok", "{ready}");
+    let theirs = reqwest::get(format!("{own}/v1/health/pipeline")).await.unwrap();
+    assert_eq!(theirs.status(), StatusCode::OK);
+    let theirs: Value = theirs.json().await.unwrap();
+    assert_eq!(status_of(&theirs, "relay.kafka"), "ok", "{theirs}");
 
     relay.signal("STOP");
     let (took, body) = until_unhealthy(&app, "relay.kafka").await;
@@ -138,6 +154,23 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     assert_eq!(status_of(&body, "database"), "ok", "{body}");
     assert_eq!(status_of(&body, "kafka"), "ok", "{body}");
     assert!(body["components"]["relay.kafka"]["since"].is_string());
+    // The readings behind the verdict are metrics too.
+    let metrics = app.get_text("/metrics").await;
+    let reading = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert_eq!(
+        reading("keel_pipeline_status{component=\"relay.kafka\"}"),
+        2.0
+    );
+    assert!(reading("keel_stage_heartbeat_age_seconds{component=\"relay.kafka\"}") >= 2.0);
+    assert!(reading("keel_outbox_undelivered_age_seconds{sink=\"kafka\"}") > 0.0);
+    assert!(reading("keel_store_head_position") > 0.0);
 
     relay.signal("CONT");
     all_ok(&app, &sinks, Duration::from_secs(30)).await;
