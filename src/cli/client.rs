@@ -229,6 +229,25 @@ impl Client {
         self.json(request, need).await
     }
 
+    /// GET a health endpoint: its JSON answer and whether it said healthy (200) or not (503).
+    /// Other refusals are errors, as for [`Client::get`].
+    pub async fn get_health(&self, segments: &[&str]) -> Result<(bool, Value), Error> {
+        let request = self
+            .request(Method::GET, self.url(segments))
+            .timeout(REQUEST_TIMEOUT);
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let healthy = match response.status() {
+            StatusCode::OK => true,
+            StatusCode::SERVICE_UNAVAILABLE => false,
+            _ => return Err(self.refusal(response, Need::system("health")).await),
+        };
+        let body = response
+            .json()
+            .await
+            .map_err(|e| Error::Protocol(format!("the answer is not JSON: {e}")))?;
+        Ok((healthy, body))
+    }
+
     /// POST `body` to `segments`; the JSON answer.
     pub async fn post(
         &self,

@@ -16,6 +16,7 @@ mod client;
 mod consume;
 mod dlq;
 mod grant;
+mod health;
 mod outbox;
 mod principal;
 mod progress;
@@ -74,6 +75,9 @@ pub enum Command {
     Replay(replay::ReplayCommand),
     /// Tail topics as decoded JSON lines (keel's headers, Avro through the registry).
     Consume(consume::ConsumeArgs),
+    /// The pipeline's health: each component ok, degraded or unhealthy, and why (through the
+    /// API). Exits non-zero while it is unhealthy.
+    Health(health::HealthArgs),
     /// Inspect the outbox and manage parked events (through the API).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
@@ -131,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay => relay::run(&config).await,
         Command::Project => project::run(&config).await,
         Command::Replay(command) => replay::run(&api()?, command).await,
+        Command::Health(args) => health::run(&api()?, args).await,
         Command::Outbox(command) => outbox::run(&api()?, command).await,
         Command::Consume(args) => consume::run(&config, args).await,
         Command::Dlq(command) => dlq::run(&api()?, command).await,

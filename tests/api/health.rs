@@ -136,7 +136,9 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["checks"]["relay.kafka"], "ok", "{ready}");
     assert_eq!(ready["checks"]["relay.redis"], "ok", "{ready}");
-    let theirs = reqwest::get(format!("{own}/v1/health/pipeline")).await.unwrap();
+    let theirs = reqwest::get(format!("{own}/v1/health/pipeline"))
+        .await
+        .unwrap();
     assert_eq!(theirs.status(), StatusCode::OK);
     let theirs: Value = theirs.json().await.unwrap();
     assert_eq!(status_of(&theirs, "relay.kafka"), "ok", "{theirs}");
@@ -172,8 +174,26 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     assert!(reading("keel_outbox_undelivered_age_seconds{sink=\"kafka\"}") > 0.0);
     assert!(reading("keel_store_head_position") > 0.0);
 
+    // `keel health` says the same, worst first, and fails while the pipeline is unhealthy.
+    let out = app.keel().arg("health").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.starts_with("✖ pipeline unhealthy"), "{text}");
+    assert!(
+        text.lines().nth(1).unwrap_or("").contains("relay."),
+        "{text}"
+    );
+
     relay.signal("CONT");
     all_ok(&app, &sinks, Duration::from_secs(30)).await;
+    let out = app.keel().args(["health", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status_of(&said, "relay.kafka"), "ok", "{said}");
     assert!(load.stop().await > 0);
 }
 
