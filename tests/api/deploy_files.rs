@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keel::metrics::{Kind, DESCRIPTIONS};
+use keel::metrics::{Description, Kind, DESCRIPTIONS};
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -90,6 +90,11 @@ fn rules() -> RuleFile {
     yaml_serde::from_str(&read(RULES)).unwrap_or_else(|e| panic!("{RULES} does not parse: {e}"))
 }
 
+fn rule_tests() -> RuleTestFile {
+    yaml_serde::from_str(&read(RULE_TESTS))
+        .unwrap_or_else(|e| panic!("{RULE_TESTS} does not parse: {e}"))
+}
+
 fn dashboard() -> Value {
     serde_json::from_str(&read(DASHBOARD)).unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"))
 }
@@ -105,16 +110,15 @@ fn alerts(file: &RuleFile) -> impl Iterator<Item = (&str, &Rule)> {
 /// `h_count` (never `h` itself); counters and gauges as named (the exporter adds no unit or
 /// `_total` suffix: keel's names carry their own).
 fn exported_names() -> BTreeSet<String> {
-    DESCRIPTIONS
-        .iter()
-        .flat_map(|d| match d.kind {
-            Kind::Histogram => ["_bucket", "_sum", "_count"]
-                .iter()
-                .map(|s| format!("{}{s}", d.name))
-                .collect::<Vec<_>>(),
-            Kind::Counter | Kind::Gauge => vec![d.name.to_owned()],
-        })
-        .collect()
+    DESCRIPTIONS.iter().flat_map(exported_as).collect()
+}
+
+fn exported_as(d: &Description) -> Vec<String> {
+    let suffixes: &[&str] = match d.kind {
+        Kind::Histogram => &["_bucket", "_sum", "_count"],
+        Kind::Counter | Kind::Gauge => &[""],
+    };
+    suffixes.iter().map(|s| format!("{}{s}", d.name)).collect()
 }
 
 /// The metric names a PromQL expression (or a Grafana query) selects: the identifiers left once
@@ -406,8 +410,7 @@ fn every_alert_says_how_long_how_bad_and_what_to_do_and_has_a_runbook_section() 
 #[test]
 fn every_alert_has_unit_tests_that_see_it_fire_and_stay_quiet() {
     let file = rules();
-    let tests: RuleTestFile = yaml_serde::from_str(&read(RULE_TESTS))
-        .unwrap_or_else(|e| panic!("{RULE_TESTS} does not parse: {e}"));
+    let tests = rule_tests();
     let cases: Vec<&AlertTest> = tests
         .tests
         .iter()
@@ -447,8 +450,7 @@ fn every_metric_the_rules_the_tests_and_the_dashboard_name_is_one_keel_exports()
         problems.extend(unknown_names(place, &rule.expr, &known));
     }
     // The unit tests feed raw metrics, as keel exports them.
-    let tests: RuleTestFile = yaml_serde::from_str(&read(RULE_TESTS)).expect("rule tests parse");
-    for s in tests.tests.iter().flat_map(|t| &t.input_series) {
+    for s in rule_tests().tests.iter().flat_map(|t| &t.input_series) {
         problems.extend(unknown_names(RULE_TESTS, &s.series, &exported));
     }
     let queries = dashboard_queries(&dashboard());
@@ -464,15 +466,7 @@ fn every_metric_the_rules_the_tests_and_the_dashboard_name_is_one_keel_exports()
         .collect();
     let missing: Vec<&str> = DESCRIPTIONS
         .iter()
-        .filter(|d| {
-            let suffixes: &[&str] = match d.kind {
-                Kind::Histogram => &["_bucket", "_sum", "_count"],
-                Kind::Counter | Kind::Gauge => &[""],
-            };
-            !suffixes
-                .iter()
-                .any(|s| shown.contains(&format!("{}{s}", d.name)))
-        })
+        .filter(|d| !exported_as(d).iter().any(|n| shown.contains(n)))
         .map(|d| d.name)
         .collect();
     assert!(
