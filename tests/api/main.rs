@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod consume;
 mod consumer;
+mod deploy_files;
 mod hardening;
 mod health;
 mod helpers;
