@@ -44,6 +44,7 @@ fn role_actions(role: Role) -> Vec<Action> {
 const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/health/live", "anyone"),
     ("GET", "/v1/health/ready", "anyone"),
+    ("GET", "/v1/health/pipeline", "anyone"),
     ("GET", "/metrics", "metrics"),
     (
         "POST",

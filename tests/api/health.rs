@@ -19,6 +19,7 @@ use crate::relay_support::{
     append_concurrently, fast_relay, spawn_kafka_relayed_app, Broker, RedisServer, RelayProcess,
     Server,
 };
+use crate::tls_support::PgServer;
 
 /// The stall threshold the tests run with. Stages beat and the monitor samples every sixth of it.
 const STALL_MS: u64 = 3_000;
@@ -110,17 +111,34 @@ fn health_config(c: &mut keel::config::Config) {
     c.observability.stall_after_ms = STALL_MS;
 }
 
+/// A PostgreSQL server of the test's own, for tests that freeze a keel process: one frozen inside
+/// a write transaction holds back the log horizon of every database on its server (that is how
+/// the gap-safe log works), which would stall the other tests' relays on the shared server.
+fn private_postgres() -> PgServer {
+    if let Some(why) = crate::tls_support::postgres_unavailable() {
+        panic!("this test needs a PostgreSQL server of its own and cannot start one: {why}");
+    }
+    PgServer::start_plain()
+}
+
+fn on(pg: &PgServer) -> String {
+    pg.url("127.0.0.1", "keel", "sslmode=disable")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_and_recovers_on_cont(
 ) {
     let broker = Broker::start().await;
     let redis = RedisServer::start().await;
+    let pg = private_postgres();
     let app = spawn_app_with(|c| {
         fast_relay(c, &broker.brokers(), &redis.url());
         health_config(c);
+        c.database_url = on(&pg);
     })
     .await;
     let relay = RelayProcess::start(&app.config, "relay-under-test");
+    let observer = Observer::start(&app).await;
     let load = Load::start(&app);
     let sinks = ["relay.kafka", "relay.redis", "kafka", "redis", "database"];
     all_ok(&app, &sinks, Duration::from_secs(60)).await;
@@ -145,6 +163,10 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
 
     relay.signal("STOP");
     let (took, body) = until_unhealthy(&app, "relay.kafka").await;
+    // A second process sees it too: the verdict comes from PostgreSQL, not from memory.
+    let (code, theirs) = observer.pipeline().await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{theirs}");
+    assert_eq!(status_of(&theirs, "relay.kafka"), "unhealthy", "{theirs}");
     assert!(
         took <= 2 * STALL,
         "the frozen relay was reported after {took:?}, more than twice the {STALL:?} threshold: {body}"
@@ -156,8 +178,9 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     assert_eq!(status_of(&body, "database"), "ok", "{body}");
     assert_eq!(status_of(&body, "kafka"), "ok", "{body}");
     assert!(body["components"]["relay.kafka"]["since"].is_string());
-    // The readings behind the verdict are metrics too.
-    let metrics = app.get_text("/metrics").await;
+    // The readings behind the verdict are metrics too. Read off a `keel serve` process of its
+    // own: in this test process every app's monitor writes the one global recorder.
+    let metrics = observer.metrics(&app).await;
     let reading = |name: &str| -> f64 {
         metrics
             .lines()
@@ -195,6 +218,71 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     let said: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status_of(&said, "relay.kafka"), "ok", "{said}");
     assert!(load.stop().await > 0);
+}
+
+/// A `keel serve` process of its own on the app's database and services, killed on drop.
+struct Observer {
+    child: Child,
+    url: String,
+}
+
+impl Observer {
+    async fn start(app: &TestApp) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = &app.config;
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("KEEL_CONFIG")
+            .env("KEEL_DATABASE_URL", &c.database_url)
+            .env("KEEL_KAFKA_BROKERS", &c.kafka_brokers)
+            .env("KEEL_REDIS_URL", &c.redis_url)
+            .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEEL_AUTH__KEY_SECRET", crate::helpers::TEST_KEY_SECRET)
+            .env("KEEL_OBSERVABILITY__STALL_AFTER_MS", STALL_MS.to_string())
+            .env("KEEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start keel serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let observer = Self { child, url };
+        let ready = format!("{}/v1/health/ready", observer.url);
+        within(Duration::from_secs(30), || async {
+            let reply = reqwest::get(&ready).await.ok()?;
+            (reply.status() == StatusCode::OK).then_some(())
+        })
+        .await
+        .expect("keel serve to be ready");
+        observer
+    }
+
+    async fn pipeline(&self) -> (StatusCode, Value) {
+        let reply = reqwest::get(format!("{}/v1/health/pipeline", self.url))
+            .await
+            .unwrap();
+        (reply.status(), reply.json().await.unwrap())
+    }
+
+    async fn metrics(&self, app: &TestApp) -> String {
+        let reply = crate::helpers::client_with_key(&app.admin_key)
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        reply.text().await.unwrap()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `keel project` process with the app's settings, killed on drop.
@@ -248,8 +336,14 @@ impl Drop for Projector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_projection_runner_turns_the_pipeline_unhealthy_and_recovers_on_cont() {
     let broker = Broker::start().await;
-    let app = spawn_kafka_relayed_app(&broker, health_config).await;
+    let pg = private_postgres();
+    let app = spawn_kafka_relayed_app(&broker, |c| {
+        health_config(c);
+        c.database_url = on(&pg);
+    })
+    .await;
     let projector = Projector::start(&app);
+    let observer = Observer::start(&app).await;
     let load = Load::start(&app);
     let name = "projection.agent_status";
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(90)).await;
@@ -265,8 +359,9 @@ async fn a_frozen_projection_runner_turns_the_pipeline_unhealthy_and_recovers_on
     projector.signal("CONT");
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(60)).await;
     load.stop().await;
-    // The pipeline's lag figures are exported for the group the runners share.
-    let metrics = app.get_text("/metrics").await;
+    // The pipeline's lag figures are exported for the group the runners share (read off a
+    // process of its own: every app in this test process shares one recorder).
+    let metrics = observer.metrics(&app).await;
     assert!(
         metrics.contains("keel_consumer_lag_messages{group=\"keel-projection-agent_status\""),
         "no lag metric for the projection's group"
@@ -349,9 +444,15 @@ async fn a_projection_rebuild_is_degraded_never_unhealthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recovers_on_cont() {
     let broker = Broker::start().await;
-    let app = spawn_kafka_relayed_app(&broker, health_config).await;
+    let pg = private_postgres();
+    let app = spawn_kafka_relayed_app(&broker, |c| {
+        health_config(c);
+        c.database_url = on(&pg);
+    })
+    .await;
     let beat = (STALL_MS / 6).to_string();
     let member = ConsumerProcess::start(&app, &broker, "billing", "one", &["--beat-ms", &beat]);
+    let observer = Observer::start(&app).await;
     let load = Load::start(&app);
     let name = "group.billing";
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(90)).await;
@@ -367,7 +468,7 @@ async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recover
     member.signal("CONT");
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(60)).await;
     load.stop().await;
-    let metrics = app.get_text("/metrics").await;
+    let metrics = observer.metrics(&app).await;
     assert!(
         metrics.contains("keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\""),
         "no lag metric for the group"

@@ -309,21 +309,33 @@ pub struct PgServer {
 
 impl PgServer {
     pub fn start(pki: &Pki, server: &str) -> Self {
+        Self::start_with(Some((pki, server)))
+    }
+
+    /// Without TLS: for tests that need a server of their own for another reason (a process
+    /// they freeze holds back the log horizon of every database on its server).
+    pub fn start_plain() -> Self {
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<(&Pki, &str)>) -> Self {
         let dir = Scratch::new("postgres");
         let port = free_port();
         let data = dir.path("data");
         // The server runs as `postgres`: it owns its folder, key and certificate.
-        for file in ["server.pem", "server.key"] {
-            let from = if file.ends_with("pem") {
-                pki.cert(server)
-            } else {
-                pki.key(server)
-            };
-            std::fs::copy(from, dir.path(file)).unwrap();
+        if let Some((pki, server)) = tls {
+            for file in ["server.pem", "server.key"] {
+                let from = if file.ends_with("pem") {
+                    pki.cert(server)
+                } else {
+                    pki.key(server)
+                };
+                std::fs::copy(from, dir.path(file)).unwrap();
+            }
+            run(Command::new("chmod")
+                .arg("0600")
+                .arg(dir.path("server.key")));
         }
-        run(Command::new("chmod")
-            .arg("0600")
-            .arg(dir.path("server.key")));
         run(Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(&dir.0));
@@ -350,13 +362,15 @@ impl PgServer {
         append("pg_hba.conf", "host all all 127.0.0.0/8 trust\n".into());
         // In the file, not on the command line, so that a test can turn ssl off with ALTER
         // SYSTEM (command-line settings would beat it).
-        append(
-            "postgresql.conf",
-            format!(
-                "ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n",
-                dir = dir.0.display()
-            ),
-        );
+        if tls.is_some() {
+            append(
+                "postgresql.conf",
+                format!(
+                    "ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n",
+                    dir = dir.0.display()
+                ),
+            );
+        }
         let options = format!(
             "-p {port} -k {dir} -c listen_addresses=127.0.0.1,127.0.0.2 -c fsync=off",
             dir = dir.0.display()
