@@ -250,6 +250,16 @@ async fn housekeeping(
             }
         }
         n += 1;
+        if n % 5 == 1 && parts.is_empty() {
+            // Holding nothing, this relay has no backlog of its own: do not keep exporting what
+            // it last saw (summed over relays, that would count another relay's rows twice).
+            for sink in &sinks {
+                let sink = sink.as_str().to_owned();
+                ::metrics::gauge!(metrics::OUTBOX_BACKLOG, "sink" => sink.clone()).set(0.0);
+                ::metrics::gauge!(metrics::OUTBOX_OLDEST_AGE, "sink" => sink.clone()).set(0.0);
+                ::metrics::gauge!(metrics::OUTBOX_PARKED, "sink" => sink).set(0.0);
+            }
+        }
         if n % 5 == 1 && !parts.is_empty() {
             match admin::status(&pool, &parts).await {
                 Ok(status) => {
