@@ -30,7 +30,8 @@
 //! auth                                 principals and API keys (uses config)
 //! append, relay, consumer, telemetry   the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
-//! replay, then projection, then api    history; read models; HTTP
+//! replay, then projection              history; read models
+//! health, then api                     the pipeline watching itself (canaries); HTTP
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
 //! ```
 
@@ -42,6 +43,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod model;

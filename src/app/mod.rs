@@ -4,7 +4,8 @@
 //! - [`Services`] is the one bootstrap: database (created and migrated) and registry.
 //! - [`Projections`] is the set of projections a process can run; a service embedding keel adds
 //!   its own to it.
-//! - [`Application`] is `keel serve`: the API, and in-process the relay and projections.
+//! - [`Application`] is `keel serve`: the API, and in-process the relay and projections, and the
+//!   canary when `observability.canary_interval_ms` is set.
 //!
 //! Shutdown order: the API drains first, then the projections stop, then the relay, so that
 //! nothing the API accepted is left unshipped by this process's relay.
@@ -24,6 +25,7 @@ use crate::api::{self, AppState};
 use crate::append::{Appender, Validator};
 use crate::auth::{self, Keys};
 use crate::config::{AuthMode, Config};
+use crate::health::canary;
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
@@ -222,6 +224,7 @@ impl Application {
             .relay
             .notify
             .then(|| tokio::spawn(notify_relays(store.clone(), beside.clone())));
+        let canary = canary::spawn(&self.config, store.pool().clone(), beside.clone())?;
         let projections = if self.config.projections.in_process {
             let services = Services {
                 store: store.clone(),
@@ -250,6 +253,9 @@ impl Application {
             }
         }
         beside.trigger();
+        if let Some(c) = canary {
+            c.stopped().await;
+        }
         if let Some(n) = notifier {
             // It holds no state worth draining; waiting only makes sure it is gone.
             let _ = n.await;

@@ -1,12 +1,13 @@
-//! `keel relay`: the relay alone, with its liveness and metrics endpoints on `relay.listen`, until
-//! Ctrl-C or SIGTERM; both stop with the one shutdown token.
+//! `keel relay`: the relay alone (and the canary, when `observability.canary_interval_ms` is
+//! set), with its liveness and metrics endpoints on `relay.listen`, until Ctrl-C or SIGTERM; all
+//! stop with the one shutdown token.
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::app::{self, Services};
 use crate::config::Config;
-use crate::{api, metrics, relay, shutdown};
+use crate::{api, health, metrics, relay, shutdown};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let services = Services::connect(config).await?;
@@ -31,7 +32,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         None,
     )
     .await?;
+    let canary = health::canary::spawn(config, services.pool().clone(), stop.clone())?;
     stop.wait().await;
+    if let Some(c) = canary {
+        c.stopped().await;
+    }
     relay.shutdown().await;
     status.await.context("the relay's status server panicked")?;
     Ok(())

@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["replay"],
     &["projection"],
+    &["health"],
     &["api"],
     &["app"],
     &["cli"],
