@@ -251,6 +251,10 @@ impl RelayProcess {
             .env("KEEL_RELAY__REDIS__ENABLED", r.redis.enabled.to_string())
             .env("KEEL_RELAY__REDIS__CHANNEL_PREFIX", &r.redis.channel_prefix)
             .env("KEEL_RELAY__REDIS__STREAM_PREFIX", &r.redis.stream_prefix)
+            .env(
+                "KEEL_OBSERVABILITY__CANARY_INTERVAL_MS",
+                config.observability.canary_interval_ms.to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
