@@ -114,7 +114,7 @@ impl KafkaObserver {
             .context("cannot assign the canary topic's partitions")?;
         outage.recovered();
         backoff.succeeded();
-        let quiet_after = (self.interval * 20).max(Duration::from_secs(30));
+        let quiet_after = (self.interval * 10).max(Duration::from_secs(5));
         let mut last = Instant::now();
         loop {
             let received = tokio::select! {
