@@ -219,12 +219,12 @@ impl Application {
         };
         // Not a child of `shutdown`: what runs beside the API stops only once the API has drained.
         let beside = Shutdown::new();
+        let canary = canary::spawn(&self.config, store.pool().clone(), beside.clone())?;
         let notifier = self
             .config
             .relay
             .notify
             .then(|| tokio::spawn(notify_relays(store.clone(), beside.clone())));
-        let canary = canary::spawn(&self.config, store.pool().clone(), beside.clone())?;
         let projections = if self.config.projections.in_process {
             let services = Services {
                 store: store.clone(),

@@ -6,14 +6,14 @@
 //!   canary on tries to write one twice per interval; the slot is claimed by one atomic statement
 //!   on `pipeline_canary_sent`, in the same transaction as the event and its outbox row, so a slot
 //!   holds exactly one canary: slots are the intervals of the database's clock, and a claim
-//!   succeeds only when the newest canary was written in an earlier slot ([`writer`]). Every
+//!   succeeds only when the newest canary was written in an earlier slot (`writer.rs`). Every
 //!   process should have the same interval.
 //! * **The canary goes through the real pipeline.** It is an ordinary event of the store (on
 //!   aggregate [`crate::model::canary::AGGREGATE_ID`]), shipped by whichever relay holds its outbox
 //!   partition, to `relay.kafka.topic_prefix` + `keel.canary` as the JSON envelope, and to the
 //!   Redis channel and stream of the same name.
 //! * **Each sink's progress is in PostgreSQL.** Every process with the canary on watches the
-//!   sinks the relay has enabled ([`kafka_observer`], [`redis_observer`]) and records the newest
+//!   sinks the relay has enabled (`kafka_observer.rs`, `redis_observer.rs`) and records the newest
 //!   canary seen on each in `pipeline_canary_seen` (the first process to see it wins; an older one
 //!   never overwrites a newer one), so any process can report every sink ([`read`]). A canary
 //!   counts only if its event is in this database, so a second deployment on the same broker or
