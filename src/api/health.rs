@@ -4,7 +4,7 @@
 //!   asked for because of a dependency.
 //! * `/v1/health/ready`: this process can do its own job. For `keel serve`, its database (a
 //!   broker outage is what the outbox absorbs: API pods stay in their Service); for `keel relay`,
-//!   its database and its own sink loops.
+//!   its database, its own sink loops and, when it writes canaries, their arrival on each sink.
 //! * `/v1/health/pipeline`: the whole pipeline's verdict from [`crate::health::Monitor`], 503
 //!   when any component is unhealthy, on every keel process.
 
@@ -37,6 +37,8 @@ pub struct StatusState {
     /// The process's own stages: it is ready only while each of them beats.
     pub beats: Vec<Beat>,
     pub stall_after: Duration,
+    /// This process writes canaries: it is ready only while they arrive on every sink.
+    pub canary: bool,
 }
 
 /// The endpoints of a keel process that serves no API (`keel relay`): the three health levels
@@ -96,6 +98,17 @@ async fn stages_ready(State(state): State<StatusState>) -> Response {
             )),
         };
         checks.insert(beat.component().to_owned(), said);
+    }
+    let verdict = state.monitor.current().filter(|_| state.canary);
+    for (name, c) in verdict.iter().flat_map(|v| &v.components) {
+        if name.starts_with("canary.") {
+            let ok = c.status != Status::Unhealthy;
+            ready &= ok;
+            checks.insert(
+                name.clone(),
+                json!(if ok { "ok" } else { c.reason.as_str() }),
+            );
+        }
     }
     let (code, status) = match ready {
         true => (StatusCode::OK, "ready"),

@@ -4,7 +4,8 @@
 //! - [`Services`] is the one bootstrap: database (created and migrated) and registry.
 //! - [`Projections`] is the set of projections a process can run; a service embedding keel adds
 //!   its own to it.
-//! - [`Application`] is `keel serve`: the API, and in-process the relay and projections.
+//! - [`Application`] is `keel serve`: the API, and in-process the relay and projections, and the
+//!   canary when `observability.canary_interval_ms` is set.
 //!
 //! Shutdown order: the API drains first, then the projections stop, then the relay, so that
 //! nothing the API accepted is left unshipped by this process's relay.
@@ -24,7 +25,7 @@ use crate::api::{self, AppState};
 use crate::append::{Appender, Validator};
 use crate::auth::{self, Keys};
 use crate::config::{AuthMode, Config};
-use crate::health::Monitor;
+use crate::health::{canary, Monitor};
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
@@ -224,6 +225,7 @@ impl Application {
         };
         // Not a child of `shutdown`: what runs beside the API stops only once the API has drained.
         let beside = Shutdown::new();
+        let canary = canary::spawn(&self.config, store.pool().clone(), beside.clone())?;
         let notifier = self
             .config
             .relay
@@ -259,6 +261,9 @@ impl Application {
         }
         beside.trigger();
         monitor_stop.trigger();
+        if let Some(c) = canary {
+            c.stopped().await;
+        }
         if let Some(n) = notifier {
             // It holds no state worth draining; waiting only makes sure it is gone.
             let _ = n.await;

@@ -1,5 +1,6 @@
-//! `keel relay`: the relay alone, with its health endpoints (live, ready, pipeline) and metrics on
-//! `relay.listen`, until Ctrl-C or SIGTERM; all stop with the one shutdown token.
+//! `keel relay`: the relay alone (and the canary, when `observability.canary_interval_ms` is
+//! set), with its health endpoints (live, ready, pipeline) and metrics on `relay.listen`, until
+//! Ctrl-C or SIGTERM; all stop with the one shutdown token.
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -31,6 +32,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         monitor: health::Monitor::start(config, services.pool().clone(), stop.clone()),
         beats: relay.beats().to_vec(),
         stall_after: config.observability.stall_after(),
+        canary: config.observability.canary_interval_ms > 0,
     };
     let status = tokio::spawn(api::server::serve(
         listener,
@@ -38,7 +40,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         api::server::Limits::from(&config.api),
         stop.clone(),
     ));
+    let canary = health::canary::spawn(config, services.pool().clone(), stop.clone())?;
     stop.wait().await;
+    if let Some(c) = canary {
+        c.stopped().await;
+    }
     relay.shutdown().await;
     status.await.context("the relay's status server panicked")?;
     Ok(())

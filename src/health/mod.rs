@@ -10,8 +10,10 @@
 //!   reads. Never with its own last mark: a frozen mark next to a frozen stage reads as "no lag".
 //! * Liveness is separate from progress: a stage's loop beats even when idle, so an idle pipeline
 //!   stays healthy and a frozen process shows within the stall threshold.
+//! * [`canary`] sends a heartbeat event through the whole path and records where it was seen.
 //! * Slow but moving (a rebuild, a catch-up) is `degraded`, never `unhealthy`.
 
+pub mod canary;
 mod kafka;
 pub mod monitor;
 pub mod rules;

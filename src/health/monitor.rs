@@ -16,6 +16,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
+use super::canary::{self, CanaryReading};
 use super::kafka::{KafkaView, Partitions};
 use super::rules::{self, Behind, Facts, Sample, Tracker};
 use super::{Component, Status, Verdict};
@@ -120,7 +121,7 @@ struct RelayRow {
 }
 
 /// What one sample read from PostgreSQL.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Db {
     head: i64,
     horizon_age: f64,
@@ -130,8 +131,7 @@ struct Db {
     projections: BTreeSet<String>,
     offsets: Vec<(String, String, i32, i64)>,
     rebuilding: BTreeSet<String>,
-    canary_sent: (i64, f64),
-    canary_seen: HashMap<String, (i64, f64)>,
+    canary: CanaryReading,
     registry_subjects: i64,
 }
 
@@ -188,19 +188,9 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     )
     .fetch_all(&mut *c)
     .await?;
-    let canary_sent: (i64, f64) = sqlx::query_as(
-        "SELECT seq, CASE WHEN isfinite(sent_at) THEN extract(epoch FROM now() - sent_at)::float8
-                         ELSE 'infinity'::float8 END
-           FROM pipeline_canary_sent WHERE id = 1",
-    )
-    .fetch_optional(&mut *c)
-    .await?
-    .unwrap_or((0, f64::INFINITY));
-    let seen: Vec<(String, i64, f64)> = sqlx::query_as(
-        "SELECT sink, seq, extract(epoch FROM now() - sent_at)::float8 FROM pipeline_canary_seen",
-    )
-    .fetch_all(&mut *c)
-    .await?;
+    drop(c);
+    let canary = super::canary::read(pool).await?;
+    let mut c = pool.acquire().await?;
     let registry_subjects: i64 = sqlx::query_scalar("SELECT count(*) FROM registry_schemas")
         .fetch_one(&mut *c)
         .await?;
@@ -213,8 +203,7 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
         projections: projections.into_iter().collect(),
         offsets,
         rebuilding: rebuilding.into_iter().collect(),
-        canary_sent,
-        canary_seen: seen.into_iter().map(|(s, q, a)| (s, (q, a))).collect(),
+        canary,
         registry_subjects,
     })
 }
@@ -472,48 +461,51 @@ impl Sampler {
             found.insert(name, verdict);
         }
 
-        // Canaries: the newest written against the newest seen on each sink.
-        let (sent_seq, sent_age) = db.canary_sent;
-        let canary_on = sent_seq > 0 && sent_age < (10 * self.stall_after).as_secs_f64();
-        if canary_on {
-            for sink in self.sinks.clone() {
-                let name = format!("canary.{sink}");
-                let (seen_seq, seen_age) = db
-                    .canary_seen
-                    .get(sink)
-                    .copied()
-                    .unwrap_or((0, f64::INFINITY));
-                let tracker = self
-                    .trackers
-                    .entry(name.clone())
-                    .or_insert_with(|| Tracker::new(now));
-                let progress = tracker.observe(Sample {
+        // Canaries: the newest written against the newest seen on each sink, while some process
+        // writes them (recently enough to tell from a canary that was switched off).
+        let canary = &db.canary;
+        let writing = canary.sent.is_some_and(|s| {
+            (canary.now - s.sent_at).to_std().unwrap_or_default() < 10 * self.stall_after
+        });
+        let sinks: Vec<(&'static str, canary::Sink)> = self
+            .sinks
+            .iter()
+            .filter_map(|s| match *s {
+                "kafka" => Some((*s, canary::Sink::Kafka)),
+                "redis" => Some((*s, canary::Sink::Redis)),
+                _ => None,
+            })
+            .collect();
+        for (sink, which) in sinks.into_iter().filter(|_| writing) {
+            let name = format!("canary.{sink}");
+            let behind = canary.behind(which);
+            let seen_seq = canary.seen_on(which).map_or(0, |s| s.seq);
+            let progress = self
+                .trackers
+                .entry(name.clone())
+                .or_insert_with(|| Tracker::new(now))
+                .observe(Sample {
                     now,
                     position: seen_seq,
-                    waiting: sent_seq - seen_seq,
+                    waiting: behind,
                     oldest_waiting: None,
                 });
-                let verdict = if sent_seq > seen_seq && progress.still_for >= self.stall_after {
-                    let last = match seen_age.is_finite() {
-                        true => format!("the newest seen was written {seen_age:.0} s ago"),
-                        false => "none has been seen yet".into(),
-                    };
-                    (
-                        Status::Unhealthy,
-                        format!(
-                            "{} canaries written and not seen on {sink} for {:.0} s; {last}",
-                            sent_seq - seen_seq,
-                            progress.still_for.as_secs_f64()
-                        ),
-                    )
-                } else {
-                    (
-                        Status::Ok,
-                        format!("newest seen written {seen_age:.1} s ago"),
-                    )
-                };
-                found.insert(name, verdict);
-            }
+            let last = match canary.age(which) {
+                Some(age) => format!("the newest seen was written {:.1} s ago", age.as_secs_f64()),
+                None => "none has been seen yet".into(),
+            };
+            let verdict = if behind > 0 && progress.still_for >= self.stall_after {
+                (
+                    Status::Unhealthy,
+                    format!(
+                        "{behind} canaries written and not seen on {sink} for {:.0} s; {last}",
+                        progress.still_for.as_secs_f64()
+                    ),
+                )
+            } else {
+                (Status::Ok, last)
+            };
+            found.insert(name, verdict);
         }
 
         let mut components = BTreeMap::new();

@@ -68,7 +68,8 @@ pub struct CheckedEvent {
 }
 
 impl CheckedEvent {
-    /// Only `append::validate` calls this, after the checks above.
+    /// Only `append::validate` calls this, after the checks above, and `health::canary` for
+    /// keel's own canary events ([`super::canary`]), which no catalog entry or schema describes.
     pub(crate) fn new(
         id: Uuid,
         event_type: EventType,

@@ -3,6 +3,7 @@
 //! Everything past the API layer takes these types, so the store and the relay never re-check a
 //! string. Each constructor states the rule it enforces in its error.
 
+pub mod canary;
 mod event;
 mod expected_version;
 mod names;

@@ -1,11 +1,12 @@
 //! The Kafka sink (rdkafka): routing, encoding, the idempotent producer, and the error table.
 //!
 //! * Topic: the event type's `topic` in the catalog, else `relay.kafka.topic_prefix` + the
-//!   aggregate type. Missing topics are created through the admin API unless
+//!   aggregate type (always the latter for keel's canary, [`canary_topic`]). Missing topics are created through the admin API unless
 //!   `relay.kafka.create_topics` is off.
 //! * Key: the aggregate id, so an aggregate's events share a partition and keep their order.
 //! * Value: Confluent-framed Avro with the registry's schema id, or the JSON envelope on the topics
-//!   listed in `relay.kafka.json_topics`. Headers: see [`crate::wire`].
+//!   listed in `relay.kafka.json_topics` and for keel's own canary events
+//!   ([`crate::model::canary`]), which have no schema. Headers: see [`crate::wire`].
 //! * Producer: [`crate::kafka::producer`]'s idempotent, gapless settings. A message the broker
 //!   refuses for good (too large for the topic, not authorised) fails every message queued after
 //!   it too, so a later event of its aggregate is never delivered ahead of it; the producer is
@@ -26,10 +27,17 @@ use super::sink::{Outcome, SinkError};
 use crate::catalog::Catalog;
 use crate::config::KafkaSinkConfig;
 use crate::kafka::{enqueue, producer_config, Topics};
-use crate::model::RecordedEvent;
+use crate::model::{canary, RecordedEvent};
 use crate::registry::Registry;
 use crate::schema::{self, ParsedSchema};
 use crate::wire::{self, CONTENT_AVRO, CONTENT_JSON};
+
+/// The topic of keel's own canary events: `relay.kafka.topic_prefix` + the canary's aggregate
+/// type (`keel.keel.canary` by default), whatever the catalog holds, so that the canary's observer
+/// knows where to look.
+pub fn canary_topic(config: &KafkaSinkConfig) -> String {
+    format!("{}{}", config.topic_prefix, canary::AGGREGATE_TYPE)
+}
 
 pub struct KafkaSink {
     config: KafkaSinkConfig,
@@ -76,6 +84,9 @@ impl KafkaSink {
         if let Some(topic) = &self.only_topic {
             return topic.clone();
         }
+        if canary::is_canary(aggregate_type, event_type) {
+            return canary_topic(&self.config);
+        }
         self.catalog
             .topic(event_type, aggregate_type, &self.config.topic_prefix)
     }
@@ -119,7 +130,10 @@ impl KafkaSink {
         event: &RecordedEvent,
         topic: &str,
     ) -> Result<(Vec<u8>, &'static str, Option<(i32, i32)>), SinkError> {
-        if self.config.json_topics.iter().any(|t| t == topic) {
+        // keel's own canary has no schema in the registry (it bypasses the catalog), so it always
+        // travels as the JSON envelope, whatever its topic.
+        let canary = canary::is_canary(event.aggregate_type.as_str(), event.event_type.as_str());
+        if canary || self.config.json_topics.iter().any(|t| t == topic) {
             let body = wire::json::encode(event)
                 .map_err(|e| SinkError::permanent("serialization", e.to_string()))?;
             let schema = event.schema_id.zip(event.schema_version);
@@ -357,6 +371,60 @@ pub fn classify(e: &KafkaError) -> SinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::canary::{AGGREGATE_ID, AGGREGATE_TYPE, EVENT_TYPE};
+
+    /// A sink whose registry's database cannot be reached: anything that needs a schema fails.
+    fn sink_without_registry() -> KafkaSink {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        KafkaSink::new(
+            "127.0.0.1:1",
+            KafkaSinkConfig::default(),
+            Arc::new(Catalog::default()),
+            Arc::new(Registry::new(pool)),
+        )
+        .expect("a sink")
+    }
+
+    fn event(aggregate_type: &str, event_type: &str) -> RecordedEvent {
+        RecordedEvent {
+            id: Uuid::now_v7(),
+            position: 7,
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: AGGREGATE_ID,
+            version: 3,
+            event_type: event_type.into(),
+            schema_id: None,
+            schema_version: None,
+            payload: serde_json::json!({"seq": 3, "sent_at": "2026-01-01T00:00:00Z"}),
+            metadata: serde_json::json!({}),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_canary_goes_to_its_own_topic_as_the_json_envelope_without_a_schema() {
+        let sink = sink_without_registry();
+        let canary = event(AGGREGATE_TYPE, EVENT_TYPE);
+        let topic = sink.topic_for(EVENT_TYPE, AGGREGATE_TYPE);
+        assert_eq!(topic, "keel.keel.canary");
+        assert_eq!(topic, canary_topic(&KafkaSinkConfig::default()));
+
+        let (value, content_type, schema) = sink
+            .value(&canary, &topic)
+            .await
+            .expect("a canary encodes without the registry");
+        assert_eq!(content_type, CONTENT_JSON);
+        assert_eq!(schema, None);
+        assert_eq!(wire::json::decode(&value).expect("the envelope"), canary);
+
+        // The special case is narrow: another type on the canary's aggregate needs its schema.
+        let other = event(AGGREGATE_TYPE, "agent.state.changed");
+        let refused = sink.value(&other, &topic).await.expect_err("no schema");
+        assert_eq!(refused.kind, "registry", "{refused:?}");
+    }
 
     #[test]
     fn the_error_table_parks_bad_rows_and_waits_out_outages() {

@@ -28,6 +28,30 @@ use crate::config::RedisSinkConfig;
 use crate::model::RecordedEvent;
 use crate::wire;
 
+/// A client for `url` as the sink connects, not yet connected: with `config.tls_ca_file` (for a
+/// `rediss://` URL), the server's certificate must chain to that CA. Whoever reads what the sink
+/// publishes (the canary's observer) connects the same way.
+pub fn client(url: &str, config: &RedisSinkConfig) -> anyhow::Result<redis::Client> {
+    let Some(ca_file) = &config.tls_ca_file else {
+        return redis::Client::open(url).context("invalid redis url");
+    };
+    // Read and checked here, so that a bad file is named; the client parses it again.
+    crate::tls::read_certificates("relay.redis.tls_ca_file", ca_file)?;
+    let root_cert = std::fs::read(ca_file)
+        .with_context(|| format!("relay.redis.tls_ca_file = {}", ca_file.display()))?;
+    let certificates = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    redis::Client::build_with_tls(url, certificates)
+        .context("invalid redis url for relay.redis.tls_ca_file (it needs rediss://)")
+}
+
+/// The pub/sub channel the sink publishes `aggregate_type`'s events on.
+pub fn channel(config: &RedisSinkConfig, aggregate_type: &str) -> String {
+    format!("{}{aggregate_type}", config.channel_prefix)
+}
+
 pub struct RedisSink {
     client: redis::Client,
     config: RedisSinkConfig,
@@ -39,31 +63,17 @@ impl RedisSink {
     /// A sink for `url`, not yet connected. With `config.tls_ca_file` (for a `rediss://` URL),
     /// the server's certificate must chain to that CA.
     pub fn new(url: &str, config: RedisSinkConfig) -> anyhow::Result<Self> {
-        let client = match &config.tls_ca_file {
-            None => redis::Client::open(url).context("invalid redis url")?,
-            Some(ca_file) => {
-                // Read and checked here, so that a bad file is named; the client parses it again.
-                crate::tls::read_certificates("relay.redis.tls_ca_file", ca_file)?;
-                let root_cert = std::fs::read(ca_file)
-                    .with_context(|| format!("relay.redis.tls_ca_file = {}", ca_file.display()))?;
-                let certificates = TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(url, certificates)
-                    .context("invalid redis url for relay.redis.tls_ca_file (it needs rediss://)")?
-            }
-        };
         Ok(Self {
-            client,
+            client: client(url, &config)?,
             config,
             connection: Mutex::new(None),
             script: redis::Script::new(PUBLISH_SCRIPT),
         })
     }
 
+    /// The pub/sub channel of `aggregate_type`'s events.
     pub fn channel(&self, aggregate_type: &str) -> String {
-        format!("{}{aggregate_type}", self.config.channel_prefix)
+        channel(&self.config, aggregate_type)
     }
 
     pub fn stream(&self, aggregate_type: &str) -> String {

@@ -1,8 +1,9 @@
 //! Pipeline health against real processes and a real broker: a frozen `keel relay` or
 //! `keel project` or consumer group member (SIGSTOP) turns `keel serve`'s `/v1/health/pipeline` to 503 naming it within
 //! twice the stall threshold while the API stays live and ready, and SIGCONT brings it back
-//! without a restart; Redis down is named as Redis while the Kafka path stays ok; a rebuild is
-//! degraded, never unhealthy.
+//! without a restart; Redis down is named as Redis (its sink and its canary) while the Kafka path
+//! stays ok; a rebuild is degraded, never unhealthy; an idle pipeline with the canary on stays
+//! healthy for fifty thresholds.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -376,21 +377,31 @@ async fn with_redis_down_the_pipeline_names_redis_while_the_kafka_path_stays_ok(
     let app = spawn_app_with(|c| {
         fast_relay(c, &broker.brokers(), &redis.url());
         c.relay.in_process = true;
+        c.observability.canary_interval_ms = 500;
         health_config(c);
     })
     .await;
     let load = Load::start(&app);
-    let path = ["relay.kafka", "relay.redis", "kafka", "redis"];
+    let path = [
+        "relay.kafka",
+        "relay.redis",
+        "kafka",
+        "redis",
+        "canary.kafka",
+        "canary.redis",
+    ];
     all_ok(&app, &path, Duration::from_secs(60)).await;
 
     redis.stop();
-    let (_, body) = until_unhealthy(&app, "redis").await;
-    let body = match status_of(&body, "relay.redis") {
-        "unhealthy" => body,
-        _ => until_unhealthy(&app, "relay.redis").await.1,
-    };
-    assert_eq!(status_of(&body, "kafka"), "ok", "{body}");
-    assert_eq!(status_of(&body, "relay.kafka"), "ok", "{body}");
+    let mut body = until_unhealthy(&app, "redis").await.1;
+    for c in ["relay.redis", "canary.redis"] {
+        if status_of(&body, c) != "unhealthy" {
+            body = until_unhealthy(&app, c).await.1;
+        }
+    }
+    for c in ["kafka", "relay.kafka", "canary.kafka"] {
+        assert_eq!(status_of(&body, c), "ok", "{c}: {body}");
+    }
 
     redis.restart().await;
     all_ok(&app, &path, Duration::from_secs(60)).await;
@@ -473,4 +484,44 @@ async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recover
         metrics.contains("keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\""),
         "no lag metric for the group"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_pipeline_with_the_canary_on_stays_healthy_for_minutes() {
+    let broker = Broker::start().await;
+    let redis = RedisServer::start().await;
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), &redis.url());
+        c.relay.in_process = true;
+        c.observability.canary_interval_ms = 500;
+        health_config(c);
+    })
+    .await;
+    let path = [
+        "relay.kafka",
+        "relay.redis",
+        "canary.kafka",
+        "canary.redis",
+        "kafka",
+        "redis",
+    ];
+    all_ok(&app, &path, Duration::from_secs(60)).await;
+    // Fifty times the stall threshold with nothing but canaries going through: never a stall.
+    let until = Instant::now() + 50 * STALL;
+    let mut samples = 0;
+    while Instant::now() < until {
+        let (code, body) = pipeline(&app).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        for c in path {
+            assert_eq!(status_of(&body, c), "ok", "{c} while idle: {body}");
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(samples > 100);
+    let (_, body) = pipeline(&app).await;
+    let reason = body["components"]["canary.kafka"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("written"), "{reason}");
 }

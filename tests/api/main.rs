@@ -5,6 +5,7 @@ mod architecture;
 mod audit;
 mod authz;
 mod bad_input;
+mod canary;
 mod cli;
 mod concurrency;
 mod consume;

@@ -255,6 +255,10 @@ impl RelayProcess {
                 "KEEL_OBSERVABILITY__STALL_AFTER_MS",
                 config.observability.stall_after_ms.to_string(),
             )
+            .env(
+                "KEEL_OBSERVABILITY__CANARY_INTERVAL_MS",
+                config.observability.canary_interval_ms.to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
