@@ -234,10 +234,9 @@ impl Sampler {
         if relay.redis.enabled {
             sinks.push("redis");
         }
-        let timeout = config
-            .observability
-            .sample_every()
-            .clamp(Duration::from_millis(500), Duration::from_secs(3));
+        // Each Kafka call may take this long; a busy broker (or machine) answers well within it.
+        let timeout = (2 * config.observability.sample_every())
+            .clamp(Duration::from_secs(2), Duration::from_secs(5));
         let kafka = relay
             .kafka
             .enabled

@@ -279,6 +279,19 @@ impl Observer {
     }
 }
 
+impl Observer {
+    /// Waits until a line of its `/metrics` starts with `series` (the monitor exports what it
+    /// has sampled, a sample after the stage appeared).
+    async fn metric_shows(&self, app: &TestApp, series: &str) {
+        let found = within(Duration::from_secs(30), || async {
+            let text = self.metrics(app).await;
+            text.lines().any(|l| l.starts_with(series)).then_some(())
+        })
+        .await;
+        assert!(found.is_some(), "no {series} on the observer's /metrics");
+    }
+}
+
 impl Drop for Observer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -362,12 +375,18 @@ async fn a_frozen_projection_runner_turns_the_pipeline_unhealthy_and_recovers_on
     load.stop().await;
     // The pipeline's lag figures are exported for the group the runners share (read off a
     // process of its own: every app in this test process shares one recorder).
-    let metrics = observer.metrics(&app).await;
-    assert!(
-        metrics.contains("keel_consumer_lag_messages{group=\"keel-projection-agent_status\""),
-        "no lag metric for the projection's group"
-    );
-    assert!(metrics.contains("keel_projection_checkpoint{projection=\"agent_status\""));
+    observer
+        .metric_shows(
+            &app,
+            "keel_consumer_lag_messages{group=\"keel-projection-agent_status\"",
+        )
+        .await;
+    observer
+        .metric_shows(
+            &app,
+            "keel_projection_checkpoint{projection=\"agent_status\"",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -479,11 +498,12 @@ async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recover
     member.signal("CONT");
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(60)).await;
     load.stop().await;
-    let metrics = observer.metrics(&app).await;
-    assert!(
-        metrics.contains("keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\""),
-        "no lag metric for the group"
-    );
+    observer
+        .metric_shows(
+            &app,
+            "keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\"",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
