@@ -27,8 +27,9 @@
 //! wire                                 the event on the wire, encode and decode; no IO
 //! store                                events, outbox, reads, the gap-safe log; nothing above it
 //! config, registry                     the typed config tree; schemas in PostgreSQL
-//! auth                                 principals and API keys (uses config)
-//! append, relay, consumer, telemetry   the write path; the sinks (Kafka and Redis never import
+//! auth, telemetry                      principals and API keys (uses config); logs, traces and
+//!                                      the trace context they carry
+//! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
 //! replay, then projection, then api    history; read models; HTTP
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here

@@ -227,7 +227,11 @@ pub const DESCRIPTIONS: &[Description] = &[
         Unit::Count,
         "pipeline component verdict: 0 ok, 1 degraded, 2 unhealthy",
     ),
-    gauge(STORE_HEAD, Unit::Count, "newest position in the event store"),
+    gauge(
+        STORE_HEAD,
+        Unit::Count,
+        "newest position in the event store",
+    ),
     gauge(
         RELAY_POSITION,
         Unit::Count,

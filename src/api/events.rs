@@ -2,12 +2,13 @@
 //! HTTP only: the append's checks are the write path's ([`crate::append`]).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -19,6 +20,7 @@ use crate::model::{
 };
 use crate::registry::UpcastError;
 use crate::store::{self, LogCursor, LogFilter};
+use crate::telemetry;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,17 +48,46 @@ struct EventInput {
 
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
 /// when the whole batch was already stored (an idempotent retry).
+///
+/// With trace export on, the request's span is a child of its `traceparent`/`tracestate`
+/// headers (ignored and counted when invalid), and each event whose metadata has no
+/// `traceparent` stores the span's: the relay's and the consumers' spans join its trace.
 pub async fn append(
     state: State<AppState>,
     caller: Extension<Caller>,
     path: Path<(String, String)>,
+    headers: HeaderMap,
     request: Result<Json<AppendRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    let span = tracing::info_span!(
+        "keel.append",
+        otel.name = APPEND_SPAN,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.route = APPEND_ROUTE,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if telemetry::enabled() {
+        telemetry::context::set_parent(&span, telemetry::context::from_request(&headers));
+    }
     let result = match request {
-        Ok(request) => append_checked(state, caller, path, request).await,
+        Ok(request) => {
+            append_checked(state, caller, path, request)
+                .instrument(span.clone())
+                .await
+        }
         Err(rejected) => Err(rejected),
     };
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    };
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     let outcome = match &result {
         Ok(r) if r.status() == StatusCode::CREATED => "created",
         Ok(_) => "replayed",
@@ -70,7 +101,11 @@ pub async fn append(
     result
 }
 
-#[tracing::instrument(skip_all, fields(http.request.method = "POST", http.route = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events"))]
+const APPEND_ROUTE: &str = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events";
+/// The request span's name, as OpenTelemetry's HTTP conventions make it: method and route.
+const APPEND_SPAN: &str = "POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events";
+
+/// The append, inside the request's span (see [`append`]).
 async fn append_checked(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -79,7 +114,11 @@ async fn append_checked(
 ) -> Result<Response, ApiError> {
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
-    let events = parse_events(&state, request.events)?;
+    // The span's context, for events that bring none; `None` when traces are not exported.
+    let trace = telemetry::enabled()
+        .then(|| telemetry::context::of(&tracing::Span::current()))
+        .flatten();
+    let events = parse_events(&state, request.events, trace.as_ref())?;
     if caller.method != crate::auth::Method::Open {
         state.rate.check_events(&caller.name, events.len() as u32)?;
     }
@@ -105,7 +144,14 @@ async fn append_checked(
 /// The request's events as the write path takes them. Only what is about the request's shape is
 /// checked here (the batch limit, names and metadata that do not parse); everything else is the
 /// validator's, the same for every path (`crate::append`).
-fn parse_events(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<NewEvent>, ApiError> {
+///
+/// `trace` (`traceparent`, `tracestate`) goes into the metadata of each event that has no
+/// `traceparent` of its own.
+fn parse_events(
+    state: &AppState,
+    inputs: Vec<EventInput>,
+    trace: Option<&(String, Option<String>)>,
+) -> Result<Vec<NewEvent>, ApiError> {
     let max = state.limits.max_batch_events;
     if inputs.len() > max {
         return Err(ApiError::batch_too_large(max, inputs.len()));
@@ -119,8 +165,11 @@ fn parse_events(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<NewEven
             };
             let event_type = EventType::parse(input.event_type)
                 .map_err(|e| at("invalid_event_type", e.to_string()))?;
-            let metadata = Metadata::parse(input.metadata.unwrap_or_default())
+            let mut metadata = Metadata::parse(input.metadata.unwrap_or_default())
                 .map_err(|e| at("invalid_metadata", e.to_string()))?;
+            if let Some((traceparent, tracestate)) = trace {
+                metadata = metadata.or_trace_context(traceparent, tracestate.as_deref());
+            }
             Ok(NewEvent {
                 id: input.id.unwrap_or_else(Uuid::now_v7),
                 event_type,

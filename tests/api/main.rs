@@ -29,4 +29,5 @@ mod schemas;
 mod secrets;
 mod tls;
 mod tls_support;
+mod tracing;
 mod unvalidated;
