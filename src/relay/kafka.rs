@@ -186,7 +186,7 @@ impl KafkaSink {
                 Destination {
                     system: "kafka",
                     name: topic,
-                    kafka_key: Some(&key),
+                    key: Some(&key),
                 },
             );
             let sent = match self.value(event, topic).await {

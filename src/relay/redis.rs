@@ -137,7 +137,7 @@ impl RedisSink {
                     let to = Destination {
                         system: "redis",
                         name: &self.stream(&e.aggregate_type),
-                        kafka_key: None,
+                        key: None,
                     };
                     messaging::publish(e, to)
                 })

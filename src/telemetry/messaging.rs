@@ -26,8 +26,8 @@ pub struct Destination<'a> {
     pub system: &'static str,
     /// The topic (Kafka) or stream (Redis).
     pub name: &'a str,
-    /// The Kafka record key.
-    pub kafka_key: Option<&'a str>,
+    /// The record key (`messaging.kafka.message.key`); Kafka only.
+    pub key: Option<&'a str>,
 }
 
 /// The `publish <destination>` span for one event, when traces are exported and the event's
@@ -52,7 +52,7 @@ pub fn publish(event: &RecordedEvent, to: Destination<'_>) -> Span {
         messaging.operation.type = "send",
         messaging.operation.name = "publish",
         messaging.message.id = %event.id,
-        messaging.kafka.message.key = to.kafka_key,
+        messaging.kafka.message.key = to.key,
         error.type = Empty,
     );
     context::set_parent(&span, Some(parent));

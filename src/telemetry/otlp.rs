@@ -390,6 +390,14 @@ mod tests {
     }
 
     #[test]
+    fn an_https_exporter_builds_on_the_process_tls_provider() {
+        // What cli::run does first: the ring provider reqwest's `rustls-no-provider` relies on.
+        crate::tls::install_provider();
+        let provider = provider(&Settings::to_endpoint("https://127.0.0.1:9")).unwrap();
+        provider.shutdown().unwrap();
+    }
+
+    #[test]
     fn the_standard_sampler_names_parse_and_a_bad_one_says_which_exist() {
         use SamplerSpec as S;
         let parent = |s| S::ParentBased(Box::new(s));
