@@ -19,7 +19,7 @@ mod otlp;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
+use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -96,10 +96,12 @@ pub fn init_with(
         Some(settings) => {
             let provider = otlp::provider(&settings)?;
             let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "keel");
-            // keel's spans only: the exporter's own HTTP client must not trace itself.
+            // keel's spans only: the exporter's own HTTP client must not trace itself. The
+            // pause switch is asked per span (a dynamic filter): a plain `filter_fn` would cache
+            // its first answer per call site.
             let spans = Targets::new()
                 .with_target("keel", tracing::Level::INFO)
-                .and(filter_fn(|_| enabled()));
+                .and(dynamic_filter_fn(|_, _| enabled()));
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_filter(spans);
