@@ -4,7 +4,9 @@
 //! keel's tracer is process-wide (the global subscriber and tracer provider), and the test
 //! binary runs many in-process apps at once, so every keel here whose spans are checked runs as
 //! its own `keel` process, set up by a config file and started as an operator would start it.
-//! The in-process apps of the other tests never export anything.
+//! The in-process apps of the other tests never export anything. The consumer group is
+//! `examples/recording_consumer.rs`, a service on keel's library set up with
+//! `keel::telemetry::init`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::consumer::ConsumerProcess;
 use crate::helpers::{agent_state_changed, eventually, fresh_database_url};
 use crate::relay_support::{Broker, KafkaReader, Server};
 
@@ -104,20 +107,25 @@ impl Receiver {
         }
     }
 
-    /// The first span named `name` in trace `trace_id`, if it arrived.
-    fn find(&self, trace_id: &str, name: &str) -> Option<Received> {
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|s| s.trace_id == trace_id && s.name == name)
-            .cloned()
-    }
-
     /// Waits for the span named `name` in trace `trace_id`.
     async fn wait_for(&self, trace_id: &str, name: &str) -> Received {
+        self.wait_for_where(trace_id, name, |_| true).await
+    }
+
+    /// Waits for a span named `name` in trace `trace_id` for which `pick` holds.
+    async fn wait_for_where(
+        &self,
+        trace_id: &str,
+        name: &str,
+        pick: impl Fn(&Received) -> bool,
+    ) -> Received {
         eventually(Duration::from_secs(60), name, || async {
-            self.find(trace_id, name)
+            self.spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.trace_id == trace_id && s.name == name && pick(s))
+                .cloned()
         })
         .await
     }
@@ -259,12 +267,23 @@ async fn metadata(keel: &Keel, id: Uuid) -> Value {
     event["metadata"].clone()
 }
 
-async fn start_pipeline(broker: &Server, otlp: &str) -> (Keel, String) {
+/// `keel serve --relay` on a fresh database, exporting to `otlp`; its config and database.
+async fn start_pipeline(broker: &Server, otlp: &str) -> (Keel, String, String) {
     let database_url = fresh_database_url();
     let config = config(&database_url, &broker.brokers(), otlp);
     let serve = Keel::start(&["serve", "--relay"], &config, Stdio::inherit());
     serve.live().await;
-    (serve, config)
+    (serve, config, database_url)
+}
+
+/// A child process, killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]
@@ -272,10 +291,31 @@ async fn the_append_publish_and_process_spans_of_one_event_join_the_clients_trac
 ) {
     let broker = Broker::start().await;
     let (receiver, addr) = Receiver::start().await;
-    let (serve, config) = start_pipeline(&broker, &format!("http://{addr}")).await;
-    // The projection runs in a process of its own: its span's parent can only come from the
-    // Kafka record.
+    let otlp = format!("http://{addr}");
+    let (serve, config, database_url) = start_pipeline(&broker, &otlp).await;
+    // The projection and a consumer group run in processes of their own: their spans' parent
+    // can only come from the Kafka record.
     let _project = Keel::start(&["project"], &config, Stdio::inherit());
+    let _consumer = Killed(
+        Command::new(ConsumerProcess::binary())
+            .args(["--database-url", &database_url])
+            .args(["--brokers", &broker.brokers()])
+            .args([
+                "--group",
+                "traced",
+                "--topic",
+                "keel.agent",
+                "--name",
+                "traced",
+            ])
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start recording_consumer"),
+    );
     let trace_id = Uuid::new_v4().simple().to_string();
     let client_span = "00f067aa0ba902b7";
     let traceparent = format!("00-{trace_id}-{client_span}-01");
@@ -310,23 +350,27 @@ async fn the_append_publish_and_process_spans_of_one_event_join_the_clients_trac
     assert_eq!(a["messaging.message.id"], id.to_string());
     assert_eq!(a["messaging.kafka.message.key"], record.key);
 
-    let process = receiver.wait_for(&trace_id, "process keel.agent").await;
-    assert_eq!(process.kind, SpanKind::Consumer as i32);
-    assert_eq!(process.parent_span_id, append_span.span_id, "{process:?}");
-    let a = &process.attributes;
-    assert_eq!(a["messaging.system"], "kafka");
-    assert_eq!(a["messaging.destination.name"], "keel.agent");
-    assert_eq!(a["messaging.operation.type"], "process");
-    assert_eq!(
-        a["messaging.consumer.group.name"],
-        "keel-projection-agent_status"
-    );
-    assert_eq!(a["messaging.message.id"], id.to_string());
-    assert!(
-        a.contains_key("messaging.destination.partition.id"),
-        "{a:?}"
-    );
-    assert!(a.contains_key("messaging.kafka.offset"), "{a:?}");
+    // The projection runner's and the consumer runtime's processing of the same record.
+    for group in ["keel-projection-agent_status", "traced"] {
+        let process = receiver
+            .wait_for_where(&trace_id, "process keel.agent", |s| {
+                s.attributes.get("messaging.consumer.group.name") == Some(&group.to_owned())
+            })
+            .await;
+        assert_eq!(process.kind, SpanKind::Consumer as i32);
+        assert_eq!(process.parent_span_id, append_span.span_id, "{process:?}");
+        let a = &process.attributes;
+        assert_eq!(a["messaging.system"], "kafka");
+        assert_eq!(a["messaging.destination.name"], "keel.agent");
+        assert_eq!(a["messaging.operation.type"], "process");
+        assert_eq!(a["messaging.message.id"], id.to_string());
+        assert_eq!(a["messaging.kafka.message.key"], record.key);
+        assert!(
+            a.contains_key("messaging.destination.partition.id"),
+            "{a:?}"
+        );
+        assert!(a.contains_key("messaging.kafka.offset"), "{a:?}");
+    }
 }
 
 #[tokio::test]
@@ -379,7 +423,7 @@ async fn an_unreachable_collector_fails_no_append_and_logs_one_warning_not_one_p
 async fn an_invalid_trace_header_is_ignored_and_counted_and_never_reaches_kafka() {
     let broker = Broker::start().await;
     let (receiver, addr) = Receiver::start().await;
-    let (serve, _) = start_pipeline(&broker, &format!("http://{addr}")).await;
+    let (serve, _, _) = start_pipeline(&broker, &format!("http://{addr}")).await;
     let garbage = "00-not-a-trace-01";
 
     let id = append(&serve, &[("traceparent", garbage), ("tracestate", "k=v")]).await;
