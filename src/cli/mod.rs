@@ -120,13 +120,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => bench::trace_export(command).await?,
         _ => None,
     };
+    // Traces are for the long-running commands; the operator commands are HTTP clients whose
+    // exit should not wait for a collector.
+    let traced = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Relay | Command::Project | Command::Consume(_)
+    );
     let telemetry = match &bench_export {
         Some(export) => crate::telemetry::init_with(
             &config.log,
             config.log_format,
             Some(export.settings.clone()),
         )?,
-        None => crate::telemetry::init(&config.log, config.log_format, &config.observability)?,
+        None if traced => {
+            crate::telemetry::init(&config.log, config.log_format, &config.observability)?
+        }
+        None => crate::telemetry::init_with(&config.log, config.log_format, None)?,
     };
     // The effective settings, for debugging a deployment; `Debug` hides every secret in them.
     tracing::debug!(?config, "configuration loaded");

@@ -310,8 +310,10 @@ impl<E> Guarded<E> {
 impl<E: SpanExporter> SpanExporter for Guarded<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
+        // Settled however the attempt ends, even if the future is dropped part-way: a leak
+        // here would shrink the queue bound for good.
+        let _settled = Settled(&self.in_flight, spans);
         let result = self.inner.export(batch).await;
-        self.in_flight.fetch_sub(spans, Ordering::AcqRel);
         if let Err(e) = &result {
             self.failed(spans, e);
         }
@@ -328,6 +330,15 @@ impl<E: SpanExporter> SpanExporter for Guarded<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// Takes an export attempt's spans off the in-flight count when dropped.
+struct Settled<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 
