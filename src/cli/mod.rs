@@ -120,11 +120,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => bench::trace_export(command).await?,
         _ => None,
     };
-    // Traces are for the long-running commands; the operator commands are HTTP clients whose
+    // Traces are for the pipeline's processes; the operator commands are HTTP clients whose
     // exit should not wait for a collector.
     let traced = matches!(
         cli.command,
-        Command::Serve(_) | Command::Relay | Command::Project | Command::Consume(_)
+        Command::Serve(_) | Command::Relay | Command::Project
     );
     let telemetry = match &bench_export {
         Some(export) => crate::telemetry::init_with(

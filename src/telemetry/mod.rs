@@ -28,7 +28,8 @@ use crate::config::{LogFormat, ObservabilityConfig};
 
 pub use otlp::Settings;
 
-/// Whether this process exports traces: set once by [`init`], before anything makes a span.
+/// Whether this process exports traces: set by [`init`] before anything makes a span (and
+/// switched by [`pause`]).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Whether an exporter was installed (export may still be paused, see [`pause`]).
