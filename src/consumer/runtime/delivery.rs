@@ -184,7 +184,10 @@ pub(super) async fn park<H: Handler>(
 
 /// Redelivers the partition's rows marked `retry`, each key's in offset order, stopping a key at
 /// its first row that fails again; then refreshes which keys are blocked.
-#[tracing::instrument(skip_all, fields(
+///
+/// A debug span: it runs every second per partition, mostly finding nothing, and an info span
+/// would be an exported trace each time (each redelivered record has its own process span).
+#[tracing::instrument(level = "debug", skip_all, fields(
     messaging.system = "kafka",
     messaging.consumer.group.name = %shared.subscription.group,
     messaging.destination.name = topic,
