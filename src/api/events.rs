@@ -2,13 +2,12 @@
 //! HTTP only: the append's checks are the write path's ([`crate::append`]).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -49,45 +48,20 @@ struct EventInput {
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
 /// when the whole batch was already stored (an idempotent retry).
 ///
-/// With trace export on, the request's span is a child of its `traceparent`/`tracestate`
-/// headers (ignored and counted when invalid), and each event whose metadata has no
-/// `traceparent` stores the span's: the relay's and the consumers' spans join its trace.
+/// With trace export on, each event whose metadata has no `traceparent` stores the context of the
+/// `keel.append` span, a child of the request's (which continues the client's `traceparent`
+/// header, see `api::trace`): the relay's and the consumers' spans join its trace.
 pub async fn append(
     state: State<AppState>,
     caller: Extension<Caller>,
     path: Path<(String, String)>,
-    headers: HeaderMap,
     request: Result<Json<AppendRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let span = tracing::info_span!(
-        "keel.append",
-        otel.name = APPEND_SPAN,
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = "POST",
-        http.route = APPEND_ROUTE,
-        http.response.status_code = tracing::field::Empty,
-    );
-    if telemetry::enabled() {
-        telemetry::context::set_parent(&span, telemetry::context::from_request(&headers));
-    }
     let result = match request {
-        Ok(request) => {
-            append_checked(state, caller, path, request)
-                .instrument(span.clone())
-                .await
-        }
+        Ok(request) => append_checked(state, caller, path, request).await,
         Err(rejected) => Err(rejected),
     };
-    let status = match &result {
-        Ok(r) => r.status(),
-        Err(e) => e.status,
-    };
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
-    }
     let outcome = match &result {
         Ok(r) if r.status() == StatusCode::CREATED => "created",
         Ok(_) => "replayed",
@@ -101,11 +75,8 @@ pub async fn append(
     result
 }
 
-const APPEND_ROUTE: &str = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events";
-/// The request span's name, as OpenTelemetry's HTTP conventions make it: method and route.
-const APPEND_SPAN: &str = "POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events";
-
-/// The append, inside the request's span (see [`append`]).
+/// The append, in the `keel.append` span: the one events store as their creation context.
+#[tracing::instrument(name = "keel.append", skip_all, fields(http.request.method = "POST", http.route = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events"))]
 async fn append_checked(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -114,7 +85,8 @@ async fn append_checked(
 ) -> Result<Response, ApiError> {
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
-    // The span's context, for events that bring none; `None` when traces are not exported.
+    // This span's context (a child of the request's), for events that bring none; `None` when
+    // traces are not exported.
     let trace = telemetry::enabled()
         .then(|| telemetry::context::of(&tracing::Span::current()))
         .flatten();

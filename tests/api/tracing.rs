@@ -322,16 +322,19 @@ async fn the_append_publish_and_process_spans_of_one_event_join_the_clients_trac
 
     let id = append(&serve, &[("traceparent", &traceparent)]).await;
 
-    let append_span = receiver
+    let request_span = receiver
         .wait_for(
             &trace_id,
             "POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events",
         )
         .await;
-    assert_eq!(append_span.kind, SpanKind::Server as i32);
-    assert_eq!(append_span.parent_span_id, client_span, "{append_span:?}");
-    assert_eq!(append_span.service, "keel");
-    assert_eq!(append_span.attributes["http.response.status_code"], "201");
+    assert_eq!(request_span.kind, SpanKind::Server as i32);
+    assert_eq!(request_span.parent_span_id, client_span, "{request_span:?}");
+    assert_eq!(request_span.service, "keel");
+    assert_eq!(request_span.attributes["http.response.status_code"], "201");
+    assert_eq!(request_span.attributes["http.request.method"], "POST");
+    let append_span = receiver.wait_for(&trace_id, "keel.append").await;
+    assert_eq!(append_span.parent_span_id, request_span.span_id);
     // The event carries the append span's context, which the relay copied into the record.
     let stored = format!("00-{trace_id}-{}-01", append_span.span_id);
     assert_eq!(metadata(&serve, id).await["traceparent"], stored.as_str());
