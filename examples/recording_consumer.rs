@@ -93,12 +93,21 @@ impl Handler for Recorder {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // keel's logging, and its trace export when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set:
+    // each record's handling is then a `process <topic>` span in its event's trace.
+    keel::tls::install_provider();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let telemetry = keel::telemetry::init(
+        &filter,
+        keel::config::LogFormat::Text,
+        &keel::config::ObservabilityConfig::default(),
+    )?;
+    let result = run().await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let pool = PgPool::connect(&args.database_url).await?;
     // Several processes start at once: one creates the tables, under a session lock.

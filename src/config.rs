@@ -121,7 +121,7 @@ impl Default for ProjectionsConfig {
     }
 }
 
-/// Pipeline health, canaries and trace export (see `src/health/` and `src/telemetry.rs`).
+/// Pipeline health, canaries and trace export (see `src/health/` and `src/telemetry/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
@@ -133,9 +133,11 @@ pub struct ObservabilityConfig {
     /// 0 is off (`KEEL_OBSERVABILITY__CANARY_INTERVAL_MS`). Any number of keel processes may
     /// have it on: one canary is written per interval between them.
     pub canary_interval_ms: u64,
-    /// Where to export traces over OTLP, for example `http://127.0.0.1:4318`; unset (the
-    /// default) exports nothing unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set
-    /// (`KEEL_OBSERVABILITY__OTLP_ENDPOINT`).
+    /// Where to export traces over OTLP/HTTP, the collector's base URL, for example
+    /// `http://127.0.0.1:4318` (spans go to `/v1/traces` under it); unset (the default) exports
+    /// nothing unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and this wins over it
+    /// (`KEEL_OBSERVABILITY__OTLP_ENDPOINT`). Sampling and the rest: the standard `OTEL_*`
+    /// variables (docs/ops/tracing.md).
     pub otlp_endpoint: Option<String>,
 }
 

@@ -29,8 +29,9 @@
 //! wire                                 the event on the wire, encode and decode; no IO
 //! store, heartbeat                     events, outbox, reads, the gap-safe log; stage heartbeats
 //! config, registry                     the typed config tree; schemas in PostgreSQL
-//! auth                                 principals and API keys (uses config)
-//! append, relay, consumer, telemetry   the write path; the sinks (Kafka and Redis never import
+//! auth, telemetry                      principals and API keys (uses config); logs, traces and
+//!                                      the trace context they carry
+//! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
 //! replay, then projection, then health history; read models; the pipeline monitor
 //! api                                  HTTP

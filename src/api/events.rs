@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::registry::UpcastError;
 use crate::store::{self, LogCursor, LogFilter};
+use crate::telemetry;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +47,10 @@ struct EventInput {
 
 /// `POST /v1/aggregates/{aggregate_type}/{aggregate_id}/events`: 201 with the stored events, or 200
 /// when the whole batch was already stored (an idempotent retry).
+///
+/// With trace export on, each event whose metadata has no `traceparent` stores the context of the
+/// `keel.append` span, a child of the request's (which continues the client's `traceparent`
+/// header, see `api::trace`): the relay's and the consumers' spans join its trace.
 pub async fn append(
     state: State<AppState>,
     caller: Extension<Caller>,
@@ -70,7 +75,8 @@ pub async fn append(
     result
 }
 
-#[tracing::instrument(skip_all, fields(http.request.method = "POST", http.route = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events"))]
+/// The append, in the `keel.append` span: the one events store as their creation context.
+#[tracing::instrument(name = "keel.append", skip_all, fields(http.request.method = "POST", http.route = "/v1/aggregates/{aggregate_type}/{aggregate_id}/events"))]
 async fn append_checked(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -79,7 +85,12 @@ async fn append_checked(
 ) -> Result<Response, ApiError> {
     let aggregate_type = parse_aggregate_type(aggregate_type)?;
     let aggregate_id = parse_uuid(&aggregate_id, "invalid_aggregate_id", "aggregate id")?;
-    let events = parse_events(&state, request.events)?;
+    // This span's context (a child of the request's), for events that bring none; `None` when
+    // traces are not exported.
+    let trace = telemetry::enabled()
+        .then(|| telemetry::context::of(&tracing::Span::current()))
+        .flatten();
+    let events = parse_events(&state, request.events, trace.as_ref())?;
     if caller.method != crate::auth::Method::Open {
         state.rate.check_events(&caller.name, events.len() as u32)?;
     }
@@ -105,7 +116,14 @@ async fn append_checked(
 /// The request's events as the write path takes them. Only what is about the request's shape is
 /// checked here (the batch limit, names and metadata that do not parse); everything else is the
 /// validator's, the same for every path (`crate::append`).
-fn parse_events(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<NewEvent>, ApiError> {
+///
+/// `trace` (`traceparent`, `tracestate`) goes into the metadata of each event that has no
+/// `traceparent` of its own.
+fn parse_events(
+    state: &AppState,
+    inputs: Vec<EventInput>,
+    trace: Option<&(String, Option<String>)>,
+) -> Result<Vec<NewEvent>, ApiError> {
     let max = state.limits.max_batch_events;
     if inputs.len() > max {
         return Err(ApiError::batch_too_large(max, inputs.len()));
@@ -119,8 +137,11 @@ fn parse_events(state: &AppState, inputs: Vec<EventInput>) -> Result<Vec<NewEven
             };
             let event_type = EventType::parse(input.event_type)
                 .map_err(|e| at("invalid_event_type", e.to_string()))?;
-            let metadata = Metadata::parse(input.metadata.unwrap_or_default())
+            let mut metadata = Metadata::parse(input.metadata.unwrap_or_default())
                 .map_err(|e| at("invalid_metadata", e.to_string()))?;
+            if let Some((traceparent, tracestate)) = trace {
+                metadata = metadata.or_trace_context(traceparent, tracestate.as_deref());
+            }
             Ok(NewEvent {
                 id: input.id.unwrap_or_else(Uuid::now_v7),
                 event_type,

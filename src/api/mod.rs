@@ -15,6 +15,7 @@ pub mod routes;
 pub mod server;
 mod timeout;
 pub mod tls;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,7 +191,11 @@ pub fn router(state: AppState) -> Router {
         ))
         // Before everything that looks at a credential (authentication goes inside this).
         .layer(middleware::from_fn_with_state(rate, rate::guard_peers))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(trace::request_span)
+                .on_response(trace::RecordStatus),
+        )
         .layer(sensitive_headers())
 }
 

@@ -119,7 +119,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
-    crate::telemetry::init(&config.log, config.log_format)?;
+    // `keel bench append` exports its traced run's spans to a receiver of its own.
+    let bench_export = match &cli.command {
+        Command::Bench(command) => bench::trace_export(command).await?,
+        _ => None,
+    };
+    // Traces are for the pipeline's processes; the operator commands are HTTP clients whose
+    // exit should not wait for a collector.
+    let traced = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Relay | Command::Project
+    );
+    let telemetry = match &bench_export {
+        Some(export) => crate::telemetry::init_with(
+            &config.log,
+            config.log_format,
+            Some(export.settings.clone()),
+        )?,
+        None if traced => {
+            crate::telemetry::init(&config.log, config.log_format, &config.observability)?
+        }
+        None => crate::telemetry::init_with(&config.log, config.log_format, None)?,
+    };
     // The effective settings, for debugging a deployment; `Debug` hides every secret in them.
     tracing::debug!(?config, "configuration loaded");
     for name in config::ignored_env_vars() {
@@ -130,7 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     progress::install();
     let api = || client::Client::from_env(cli.url.as_deref(), cli.ca_file.as_deref(), &config);
 
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(_) => serve::run(&config).await,
         Command::Relay => relay::run(&config).await,
         Command::Project => project::run(&config).await,
@@ -148,6 +169,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => schema::run(&config, command).await,
-        Command::Bench(command) => bench::run(&config, command).await,
-    }
+        Command::Bench(command) => bench::run(&config, command, bench_export).await,
+    };
+    // After the command stopped (drained, on a signal): the spans of its last work go out.
+    telemetry.shutdown().await;
+    result
 }

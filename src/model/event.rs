@@ -195,14 +195,34 @@ impl Metadata {
         self.get_str(Self::TRACEPARENT)
     }
 
+    /// Sets `traceparent` (and `tracestate`, when given and the metadata has none) if the
+    /// metadata has no `traceparent` yet; values that are not valid W3C trace context are not
+    /// stored.
+    pub fn or_trace_context(mut self, traceparent: &str, tracestate: Option<&str>) -> Self {
+        if self.0.contains_key(Self::TRACEPARENT) || !is_traceparent(traceparent) {
+            return self;
+        }
+        self.0.insert(
+            Self::TRACEPARENT.to_owned(),
+            Value::String(traceparent.to_owned()),
+        );
+        if let Some(state) = tracestate.filter(|s| is_tracestate(s)) {
+            self.0
+                .entry(Self::TRACESTATE.to_owned())
+                .or_insert_with(|| Value::String(state.to_owned()));
+        }
+        self
+    }
+
     pub fn into_value(self) -> Value {
         Value::Object(self.0)
     }
 }
 
-/// `version-traceid-parentid-flags`, lowercase hex, with the all-zero ids that the W3C spec forbids
-/// refused.
-fn is_traceparent(s: &str) -> bool {
+/// Whether `s` is a W3C `traceparent`: `version-traceid-parentid-flags`, lowercase hex, with the
+/// all-zero ids that the W3C spec forbids refused. The one check for metadata, request headers
+/// and Kafka headers alike.
+pub fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let hex = |p: &str, len: usize| {
         p.len() == len
@@ -214,9 +234,10 @@ fn is_traceparent(s: &str) -> bool {
         if hex(v, 2) && *v != "ff" && hex(t, 32) && nonzero(t) && hex(p, 16) && nonzero(p) && hex(f, 2))
 }
 
-/// `key=value` list members separated by commas, at most 32 and 512 characters in all, in the
-/// W3C characters: keys lowercase `a-z0-9_-*/@`, values printable ASCII without `,` and `=`.
-fn is_tracestate(s: &str) -> bool {
+/// Whether `s` is a W3C `tracestate` keel accepts: `key=value` list members separated by commas,
+/// at most 32 and 512 characters in all, in the W3C characters: keys lowercase `a-z0-9_-*/@`,
+/// values printable ASCII without `,` and `=`.
+pub fn is_tracestate(s: &str) -> bool {
     let members: Vec<&str> = s
         .split(',')
         .map(str::trim)
@@ -343,5 +364,24 @@ mod tests {
         for (value, key) in cases {
             assert_eq!(meta(value.clone()).unwrap_err().key, key, "{value}");
         }
+    }
+
+    #[test]
+    fn a_trace_context_is_added_only_where_the_client_gave_none_and_only_when_valid() {
+        let ours = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let added = Metadata::default().or_trace_context(ours, Some("k=v"));
+        assert_eq!(
+            added.into_value(),
+            json!({"traceparent": ours, "tracestate": "k=v"})
+        );
+        let kept = meta(json!({"traceparent": theirs}))
+            .unwrap()
+            .or_trace_context(ours, Some("k=v"));
+        assert_eq!(kept.into_value(), json!({"traceparent": theirs}));
+        let refused = Metadata::default().or_trace_context("00-xyz-01", None);
+        assert_eq!(refused.into_value(), json!({}));
+        let state_refused = Metadata::default().or_trace_context(ours, Some("Bad=1"));
+        assert_eq!(state_refused.into_value(), json!({"traceparent": ours}));
     }
 }

@@ -12,7 +12,8 @@ mod pattern;
 mod version_spec;
 
 pub use event::{
-    AppendResult, AppendedEvent, CheckedEvent, Metadata, NewEvent, RecordedEvent, SchemaRef,
+    is_traceparent, is_tracestate, AppendResult, AppendedEvent, CheckedEvent, Metadata, NewEvent,
+    RecordedEvent, SchemaRef,
 };
 pub use expected_version::ExpectedVersion;
 pub use names::{AggregateType, EventType, InvalidName};

@@ -36,6 +36,7 @@ use crate::heartbeat::Beat;
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
+use crate::telemetry::{self, messaging};
 
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -276,6 +277,43 @@ impl Runner {
         db.system = "postgresql",
     ))]
     async fn apply(&mut self, batch: &mut Vec<Record>) -> anyhow::Result<()> {
+        // With trace export on, each record with trace context gets a `process <topic>` span
+        // in its event's trace, for this attempt at the batch; the batch's own span covers the rest.
+        let spans: Vec<tracing::Span> = if telemetry::enabled() {
+            let group = group_of(self.projection.as_ref());
+            batch
+                .iter()
+                .map(|r| {
+                    let received = messaging::Received {
+                        topic: &r.topic,
+                        partition: r.partition,
+                        offset: r.offset,
+                        key: &r.key,
+                        headers: &r.headers,
+                        group: &group,
+                    };
+                    messaging::process(received, messaging::Untraced::Skip)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let applied = self.apply_batch(batch).await;
+        if let Err(e) = &applied {
+            let kind = if e.is::<sqlx::Error>() {
+                "database"
+            } else {
+                "apply"
+            };
+            for span in &spans {
+                messaging::failed(span, kind);
+            }
+        }
+        applied
+    }
+
+    /// [`Runner::apply`]'s transaction.
+    async fn apply_batch(&mut self, batch: &mut Vec<Record>) -> anyhow::Result<()> {
         let name = self.projection.name();
         let events = self.decode(batch).await?;
         let mut tx = self.pool.begin().await?;

@@ -7,6 +7,8 @@
 //! * Value: Confluent-framed Avro with the registry's schema id, or the JSON envelope on the topics
 //!   listed in `relay.kafka.json_topics` and for keel's own canary events
 //!   ([`crate::model::canary`]), which have no schema. Headers: see [`crate::wire`].
+//! * Tracing: with trace export on, each event with trace context gets a `publish <topic>` span
+//!   (kind producer, a child of the event's stored context) from queueing to acknowledgement.
 //! * Producer: [`crate::kafka::producer`]'s idempotent, gapless settings. A message the broker
 //!   refuses for good (too large for the topic, not authorised) fails every message queued after
 //!   it too, so a later event of its aggregate is never delivered ahead of it; the producer is
@@ -30,6 +32,7 @@ use crate::kafka::{enqueue, producer_config, Topics};
 use crate::model::{canary, RecordedEvent};
 use crate::registry::Registry;
 use crate::schema::{self, ParsedSchema};
+use crate::telemetry::messaging::{self, Destination};
 use crate::wire::{self, CONTENT_AVRO, CONTENT_JSON};
 
 /// The topic of keel's own canary events: `relay.kafka.topic_prefix` + the canary's aggregate
@@ -191,15 +194,25 @@ impl KafkaSink {
                 pending.push(Pending::Done(Outcome::NotSent));
                 continue;
             }
+            let key = event.aggregate_id.to_string();
+            let span = messaging::publish(
+                event,
+                Destination {
+                    system: "kafka",
+                    name: topic,
+                    key: Some(&key),
+                },
+            );
             let sent = match self.value(event, topic).await {
                 Ok((value, content_type, schema)) => {
-                    send(&producer, event, topic, &value, content_type, schema).await
+                    send(&producer, event, topic, &key, &value, content_type, schema).await
                 }
                 Err(e) => Err(e),
             };
             match sent {
-                Ok(delivery) => pending.push(Pending::Sent(delivery)),
+                Ok(delivery) => pending.push(Pending::Sent(delivery, span)),
                 Err(e) => {
+                    messaging::failed(&span, e.kind);
                     failed.insert(aggregate);
                     pending.push(Pending::Done(Outcome::Failed(e)));
                 }
@@ -266,7 +279,8 @@ impl ProducerSlot {
 }
 
 enum Pending {
-    Sent(rdkafka::producer::DeliveryFuture),
+    /// Queued; the event's publish span ends with the acknowledgement.
+    Sent(rdkafka::producer::DeliveryFuture, tracing::Span),
     Done(Outcome),
 }
 
@@ -287,17 +301,23 @@ impl KafkaSent {
         for p in self.pending {
             outcomes.push(match p {
                 Pending::Done(outcome) => outcome,
-                Pending::Sent(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Outcome::Delivered,
-                    Ok(Err((e, _))) => {
-                        fatal |= is_fatal(&e);
-                        Outcome::Failed(classify(&e))
+                Pending::Sent(delivery, span) => {
+                    let outcome = match delivery.await {
+                        Ok(Ok(_)) => Outcome::Delivered,
+                        Ok(Err((e, _))) => {
+                            fatal |= is_fatal(&e);
+                            Outcome::Failed(classify(&e))
+                        }
+                        Err(_) => Outcome::Failed(SinkError::retriable(
+                            "canceled",
+                            "the producer was dropped before it acknowledged",
+                        )),
+                    };
+                    if let Outcome::Failed(e) = &outcome {
+                        messaging::failed(&span, e.kind);
                     }
-                    Err(_) => Outcome::Failed(SinkError::retriable(
-                        "canceled",
-                        "the producer was dropped before it acknowledged",
-                    )),
-                },
+                    outcome
+                }
             });
         }
         if fatal || self.producer.client().fatal_error().is_some() {
@@ -311,13 +331,13 @@ async fn send(
     producer: &FutureProducer,
     event: &RecordedEvent,
     topic: &str,
+    key: &str,
     value: &[u8],
     content_type: &str,
     schema: Option<(i32, i32)>,
 ) -> Result<rdkafka::producer::DeliveryFuture, SinkError> {
-    let key = event.aggregate_id.to_string();
     let headers = wire::header::encode(event, content_type, schema);
-    enqueue(producer, topic, &key, value, &headers)
+    enqueue(producer, topic, key, value, &headers)
         .await
         .map_err(|e| classify(&e))
 }

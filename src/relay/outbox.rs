@@ -75,7 +75,7 @@ pub async fn read_batch(
 /// Up to `per_partition` rows after each `(partition, cursor)`, in log order per partition, and
 /// only below the transaction horizon (see [`crate::store::log`]): a row that commits later
 /// always sorts after the cursor, so nothing is ever skipped.
-#[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "read_outbox", sink = %sink, partitions = from.len()))]
+#[tracing::instrument(level = "debug", skip_all, fields(db.system = "postgresql", db.operation.name = "read_outbox", sink = %sink, partitions = from.len()))]
 pub async fn read_batch_from(
     pool: &PgPool,
     sink: SinkKind,
@@ -119,7 +119,7 @@ pub async fn read_batch_from(
 /// behind them, or behind a row that was delivered or skipped. A row stays put while an earlier
 /// row of its aggregate is `parked`. Ordered by aggregate, then log order; at most
 /// [`REDRIVE_PER_AGGREGATE`] rows of each aggregate.
-#[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "read_redrive", sink = %sink))]
+#[tracing::instrument(level = "debug", skip_all, fields(db.system = "postgresql", db.operation.name = "read_redrive", sink = %sink))]
 pub async fn read_redrive(
     pool: &PgPool,
     sink: SinkKind,
@@ -224,7 +224,7 @@ impl Commit {
 /// Writes `commit` if `owner` still holds a lease on every partition it touches; otherwise writes
 /// nothing and returns `false` (another relay owns that work now and will redo it). The lease rows
 /// are share-locked until commit, so no other relay can take them over halfway.
-#[tracing::instrument(skip_all, fields(db.system = "postgresql", db.operation.name = "commit_cursors", sink = %sink, %owner))]
+#[tracing::instrument(level = "debug", skip_all, fields(db.system = "postgresql", db.operation.name = "commit_cursors", sink = %sink, %owner))]
 pub async fn commit(
     pool: &PgPool,
     owner: Uuid,

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::sink::{Outcome, SinkError};
 use crate::config::RedisSinkConfig;
 use crate::model::RecordedEvent;
+use crate::telemetry::{self, messaging, messaging::Destination};
 use crate::wire;
 
 /// A client for `url` as the sink connects, not yet connected: with `config.tls_ca_file` (for a
@@ -137,6 +138,23 @@ impl RedisSink {
     /// cannot be serialised fails for good, and its aggregate's later events are not sent.
     #[tracing::instrument(skip_all, fields(messaging.system = "redis", messaging.batch.message_count = events.len()))]
     pub async fn publish(&self, events: &[&RecordedEvent]) -> Vec<Outcome> {
+        // With trace export on, a `publish <stream>` span per event with trace context, ended
+        // when the script has answered.
+        let spans: Vec<tracing::Span> = if telemetry::enabled() {
+            events
+                .iter()
+                .map(|e| {
+                    let to = Destination {
+                        system: "redis",
+                        name: &self.stream(&e.aggregate_type),
+                        key: None,
+                    };
+                    messaging::publish(e, to)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut unserialisable: HashSet<(&str, Uuid)> = HashSet::new();
         let mut call = self.script.prepare_invoke();
@@ -176,14 +194,22 @@ impl RedisSink {
             self.run(call, in_script).await
         };
         let mut replies = replies.into_iter();
-        outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| {
                 o.or_else(|| replies.next()).unwrap_or_else(|| {
                     Outcome::Failed(SinkError::retriable("protocol", "missing reply"))
                 })
             })
-            .collect()
+            .collect();
+        for (span, outcome) in spans.iter().zip(&outcomes) {
+            match outcome {
+                Outcome::Delivered => {}
+                Outcome::NotSent => messaging::failed(span, "not_sent"),
+                Outcome::Failed(e) => messaging::failed(span, e.kind),
+            }
+        }
+        outcomes
     }
 
     /// Runs the script for `count` events: one outcome per event, in order.

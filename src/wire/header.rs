@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{Error, CONTENT_AVRO};
-use crate::model::{Metadata, RecordedEvent};
+use crate::model::{is_traceparent, is_tracestate, Metadata, RecordedEvent};
 
 pub const EVENT_ID: &str = "keel-event-id";
 pub const EVENT_TYPE: &str = "keel-event-type";
@@ -21,11 +21,23 @@ pub const SCHEMA_ID: &str = "keel-schema-id";
 pub const SCHEMA_VERSION: &str = "keel-schema-version";
 
 /// Metadata keys carried as headers of their own: `(header, metadata key)`.
-pub const METADATA_HEADERS: [(&str, &str); 3] = [
+pub const METADATA_HEADERS: [(&str, &str); 4] = [
     ("keel-correlation-id", Metadata::CORRELATION_ID),
     ("keel-causation-id", Metadata::CAUSATION_ID),
     ("traceparent", Metadata::TRACEPARENT),
+    ("tracestate", Metadata::TRACESTATE),
 ];
+
+/// Whether a metadata value may become its header. Metadata is checked on append, but rows
+/// written before a rule existed are not: trace context that is not valid W3C is left out, so
+/// a consumer never continues a trace from a garbage header.
+fn fits_header(key: &str, value: &str) -> bool {
+    match key {
+        Metadata::TRACEPARENT => is_traceparent(value),
+        Metadata::TRACESTATE => is_tracestate(value),
+        _ => true,
+    }
+}
 
 /// The headers of a Kafka record, as `(name, value)` pairs in a fixed order.
 pub fn encode(
@@ -54,7 +66,9 @@ pub fn encode(
     }
     for (name, key) in METADATA_HEADERS {
         if let Some(v) = event.metadata.get(key).and_then(Value::as_str) {
-            h.push((name, v.to_owned()));
+            if fits_header(key, v) {
+                h.push((name, v.to_owned()));
+            }
         }
     }
     h
@@ -166,9 +180,37 @@ mod tests {
             back.metadata,
             json!({"correlation_id": "c", "causation_id": "k"})
         );
+        let traced = json!({
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tracestate": "k=v",
+        });
+        event.metadata = traced.clone();
+        let encoded: HashMap<String, String> = encode(&event, CONTENT_AVRO, None)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(decode(&encoded).unwrap().metadata, traced);
         assert_eq!(
             (back.id, back.version, back.schema_version, back.created_at),
             (event.id, event.version, Some(2), event.created_at)
         );
+    }
+
+    #[test]
+    fn trace_context_that_is_not_valid_w3c_never_becomes_a_header() {
+        let mut event = decode(&headers()).unwrap();
+        // As a row stored before metadata was checked could hold it.
+        event.metadata = json!({
+            "traceparent": "00-xyz-01\r\nkeel-event-id: forged",
+            "tracestate": "x".repeat(600),
+            "correlation_id": "c",
+        });
+        let names: Vec<&str> = encode(&event, CONTENT_AVRO, None)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(!names.contains(&"traceparent"), "{names:?}");
+        assert!(!names.contains(&"tracestate"), "{names:?}");
+        assert!(names.contains(&"keel-correlation-id"));
     }
 }

@@ -15,7 +15,14 @@
 //! | `keel-created-at` | commit-side timestamp, RFC 3339 |
 //! | `keel-content-type` | `application/vnd.confluent.avro` or `application/json` |
 //! | `keel-correlation-id`, `keel-causation-id` | from the event's metadata, when present |
-//! | `traceparent` | W3C trace context, from the event's metadata, when present |
+//! | `traceparent`, `tracestate` | W3C trace context, from the event's metadata, when present and valid |
+//!
+//! The trace context headers carry the event's *creation* context unchanged: the one stored in
+//! its metadata, which is the append request's span when keel exports traces (or the client's
+//! own, when it set `metadata.traceparent`). The relay's `publish <topic>` span and every
+//! consumer's `process <topic>` span are both children of it, so they land in the append's
+//! trace without the headers depending on which relay attempt delivered the record (the
+//! OpenTelemetry messaging conventions' creation context; a redelivery carries the same headers).
 
 pub mod frame;
 pub mod header;

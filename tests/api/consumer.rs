@@ -24,7 +24,8 @@ pub struct ConsumerProcess {
 }
 
 impl ConsumerProcess {
-    pub fn start(app: &TestApp, broker: &Server, group: &str, name: &str, extra: &[&str]) -> Self {
+    /// The example's binary, which `cargo test` builds.
+    pub fn binary() -> PathBuf {
         let exe = std::env::current_exe().expect("test binary path");
         let bin: PathBuf = exe
             .parent()
@@ -36,7 +37,11 @@ impl ConsumerProcess {
             "{} is missing: cargo test builds it",
             bin.display()
         );
-        let child = Command::new(bin)
+        bin
+    }
+
+    pub fn start(app: &TestApp, broker: &Server, group: &str, name: &str, extra: &[&str]) -> Self {
+        let child = Command::new(Self::binary())
             .args(["--database-url", &app.config.database_url])
             .args(["--brokers", &broker.brokers()])
             .args(["--group", group, "--topic", TOPIC, "--name", name])

@@ -32,4 +32,5 @@ mod schemas;
 mod secrets;
 mod tls;
 mod tls_support;
+mod tracing;
 mod unvalidated;

@@ -1,8 +1,11 @@
 //! The append benchmark: closed-loop producers, each owning its aggregates and sending the version
 //! it expects, against (a) keel's HTTP API with an API key, (b) the same with authentication
 //! off, (c) also without payload validation, and (d) the same transaction in raw SQL through sqlx.
-//! Both use durable commits (`synchronous_commit` as the server has it, normally `on`).
+//! Both use durable commits (`synchronous_commit` as the server has it, normally `on`). And (a)
+//! again with trace export on, every trace sampled, each request carrying a client
+//! `traceparent` (see [`super::traces`]).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,7 @@ use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use super::stats::{self, Sample};
-use super::AppendArgs;
+use super::{AppendArgs, Export};
 use crate::app::Application;
 use crate::config::Config;
 
@@ -25,6 +28,8 @@ enum Target {
         base: String,
         /// The API key sent as a bearer token, when the instance asks for one.
         key: Option<String>,
+        /// Send a new trace's `traceparent` with each request, as a traced client does.
+        traced: bool,
     },
     Sql {
         pool: PgPool,
@@ -34,7 +39,9 @@ enum Target {
 const AGGREGATE_TYPE: &str = "bench";
 const EVENT_TYPE: &str = "state_change";
 
-pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
+pub async fn run(config: &Config, args: AppendArgs, export: Option<Export>) -> anyhow::Result<()> {
+    // Off until the traced run.
+    crate::telemetry::pause(true);
     let url = fresh_database(config, args.database_url.as_deref(), "keel_bench").await?;
     let max_producers = args.producers.iter().copied().max().unwrap_or(1);
     let mut app_config = config.clone();
@@ -92,18 +99,27 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
         .build()?;
     let http = Arc::new(Target::Http {
         client: client.clone(),
+        base: base.clone(),
+        key: Some(key.expose_secret()),
+        traced: false,
+    });
+    let http_traced = Arc::new(Target::Http {
+        client: client.clone(),
         base,
         key: Some(key.expose_secret()),
+        traced: true,
     });
     let http_open = Arc::new(Target::Http {
         client: client.clone(),
         base: open_base,
         key: None,
+        traced: false,
     });
     let http_unvalidated = Arc::new(Target::Http {
         client,
         base: unvalidated_base,
         key: None,
+        traced: false,
     });
     let sql = Arc::new(Target::Sql { pool });
     let payload = Arc::new(json!({
@@ -113,14 +129,30 @@ pub async fn run(config: &Config, args: AppendArgs) -> anyhow::Result<()> {
     for &batch in &args.batch {
         for &producers in &args.producers {
             let keel = measure(&http, producers, batch, &args, &payload).await?;
+            crate::telemetry::pause(false);
+            let traced = measure(&http_traced, producers, batch, &args, &payload).await;
+            crate::telemetry::pause(true);
+            let traced = traced?;
             let open = measure(&http_open, producers, batch, &args, &payload).await?;
             let unvalidated = measure(&http_unvalidated, producers, batch, &args, &payload).await?;
             let raw = measure(&sql, producers, batch, &args, &payload).await?;
-            println!(
-                "{}",
-                stats::row(producers, batch, &keel, &open, &unvalidated, &raw)
-            );
+            let row = stats::Row {
+                keel,
+                traced,
+                open,
+                unvalidated,
+                raw,
+            };
+            println!("{}", row.show(producers, batch));
         }
+    }
+    match export.and_then(|e| e.received) {
+        Some(received) => println!(
+            "\ntraced runs: {} OTLP exports ({} bytes) reached the bench's receiver",
+            received.requests.load(Ordering::Relaxed),
+            received.bytes.load(Ordering::Relaxed)
+        ),
+        None => println!("\ntraced runs exported to --otlp-endpoint"),
     }
     Ok(())
 }
@@ -186,7 +218,12 @@ impl Target {
         payload: &Value,
     ) -> anyhow::Result<i32> {
         match self {
-            Target::Http { client, base, key } => {
+            Target::Http {
+                client,
+                base,
+                key,
+                traced,
+            } => {
                 let expected = if version == 0 {
                     json!("no_stream")
                 } else {
@@ -202,6 +239,9 @@ impl Target {
                     .json(&json!({"expected_version": expected, "events": events}));
                 if let Some(key) = key {
                     request = request.bearer_auth(key);
+                }
+                if *traced {
+                    request = request.header("traceparent", super::traces::client_traceparent());
                 }
                 let response = request.send().await?;
                 let status = response.status();

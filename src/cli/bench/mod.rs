@@ -9,10 +9,13 @@ mod limits;
 mod projection;
 mod relay;
 mod stats;
+mod traces;
 
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
+
+pub use traces::Export;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -112,11 +115,25 @@ pub struct AppendArgs {
     /// configured server.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// The "traced" run exports every trace (100 % sampling) to this OTLP/HTTP collector
+    /// (`http://host:4318`) instead of to a receiver in the bench that discards them. The
+    /// config's and the `OTEL_*` endpoint are not used by the bench.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
-pub async fn run(config: &Config, command: Command) -> anyhow::Result<()> {
+/// The trace export a bench command needs installed before it starts (only `append` has a
+/// traced run).
+pub async fn trace_export(command: &Command) -> anyhow::Result<Option<Export>> {
     match command {
-        Command::Append(args) => append::run(config, args).await,
+        Command::Append(args) => Ok(Some(traces::export(args.otlp_endpoint.as_deref()).await?)),
+        _ => Ok(None),
+    }
+}
+
+pub async fn run(config: &Config, command: Command, export: Option<Export>) -> anyhow::Result<()> {
+    match command {
+        Command::Append(args) => append::run(config, args, export).await,
         Command::Relay(args) => relay::run(config, args).await,
         Command::Projection(args) => projection::run(config, args).await,
         Command::Limits(args) => limits::run(config, args).await,

@@ -35,52 +35,72 @@ impl Sample {
     }
 }
 
-/// Columns: keel (validating payloads), keel without validation, the raw baseline, keel/raw, the
-/// throughput kept with validation on (validated/unvalidated), then latencies.
+/// Columns: keel (validating payloads), keel with trace export on, keel without
+/// authentication, also without validation, the raw baseline; keel/raw, then the prices of
+/// tracing (traced/keel), authentication (keel/no-auth) and validation (no-auth/no-val); then
+/// latencies.
 pub fn header() -> String {
     format!(
-        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9}   {:<22} {:<22} {:<22} {:<22}",
+        "{:<9} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9}   {:<22} {:<22} {:<22} {:<22} {:<22}",
         "producers",
         "batch",
         "keel ev/s",
+        "traced",
         "no-auth",
         "no-val",
         "raw ev/s",
         "keel/raw",
+        "trace/off",
         "auth/off",
         "val cost",
         "keel p50/p99/p999 ms",
+        "traced p50/p99/p999",
         "no-auth p50/p99/p999",
         "no-val p50/p99/p999",
         "raw p50/p99/p999 ms"
     )
 }
 
-/// One result line. `keel` authenticates with an API key; `open` is the same with authentication
-/// off; `unvalidated` also skips payload validation. `auth/off` is keel's rate over `open`'s (the
-/// price of authentication), `val cost` is `open`'s over `unvalidated`'s.
-pub fn row(
-    producers: usize,
-    batch: usize,
-    keel: &Sample,
-    open: &Sample,
-    unvalidated: &Sample,
-    raw: &Sample,
-) -> String {
-    format!(
-        "{:<9} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2} {:>9.2}   {:<22} {:<22} {:<22} {:<22}",
-        producers,
-        batch,
-        keel.events_per_sec(),
-        open.events_per_sec(),
-        unvalidated.events_per_sec(),
-        raw.events_per_sec(),
-        keel.events_per_sec() / raw.events_per_sec(),
-        keel.events_per_sec() / open.events_per_sec(),
-        open.events_per_sec() / unvalidated.events_per_sec(),
-        keel.percentiles(),
-        open.percentiles(),
-        unvalidated.percentiles(),
-        raw.percentiles()
-    )
+/// One result line. `keel` authenticates with an API key; `traced` is the same keel with trace
+/// export on (every trace sampled); `open` is keel with authentication off; `unvalidated` also
+/// skips payload validation.
+pub struct Row {
+    pub keel: Sample,
+    pub traced: Sample,
+    pub open: Sample,
+    pub unvalidated: Sample,
+    pub raw: Sample,
+}
+
+impl Row {
+    /// `trace/off` is the traced rate over keel's (the price of tracing), `auth/off` keel's over
+    /// `open`'s (the price of authentication), `val cost` `open`'s over `unvalidated`'s.
+    pub fn show(&self, producers: usize, batch: usize) -> String {
+        let Row {
+            keel,
+            traced,
+            open,
+            unvalidated,
+            raw,
+        } = self;
+        format!(
+            "{:<9} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2} {:>9.2} {:>9.2}   {:<22} {:<22} {:<22} {:<22} {:<22}",
+            producers,
+            batch,
+            keel.events_per_sec(),
+            traced.events_per_sec(),
+            open.events_per_sec(),
+            unvalidated.events_per_sec(),
+            raw.events_per_sec(),
+            keel.events_per_sec() / raw.events_per_sec(),
+            traced.events_per_sec() / keel.events_per_sec(),
+            keel.events_per_sec() / open.events_per_sec(),
+            open.events_per_sec() / unvalidated.events_per_sec(),
+            keel.percentiles(),
+            traced.percentiles(),
+            open.percentiles(),
+            unvalidated.percentiles(),
+            raw.percentiles()
+        )
+    }
 }

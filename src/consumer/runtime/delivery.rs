@@ -10,6 +10,8 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::group::Shared;
 use super::partition::PartitionState;
 use super::rebalance::Gate;
@@ -18,6 +20,7 @@ use crate::consumer::dlq::{self, ParkReason};
 use crate::consumer::record::Record;
 use crate::model::{ParkState, RecordedEvent};
 use crate::retry::RetryPolicy;
+use crate::telemetry::messaging;
 
 /// What became of a record handed to the handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +51,40 @@ impl Failure {
     }
 }
 
-/// Hands `event` to the handler, retrying retriable errors, and gives the event back.
+/// Hands `event` to the handler, retrying retriable errors, and gives the event back. With
+/// trace export on, all of it is one `process <topic>` span (kind consumer), a child of the
+/// record's `traceparent` header, or a new trace's root without one.
 pub(super) async fn deliver<H: Handler>(
+    shared: &Shared<H>,
+    record: &Record,
+    event: RecordedEvent,
+    redelivery: bool,
+    gate: &Gate,
+) -> (Fate, RecordedEvent) {
+    let span = messaging::process(
+        messaging::Received {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            key: &record.key,
+            headers: &record.headers,
+            group: &shared.subscription.group,
+        },
+        messaging::Untraced::Root,
+    );
+    let (fate, event) = attempts(shared, record, event, redelivery, gate)
+        .instrument(span.clone())
+        .await;
+    match &fate {
+        Fate::Handled => {}
+        Fate::Park(failure) => messaging::failed(&span, failure.reason.as_str()),
+        Fate::Abandoned => messaging::failed(&span, "abandoned"),
+    }
+    (fate, event)
+}
+
+/// [`deliver`]'s tries of the handler.
+async fn attempts<H: Handler>(
     shared: &Shared<H>,
     record: &Record,
     event: RecordedEvent,
@@ -149,7 +184,10 @@ pub(super) async fn park<H: Handler>(
 
 /// Redelivers the partition's rows marked `retry`, each key's in offset order, stopping a key at
 /// its first row that fails again; then refreshes which keys are blocked.
-#[tracing::instrument(skip_all, fields(
+///
+/// A debug span: it runs every second per partition, mostly finding nothing, and an info span
+/// would be an exported trace each time (each redelivered record has its own process span).
+#[tracing::instrument(level = "debug", skip_all, fields(
     messaging.system = "kafka",
     messaging.consumer.group.name = %shared.subscription.group,
     messaging.destination.name = topic,

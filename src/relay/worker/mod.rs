@@ -175,7 +175,11 @@ impl SinkLoop {
     /// stored cursors), send it, then settle the batch before it while this one is on its way.
     /// A failure anywhere drops what is in flight; its rows are read again from the stored
     /// cursors, after the failed row.
-    #[tracing::instrument(skip_all, fields(
+    ///
+    /// A debug span (as are the steps of every round, idle or not): a relay polls several times
+    /// a second even when idle, and an info span per round would be an exported trace per poll
+    /// (the events' own publish spans carry their trace).
+    #[tracing::instrument(level = "debug", skip_all, fields(
         keel.sink = %self.kind(),
         keel.relay.partitions = ?parts,
         keel.relay.redrive = redrive,
@@ -260,7 +264,7 @@ impl SinkLoop {
     /// Waits for a batch's outcomes and commits how far each partition's cursor moves. Returns
     /// whether the pipeline must start again from the stored cursors (a row failed, or a lease
     /// was lost).
-    #[tracing::instrument(skip_all, fields(
+    #[tracing::instrument(level = "debug", skip_all, fields(
         keel.sink = %self.kind(),
         messaging.batch.message_count = batch.rows.len(),
     ))]
