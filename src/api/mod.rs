@@ -192,7 +192,7 @@ pub fn router(state: AppState) -> Router {
         // Before everything that looks at a credential (authentication goes inside this).
         .layer(middleware::from_fn_with_state(rate, rate::guard_peers))
         .layer(
-            TraceLayer::new_for_http()
+            TraceLayer::new(trace::Classify)
                 .make_span_with(trace::request_span)
                 .on_response(trace::RecordStatus),
         )

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos, ServerErrorsAsFailures,
+    ServerErrorsFailureClass,
+};
 use tower_http::trace::{DefaultOnResponse, OnResponse};
 use tracing::field::Empty;
 use tracing::Span;
@@ -68,5 +72,48 @@ impl<B> OnResponse<B> for RecordStatus {
         if status.is_server_error() {
             span.record("otel.status_code", "error");
         }
+    }
+}
+
+/// Which responses the trace layer logs as failures: 5xx, as `tower-http` does, except on the
+/// health probes, where a 503 is the answer ("unhealthy"), not a failure: a probe polled every few
+/// seconds would otherwise log an error line each time while the pipeline is unhealthy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Classify;
+
+/// See [`Classify`].
+#[derive(Debug, Clone, Copy)]
+pub struct Classifier {
+    probe: bool,
+}
+
+impl MakeClassifier for Classify {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+    type Classifier = Classifier;
+
+    fn make_classifier<B>(&self, request: &axum::http::Request<B>) -> Classifier {
+        Classifier {
+            probe: request.uri().path().starts_with("/v1/health/"),
+        }
+    }
+}
+
+impl ClassifyResponse for Classifier {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(
+        self,
+        response: &axum::http::Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if self.probe {
+            return ClassifiedResponse::Ready(Ok(()));
+        }
+        ServerErrorsAsFailures::new().classify_response(response)
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        ServerErrorsAsFailures::new().classify_error(error)
     }
 }
