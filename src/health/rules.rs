@@ -156,6 +156,11 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
         }
         _ => {}
     }
+    // A rebuild pauses the live runner while it swaps in its result, and applies what waits:
+    // standing still then is the rebuild's doing. A runner that stopped beating is still dead.
+    if f.rebuilding {
+        return (Status::Degraded, "rebuilding".into());
+    }
     if stuck {
         return (
             Status::Unhealthy,
@@ -164,9 +169,6 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
                 secs(f.progress.still_for)
             ),
         );
-    }
-    if f.rebuilding {
-        return (Status::Degraded, "rebuilding".into());
     }
     if f.parked > 0 {
         return (
@@ -333,6 +335,16 @@ mod tests {
         let mut f = facts(Some(Duration::from_secs(1)), s, p);
         f.rebuilding = true;
         assert_eq!(judge(STALL, &f), (Status::Degraded, "rebuilding".into()));
+        // Paused by the rebuild's swap with records waiting: still only degraded.
+        let mut t = Tracker::new(t0);
+        t.observe(sample(t0, 10, 5));
+        let still = sample(t0 + STALL, 10, 5);
+        f.sample = still;
+        f.progress = t.observe(still);
+        assert_eq!(judge(STALL, &f).0, Status::Degraded);
+        // Dead is dead, rebuild or not.
+        f.heartbeat = Some((STALL, "host:1"));
+        assert_eq!(judge(STALL, &f).0, Status::Unhealthy);
         f.rebuilding = false;
         f.parked = 2;
         assert_eq!(judge(STALL, &f).0, Status::Degraded);

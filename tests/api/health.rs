@@ -451,6 +451,8 @@ async fn a_projection_rebuild_is_degraded_never_unhealthy() {
         (status, reply.text().await.unwrap_or_default())
     });
     let mut seen = Vec::new();
+    // Under a loaded machine a rebuild runs slower than the threshold's worth of samples: keep
+    // watching while it runs.
     while !rebuild.is_finished() {
         let (_, body) = pipeline(&app).await;
         let c = body["components"][name].clone();
