@@ -345,7 +345,7 @@ mod tests {
         // Dead is dead, rebuild or not.
         f.heartbeat = Some((STALL, "host:1"));
         assert_eq!(judge(STALL, &f).0, Status::Unhealthy);
-        f.rebuilding = false;
+        let mut f = facts(Some(Duration::from_secs(1)), s, p);
         f.parked = 2;
         assert_eq!(judge(STALL, &f).0, Status::Degraded);
     }
