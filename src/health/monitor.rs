@@ -117,6 +117,8 @@ struct RelayRow {
     position: i64,
     furthest: i64,
     waiting: i64,
+    /// Some partition had more rows than [`COUNT_CAP`]: `waiting` is a lower bound.
+    capped: bool,
     oldest: Option<f64>,
 }
 
@@ -135,8 +137,10 @@ struct Db {
     registry_subjects: i64,
 }
 
-/// How many outbox rows per partition the monitor counts; beyond it, "at least" this many.
-const COUNT_CAP: i64 = 10_000;
+/// How many outbox rows per partition the monitor counts (an index range scan each): enough to
+/// say "work waits" and roughly how much, cheap however large a backlog grows. Beyond it the
+/// reason says "at least".
+pub(super) const COUNT_CAP: i64 = 100;
 
 async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     let mut c = pool.acquire().await?;
@@ -153,7 +157,7 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     .await?;
     let relay = sqlx::query_as(
         "SELECT c.sink, sum(c.position)::bigint AS position, max(c.position) AS furthest,
-                sum(b.n)::bigint AS waiting,
+                sum(b.n)::bigint AS waiting, bool_or(b.n >= $1) AS capped,
                 extract(epoch FROM now() - min(b.oldest))::float8 AS oldest
            FROM relay_progress c
           CROSS JOIN LATERAL (
@@ -358,6 +362,7 @@ impl Sampler {
             let (position, waiting, oldest) = row
                 .map(|r| (r.position, r.waiting, r.oldest.map(Duration::from_secs_f64)))
                 .unwrap_or((0, 0, None));
+            let capped = row.is_some_and(|r| r.capped);
             if let Some(r) = row {
                 ::metrics::gauge!(metrics::RELAY_POSITION, "sink" => sink).set(r.furthest as f64);
             }
@@ -372,6 +377,13 @@ impl Sampler {
             let parked = db.parked.get(sink).copied().unwrap_or(0);
             let (status, mut reason) =
                 self.follow(&name, "relay", stages.get(&name), sample, false, parked);
+            if capped {
+                // The count stopped at COUNT_CAP per partition: say it is a lower bound.
+                for said in [" waiting", " have waited"] {
+                    let n = format!("{waiting}{said}");
+                    reason = reason.replace(&n, &format!("at least {n}"));
+                }
+            }
             if status == Status::Unhealthy && db.horizon_age >= self.stall_after.as_secs_f64() {
                 reason.push_str(&format!(
                     "; a write transaction open for {:.0} s holds the log back",
