@@ -245,9 +245,10 @@ impl Sampler {
             .kafka
             .enabled
             .then(|| KafkaView::new(&config.kafka_brokers, &relay.kafka.properties, timeout));
+        // The sink's own client, so that `relay.redis.tls_ca_file` holds here too.
         let redis = match relay.redis.enabled {
-            true => redis::Client::open(config.redis_url.as_str())
-                .map_err(|e| tracing::warn!(error = %e, "the health monitor cannot use redis_url"))
+            true => crate::relay::redis::client(&config.redis_url, &relay.redis)
+                .map_err(|e| tracing::warn!(error = %format!("{e:#}"), "the health monitor cannot use redis_url"))
                 .ok(),
             false => None,
         };

@@ -105,7 +105,10 @@ pub async fn start(
             .context("cannot start the redis sink over tls")?;
         sinks.push(Arc::new(Sink::Redis(r)));
     }
-    let name = relay.name.clone().unwrap_or_else(default_name);
+    let name = relay
+        .name
+        .clone()
+        .unwrap_or_else(crate::heartbeat::process_name);
     let leases = Arc::new(Leases::new(
         pool.clone(),
         name.clone(),
@@ -191,13 +194,6 @@ async fn relay_pool(pool: &PgPool, relay: &crate::config::RelayConfig) -> anyhow
         .connect_with(options)
         .await
         .context("the relay cannot connect to the database")
-}
-
-fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "relay".into());
-    format!("{host}:{}", std::process::id())
 }
 
 /// Wakes the sink loops on `NOTIFY keel_relay` (sent by `keel serve` after commits, and by
