@@ -374,17 +374,11 @@ impl Sampler {
                 position,
                 waiting,
                 oldest_waiting: Some(oldest.unwrap_or_default()),
+                waiting_capped: capped,
             };
             let parked = db.parked.get(sink).copied().unwrap_or(0);
             let (status, mut reason) =
                 self.follow(&name, "relay", stages.get(&name), sample, false, parked);
-            if capped {
-                // The count stopped at COUNT_CAP per partition: say it is a lower bound.
-                for said in [" waiting", " have waited"] {
-                    let n = format!("{waiting}{said}");
-                    reason = reason.replace(&n, &format!("at least {n}"));
-                }
-            }
             if status == Status::Unhealthy && db.horizon_age >= self.stall_after.as_secs_f64() {
                 reason.push_str(&format!(
                     "; a write transaction open for {:.0} s holds the log back",
@@ -435,6 +429,7 @@ impl Sampler {
                 position,
                 waiting,
                 oldest_waiting: None,
+                waiting_capped: false,
             };
             let rebuilding = db.rebuilding.contains(p);
             let verdict = self.follow(&name, "runner", stages.get(&name), sample, rebuilding, 0);
@@ -468,6 +463,7 @@ impl Sampler {
                 position,
                 waiting,
                 oldest_waiting: None,
+                waiting_capped: false,
             };
             let verdict = self.follow(&name, "member", Some(rows), sample, false, 0);
             found.insert(name, verdict);
@@ -501,6 +497,7 @@ impl Sampler {
                     position: seen_seq,
                     waiting: behind,
                     oldest_waiting: None,
+                    waiting_capped: false,
                 });
             let last = match canary.age(which) {
                 Some(age) => format!("the newest seen was written {:.1} s ago", age.as_secs_f64()),

@@ -35,6 +35,8 @@ pub struct Sample {
     /// How long the oldest waiting item has waited, where the upstream knows (the outbox does);
     /// then `position` need only move when the stage does.
     pub oldest_waiting: Option<Duration>,
+    /// `waiting` was counted only up to a cap (the outbox's): it is a lower bound.
+    pub waiting_capped: bool,
 }
 
 /// How long a stage has been without progress, as of the last sample.
@@ -130,6 +132,10 @@ pub struct Facts<'a> {
 pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
     let secs = |d: Duration| format!("{:.0} s", d.as_secs_f64());
     let waiting = f.sample.waiting;
+    let many = match f.sample.waiting_capped {
+        true => format!("at least {waiting}"),
+        false => waiting.to_string(),
+    };
     let stuck = waiting > 0
         && f.progress.still_for >= stall_after
         && f.sample.oldest_waiting.is_none_or(|age| age >= stall_after);
@@ -138,7 +144,7 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
             return (
                 Status::Unhealthy,
                 format!(
-                    "no {} has reported for {} (last: {process}); {waiting} waiting",
+                    "no {} has reported for {} (last: {process}); {many} waiting",
                     f.runner,
                     secs(age)
                 ),
@@ -148,7 +154,7 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
             return (
                 Status::Unhealthy,
                 format!(
-                    "no {} is running and {waiting} have waited for {}",
+                    "no {} is running and {many} have waited for {}",
                     f.runner,
                     secs(f.progress.still_for)
                 ),
@@ -165,7 +171,7 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
         return (
             Status::Unhealthy,
             format!(
-                "stalled: {waiting} waiting and its position has not moved for {}",
+                "stalled: {many} waiting and its position has not moved for {}",
                 secs(f.progress.still_for)
             ),
         );
@@ -183,7 +189,7 @@ pub fn judge(stall_after: Duration, f: &Facts<'_>) -> (Status, String) {
         return (
             Status::Degraded,
             format!(
-                "catching up: {waiting} waiting, {} behind",
+                "catching up: {many} waiting, {} behind",
                 secs(f.progress.behind_for)
             ),
         );
@@ -224,6 +230,7 @@ mod tests {
             position,
             waiting,
             oldest_waiting: None,
+            waiting_capped: false,
         }
     }
 
@@ -305,6 +312,19 @@ mod tests {
             judge(STALL, &facts(Some(Duration::from_secs(1)), s, p)).0,
             Status::Unhealthy
         );
+    }
+
+    #[test]
+    fn a_capped_count_is_reported_as_a_lower_bound() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(t0);
+        t.observe(sample(t0, 10, 1600));
+        let mut s = sample(t0 + STALL, 10, 1600);
+        s.waiting_capped = true;
+        let p = t.observe(s);
+        let (status, reason) = judge(STALL, &facts(Some(Duration::from_secs(1)), s, p));
+        assert_eq!(status, Status::Unhealthy);
+        assert!(reason.contains("at least 1600 waiting"), "{reason}");
     }
 
     #[test]
