@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::consumer::ConsumerProcess;
-use crate::helpers::{agent_state_changed, spawn_app_with, within, TestApp};
+use crate::helpers::{agent_state_changed, eventually, spawn_app_with, within, TestApp};
 use crate::relay_support::{
     append_concurrently, fast_relay, spawn_kafka_relayed_app, Broker, RedisServer, RelayProcess,
     Server,
@@ -546,4 +546,69 @@ async fn an_idle_pipeline_with_the_canary_on_stays_healthy_for_minutes() {
         .as_str()
         .unwrap();
     assert!(reason.contains("written"), "{reason}");
+}
+
+/// The stage's row age, as the monitor reads it.
+async fn beat_age(app: &TestApp, component: &str) -> Option<f64> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - beat_at)::float8 FROM pipeline_stages WHERE component = $1",
+    )
+    .bind(component)
+    .fetch_optional(app.store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beat_shows_its_oldest_lane_counts_busy_as_alive_and_is_gone_when_dropped() {
+    use keel::heartbeat::Beat;
+    let app = spawn_app_with(|_| {}).await;
+    let every = Duration::from_millis(100);
+    let beat = Beat::start(
+        app.store.pool().clone(),
+        "group.beat-test",
+        "here:1",
+        json!({"topics": ["t"]}),
+        every,
+    );
+    let (fast, slow) = (beat.lane(), beat.lane());
+    let process: String = eventually(Duration::from_secs(10), "the stage row", || async {
+        sqlx::query_scalar("SELECT process FROM pipeline_stages WHERE component = 'group.beat-test' AND detail = '{\"topics\": [\"t\"]}'")
+            .fetch_optional(app.store.pool())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(process, "here:1");
+
+    // One lane keeps turning, the other is stuck: the row shows the stuck one.
+    for _ in 0..15 {
+        fast.tick();
+        tokio::time::sleep(every).await;
+    }
+    let age = beat_age(&app, "group.beat-test").await.unwrap();
+    assert!(age >= 1.0, "a stuck lane was hidden by a live one: {age} s");
+    assert!(beat.age() >= Duration::from_secs(1));
+
+    // Busy (waiting on one long piece of work) counts as alive.
+    let busy = slow.busy();
+    tokio::time::sleep(4 * every).await;
+    fast.tick();
+    tokio::time::sleep(3 * every).await;
+    let age = beat_age(&app, "group.beat-test").await.unwrap();
+    assert!(age < 0.6, "a busy lane read as stuck: {age} s");
+    drop(busy);
+    assert!(beat.age() < Duration::from_millis(500));
+
+    // A clean stop leaves nothing behind, even with lanes still held.
+    drop(beat);
+    let gone = within(Duration::from_secs(10), || async {
+        beat_age(&app, "group.beat-test")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the row outlived its beat");
+    drop((fast, slow));
 }
