@@ -66,11 +66,7 @@ impl ConsumerProcess {
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
     pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("a running consumer");
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(sent, "cannot send SIG{signal} to the consumer");
+        crate::helpers::signal(child, signal, "the consumer");
     }
 
     /// `kill -9`.

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::consumer::ConsumerProcess;
-use crate::helpers::{agent_state_changed, eventually, spawn_app_with, within, TestApp};
+use crate::helpers::{
+    agent_state_changed, eventually, spawn_app_with, within, ServeProcess, TestApp,
+};
 use crate::relay_support::{
     append_concurrently, fast_relay, spawn_kafka_relayed_app, Broker, RedisServer, RelayProcess,
     Server,
@@ -139,7 +141,7 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     })
     .await;
     let relay = RelayProcess::start(&app.config, "relay-under-test");
-    let observer = Observer::start(&app).await;
+    let observer = observer(&app).await;
     let load = Load::start(&app);
     let sinks = ["relay.kafka", "relay.redis", "kafka", "redis", "database"];
     all_ok(&app, &sinks, Duration::from_secs(60)).await;
@@ -165,7 +167,7 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     relay.signal("STOP");
     let (took, body) = until_unhealthy(&app, "relay.kafka").await;
     // A second process sees it too: the verdict comes from PostgreSQL, not from memory.
-    let (code, theirs) = observer.pipeline().await;
+    let (code, theirs) = pipeline_of(&observer).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{theirs}");
     assert_eq!(status_of(&theirs, "relay.kafka"), "unhealthy", "{theirs}");
     assert!(
@@ -181,7 +183,7 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     assert!(body["components"]["relay.kafka"]["since"].is_string());
     // The readings behind the verdict are metrics too. Read off a `keel serve` process of its
     // own: in this test process every app's monitor writes the one global recorder.
-    let metrics = observer.metrics(&app).await;
+    let metrics = metrics_of(&observer, &app).await;
     let reading = |name: &str| -> f64 {
         metrics
             .lines()
@@ -221,82 +223,44 @@ async fn a_frozen_relay_turns_the_pipeline_unhealthy_within_twice_the_threshold_
     assert!(load.stop().await > 0);
 }
 
-/// A `keel serve` process of its own on the app's database and services, killed on drop.
-struct Observer {
-    child: Child,
-    url: String,
+/// A `keel serve` of its own watching the app's database and services: what a second process
+/// sees, and metrics that no other app in this test process writes into.
+async fn observer(app: &TestApp) -> ServeProcess {
+    let c = &app.config;
+    let env = [
+        ("KEEL_KAFKA_BROKERS", c.kafka_brokers.clone()),
+        ("KEEL_REDIS_URL", c.redis_url.clone()),
+        ("KEEL_OBSERVABILITY__STALL_AFTER_MS", STALL_MS.to_string()),
+    ];
+    ServeProcess::start(app, &env).await
 }
 
-impl Observer {
-    async fn start(app: &TestApp) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let c = &app.config;
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .arg("serve")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env_remove("KEEL_CONFIG")
-            .env("KEEL_DATABASE_URL", &c.database_url)
-            .env("KEEL_KAFKA_BROKERS", &c.kafka_brokers)
-            .env("KEEL_REDIS_URL", &c.redis_url)
-            .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KEEL_AUTH__KEY_SECRET", crate::helpers::TEST_KEY_SECRET)
-            .env("KEEL_OBSERVABILITY__STALL_AFTER_MS", STALL_MS.to_string())
-            .env("KEEL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start keel serve");
-        let url = format!("http://127.0.0.1:{port}");
-        let observer = Self { child, url };
-        let ready = format!("{}/v1/health/ready", observer.url);
-        within(Duration::from_secs(30), || async {
-            let reply = reqwest::get(&ready).await.ok()?;
-            (reply.status() == StatusCode::OK).then_some(())
-        })
+async fn pipeline_of(server: &ServeProcess) -> (StatusCode, Value) {
+    let reply = reqwest::get(format!("{}/v1/health/pipeline", server.url))
         .await
-        .expect("keel serve to be ready");
-        observer
-    }
-
-    async fn pipeline(&self) -> (StatusCode, Value) {
-        let reply = reqwest::get(format!("{}/v1/health/pipeline", self.url))
-            .await
-            .unwrap();
-        (reply.status(), reply.json().await.unwrap())
-    }
-
-    async fn metrics(&self, app: &TestApp) -> String {
-        let reply = crate::helpers::client_with_key(&app.admin_key)
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), StatusCode::OK);
-        reply.text().await.unwrap()
-    }
+        .unwrap();
+    (reply.status(), reply.json().await.unwrap())
 }
 
-impl Observer {
-    /// Waits until a line of its `/metrics` starts with `series` (the monitor exports what it
-    /// has sampled, a sample after the stage appeared).
-    async fn metric_shows(&self, app: &TestApp, series: &str) {
-        let found = within(Duration::from_secs(30), || async {
-            let text = self.metrics(app).await;
-            text.lines().any(|l| l.starts_with(series)).then_some(())
-        })
-        .await;
-        assert!(found.is_some(), "no {series} on the observer's /metrics");
-    }
+async fn metrics_of(server: &ServeProcess, app: &TestApp) -> String {
+    let reply = crate::helpers::client_with_key(&app.admin_key)
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    reply.text().await.unwrap()
 }
 
-impl Drop for Observer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until a line of `server`'s `/metrics` starts with `series` (the monitor exports what it
+/// has sampled, a sample after the stage appeared).
+async fn metric_shows(server: &ServeProcess, app: &TestApp, series: &str) {
+    let found = within(Duration::from_secs(30), || async {
+        let text = metrics_of(server, app).await;
+        text.lines().any(|l| l.starts_with(series)).then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "no {series} on the observer's /metrics");
 }
 
 /// A `keel project` process with the app's settings, killed on drop.
@@ -331,11 +295,7 @@ impl Projector {
     }
 
     fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(sent, "cannot send SIG{signal} to keel project");
+        crate::helpers::signal(&self.child, signal, "keel project");
     }
 }
 
@@ -357,7 +317,7 @@ async fn a_frozen_projection_runner_turns_the_pipeline_unhealthy_and_recovers_on
     })
     .await;
     let projector = Projector::start(&app);
-    let observer = Observer::start(&app).await;
+    let observer = observer(&app).await;
     let load = Load::start(&app);
     let name = "projection.agent_status";
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(90)).await;
@@ -375,18 +335,18 @@ async fn a_frozen_projection_runner_turns_the_pipeline_unhealthy_and_recovers_on
     load.stop().await;
     // The pipeline's lag figures are exported for the group the runners share (read off a
     // process of its own: every app in this test process shares one recorder).
-    observer
-        .metric_shows(
-            &app,
-            "keel_consumer_lag_messages{group=\"keel-projection-agent_status\"",
-        )
-        .await;
-    observer
-        .metric_shows(
-            &app,
-            "keel_projection_checkpoint{projection=\"agent_status\"",
-        )
-        .await;
+    metric_shows(
+        &observer,
+        &app,
+        "keel_consumer_lag_messages{group=\"keel-projection-agent_status\"",
+    )
+    .await;
+    metric_shows(
+        &observer,
+        &app,
+        "keel_projection_checkpoint{projection=\"agent_status\"",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -484,7 +444,7 @@ async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recover
     .await;
     let beat = (STALL_MS / 6).to_string();
     let member = ConsumerProcess::start(&app, &broker, "billing", "one", &["--beat-ms", &beat]);
-    let observer = Observer::start(&app).await;
+    let observer = observer(&app).await;
     let load = Load::start(&app);
     let name = "group.billing";
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(90)).await;
@@ -500,12 +460,12 @@ async fn a_frozen_consumer_group_member_turns_the_pipeline_unhealthy_and_recover
     member.signal("CONT");
     all_ok(&app, &[name, "relay.kafka"], Duration::from_secs(60)).await;
     load.stop().await;
-    observer
-        .metric_shows(
-            &app,
-            "keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\"",
-        )
-        .await;
+    metric_shows(
+        &observer,
+        &app,
+        "keel_consumer_lag_messages{group=\"billing\",topic=\"keel.agent\"",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -374,3 +374,64 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) to `child`, a `what` the test started.
+pub fn signal(child: &std::process::Child, signal: &str, what: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "cannot send SIG{signal} to {what}");
+}
+
+/// A `keel serve` process of its own on `app`'s database (same server secret, so `app`'s keys
+/// work), with `env` on top, ready when this returns; killed on drop.
+pub struct ServeProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl ServeProcess {
+    pub async fn start(app: &TestApp, env: &[(&str, String)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("KEEL_CONFIG")
+            .env("KEEL_DATABASE_URL", &app.config.database_url)
+            .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEEL_AUTH__KEY_SECRET", TEST_KEY_SECRET)
+            .env("KEEL_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start keel serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/v1/health/ready");
+        eventually(Duration::from_secs(30), "keel serve to be ready", || {
+            let ready = ready.clone();
+            async move {
+                let reply = reqwest::get(ready).await.ok()?;
+                (reply.status() == StatusCode::OK).then_some(())
+            }
+        })
+        .await;
+        Self { child, url }
+    }
+
+    /// A crash: SIGKILL, and wait for the process to be gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

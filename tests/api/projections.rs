@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, within, TestApp};
+use crate::helpers::{eventually, within, ServeProcess, TestApp};
 use crate::relay_support::{append_concurrently, spawn_kafka_relayed_app, Broker, Server};
 
 /// A `keel project` process, killed on drop.
@@ -556,68 +556,16 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     assert_eq!(transitions, 101);
 }
 
-/// A `keel serve` process on `app`'s database (same server secret, so `app`'s keys work), killed
-/// on drop.
-struct ServeProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServeProcess {
-    async fn start(app: &TestApp) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .arg("serve")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env_remove("KEEL_CONFIG")
-            .env("KEEL_DATABASE_URL", &app.config.database_url)
-            .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KEEL_AUTH__KEY_SECRET", crate::helpers::TEST_KEY_SECRET)
-            .env("KEEL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start keel serve");
-        let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/v1/health/ready");
-        eventually(Duration::from_secs(30), "keel serve to be ready", || {
-            let ready = ready.clone();
-            async move {
-                let reply = reqwest::get(ready).await.ok()?;
-                (reply.status() == StatusCode::OK).then_some(())
-            }
-        })
-        .await;
-        Self { child, url }
-    }
-
-    /// `keel replay projection agent_status ARGS` against this server, started.
-    fn rebuild(&self, app: &TestApp, args: &[&str]) -> tokio::process::Child {
-        let mut command = app.keel();
-        command
-            .args(["replay", "projection", "agent_status"])
-            .args(args)
-            .env("KEEL_URL", &self.url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        tokio::process::Command::from(command).spawn().unwrap()
-    }
-
-    /// A crash: SIGKILL, and wait for the process to be gone.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `keel replay projection agent_status ARGS` against `server`, started.
+fn rebuild(server: &ServeProcess, app: &TestApp, args: &[&str]) -> tokio::process::Child {
+    let mut command = app.keel();
+    command
+        .args(["replay", "projection", "agent_status"])
+        .args(args)
+        .env("KEEL_URL", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::process::Command::from(command).spawn().unwrap()
 }
 
 /// Events the interrupted rebuild of `agent_status` has committed so far.
@@ -643,8 +591,8 @@ async fn a_rebuild_outlives_its_cli_and_resumes_after_the_server_dies() {
     append_concurrently(&app, 100, 8, 16).await;
 
     // Ctrl-C on the CLI stops following; the rebuild (one event per page, slow) goes on.
-    let server = ServeProcess::start(&app).await;
-    let cli = server.rebuild(&app, &["--page", "1"]);
+    let server = ServeProcess::start(&app, &[]).await;
+    let cli = rebuild(&server, &app, &["--page", "1"]);
     rebuilt_past(&app, 5).await;
     Command::new("kill")
         .args(["-INT", &cli.id().unwrap().to_string()])
@@ -661,9 +609,9 @@ async fn a_rebuild_outlives_its_cli_and_resumes_after_the_server_dies() {
 
     // The server dies mid-rebuild; its CLI says the job may not have ended.
     server.kill();
-    let server = ServeProcess::start(&app).await;
+    let server = ServeProcess::start(&app, &[]).await;
     let done = rebuilt_so_far(&app).await;
-    let cli = server.rebuild(&app, &["--page", "1"]);
+    let cli = rebuild(&server, &app, &["--page", "1"]);
     rebuilt_past(&app, done + 5).await;
     server.kill();
     let out = cli.wait_with_output().await.unwrap();
@@ -676,8 +624,11 @@ async fn a_rebuild_outlives_its_cli_and_resumes_after_the_server_dies() {
     assert!(done < 800, "the rebuild ended before the server died");
 
     // Run again: it resumes (reads only the rest) and swaps in the full model.
-    let server = ServeProcess::start(&app).await;
-    let out = server.rebuild(&app, &[]).wait_with_output().await.unwrap();
+    let server = ServeProcess::start(&app, &[]).await;
+    let out = rebuild(&server, &app, &[])
+        .wait_with_output()
+        .await
+        .unwrap();
     let report = succeeded(&out);
     assert_eq!(report["swapped"], true);
     assert_eq!(

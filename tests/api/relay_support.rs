@@ -284,11 +284,7 @@ impl RelayProcess {
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
     pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("a running relay");
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(sent, "cannot send SIG{signal} to keel relay");
+        crate::helpers::signal(child, signal, "keel relay");
     }
 
     /// `kill -9`.
