@@ -572,3 +572,106 @@ async fn a_beat_shows_its_oldest_lane_counts_busy_as_alive_and_is_gone_when_drop
     assert!(gone.is_some(), "the row outlived its beat");
     drop((fast, slow));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_writing_canaries_is_ready_only_while_they_arrive() {
+    let broker = Broker::start().await;
+    let mut redis: Server = RedisServer::start().await;
+    let app = spawn_app_with(|c| {
+        fast_relay(c, &broker.brokers(), &redis.url());
+        c.observability.canary_interval_ms = 300;
+        health_config(c);
+    })
+    .await;
+    let relay = RelayProcess::start(&app.config, "canary-relay");
+    let ready = format!("http://127.0.0.1:{}/v1/health/ready", relay.metrics_port);
+    let readiness = || async {
+        let reply = reqwest::get(&ready).await.ok()?;
+        let code = reply.status();
+        Some((code, reply.json::<Value>().await.ok()?))
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the relay to be ready with both canaries",
+        || async {
+            let (code, body) = readiness().await?;
+            (code == StatusCode::OK
+                && body["checks"]["canary.kafka"] == "ok"
+                && body["checks"]["canary.redis"] == "ok")
+                .then_some(())
+        },
+    )
+    .await;
+
+    redis.stop();
+    let body = eventually(
+        Duration::from_secs(30),
+        "the relay to be unready",
+        || async {
+            let (code, body) = readiness().await?;
+            (code == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["status"], "unready", "{body}");
+    assert_ne!(body["checks"]["canary.redis"], "ok", "{body}");
+    assert_eq!(body["checks"]["canary.kafka"], "ok", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+
+    redis.restart().await;
+    eventually(
+        Duration::from_secs(60),
+        "the relay to be ready again",
+        || async {
+            let (code, _) = readiness().await?;
+            (code == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stage_rows_silent_for_a_day_are_forgotten_and_not_reported() {
+    let app = spawn_app_with(|_| {}).await;
+    sqlx::query(
+        "INSERT INTO pipeline_stages (component, instance, process, beat_at)
+         VALUES ('group.decommissioned', gen_random_uuid(), 'gone:1', now() - interval '25 hours'),
+                ('group.recent', gen_random_uuid(), 'gone:2', now() - interval '23 hours')",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    // A keel process that starts now on the same database forgets the old row at its first sample.
+    let url = app.config.database_url.clone();
+    let other = spawn_app_with(move |c| c.database_url = url).await;
+    let body = eventually(
+        Duration::from_secs(20),
+        "the old row to be forgotten",
+        || async {
+            let left: Vec<String> = sqlx::query_scalar("SELECT component FROM pipeline_stages")
+                .fetch_all(app.store.pool())
+                .await
+                .unwrap();
+            (left == ["group.recent"]).then_some(())
+        },
+    )
+    .await;
+    // Health needs no credential (the second app's own bootstrap key is not valid here: the
+    // first app's admin came first).
+    let verdict: Value = reqwest::get(other.url("/v1/health/pipeline"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        verdict["components"]["group.decommissioned"].is_null(),
+        "{verdict}"
+    );
+    // Still remembered while under a day: reported, and unhealthy (nobody beats for it).
+    assert_eq!(
+        status_of(&verdict, "group.recent"),
+        "unhealthy",
+        "{verdict}"
+    );
+}
