@@ -644,7 +644,7 @@ async fn stage_rows_silent_for_a_day_are_forgotten_and_not_reported() {
     // A keel process that starts now on the same database forgets the old row at its first sample.
     let url = app.config.database_url.clone();
     let other = spawn_app_with(move |c| c.database_url = url).await;
-    let body = eventually(
+    eventually(
         Duration::from_secs(20),
         "the old row to be forgotten",
         || async {
