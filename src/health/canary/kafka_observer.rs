@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::{decode, pause, record_seen, Outage, Sink};
 use crate::config::Config;
 use crate::consumer::client::{self, StartAt};
-use crate::retry::{Backoff, RetryPolicy};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 
 pub(super) struct KafkaObserver {
@@ -56,11 +56,7 @@ impl KafkaObserver {
 
     pub async fn run(self, stop: Shutdown) {
         let mut outage = Outage::new("kafka observer");
-        let mut backoff = RetryPolicy::exponential(
-            self.interval.min(Duration::from_secs(1)),
-            Duration::from_secs(5),
-        )
-        .backoff();
+        let mut backoff = super::reconnect_policy(self.interval).backoff();
         loop {
             match self.watch(&stop, &mut outage, &mut backoff).await {
                 Ok(Ended::Stopped) => return,

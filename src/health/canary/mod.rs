@@ -46,6 +46,15 @@ use crate::metrics;
 use crate::model::canary::Heartbeat;
 use crate::shutdown::Shutdown;
 
+/// How an observer reconnects after losing its sink: from the canary interval (at most 1 s) up
+/// to 5 s, so that a sink that returns is watched again within a few canaries.
+fn reconnect_policy(interval: Duration) -> crate::retry::RetryPolicy {
+    crate::retry::RetryPolicy::exponential(
+        interval.min(Duration::from_secs(1)),
+        Duration::from_secs(5),
+    )
+}
+
 /// A sink the canary is watched on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Sink {

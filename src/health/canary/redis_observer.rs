@@ -14,7 +14,7 @@ use super::{decode, pause, record_seen, Outage, Sink};
 use crate::config::Config;
 use crate::model::canary::AGGREGATE_TYPE;
 use crate::relay;
-use crate::retry::{Backoff, RetryPolicy};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 
 /// Longest wait for Redis to connect or to answer.
@@ -41,11 +41,7 @@ impl RedisObserver {
 
     pub async fn run(self, stop: Shutdown) {
         let mut outage = Outage::new("redis observer");
-        let mut backoff = RetryPolicy::exponential(
-            self.interval.min(Duration::from_secs(1)),
-            Duration::from_secs(5),
-        )
-        .backoff();
+        let mut backoff = super::reconnect_policy(self.interval).backoff();
         loop {
             match self.watch(&stop, &mut outage, &mut backoff).await {
                 Ok(()) => return,
