@@ -317,41 +317,18 @@ impl Sampler {
         );
 
         // Kafka: only when asked for, or when a follower needs its partition ends.
-        let mut ends: Option<Partitions> = None;
-        let mut committed: HashMap<String, BTreeMap<(String, i32), Option<i64>>> = HashMap::new();
-        if let Some(kafka) = &self.kafka {
-            let needed = !groups.is_empty() || !projections.is_empty();
-            if wanted || needed {
-                match kafka.probe().await {
-                    Ok(n) => {
-                        found.insert("kafka".into(), (Status::Ok, format!("{n} brokers answer")));
-                        let topics = follower_topics(&stages, &db.offsets);
-                        match kafka.ends(topics.into_iter().collect()).await {
-                            Ok(e) => ends = Some(e),
-                            Err(e) => tracing::debug!(error = %e, "cannot read partition ends"),
-                        }
-                        for g in &groups {
-                            let parts =
-                                partitions_of(&stages[&format!("group.{g}")], ends.as_ref());
-                            match kafka.committed(g, parts).await {
-                                Ok(c) => {
-                                    committed.insert(g.clone(), c);
-                                }
-                                Err(e) => {
-                                    tracing::debug!(group = %g, error = %e, "cannot read committed offsets")
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        found.insert(
-                            "kafka".into(),
-                            (Status::Unhealthy, format!("no broker answers: {e}")),
-                        );
-                    }
-                }
-            }
+        let needed = wanted || !groups.is_empty() || !projections.is_empty();
+        let kafka = match (&self.kafka, needed) {
+            (Some(kafka), true) => Some(read_kafka(kafka, &stages, &db.offsets, &groups).await),
+            _ => None,
+        };
+        if let Some(k) = &kafka {
+            found.insert("kafka".into(), k.verdict.clone());
         }
+        let (ends, committed) = match kafka {
+            Some(k) => (k.ends, k.committed),
+            None => (None, HashMap::new()),
+        };
         if let (Some(client), true) = (&self.redis, wanted) {
             found.insert("redis".into(), redis_probe(client).await);
         }
@@ -469,9 +446,26 @@ impl Sampler {
             found.insert(name, verdict);
         }
 
-        // Canaries: the newest written against the newest seen on each sink, while some process
-        // writes them (recently enough to tell from a canary that was switched off).
-        let canary = &db.canary;
+        self.judge_canaries(&db.canary, now, &mut found);
+
+        let mut components = BTreeMap::new();
+        for (name, (status, reason)) in found {
+            self.settle(&mut components, &name, status, reason);
+        }
+        self.trackers.retain(|k, _| components.contains_key(k));
+        self.publish(&components);
+        self.last = components.clone();
+        Verdict::new(components)
+    }
+
+    /// Canaries: the newest written against the newest seen on each sink, while some process
+    /// writes them (recently enough to tell from a canary that was switched off).
+    fn judge_canaries(
+        &mut self,
+        canary: &CanaryReading,
+        now: Instant,
+        found: &mut BTreeMap<String, (Status, String)>,
+    ) {
         let writing = canary.sent.is_some_and(|s| {
             (canary.now - s.sent_at).to_std().unwrap_or_default() < 10 * self.stall_after
         });
@@ -516,15 +510,6 @@ impl Sampler {
             };
             found.insert(name, verdict);
         }
-
-        let mut components = BTreeMap::new();
-        for (name, (status, reason)) in found {
-            self.settle(&mut components, &name, status, reason);
-        }
-        self.trackers.retain(|k, _| components.contains_key(k));
-        self.publish(&components);
-        self.last = components.clone();
-        Verdict::new(components)
     }
 
     /// Judges one following stage with its tracker.
@@ -622,6 +607,58 @@ impl Sampler {
         for gone in self.last.keys().filter(|k| !components.contains_key(*k)) {
             ::metrics::gauge!(metrics::PIPELINE_STATUS, "component" => gone.clone()).set(0.0);
         }
+    }
+}
+
+/// What one sample read from Kafka.
+struct KafkaReading {
+    /// The `kafka` component: does a broker answer.
+    verdict: (Status, String),
+    /// The ends of the partitions the followers read; `None` when they could not be read.
+    ends: Option<Partitions>,
+    /// Each group's committed offsets, for the groups whose could be read.
+    committed: HashMap<String, BTreeMap<(String, i32), Option<i64>>>,
+}
+
+/// Asks Kafka whether a broker answers, then (if one does) where the followers' partitions end
+/// and where each group has committed. A failed read leaves that part out: the followers are
+/// then judged on their heartbeats alone.
+async fn read_kafka(
+    kafka: &KafkaView,
+    stages: &BTreeMap<String, Vec<StageRow>>,
+    offsets: &[(String, String, i32, i64)],
+    groups: &[String],
+) -> KafkaReading {
+    let brokers = match kafka.probe().await {
+        Ok(n) => n,
+        Err(e) => {
+            return KafkaReading {
+                verdict: (Status::Unhealthy, format!("no broker answers: {e}")),
+                ends: None,
+                committed: HashMap::new(),
+            }
+        }
+    };
+    let topics = follower_topics(stages, offsets);
+    let ends = kafka
+        .ends(topics.into_iter().collect())
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "cannot read partition ends"))
+        .ok();
+    let mut committed = HashMap::new();
+    for g in groups {
+        let parts = partitions_of(&stages[&format!("group.{g}")], ends.as_ref());
+        match kafka.committed(g, parts).await {
+            Ok(c) => {
+                committed.insert(g.clone(), c);
+            }
+            Err(e) => tracing::debug!(group = %g, error = %e, "cannot read committed offsets"),
+        }
+    }
+    KafkaReading {
+        verdict: (Status::Ok, format!("{brokers} brokers answer")),
+        ends,
+        committed,
     }
 }
 
