@@ -220,24 +220,15 @@ impl Keys {
         name: &PrincipalName,
         grant: &Grant,
     ) -> Result<(), Error> {
-        let found = sqlx::query(
+        self.change_grant(
+            conn,
             "INSERT INTO grants (principal_id, effect, action, resource, event_type)
              SELECT id, $2, $3, $4, $5 FROM principals WHERE name = $1
              ON CONFLICT DO NOTHING",
+            name,
+            grant,
         )
-        .bind(name.as_str())
-        .bind(grant.effect.as_str())
-        .bind(grant.action.as_str())
-        .bind(grant.resource.to_string())
-        .bind(grant.event_type.to_string())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        self.cache.forget_principal(name.as_str());
-        if found == 0 {
-            // Nothing inserted: the grant was there already, or there is no such principal.
-            self.principal(conn, name).await?;
-        }
+        .await?;
         Ok(())
     }
 
@@ -249,24 +240,44 @@ impl Keys {
         name: &PrincipalName,
         grant: &Grant,
     ) -> Result<bool, Error> {
-        let removed = sqlx::query(
-            "DELETE FROM grants g USING principals p
-              WHERE g.principal_id = p.id AND p.name = $1 AND g.effect = $2 AND g.action = $3
-                AND g.resource = $4 AND g.event_type = $5",
-        )
-        .bind(name.as_str())
-        .bind(grant.effect.as_str())
-        .bind(grant.action.as_str())
-        .bind(grant.resource.to_string())
-        .bind(grant.event_type.to_string())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        let removed = self
+            .change_grant(
+                conn,
+                "DELETE FROM grants g USING principals p
+                  WHERE g.principal_id = p.id AND p.name = $1 AND g.effect = $2 AND g.action = $3
+                    AND g.resource = $4 AND g.event_type = $5",
+                name,
+                grant,
+            )
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Runs `sql` with the principal's name as `$1` and the grant's effect, action, resource and
+    /// event type as `$2`..`$5`, then forgets the principal's cached grants. When no row changed
+    /// (the grant was there already, or was not), checks that the principal exists, so that an
+    /// unknown name is an error rather than a quiet no-op. Returns the rows changed.
+    async fn change_grant(
+        &self,
+        conn: &mut PgConnection,
+        sql: &'static str,
+        name: &PrincipalName,
+        grant: &Grant,
+    ) -> Result<u64, Error> {
+        let changed = sqlx::query(sql)
+            .bind(name.as_str())
+            .bind(grant.effect.as_str())
+            .bind(grant.action.as_str())
+            .bind(grant.resource.to_string())
+            .bind(grant.event_type.to_string())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
         self.cache.forget_principal(name.as_str());
-        if removed == 0 {
+        if changed == 0 {
             self.principal(conn, name).await?;
         }
-        Ok(removed > 0)
+        Ok(changed)
     }
 
     /// The principal `name` if it exists and is enabled: for a verified TLS client certificate,
