@@ -245,6 +245,7 @@ pub struct LogQuery {
     aggregate_type: Option<String>,
     aggregate_id: Option<String>,
     event_type: Option<String>,
+    correlation_id: Option<String>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     limit: Option<i64>,
@@ -296,6 +297,7 @@ pub async fn query_log(
             .collect(),
         from: query.from,
         to: query.to,
+        correlation_id: query.correlation_id,
         readable: Some(readable.clone()),
     };
     if let Some(t) = &filter.aggregate_type {

@@ -16,6 +16,7 @@
 pub mod canary;
 mod kafka;
 pub mod monitor;
+pub mod reading;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use self::monitor::Monitor;
+pub use self::monitor::{Monitor, Watching};
+pub use self::reading::{History, Reading};
 
 /// One component's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

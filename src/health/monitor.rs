@@ -7,7 +7,7 @@
 //! keel process nobody monitors never opens connections it has no use for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 use super::canary::{self, CanaryReading};
 use super::kafka::{KafkaView, Partitions};
+use super::reading::{FollowerReading, History, Reading, SinkReading};
 use super::rules::{self, Behind, Facts, Sample, Tracker};
 use super::{Component, Status, Verdict};
 use crate::config::Config;
@@ -35,6 +36,24 @@ struct Shared {
     wanted: AtomicBool,
     kick: Notify,
     samples: watch::Sender<u64>,
+    history: History,
+    /// Open [`Watching`] guards: while there is one, the monitor samples every [`WATCHED_EVERY`].
+    watchers: AtomicUsize,
+}
+
+/// How often the monitor samples while someone watches it live (a dashboard is open).
+pub const WATCHED_EVERY: Duration = Duration::from_secs(1);
+
+/// While held, the monitor samples every [`WATCHED_EVERY`] (or faster, if its own interval is
+/// shorter) and includes Kafka and Redis; dropped, it goes back to its own pace.
+pub struct Watching {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.shared.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Monitor {
@@ -45,6 +64,8 @@ impl Monitor {
             wanted: AtomicBool::new(false),
             kick: Notify::new(),
             samples: watch::Sender::new(0),
+            history: History::default(),
+            watchers: AtomicUsize::new(0),
         });
         let sampler = Sampler::new(config, pool);
         tokio::spawn(run(
@@ -80,6 +101,22 @@ impl Monitor {
         })
     }
 
+    /// The readings of the last fifteen minutes, and each new one as it is taken.
+    pub fn history(&self) -> &History {
+        &self.shared.history
+    }
+
+    /// Samples fast until the guard is dropped: for a live view.
+    pub fn watch(&self) -> Watching {
+        self.shared.wanted.store(true, Ordering::SeqCst);
+        if self.shared.watchers.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.shared.kick.notify_one();
+        }
+        Watching {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The latest verdict without waiting, `None` before the first sample.
     pub fn current(&self) -> Option<Verdict> {
         self.shared.verdict.read().expect("verdict lock").clone()
@@ -87,16 +124,25 @@ impl Monitor {
 }
 
 async fn run(mut sampler: Sampler, shared: Arc<Shared>, every: Duration, stop: Shutdown) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.kick.notified() => {}
-            _ = stop.wait() => return,
+        let pace = match shared.watchers.load(Ordering::SeqCst) {
+            0 => every,
+            _ => every.min(WATCHED_EVERY),
+        };
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(pace) => {}
+                _ = shared.kick.notified() => {}
+                _ = stop.wait() => return,
+            }
         }
+        first = false;
         let wanted = shared.wanted.load(Ordering::SeqCst);
-        let verdict = sampler.sample(wanted).await;
+        let (verdict, reading) = sampler.sample(wanted).await;
+        if let Some(reading) = reading {
+            shared.history.push(reading);
+        }
         *shared.verdict.write().expect("verdict lock") = Some(verdict);
         shared.samples.send_modify(|n| *n += 1);
     }
@@ -120,6 +166,8 @@ struct RelayRow {
     /// Some partition had more rows than [`COUNT_CAP`]: `waiting` is a lower bound.
     capped: bool,
     oldest: Option<f64>,
+    /// Rows its cursors have passed (`relay_progress.passed` added up).
+    passed: i64,
 }
 
 /// What one sample read from PostgreSQL.
@@ -135,7 +183,12 @@ struct Db {
     rebuilding: BTreeSet<String>,
     canary: CanaryReading,
     registry_subjects: i64,
+    /// Open consumer dead letters per group, at most [`DLQ_CAP`] each.
+    dead_letters: Vec<(String, i64)>,
 }
+
+/// How many open dead letters per group the monitor counts.
+pub const DLQ_CAP: i64 = 10_000;
 
 /// How many outbox rows per partition the monitor counts (an index range scan each): enough to
 /// say "work waits" and roughly how much, cheap however large a backlog grows. Beyond it the
@@ -158,7 +211,8 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     let relay = sqlx::query_as(
         "SELECT c.sink, sum(c.position)::bigint AS position, max(c.position) AS furthest,
                 sum(b.n)::bigint AS waiting, bool_or(b.n >= $1) AS capped,
-                extract(epoch FROM now() - min(b.oldest))::float8 AS oldest
+                extract(epoch FROM now() - min(b.oldest))::float8 AS oldest,
+                sum(c.passed)::bigint AS passed
            FROM relay_progress c
           CROSS JOIN LATERAL (
                 SELECT count(*) AS n, min(x.created_at) AS oldest FROM (
@@ -198,6 +252,25 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     let registry_subjects: i64 = sqlx::query_scalar("SELECT count(*) FROM registry_schemas")
         .fetch_one(&mut *c)
         .await?;
+    // Each group with open rows, found by skipping through the open-rows index (one probe per
+    // group, not a scan of the rows), then counted up to the cap.
+    let dead_letters = sqlx::query_as(
+        "WITH RECURSIVE g AS (
+            (SELECT group_id FROM consumer_dlq WHERE state IN ('parked', 'held', 'retry')
+              ORDER BY group_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT d.group_id FROM consumer_dlq d
+                     WHERE d.state IN ('parked', 'held', 'retry') AND d.group_id > g.group_id
+                     ORDER BY d.group_id LIMIT 1)
+              FROM g WHERE g.group_id IS NOT NULL)
+         SELECT group_id, (SELECT count(*) FROM (SELECT 1 FROM consumer_dlq d
+                            WHERE d.group_id = g.group_id AND d.state IN ('parked', 'held', 'retry')
+                            LIMIT $1) x)
+           FROM g WHERE group_id IS NOT NULL",
+    )
+    .bind(DLQ_CAP)
+    .fetch_all(&mut *c)
+    .await?;
     Ok(Db {
         head,
         horizon_age,
@@ -209,6 +282,7 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
         rebuilding: rebuilding.into_iter().collect(),
         canary,
         registry_subjects,
+        dead_letters,
     })
 }
 
@@ -265,7 +339,8 @@ impl Sampler {
         }
     }
 
-    async fn sample(&mut self, wanted: bool) -> Verdict {
+    /// One sample: the verdict, and what was read (none when the database could not be read).
+    async fn sample(&mut self, wanted: bool) -> (Verdict, Option<Reading>) {
         let now = Instant::now();
         let mut found: BTreeMap<String, (Status, String)> = BTreeMap::new();
         self.samples += 1;
@@ -282,9 +357,11 @@ impl Sampler {
                 let reason = format!("cannot query the database: {e}");
                 self.settle(&mut components, "database", Status::Unhealthy, reason);
                 self.publish(&components);
-                return Verdict::new(components);
+                return (Verdict::new(components), None);
             }
         };
+        let mut sinks = Vec::new();
+        let mut followers = Vec::new();
         if self.samples % 600 == 1 {
             let forgotten = sqlx::query(&format!(
                 "DELETE FROM pipeline_stages WHERE beat_at < now() - interval '{FORGET_AFTER}'"
@@ -354,6 +431,14 @@ impl Sampler {
                 waiting_capped: capped,
             };
             let parked = db.parked.get(sink).copied().unwrap_or(0);
+            sinks.push(SinkReading {
+                sink: sink.to_owned(),
+                waiting,
+                capped,
+                oldest_s: oldest.map_or(0.0, |d| d.as_secs_f64()),
+                parked,
+                passed: row.map_or(0, |r| r.passed),
+            });
             let (status, mut reason) =
                 self.follow(&name, "relay", stages.get(&name), sample, false, parked);
             if status == Status::Unhealthy && db.horizon_age >= self.stall_after.as_secs_f64() {
@@ -371,6 +456,7 @@ impl Sampler {
             let mine: Vec<_> = db.offsets.iter().filter(|o| &o.0 == p).collect();
             let mut position = 0;
             let mut waiting = 0;
+            let mut lag_s: f64 = 0.0;
             for (_, topic, partition, next) in &mine {
                 position += next;
                 ::metrics::gauge!(metrics::PROJECTION_CHECKPOINT, "projection" => p.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
@@ -381,14 +467,14 @@ impl Sampler {
                 {
                     let lag = (e.high - next).max(0);
                     waiting += lag;
-                    self.lag_metrics(
+                    lag_s = lag_s.max(self.lag_metrics(
                         &format!("keel-projection-{p}"),
                         topic,
                         *partition,
                         *next,
                         e.high,
                         now,
-                    );
+                    ));
                 }
             }
             // Partitions of its topics it has no checkpoint on yet wait from their start.
@@ -408,6 +494,12 @@ impl Sampler {
                 oldest_waiting: None,
                 waiting_capped: false,
             };
+            followers.push(FollowerReading {
+                component: name.clone(),
+                lag: waiting,
+                lag_s,
+                position,
+            });
             let rebuilding = db.rebuilding.contains(p);
             let verdict = self.follow(&name, "runner", stages.get(&name), sample, rebuilding, 0);
             found.insert(name, verdict);
@@ -419,6 +511,7 @@ impl Sampler {
             let rows = &stages[&name];
             let mut position = 0;
             let mut waiting = 0;
+            let mut lag_s: f64 = 0.0;
             if let (Some(ends), Some(done)) = (ends.as_ref(), committed.get(g)) {
                 for (topic, partition) in partitions_of(rows, Some(ends)) {
                     let Some(e) = ends.get(&(topic.clone(), partition)) else {
@@ -432,7 +525,7 @@ impl Sampler {
                     position += at;
                     let lag = (e.high - at).max(0);
                     waiting += lag;
-                    self.lag_metrics(g, &topic, partition, at, e.high, now);
+                    lag_s = lag_s.max(self.lag_metrics(g, &topic, partition, at, e.high, now));
                 }
             }
             let sample = Sample {
@@ -442,6 +535,12 @@ impl Sampler {
                 oldest_waiting: None,
                 waiting_capped: false,
             };
+            followers.push(FollowerReading {
+                component: name.clone(),
+                lag: waiting,
+                lag_s,
+                position,
+            });
             let verdict = self.follow(&name, "member", Some(rows), sample, false, 0);
             found.insert(name, verdict);
         }
@@ -455,7 +554,16 @@ impl Sampler {
         self.trackers.retain(|k, _| components.contains_key(k));
         self.publish(&components);
         self.last = components.clone();
-        Verdict::new(components)
+        let verdict = Verdict::new(components);
+        let reading = Reading {
+            at: Utc::now(),
+            head: db.head,
+            sinks,
+            followers,
+            dead_letters: db.dead_letters.into_iter().collect(),
+            verdict: verdict.clone(),
+        };
+        (verdict, Some(reading))
     }
 
     /// Canaries: the newest written against the newest seen on each sink, while some process
@@ -557,6 +665,7 @@ impl Sampler {
         )
     }
 
+    /// Exports one partition's lag; returns it in seconds.
     fn lag_metrics(
         &mut self,
         group: &str,
@@ -565,7 +674,7 @@ impl Sampler {
         at: i64,
         end: i64,
         now: Instant,
-    ) {
+    ) -> f64 {
         let key = (group.to_owned(), topic.to_owned(), partition);
         let behind = self.behind.entry(key).or_default().observe(now, at, end);
         let labels = [
@@ -575,6 +684,7 @@ impl Sampler {
         ];
         ::metrics::gauge!(metrics::CONSUMER_LAG, &labels).set((end - at).max(0) as f64);
         ::metrics::gauge!(metrics::CONSUMER_LAG_SECONDS, &labels).set(behind.as_secs_f64());
+        behind.as_secs_f64()
     }
 
     /// Puts a component's verdict in, keeping `since` while its status stays the same.

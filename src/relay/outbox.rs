@@ -196,6 +196,9 @@ impl Park {
 pub struct Commit {
     /// New cursor per partition.
     pub advance: Vec<(i16, LogCursor)>,
+    /// How many rows each cursor move passes (delivered, parked or held), for the dashboard's
+    /// rates (`relay_progress.passed`).
+    pub passed: std::collections::BTreeMap<i16, i64>,
     /// New parked or held rows (from the main read), and re-parked ones (from a redrive).
     pub park: Vec<Park>,
     /// Parked-table rows that were delivered on a redrive: (partition, position).
@@ -259,16 +262,22 @@ pub async fn commit(
             .iter()
             .map(|(p, c)| (*p, (c.tx_id, c.position)))
             .unzip();
+        let passed: Vec<i64> = parts
+            .iter()
+            .map(|p| commit.passed.get(p).copied().unwrap_or(0))
+            .collect();
         sqlx::query(
             "UPDATE relay_progress p
-                SET tx_id = v.tx::text::xid8, position = v.pos, updated_at = now()
-               FROM unnest($2::int2[], $3::int8[], $4::int8[]) AS v(partition, tx, pos)
+                SET tx_id = v.tx::text::xid8, position = v.pos, passed = p.passed + v.n,
+                    updated_at = now()
+               FROM unnest($2::int2[], $3::int8[], $4::int8[], $5::int8[]) AS v(partition, tx, pos, n)
               WHERE p.sink = $1 AND p.partition = v.partition",
         )
         .bind(sink.as_str())
         .bind(&parts)
         .bind(&txs)
         .bind(&positions)
+        .bind(&passed)
         .execute(&mut *tx)
         .await?;
     }

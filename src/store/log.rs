@@ -93,6 +93,8 @@ pub struct LogFilter {
     pub from: Option<DateTime<Utc>>,
     /// Events created before this time.
     pub to: Option<DateTime<Utc>>,
+    /// Events whose `metadata.correlation_id` is this (an index serves it).
+    pub correlation_id: Option<String>,
     /// Only aggregate types in this scope (a reader's grants); `None` for every type.
     pub readable: Option<Scope>,
 }
@@ -159,6 +161,26 @@ pub fn below_horizon(tx_id_column: &str) -> String {
     format!("{tx_id_column} < (SELECT pg_snapshot_xmin(pg_current_snapshot()))")
 }
 
+/// The newest `limit` events matching `filter` below global position `before` (all when
+/// `None`), newest first: for browsing the log backwards, as a dashboard does. Unlike
+/// [`read_committed_after`] this is not gap-safe (a late commit may appear above a page already
+/// read); it is for reading, never for following.
+pub async fn read_newest<'e>(
+    executor: impl PgExecutor<'e>,
+    before: Option<i64>,
+    filter: &LogFilter,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, Error> {
+    let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE "));
+    match before {
+        Some(p) => q.push("position < ").push_bind(p),
+        None => q.push("true"),
+    };
+    push_filter(&mut q, filter);
+    q.push(" ORDER BY position DESC LIMIT ").push_bind(limit);
+    Ok(q.build_query_as().fetch_all(executor).await?)
+}
+
 /// The `WHERE` clause both readers share: after the cursor, below the horizon, and the filters.
 fn push_committed_after(q: &mut QueryBuilder<'_, Postgres>, after: LogCursor, filter: &LogFilter) {
     q.push(" WHERE (tx_id, position) > (")
@@ -167,6 +189,11 @@ fn push_committed_after(q: &mut QueryBuilder<'_, Postgres>, after: LogCursor, fi
         .push_bind(after.position)
         .push(") AND ")
         .push(below_horizon("tx_id"));
+    push_filter(q, filter);
+}
+
+/// `AND` each of the filter's conditions.
+fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &LogFilter) {
     if let Some(t) = &filter.aggregate_type {
         q.push(" AND aggregate_type = ")
             .push_bind(t.as_str().to_owned());
@@ -191,6 +218,11 @@ fn push_committed_after(q: &mut QueryBuilder<'_, Postgres>, after: LogCursor, fi
     }
     if let Some(to) = filter.to {
         q.push(" AND created_at < ").push_bind(to);
+    }
+    if let Some(c) = &filter.correlation_id {
+        // The same expression as the `events_correlation` index.
+        q.push(" AND metadata ? 'correlation_id' AND metadata->>'correlation_id' = ")
+            .push_bind(c.clone());
     }
     if let Some(scope) = filter.readable.as_ref().filter(|s| !s.is_everything()) {
         push_scope(q, "aggregate_type", scope);

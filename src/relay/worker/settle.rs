@@ -81,6 +81,7 @@ pub(super) fn settle<'a>(
         };
         if advance {
             attempts.remove(&row.event.position);
+            *commit.passed.entry(row.partition).or_default() += 1;
             match commit.advance.last_mut() {
                 Some((p, c)) if *p == row.partition => *c = row.cursor(),
                 _ => commit.advance.push((row.partition, row.cursor())),
