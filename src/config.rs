@@ -53,6 +53,7 @@ pub struct Config {
     pub projections: ProjectionsConfig,
     pub auth: AuthConfig,
     pub observability: ObservabilityConfig,
+    pub ui: UiConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -73,6 +74,7 @@ impl std::fmt::Debug for Config {
             projections,
             auth,
             observability,
+            ui,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -89,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("projections", projections)
             .field("auth", auth)
             .field("observability", observability)
+            .field("ui", ui)
             .finish()
     }
 }
@@ -171,6 +174,48 @@ impl ObservabilityConfig {
     pub fn sample_every(&self) -> std::time::Duration {
         std::time::Duration::from_millis((self.stall_after_ms / 6).clamp(100, 5_000))
     }
+}
+
+/// The web dashboard at `/ui` (see `src/ui/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// `keel serve` serves the dashboard at `/ui` (`KEEL_UI__ENABLED`).
+    pub enabled: bool,
+    /// How the dashboard shows event payloads and dead-letter values: `full`, or `masked`
+    /// (every value in a payload replaced by its type, so structure shows and data does not;
+    /// the API is unchanged) (`KEEL_UI__PAYLOADS`).
+    pub payloads: Payloads,
+    /// A session ends this long after login (`KEEL_UI__SESSION_TTL_S`); a token's session ends
+    /// at the token's expiry if that is sooner, a key's when the key is revoked.
+    pub session_ttl_s: u64,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            payloads: Payloads::Full,
+            session_ttl_s: 12 * 3600,
+        }
+    }
+}
+
+impl UiConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(60..=30 * 86_400).contains(&self.session_ttl_s) {
+            bail!("ui.session_ttl_s must be between 60 and 2592000 (30 days)");
+        }
+        Ok(())
+    }
+}
+
+/// `ui.payloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payloads {
+    Full,
+    Masked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -867,6 +912,7 @@ impl Default for Config {
             projections: ProjectionsConfig::default(),
             auth: AuthConfig::default(),
             observability: ObservabilityConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -989,6 +1035,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.observability.validate()?;
+        self.ui.validate()?;
         Ok(())
     }
 

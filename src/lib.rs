@@ -15,7 +15,7 @@
 //!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
 //!    to read models exactly once; [`replay`] reads history back from the store.
 //! 6. Every stage beats in [`heartbeat`]; [`health`] watches the whole pipeline for stalls and
-//!    says so on `/v1/health/pipeline`.
+//!    says so on `/v1/health/pipeline`; [`ui`] is the web dashboard over all of it, at `/ui`.
 //! 7. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
 //!    them. [`shutdown`] stops every long-running component; [`retry`] is the one backoff.
 //!
@@ -34,7 +34,7 @@
 //! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
 //! replay, then projection, then health history; read models; the pipeline monitor
-//! api                                  HTTP
+//! api, then ui                         HTTP; the web dashboard at /ui (pages over the API's calls)
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
 //! ```
 
@@ -61,4 +61,5 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod ui;
 pub mod wire;

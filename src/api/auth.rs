@@ -154,38 +154,7 @@ pub async fn authenticate(
                 _ => Ok(None),
             },
             Credential::Unreadable => Err(Refused::Credential("malformed")),
-            Credential::Key(text) if !text.starts_with("keel_") && looks_like_jwt(&text) => {
-                match &authn.oidc {
-                    Some(oidc) => match oidc.verify(&text).await {
-                        Ok(identity) => Ok(Some(Caller::with_token(&identity))),
-                        Err(e @ (auth::Error::TokenExpired | auth::Error::TokenInvalid(_))) => {
-                            Err(Refused::Token(e))
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot check a bearer token");
-                            Err(Refused::Internal)
-                        }
-                    },
-                    // No issuer configured: a token is just a credential keel does not know.
-                    None => Err(Refused::Credential("token_without_issuer")),
-                }
-            }
-            Credential::Key(text) => match keys.authenticate(&text).await {
-                Ok(principal) => {
-                    let key_id = auth::ApiKey::parse(&text)
-                        .map(|k| k.id())
-                        .expect("an authenticated key parses");
-                    Ok(Some(Caller::with_key(&principal, key_id)))
-                }
-                Err(auth::Error::Unauthenticated(reason)) => {
-                    Err(Refused::Credential(reason.as_str()))
-                }
-                Err(e) if e.is_retriable() => Err(Refused::Unavailable),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot check an api key");
-                    Err(Refused::Internal)
-                }
-            },
+            Credential::Key(text) => authn.bearer(keys, &text).await.map(Some),
         },
     };
     let mut response = match outcome {
@@ -212,6 +181,110 @@ pub async fn authenticate(
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+impl Authn {
+    /// The caller an API key or an OIDC token stands for (the credential without `Bearer `).
+    async fn bearer(&self, keys: &Keys, text: &str) -> Result<Caller, Refused> {
+        self.bearer_identity(keys, text)
+            .await
+            .map(|(caller, _)| caller)
+    }
+
+    async fn bearer_identity(
+        &self,
+        keys: &Keys,
+        text: &str,
+    ) -> Result<(Caller, Option<auth::TokenIdentity>), Refused> {
+        if !text.starts_with("keel_") && looks_like_jwt(text) {
+            // No issuer configured: a token is just a credential keel does not know.
+            let Some(oidc) = &self.oidc else {
+                return Err(Refused::Credential("token_without_issuer"));
+            };
+            return match oidc.verify(text).await {
+                Ok(identity) => Ok((Caller::with_token(&identity), Some(identity))),
+                Err(e @ (auth::Error::TokenExpired | auth::Error::TokenInvalid(_))) => {
+                    Err(Refused::Token(e))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check a bearer token");
+                    Err(Refused::Internal)
+                }
+            };
+        }
+        match keys.authenticate(text).await {
+            Ok(principal) => {
+                let key_id = auth::ApiKey::parse(text)
+                    .map(|k| k.id())
+                    .expect("an authenticated key parses");
+                Ok((Caller::with_key(&principal, key_id), None))
+            }
+            Err(auth::Error::Unauthenticated(reason)) => Err(Refused::Credential(reason.as_str())),
+            Err(e) if e.is_retriable() => Err(Refused::Unavailable),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check an api key");
+                Err(Refused::Internal)
+            }
+        }
+    }
+
+    /// A credential typed into a login form (an API key or an OIDC token): who it is, and for a
+    /// token its identity (a session keeps its roles until it expires). Refusals are counted as
+    /// the API counts them.
+    pub async fn login(&self, credential: &str) -> Result<Login, LoginRefused> {
+        let Some(keys) = &self.keys else {
+            return match self.mode {
+                AuthMode::None => Ok(Login {
+                    caller: Caller::open(),
+                    token: None,
+                }),
+                AuthMode::Required => Err(LoginRefused::Unavailable),
+            };
+        };
+        match self.bearer_identity(keys, credential.trim()).await {
+            Ok((caller, token)) => Ok(Login { caller, token }),
+            Err(refused) => Err(refused.count()),
+        }
+    }
+
+    /// The caller a session opened with key `key_id` acts as now: refused once the key is
+    /// revoked or expired or its principal disabled, so a session never outlives its key.
+    pub async fn key_session(&self, key_id: &auth::KeyId) -> Result<Caller, LoginRefused> {
+        let Some(keys) = &self.keys else {
+            return Err(LoginRefused::Invalid);
+        };
+        match keys.session_principal(key_id).await {
+            Ok(principal) => Ok(Caller::with_key(&principal, *key_id)),
+            Err(auth::Error::Unauthenticated(_)) => Err(LoginRefused::Invalid),
+            Err(e) if e.is_retriable() => Err(LoginRefused::Unavailable),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a session's api key");
+                Err(LoginRefused::Unavailable)
+            }
+        }
+    }
+
+    /// Whether anyone may act without a credential (`auth.mode = "none"`).
+    pub fn is_open(&self) -> bool {
+        self.mode == AuthMode::None
+    }
+}
+
+/// A login that succeeded.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub caller: Caller,
+    /// For an OIDC token: its identity, whose roles and expiry a session keeps.
+    pub token: Option<auth::TokenIdentity>,
+}
+
+/// Why a login or a session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// The credential is not valid (unknown, wrong, revoked, expired, disabled).
+    Invalid,
+    /// keel cannot check it now (its database is unavailable); retry later.
+    Unavailable,
 }
 
 /// The enabled principal a verified client certificate names by its subject common name.
@@ -242,6 +315,22 @@ enum Refused {
 }
 
 impl Refused {
+    /// Counts a refused credential as the API does, in a login form's words.
+    fn count(self) -> LoginRefused {
+        match self {
+            Self::Credential(reason) => {
+                metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => reason).increment(1);
+                LoginRefused::Invalid
+            }
+            Self::Token(e) => {
+                let reason = e.reason().map_or("token_invalid", |r| r.as_str());
+                metrics::counter!(crate::metrics::AUTH_REFUSED, "reason" => reason).increment(1);
+                LoginRefused::Invalid
+            }
+            Self::Unavailable | Self::Internal => LoginRefused::Unavailable,
+        }
+    }
+
     fn into_response(self, registry: bool) -> Response {
         match self {
             Self::Credential(reason) => {

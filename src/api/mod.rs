@@ -30,7 +30,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::Authn;
+pub use auth::{Authn, Login, LoginRefused, RequestId};
 pub use error::ApiError;
 pub use health::{status_router, StatusState};
 pub use routes::{Need, Route};
@@ -171,6 +171,12 @@ pub fn route_table(state: &AppState) -> Vec<Route> {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The API's router with `extra` routes (the dashboard's, see `crate::ui`) served inside the
+/// same layers: authentication, rate limits, timeouts, tracing, body limits.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = Duration::from_millis(state.limits.request_timeout_ms);
     let authn = state.authn.clone();
@@ -178,6 +184,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, _) = table(&state).into_parts();
     routes
         .with_state(state)
+        .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -250,7 +250,11 @@ impl Application {
         };
         tracing::info!(addr = %self.local_addr(), tls = self.tls.is_some(), "keel api listening");
         let limits = api::server::Limits::from(self.state.limits.as_ref());
-        let router = api::router(self.state);
+        let ui = match self.config.ui.enabled {
+            true => crate::ui::routes(crate::ui::UiState::new(self.state.clone(), &self.config)?),
+            false => axum::Router::new(),
+        };
+        let router = api::router_with(self.state, ui);
         let monitor_stop = self.monitor_stop;
         match self.tls {
             None => api::server::serve(self.listener, router, limits, shutdown).await,

@@ -115,6 +115,11 @@ impl TryFrom<KeyRow> for KeyInfo {
     }
 }
 
+fn refuse<T>(reason: Reason) -> Result<T, Error> {
+    tracing::debug!(reason = reason.as_str(), "api key refused");
+    Err(Error::Unauthenticated(reason))
+}
+
 impl Keys {
     /// A key store over an already migrated database. Verified keys are trusted for
     /// `cache_ttl`: a revocation made through another process, or a principal disabled there, takes
@@ -395,18 +400,26 @@ impl Keys {
     /// database's.
     #[tracing::instrument(skip_all, fields(key_id))]
     pub async fn authenticate(&self, credential: &str) -> Result<Principal, Error> {
-        let refuse = |reason: Reason| {
-            tracing::debug!(reason = reason.as_str(), "api key refused");
-            Err(Error::Unauthenticated(reason))
-        };
         let key = match ApiKey::parse(credential) {
             Ok(key) => key,
             Err(invalid) => return refuse(Reason::Malformed(invalid)),
         };
         tracing::Span::current().record("key_id", tracing::field::display(key.id()));
+        self.check(&key.id(), Some(&key)).await
+    }
+
+    /// The principal of key `id` while the key is valid (not revoked or expired, its principal
+    /// enabled), without its secret: for a UI session that was opened with the key, so that
+    /// revoking the key ends the session.
+    pub async fn session_principal(&self, id: &KeyId) -> Result<Principal, Error> {
+        self.check(id, None).await
+    }
+
+    /// Checks key `id`, and its secret when `key` is given.
+    async fn check(&self, id: &KeyId, key: Option<&ApiKey>) -> Result<Principal, Error> {
         let now = Utc::now();
-        if let Some(cached) = self.cache.get(&key.id()) {
-            if !self.secret.verify(&key, &cached.digest) {
+        if let Some(cached) = self.cache.get(id) {
+            if key.is_some_and(|k| !self.secret.verify(k, &cached.digest)) {
                 return refuse(Reason::WrongSecret);
             }
             if cached.expires_at.is_some_and(|at| at <= now) {
@@ -414,13 +427,15 @@ impl Keys {
             }
             return Ok((*cached.principal).clone());
         }
-        let row = self.stored_key(&key.id()).await?;
+        let row = self.stored_key(id).await?;
         let Some(row) = row else {
             // Verify against a dummy anyway, so an unknown id costs what a wrong secret costs.
-            let _ = self.secret.verify(&key, &[0; DIGEST_BYTES]);
+            if let Some(key) = key {
+                let _ = self.secret.verify(key, &[0; DIGEST_BYTES]);
+            }
             return refuse(Reason::UnknownKey);
         };
-        if !self.secret.verify(&key, &row.hmac) {
+        if key.is_some_and(|k| !self.secret.verify(k, &row.hmac)) {
             return refuse(Reason::WrongSecret);
         }
         if row.revoked_at.is_some() {
@@ -431,16 +446,14 @@ impl Keys {
         }
         let expires_at = row.expires_at;
         let digest = row.hmac.as_slice().try_into().map_err(|_| {
-            Error::Database(
-                format!("stored digest of key {} has the wrong length", key.id()).into(),
-            )
+            Error::Database(format!("stored digest of key {id} has the wrong length").into())
         })?;
         let principal = Principal::try_from(row.principal)?;
         if principal.disabled_at.is_some() {
             return refuse(Reason::PrincipalDisabled);
         }
         self.cache.insert(
-            key.id(),
+            *id,
             Verified {
                 digest,
                 expires_at,

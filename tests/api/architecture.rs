@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["projection"],
     &["health"],
     &["api"],
+    &["ui"],
     &["app"],
     &["cli"],
 ];

@@ -33,4 +33,5 @@ mod secrets;
 mod tls;
 mod tls_support;
 mod tracing;
+mod ui;
 mod unvalidated;

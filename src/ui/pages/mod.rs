@@ -1,0 +1,28 @@
+//! One file per page (or pair of pages: a list and its detail). Each renders from the same
+//! library calls the API uses; pages with live parts name them in [`live_view`].
+
+pub mod events;
+pub mod overview;
+
+use std::collections::HashMap;
+
+use futures_util::future::BoxFuture;
+
+use super::live::LiveView;
+use super::{Failure, UiState, Viewer};
+
+/// Renders a page's live fragments: `(element id, html)` pairs.
+pub type Fragments = for<'a> fn(&'a UiState, &'a Viewer) -> BoxFuture<'a, Vec<(String, String)>>;
+
+/// What `/ui/live?view=<view>` streams for the page `view`.
+pub fn live_view(
+    view: &str,
+    params: &HashMap<String, String>,
+    viewer: &Viewer,
+) -> Result<LiveView, Failure> {
+    Ok(match view {
+        "overview" => LiveView::Fragments(overview::fragments),
+        "events" => LiveView::Tail(Box::new(events::TailFilter::from_params(params, viewer)?)),
+        _ => LiveView::Nothing,
+    })
+}
