@@ -81,6 +81,7 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/live", get(live::stream))
         .route("/ui/events", get(pages::events::list))
         .route("/ui/events/{event_id}", get(pages::events::detail))
+        .route("/ui/relay", get(pages::relay::page))
         .route("/ui/assets/{hash}/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(error::not_found))
         .layer(axum::middleware::from_fn_with_state(

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod overview;
+pub mod relay;
 
 use std::collections::HashMap;
 
@@ -22,6 +23,7 @@ pub fn live_view(
 ) -> Result<LiveView, Failure> {
     Ok(match view {
         "overview" => LiveView::Fragments(overview::fragments),
+        "relay" => LiveView::Fragments(relay::fragments),
         "events" => LiveView::Tail(Box::new(events::TailFilter::from_params(params, viewer)?)),
         _ => LiveView::Nothing,
     })
