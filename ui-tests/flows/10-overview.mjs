@@ -19,7 +19,7 @@ export const flows = [
         page.evaluate(() => window.keel && "chart-flow" in window.keel.charts && "chart-lag" in window.keel.charts && window.keel.charts),
       );
       const principal = await page.locator("[data-testid=principal]").textContent();
-      assert(principal.trim() === "admin" || principal.trim().length > 0, "no principal shown");
+      assert(principal.trim().length > 0, "the page does not say who is logged in");
       note(`${tiles} tiles, charts ${JSON.stringify(charts)}`);
     },
   },
