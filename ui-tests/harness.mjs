@@ -48,12 +48,7 @@ export function assert(ok, message) {
 
 // Known faults of keel, each with the issue that tracks it: reported on the flow's line, not
 // failed, so the flows stay useful until the fix lands. Remove an entry with its fix.
-const KNOWN = [
-  {
-    pattern: /status of 404 .*\/favicon\.ico$/,
-    why: "keel answers 404 to the browser's /favicon.ico (no icon is linked or served)",
-  },
-];
+const KNOWN = [];
 
 // Problems a page reported, each a line; `expected` holds patterns a flow declared it provokes.
 function watch(page, problems, expected, known) {

@@ -62,6 +62,9 @@
         body.insertBefore(row, body.firstChild);
       });
       keel.tailed += rows.length;
+      document.querySelectorAll('[data-empty-for="' + tail.dataset.target + '"]').forEach(function (p) {
+        p.hidden = true;
+      });
       while (body.children.length > 500) body.removeChild(body.lastChild);
       refreshed(body);
     });

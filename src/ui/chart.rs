@@ -102,7 +102,7 @@ impl Chart {
                 cx = LEFT + w / 2.0,
                 cy = TOP + h / 2.0,
             );
-        } else {
+        } else if t1 - t0 >= 1000 {
             let span_s = (t1 - t0) / 1000;
             let _ = write!(
                 svg,

@@ -81,6 +81,7 @@ impl From<askama::Error> for Failure {
 struct ErrorPage<'a> {
     failure: &'a Failure,
     css: String,
+    icon: String,
 }
 
 impl IntoResponse for Failure {
@@ -88,6 +89,7 @@ impl IntoResponse for Failure {
         let page = ErrorPage {
             failure: &self,
             css: assets::url("keel.css"),
+            icon: assets::url("keel.svg"),
         };
         match page.render() {
             Ok(html) => (self.status, Html(html)).into_response(),

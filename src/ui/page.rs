@@ -37,7 +37,13 @@ impl Viewer {
 
     /// The frame of a page titled `title` in navigation section `section`.
     pub fn layout(&self, title: impl Into<String>, section: &'static str) -> Layout {
+        let nav = NAV
+            .iter()
+            .filter(|(_, _, _, allowed)| allowed(self))
+            .map(|&(s, l, h, _)| (s, l, h))
+            .collect();
         Layout {
+            nav,
             title: title.into(),
             section,
             who: self.caller.name.clone(),
@@ -45,6 +51,7 @@ impl Viewer {
             session: self.session,
             css: assets::url("keel.css"),
             js: assets::url("keel.js"),
+            icon: assets::url("keel.svg"),
         }
     }
 }
@@ -80,6 +87,8 @@ impl FromRequestParts<UiState> for Viewer {
 /// The frame around a page's content.
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// The sections this viewer may read: (section, label, address).
+    pub nav: Vec<(&'static str, &'static str, &'static str)>,
     pub title: String,
     /// Which navigation entry is this page's.
     pub section: &'static str,
@@ -88,23 +97,28 @@ pub struct Layout {
     pub session: bool,
     pub css: String,
     pub js: String,
+    pub icon: String,
 }
 
-/// The navigation: (section, label, address).
-pub const NAV: &[(&str, &str, &str)] = &[
-    ("overview", "Overview", "/ui"),
-    ("events", "Events", "/ui/events"),
-    ("relay", "Relay", "/ui/relay"),
-    ("groups", "Consumer groups", "/ui/groups"),
-    ("dead-letters", "Dead letters", "/ui/dead-letters"),
-    ("projections", "Projections", "/ui/projections"),
-    ("jobs", "Jobs", "/ui/jobs"),
-    ("schemas", "Schemas", "/ui/schemas"),
-    ("audit", "Audit", "/ui/audit"),
+/// Whether a viewer may read a section.
+type Allowed = fn(&Viewer) -> bool;
+
+/// The navigation: (section, label, address, who sees it). A section the viewer may not read
+/// is left out (its page would answer 403).
+const NAV: &[(&str, &str, &str, Allowed)] = &[
+    ("overview", "Overview", "/ui", |_| true),
+    ("events", "Events", "/ui/events", |v| v.may_some(Action::EventRead)),
+    ("relay", "Relay", "/ui/relay", |v| v.may(Action::OutboxRead, "*")),
+    ("groups", "Consumer groups", "/ui/groups", |v| {
+        v.may_some(Action::DlqRead) || v.may_some(Action::ProjectionRead)
+    }),
+    ("dead-letters", "Dead letters", "/ui/dead-letters", |v| {
+        v.may_some(Action::DlqRead) || v.may(Action::OutboxRead, "*")
+    }),
+    ("projections", "Projections", "/ui/projections", |v| {
+        v.may_some(Action::ProjectionRead)
+    }),
+    ("jobs", "Jobs", "/ui/jobs", |v| v.may_some(Action::ProjectionRead)),
+    ("schemas", "Schemas", "/ui/schemas", |v| v.may_some(Action::RegistryRead)),
+    ("audit", "Audit", "/ui/audit", |v| v.may(Action::AuditRead, "*")),
 ];
-
-impl Layout {
-    pub fn nav(&self) -> &'static [(&'static str, &'static str, &'static str)] {
-        NAV
-    }
-}

@@ -147,6 +147,7 @@ async fn end(state: &UiState, id: &str) {
 #[template(path = "ui/login.html")]
 struct LoginPage {
     css: String,
+    icon: String,
     next: String,
     error: Option<String>,
     open: bool,
@@ -168,6 +169,7 @@ fn safe_next(next: Option<&str>) -> String {
 fn login_form(next: String, error: Option<String>, open: bool) -> Result<String, Failure> {
     Ok(LoginPage {
         css: assets::url("keel.css"),
+        icon: assets::url("keel.svg"),
         next,
         error,
         open,
