@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::runner::Reading;
+use super::meter::Reading;
 use super::{Kind, Spec, State};
 
 /// A job's row.

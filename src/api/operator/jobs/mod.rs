@@ -22,6 +22,8 @@
 //! another front end (a UI) runs the same checks, writes the same audit rows and starts the
 //! same jobs as the API.
 
+mod rebuild;
+mod republish;
 mod start;
 mod stream;
 
@@ -32,10 +34,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-pub(crate) use start::{
-    preview_rebuild, preview_republish, start_rebuild, start_republish, Preview, RebuildBody,
-    RepublishBody,
-};
+pub(crate) use rebuild::{preview_rebuild, start_rebuild, RebuildBody};
+pub(crate) use republish::{preview_republish, start_republish, RepublishBody};
+pub(crate) use start::Preview;
 
 use super::super::auth::RequestId;
 use super::super::error::ApiError;
@@ -232,12 +233,12 @@ pub(crate) async fn resume_job(
                 restart: false,
                 ..start::resumed(&job.params)?
             };
-            start::rebuild_job(state, caller, request, &job.target, body, Some(id)).await
+            rebuild::rebuild_job(state, caller, request, &job.target, body, Some(id)).await
         }
         Kind::Republish => {
             let mut body: RepublishBody = start::resumed(&job.params)?;
             body.after = job.cursor.or(body.after);
-            start::republish_job(state, caller, request, body, Some(id)).await
+            republish::republish_job(state, caller, request, body, Some(id)).await
         }
     }
 }
