@@ -201,6 +201,17 @@ async fn a_rebuild_jobs_row_runs_to_done_with_its_progress_its_starter_and_the_c
         "{preview}"
     );
     assert_eq!(preview["event_types"], json!(["agent.state.changed"]));
+    let said = run({
+        let mut c = app.keel();
+        c.args(["replay", "projection", "agent_status", "--dry-run"]);
+        c
+    })
+    .await
+    .expect_ok("keel replay projection --dry-run");
+    assert_eq!(
+        serde_json::from_str::<Value>(&said).unwrap()["events"],
+        events
+    );
     // A dry run starts nothing.
     assert_eq!(app.count("jobs").await, 0);
 
@@ -354,15 +365,33 @@ async fn a_cancel_stops_a_rebuild_in_another_process_at_a_page_boundary_and_its_
     let there = Api::new(&server.url, &ops_key);
     let here = Api::new(&app.url(""), &ops_key);
     here.preview_until(&json!({"page": 2}), events).await;
-    let (id, lines) = there
+    let (id, mut lines) = there
         .start("/v1/projections/agent_status/rebuild", &json!({"page": 2}))
         .await;
-    let running = here
-        .job_until(id, "the rebuild to report progress", |j| {
-            j["state"] == "running" && j["done"].as_u64() > Some(0)
-        })
-        .await;
-    assert_eq!(running["total"], events, "{running}");
+    // Its answer's progress lines carry the counts once the work has them.
+    let line = loop {
+        let line = lines.next().await.expect("a line while the rebuild runs");
+        assert_eq!(line["state"], "running", "{line}");
+        if line["done"].as_u64() > Some(0) {
+            break line;
+        }
+    };
+    assert_eq!(
+        (&line["job"], &line["total"]),
+        (&json!(id), &json!(events)),
+        "{line}"
+    );
+    assert!(
+        line["rate"].is_number() && line["elapsed_s"].is_number(),
+        "{line}"
+    );
+    let running = here.job(id).await;
+    assert_eq!(
+        (&running["state"], &running["total"]),
+        (&json!("running"), &json!(events)),
+        "{running}"
+    );
+    assert!(running["done"].as_u64() > Some(0), "{running}");
 
     // A reader sees the job but may not cancel it; the attempt is audited.
     let reader = Api::new(&app.url(""), &reader_key);
@@ -376,18 +405,22 @@ async fn a_cancel_stops_a_rebuild_in_another_process_at_a_page_boundary_and_its_
     );
     assert_eq!(reader.job(id).await["cancel_requested_at"], Value::Null);
 
-    let (status, asked) = here
-        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{asked}");
+    // The operator cancels through this process, with the CLI, and waits for the stop.
+    let out = run({
+        let mut c = app.keel_with(Some(&ops_key));
+        c.args(["jobs", "cancel", &id.to_string(), "--wait"]);
+        c
+    })
+    .await
+    .expect_ok("keel jobs cancel --wait");
+    assert!(out.contains(&format!("job {id} is cancelled")), "{out}");
+    let cancelled = here.job(id).await;
     assert_eq!(
-        (&asked["cancelled_by"], &asked["state"]),
-        (&json!("ops"), &json!("running"))
+        (&cancelled["state"], &cancelled["cancelled_by"]),
+        (&json!("cancelled"), &json!("ops")),
+        "{cancelled}"
     );
-    let cancelled = here
-        .job_until(id, "the rebuild to stop", |j| j["state"] != "running")
-        .await;
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert!(cancelled["cancel_requested_at"].is_string(), "{cancelled}");
     let read = cancelled["report"]["events_read"].as_i64().unwrap();
     assert!(read > 0 && (read as usize) < events, "{cancelled}");
     assert_eq!(cancelled["report"]["cancelled"], true);
