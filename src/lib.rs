@@ -15,7 +15,9 @@
 //!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
 //!    to read models exactly once; [`replay`] reads history back from the store.
 //! 6. Every stage beats in [`heartbeat`]; [`health`] watches the whole pipeline for stalls and
-//!    says so on `/v1/health/pipeline`; [`ui`] is the web dashboard over all of it, at `/ui`.
+//!    says so on `/v1/health/pipeline`. [`jobs`] runs rebuilds and republishes with a row each
+//!    (progress, who started it, cancel, resume), for the API and the command line; [`ui`] is
+//!    the web dashboard over all of it, at `/ui`.
 //! 7. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
 //!    them. [`shutdown`] stops every long-running component; [`retry`] is the one backoff.
 //!
@@ -33,7 +35,8 @@
 //!                                      the trace context they carry
 //! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
-//! replay, then projection, then health history; read models; the pipeline monitor
+//! replay, then projection, then        history; read models; then the pipeline monitor and
+//! health, jobs                         operator jobs (neither uses the other)
 //! api, then ui                         HTTP; the web dashboard at /ui (pages over the API's calls)
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
 //! ```
@@ -48,6 +51,7 @@ pub mod config;
 pub mod consumer;
 pub mod health;
 pub mod heartbeat;
+pub mod jobs;
 pub mod kafka;
 pub mod metrics;
 pub mod model;

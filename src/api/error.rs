@@ -193,6 +193,25 @@ impl From<registry::Error> for ApiError {
     }
 }
 
+impl From<crate::jobs::Error> for ApiError {
+    fn from(err: crate::jobs::Error) -> Self {
+        use crate::jobs::Error as E;
+        let message = err.to_string();
+        match err {
+            E::NotFound(_) => Self::not_found("job_not_found", message),
+            E::NotRunning { state, .. } => {
+                Self::new(StatusCode::CONFLICT, "job_not_running", message)
+                    .with_details(json!({"state": state}))
+            }
+            E::NotResumable { state, .. } => {
+                Self::new(StatusCode::CONFLICT, "job_not_resumable", message)
+                    .with_details(json!({"state": state}))
+            }
+            E::Database(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::append::Refusal> for ApiError {
     fn from(refusal: crate::append::Refusal) -> Self {
         Self::unprocessable(refusal.code(), refusal.to_string()).with_details(refusal.details())

@@ -8,7 +8,7 @@ mod error;
 mod events;
 mod extract;
 mod health;
-mod operator;
+pub(crate) mod operator;
 mod projections;
 pub mod rate;
 pub mod routes;
@@ -66,6 +66,8 @@ pub struct AppState {
     pub projections: Arc<[Arc<dyn Projection>]>,
     /// The pipeline monitor behind `/v1/health/pipeline`.
     pub monitor: crate::health::Monitor,
+    /// Operator jobs: this process's, and the database's rows.
+    pub jobs: crate::jobs::Jobs,
 }
 
 impl AppState {

@@ -5,10 +5,13 @@
 //! - [`Projections`] is the set of projections a process can run; a service embedding keel adds
 //!   its own to it.
 //! - [`Application`] is `keel serve`: the API, and in-process the relay and projections, and the
-//!   canary when `observability.canary_interval_ms` is set.
+//!   canary when `observability.canary_interval_ms` is set; the operator jobs it starts, and
+//!   the sweep that marks jobs of dead processes interrupted ([`crate::jobs`]).
 //!
 //! Shutdown order: the API drains first, then the projections stop, then the relay, so that
-//! nothing the API accepted is left unshipped by this process's relay.
+//! nothing the API accepted is left unshipped by this process's relay. Running jobs are asked to
+//! stop when the shutdown starts (they end `interrupted`); rows of jobs still running once the
+//! API has drained are marked so.
 
 mod projections;
 mod services;
@@ -26,6 +29,7 @@ use crate::append::{Appender, Validator};
 use crate::auth::{self, Keys};
 use crate::config::{AuthMode, Config};
 use crate::health::{canary, Monitor};
+use crate::jobs::Jobs;
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
@@ -141,6 +145,12 @@ impl Application {
         let monitor = Monitor::start(config, store.pool().clone(), monitor_stop.clone());
         let authn = api::Authn::new(&config.auth, keys.clone(), oidc, store.pool().clone())?
             .with_rate_limits(rate.clone());
+        // Jobs left running by a process that died are marked interrupted before this one
+        // serves, so that no list shows them running.
+        let jobs = Jobs::new(store.pool().clone());
+        jobs.sweep()
+            .await
+            .context("cannot look for interrupted jobs")?;
         let state = AppState {
             appender: Appender::new(store.clone(), validator),
             store,
@@ -155,6 +165,7 @@ impl Application {
             kafka_brokers: config.kafka_brokers.clone(),
             projections: projections.all().into(),
             monitor,
+            jobs,
         };
         Ok(Self {
             listener,
@@ -231,6 +242,17 @@ impl Application {
             .relay
             .notify
             .then(|| tokio::spawn(notify_relays(store.clone(), beside.clone())));
+        let jobs = self.state.jobs.clone();
+        tokio::spawn(jobs.clone().sweep_until(beside.clone()));
+        // Jobs stop at once on a shutdown, so that clients following them get their end and
+        // the API's drain does not wait for a job to finish.
+        tokio::spawn({
+            let (jobs, stop) = (jobs.clone(), shutdown.clone());
+            async move {
+                stop.wait().await;
+                jobs.stop_all();
+            }
+        });
         let projections = if self.config.projections.in_process {
             let services = Services {
                 store: store.clone(),
@@ -265,6 +287,7 @@ impl Application {
         }
         beside.trigger();
         monitor_stop.trigger();
+        jobs.shutdown().await;
         if let Some(c) = canary {
             c.stopped().await;
         }

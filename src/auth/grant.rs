@@ -5,7 +5,7 @@
 //! aggregate types (and appends also event types: both patterns must match), registry actions
 //! name subjects, projection actions projection names, dead-letter actions consumer groups,
 //! `replay.run` the target topic. Actions on the whole system (the outbox, principals, the audit
-//! log, metrics, retention) take `*` only.
+//! log, the job list, metrics, retention) take `*` only.
 //!
 //! The built-in roles are fixed sets of grants ([`role_grants`]); custom grants are stored per
 //! principal (`grants` table) and added to its roles'.
@@ -38,6 +38,7 @@ named!(
         RetentionSet = "retention.set",
         PrincipalManage = "principal.manage",
         AuditRead = "audit.read",
+        JobRead = "job.read",
         Metrics = "metrics",
     }
 );
@@ -90,7 +91,7 @@ impl Action {
             DlqRead | DlqRetry | DlqSkip => Resource::ConsumerGroup,
             ReplayRun => Resource::Topic,
             OutboxRead | OutboxRetry | OutboxSkip | RetentionSet | PrincipalManage | AuditRead
-            | Metrics => Resource::System,
+            | JobRead | Metrics => Resource::System,
         }
     }
 }
@@ -176,7 +177,8 @@ pub fn role_grants(role: Role) -> Vec<Grant> {
     use Action::*;
     let actions: &[Action] = match role {
         Role::Producer => &[EventAppend, RegistryRead],
-        Role::Reader => &[EventRead, ProjectionRead, RegistryRead],
+        // Jobs say who rebuilt or republished what: a read, like the pipeline's state.
+        Role::Reader => &[EventRead, ProjectionRead, RegistryRead, JobRead],
         Role::RegistryAdmin => &[RegistryRead, RegistryWrite, RegistryDelete, RegistryConfig],
         // Runs the pipeline; does not manage principals or read the audit log (separation of
         // duties: the audit log watches operators too).
@@ -193,6 +195,7 @@ pub fn role_grants(role: Role) -> Vec<Grant> {
             DlqSkip,
             ReplayRun,
             RetentionSet,
+            JobRead,
             Metrics,
         ],
         Role::Admin => Action::ALL,

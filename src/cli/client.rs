@@ -1,5 +1,5 @@
-//! The HTTP client of the operator commands (`keel outbox`, `dlq`, `replay`, `principal`,
-//! `grant`, `audit`): they act only through keel's API, so every one of their actions passes the
+//! The HTTP client of the operator commands (`keel outbox`, `dlq`, `replay`, `jobs`,
+//! `principal`, `grant`, `audit`): they act only through keel's API, so every one of their actions passes the
 //! same authorisation and writes the same audit row as any other client's. No operator command
 //! opens the database.
 //!
@@ -11,8 +11,9 @@
 //!   shell's history. It is sent as `Authorization: Bearer`, marked sensitive.
 //! - Failures ([`Error`]) carry keel's error code and message and say what to do next: which key
 //!   to set (401), which grant to ask for (403), where the server should be (unreachable).
-//! - Long jobs answer with NDJSON ([`Job`]): `started`, `running` every few seconds, then one
-//!   `done` or `failed` line.
+//! - Long jobs answer with NDJSON ([`Job`]): `started` with the job's id, `running` every few
+//!   seconds (with its progress), then one `done` or `cancelled` line with the report, or
+//!   `failed` or `interrupted`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -420,11 +421,15 @@ impl Client {
 /// One line of a job's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
-    Started,
+    /// The job's id (`keel jobs show ID`).
+    Started { job: String },
     Running {
         elapsed_s: f64,
+        done: u64,
+        total: Option<u64>,
+        rate: Option<f64>,
     },
-    /// The job's report; the last line.
+    /// The job's report; the last line. A cancelled job's report says so.
     Done(Value),
 }
 
@@ -476,15 +481,20 @@ impl Job {
         let value: Value = serde_json::from_slice(line)
             .map_err(|e| Error::Protocol(format!("a job line is not JSON: {e}")))?;
         match value["state"].as_str() {
-            Some("started") => Ok(Line::Started),
+            Some("started") => Ok(Line::Started {
+                job: value["job"].as_str().unwrap_or_default().to_owned(),
+            }),
             Some("running") => Ok(Line::Running {
                 elapsed_s: value["elapsed_s"].as_f64().unwrap_or_default(),
+                done: value["done"].as_u64().unwrap_or_default(),
+                total: value["total"].as_u64(),
+                rate: value["rate"].as_f64(),
             }),
-            Some("done") => {
+            Some("done" | "cancelled") => {
                 self.finished = true;
                 Ok(Line::Done(value["report"].clone()))
             }
-            Some("failed") => {
+            Some("failed" | "interrupted") => {
                 self.finished = true;
                 let error = &value["error"];
                 Err(Error::JobFailed {

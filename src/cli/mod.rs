@@ -6,7 +6,7 @@
 //! bootstrap). Ctrl-C and SIGTERM become one [`crate::shutdown::Shutdown`] token
 //! ([`crate::shutdown::on_signals`]) for every long-running command.
 //!
-//! The operator commands (`outbox`, `dlq`, `replay`, `principal`, `grant`, `audit`) never open
+//! The operator commands (`outbox`, `dlq`, `replay`, `jobs`, `principal`, `grant`, `audit`) never open
 //! the database: they act through keel's HTTP API ([`client`]) with the key in `KEEL_API_KEY`,
 //! so each of their actions is authorised and audited like any other client's.
 
@@ -17,6 +17,7 @@ mod consume;
 mod dlq;
 mod grant;
 mod health;
+mod jobs;
 mod outbox;
 mod principal;
 mod progress;
@@ -95,6 +96,9 @@ pub enum Command {
     /// Read and verify the audit log (through the API).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// List, show, cancel and resume operator jobs: rebuilds and republishes (through the API).
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate,
     /// Manage the event catalog's schemas in the registry.
@@ -163,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Principal(command) => principal::run(&api()?, command).await,
         Command::Grant(command) => grant::run(&api()?, command).await,
         Command::Audit(command) => audit::run(&api()?, command).await,
+        Command::Jobs(command) => jobs::run(&api()?, command).await,
         Command::Migrate => {
             Services::connect(&config).await?;
             tracing::info!("migrations applied");

@@ -1,7 +1,7 @@
 //! How the command line shows progress: the library's progress reports
 //! ([`crate::replay::progress`]) as a bar with rate and ETA, and a job running on the server
-//! ([`follow`]) as a spinner with its elapsed time, on a terminal; a line every five seconds
-//! otherwise (logs, CI). All on stderr, so that stdout keeps only results.
+//! ([`follow`]) as a spinner with its elapsed time and progress, on a terminal; a line every
+//! five seconds otherwise (logs, CI). All on stderr, so that stdout keeps only results.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -78,26 +78,39 @@ impl View for Lines {
 }
 
 /// Follows a job running on the server to its final line and returns its report. Ctrl-C (or
-/// SIGTERM) stops following and fails with `detached`: the job itself continues on the server
-/// to its end, and its audit row (`keel audit list --action <audit_action>`) records how it
-/// ended.
+/// SIGTERM) stops following and fails: the job itself continues on the server to its end, and
+/// `keel jobs show ID` shows how it stands (its audit rows, `keel audit list --action
+/// <audit_action>`, record its start and end).
 pub async fn follow(mut job: Job, label: &str, audit_action: &str) -> anyhow::Result<Value> {
     let view = JobView::new(label);
     let stop = shutdown::on_signals();
+    let mut id = String::new();
     loop {
         let line = tokio::select! {
             line = job.next() => line,
             () = stop.wait() => {
                 view.clear();
+                let show = match id.as_str() {
+                    "" => format!("`keel audit list --action {audit_action}`"),
+                    id => format!("`keel jobs show {id}` (or `keel jobs cancel {id}`)"),
+                };
                 anyhow::bail!(
                     "stopped following {label}: the job continues on the server to its end; \
-                     `keel audit list --action {audit_action}` shows how it ended"
+                     {show} shows how it stands"
                 );
             }
         };
         match line {
-            Ok(Some(Line::Started)) => view.running(0.0),
-            Ok(Some(Line::Running { elapsed_s })) => view.running(elapsed_s),
+            Ok(Some(Line::Started { job })) => {
+                view.started(&job);
+                id = job;
+            }
+            Ok(Some(Line::Running {
+                elapsed_s,
+                done,
+                total,
+                rate,
+            })) => view.running(elapsed_s, done, total, rate),
             Ok(Some(Line::Done(report))) => {
                 view.clear();
                 return Ok(report);
@@ -113,7 +126,7 @@ pub async fn follow(mut job: Job, label: &str, audit_action: &str) -> anyhow::Re
 
 /// A spinner on a terminal; otherwise a line every five seconds.
 enum JobView {
-    Spinner(ProgressBar),
+    Spinner { bar: ProgressBar, label: String },
     Lines { label: String, throttle: Throttle },
 }
 
@@ -131,24 +144,38 @@ impl JobView {
         }
         spinner.set_message(format!("{label} on the server"));
         spinner.enable_steady_tick(Duration::from_millis(120));
-        Self::Spinner(spinner)
+        Self::Spinner {
+            bar: spinner,
+            label: label.to_owned(),
+        }
     }
 
-    fn running(&self, elapsed_s: f64) {
+    fn started(&self, job: &str) {
+        match self {
+            Self::Spinner { bar, .. } => bar.println(format!("job {job}")),
+            Self::Lines { label, .. } => eprintln!("{label}: job {job}"),
+        }
+    }
+
+    fn running(&self, elapsed_s: f64, done: u64, total: Option<u64>, rate: Option<f64>) {
+        let of = total.map(|t| format!("/{t}")).unwrap_or_default();
+        let rate = rate.map(|r| format!(", {r:.0}/s")).unwrap_or_default();
         match self {
             // The spinner keeps its own clock.
-            Self::Spinner(_) => {}
+            Self::Spinner { bar, label } => {
+                bar.set_message(format!("{label} on the server: {done}{of}{rate}"));
+            }
             Self::Lines { label, throttle } => {
                 if throttle.due() {
-                    eprintln!("{label}: running on the server for {elapsed_s:.0} s");
+                    eprintln!("{label}: {done}{of} events{rate}, running on the server for {elapsed_s:.0} s");
                 }
             }
         }
     }
 
     fn clear(&self) {
-        if let Self::Spinner(spinner) = self {
-            spinner.finish_and_clear();
+        if let Self::Spinner { bar, .. } = self {
+            bar.finish_and_clear();
         }
     }
 }

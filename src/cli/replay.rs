@@ -30,14 +30,14 @@ pub enum ReplayCommand {
     /// and resumable (`--after` the cursor of the report).
     ///
     /// The job runs on the server. Ctrl-C only stops following it: the job continues to its end,
-    /// and `keel audit list --action replay.run` shows how it ended.
+    /// and `keel jobs show ID` shows how it stands (`keel jobs cancel ID` stops it).
     Republish(RepublishArgs),
     /// Rebuild a projection from the event store into a shadow schema and swap it in, while live
     /// traffic continues.
     ///
     /// The job runs on the server. Ctrl-C only stops following it: the job continues to its end,
-    /// and `keel audit list --action projection.rebuild` shows how it ended. A rebuild the server
-    /// stopped (it shut down) resumes when run again.
+    /// and `keel jobs show ID` shows how it stands (`keel jobs cancel ID` stops it). A rebuild
+    /// cut short (cancelled, or the server stopped) resumes when run again.
     Projection(RebuildArgs),
 }
 
@@ -64,6 +64,9 @@ pub struct RepublishArgs {
     /// Print the job's report as JSON instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// Only say how many events it would send, and start nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +86,9 @@ pub struct RebuildArgs {
     /// Events per transaction.
     #[arg(long, default_value_t = 10_000)]
     pub page: i64,
+    /// Only print what it would read (as JSON), and start nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub async fn run(client: &Client, command: ReplayCommand) -> anyhow::Result<()> {
@@ -177,12 +183,21 @@ async fn republish(client: &Client, args: RepublishArgs) -> anyhow::Result<()> {
     if let Some(after) = &args.after {
         body["after"] = json!(after);
     }
+    let need = Need::on("replay.run", &args.topic);
+    if args.dry_run {
+        body["dry_run"] = json!(true);
+        let preview = client
+            .post(&["v1", "replay", "republish"], &body, need)
+            .await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&preview)?);
+        } else {
+            println!("{}", preview_sentence(&preview));
+        }
+        return Ok(());
+    }
     let job = client
-        .job(
-            &["v1", "replay", "republish"],
-            &body,
-            Need::on("replay.run", &args.topic),
-        )
+        .job(&["v1", "replay", "republish"], &body, need)
         .await?;
     let report = progress::follow(
         job,
@@ -213,13 +228,15 @@ async fn rebuild(client: &Client, args: RebuildArgs) -> anyhow::Result<()> {
     if let Some(aggregate) = args.aggregate {
         body["aggregate"] = json!(aggregate);
     }
-    let job = client
-        .job(
-            &["v1", "projections", &args.name, "rebuild"],
-            &body,
-            Need::on("projection.rebuild", &args.name),
-        )
-        .await?;
+    let path = ["v1", "projections", &args.name, "rebuild"];
+    let need = Need::on("projection.rebuild", &args.name);
+    if args.dry_run {
+        body["dry_run"] = json!(true);
+        let preview = client.post(&path, &body, need).await?;
+        println!("{}", serde_json::to_string(&preview)?);
+        return Ok(());
+    }
+    let job = client.job(&path, &body, need).await?;
     let report = progress::follow(
         job,
         &format!("rebuilding {}", args.name),
@@ -228,6 +245,33 @@ async fn rebuild(client: &Client, args: RebuildArgs) -> anyhow::Result<()> {
     .await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// A republish preview in words: "N events of types X, Y between T1 and T2 to topic T".
+fn preview_sentence(preview: &Value) -> String {
+    let types: Vec<&str> = preview["event_types"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let types = match types.as_slice() {
+        [] => "every type".to_owned(),
+        types => format!("types {}", types.join(", ")),
+    };
+    let mut when = String::new();
+    if let Some(from) = preview["from"].as_str() {
+        when.push_str(&format!(" from {from}"));
+    }
+    if let Some(to) = preview["to"].as_str() {
+        when.push_str(&format!(" before {to}"));
+    }
+    if let Some(after) = preview["after"].as_str() {
+        when.push_str(&format!(" after cursor {after}"));
+    }
+    format!(
+        "would republish {} events of {types}{when} to topic {}",
+        preview["events"],
+        preview["target"].as_str().unwrap_or("?")
+    )
 }
 
 /// `--until` as typed, once it parses: a position or an RFC 3339 time.

@@ -17,8 +17,10 @@
 //!   aggregate.
 //!
 //! Rebuilds call [`Projection::apply`] with `replaying` set, so side effects can be suppressed.
+//! Progress goes to the caller's [`Reporter`] (a page at a time, with the cursor reached), and
+//! [`preview`] says what a rebuild would read without touching anything.
 //!
-//! (About 460 lines, on purpose: the full rebuild, the swap and `--aggregate` share the shadow
+//! (About 510 lines, on purpose: the full rebuild, the swap and `--aggregate` share the shadow
 //! schema's SQL and one lock protocol with the live runner; split, that protocol would be read in
 //! three files.)
 
@@ -35,7 +37,7 @@ use uuid::Uuid;
 use super::{apply_once, create_schema, live_schema, run_script, ApplyContext, Projection};
 use crate::model::{EventType, RecordedEvent};
 use crate::registry::Registry;
-use crate::replay::progress::Progress;
+use crate::replay::progress::Reporter;
 use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
 
 /// Where a point-in-time view stops.
@@ -94,11 +96,73 @@ pub struct RebuildReport {
     pub cancelled: bool,
 }
 
+/// What a rebuild would do now, from [`preview`].
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// The schema it would build in.
+    pub schema: String,
+    /// The cursor an interrupted full rebuild would resume after.
+    pub resumes_after: Option<LogCursor>,
+    /// The events it would read: what its progress counts to.
+    pub events: u64,
+}
+
+/// What [`rebuild`] with `options` would read now, without creating or changing anything. For a
+/// full rebuild this counts the projection's events in the log once.
+pub async fn preview(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    options: &RebuildOptions,
+) -> anyhow::Result<Preview> {
+    let mut filter = filter_for(projection);
+    if let Some(aggregate) = options.aggregate {
+        filter.aggregate_id = Some(aggregate);
+        let events = count_committed_after(pool, LogCursor::START, &filter).await? as u64;
+        return Ok(Preview {
+            schema: live_schema(projection.name()),
+            resumes_after: None,
+            events,
+        });
+    }
+    let schema = shadow_schema(projection.name(), options);
+    let resumes_after = resumes_after(&mut *pool.acquire().await?, &schema, options).await?;
+    let after = resumes_after.unwrap_or(LogCursor::START);
+    Ok(Preview {
+        schema,
+        resumes_after,
+        events: count_committed_after(pool, after, &filter).await? as u64,
+    })
+}
+
+/// The schema a full rebuild (or a point-in-time view) builds in.
+fn shadow_schema(name: &str, options: &RebuildOptions) -> String {
+    match options.until {
+        Some(_) => format!("{}_until", live_schema(name)),
+        None => format!("{}_rebuild", live_schema(name)),
+    }
+}
+
+/// The cursor a full rebuild into `schema` resumes after, if it resumes: one cut short left it,
+/// and `options` asks neither to start over nor for a point-in-time view.
+async fn resumes_after(
+    conn: &mut PgConnection,
+    schema: &str,
+    options: &RebuildOptions,
+) -> anyhow::Result<Option<LogCursor>> {
+    if options.until.is_some() || options.restart {
+        return Ok(None);
+    }
+    cursor(conn, schema).await
+}
+
+/// Rebuilds `projection` as `options` say, reporting progress to `reporter`, until done or
+/// `cancel` completes (checked after each page; the cursor stays for the next run).
 pub async fn rebuild(
     pool: &PgPool,
     registry: &Arc<Registry>,
     projection: &dyn Projection,
     options: &RebuildOptions,
+    reporter: &Reporter,
     cancel: impl Future<Output = ()>,
 ) -> anyhow::Result<RebuildReport> {
     super::ensure(pool, projection).await?;
@@ -124,7 +188,7 @@ pub async fn rebuild(
     if let Some(aggregate) = options.aggregate {
         r.one_aggregate(pool, aggregate).await?;
     } else {
-        r.full(pool, options, page, cancel).await?;
+        r.full(pool, options, page, reporter, cancel).await?;
     }
     r.report.seconds = started.elapsed().as_secs_f64();
     Ok(r.report)
@@ -157,19 +221,14 @@ impl Rebuild<'_> {
         pool: &PgPool,
         options: &RebuildOptions,
         page: i64,
+        reporter: &Reporter,
         cancel: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let name = self.projection.name();
-        let schema = match options.until {
-            Some(_) => format!("{}_until", live_schema(name)),
-            None => format!("{}_rebuild", live_schema(name)),
-        };
+        let schema = shadow_schema(name, options);
         self.report.schema = schema.clone();
-        let mut conn = pool.acquire().await?;
-        let resume = options.until.is_none()
-            && !options.restart
-            && cursor(&mut conn, &schema).await?.is_some();
-        if !resume {
+        let resume = resumes_after(&mut *pool.acquire().await?, &schema, options).await?;
+        if resume.is_none() {
             let mut tx = pool.begin().await?;
             run_script(&mut tx, format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
             create_schema(&mut tx, self.projection, &schema).await?;
@@ -183,13 +242,10 @@ impl Rebuild<'_> {
             .await?;
             tx.commit().await?;
         }
-        let mut after = cursor(&mut conn, &schema)
-            .await?
-            .unwrap_or(LogCursor::START);
-        drop(conn);
+        let mut after = resume.unwrap_or(LogCursor::START);
         let total = count_committed_after(pool, after, &self.filter).await? as u64;
-        let progress = Progress::new(&format!("rebuilding {name}"), Some(total));
-        if resume {
+        let progress = reporter.start(&format!("rebuilding {name}"), Some(total));
+        if resume.is_some() {
             progress.note(&format!("resuming an interrupted rebuild from {after}"));
         }
         tokio::pin!(cancel);
@@ -199,10 +255,10 @@ impl Rebuild<'_> {
                 .page(&mut tx, &schema, after, page, options.until)
                 .await?;
             tx.commit().await?;
-            progress.advance(read);
             if let Some(last) = last {
                 after = last;
             }
+            progress.advance_to(read, after);
             if (read as i64) < page {
                 break;
             }

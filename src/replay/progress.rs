@@ -3,11 +3,18 @@
 //! A library operation counts what it did into a [`Progress`]; a [`View`] decides how that is
 //! shown. Without one installed, progress is logged (`tracing`, a line every five seconds), which
 //! suits services and CI. The command line installs a view that draws a bar on a terminal (see
-//! [`set_view`]); library code never prints.
+//! [`set_view`]); library code never prints. A caller that wants one operation's progress for
+//! itself (a job writing it to its row, [`crate::jobs`]) hands the operation a [`Reporter`] of
+//! its own views instead of the installed ones.
+//!
+//! An operation that reads the log also says where it is ([`Progress::advance_to`]): the cursor
+//! of the last event it finished with, so that a report can say where to resume.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::store::LogCursor;
 
 /// Where one operation's progress is shown.
 pub trait View: Send + Sync {
@@ -32,12 +39,43 @@ pub fn set_view(
     VIEWS.set(Box::new(views)).is_ok()
 }
 
+/// Where the progress of an operation goes: the installed views ([`Reporter::default`]), or
+/// views of the caller's own. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Reporter(Option<Arc<Views>>);
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "Reporter(own views)",
+            None => "Reporter(installed views)",
+        })
+    }
+}
+
+impl Reporter {
+    /// Progress goes to the views `views` makes, whatever is installed.
+    pub fn to(views: impl Fn(&str, Option<u64>) -> Box<dyn View> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(views)))
+    }
+
+    /// The progress of a new operation `label` with `total` expected.
+    pub fn start(&self, label: &str, total: Option<u64>) -> Progress {
+        match &self.0 {
+            Some(views) => Progress::with_view(label, total, views(label, total)),
+            None => Progress::new(label, total),
+        }
+    }
+}
+
 /// Where an operation stands.
 pub struct Snapshot<'a> {
     pub label: &'a str,
     pub done: u64,
     pub total: Option<u64>,
     pub elapsed: Duration,
+    /// The log cursor of the last event finished with, for operations that read the log.
+    pub cursor: Option<LogCursor>,
 }
 
 impl Snapshot<'_> {
@@ -61,6 +99,7 @@ pub struct Progress {
     label: String,
     total: Option<u64>,
     done: AtomicU64,
+    cursor: Mutex<Option<LogCursor>>,
     started: Instant,
     view: Box<dyn View>,
 }
@@ -80,6 +119,7 @@ impl Progress {
             label: label.to_owned(),
             total,
             done: AtomicU64::new(0),
+            cursor: Mutex::new(None),
             started: Instant::now(),
             view,
         }
@@ -88,6 +128,12 @@ impl Progress {
     pub fn advance(&self, n: u64) {
         let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
         self.view.advanced(&self.snapshot(done));
+    }
+
+    /// [`Progress::advance`], having finished with every event up to `cursor`.
+    pub fn advance_to(&self, n: u64, cursor: LogCursor) {
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+        self.advance(n);
     }
 
     pub fn note(&self, message: &str) {
@@ -108,6 +154,8 @@ impl Progress {
             done,
             total: self.total,
             elapsed: self.started.elapsed(),
+            // A poisoned lock only means a panic mid-store of a Copy value: still valid.
+            cursor: *self.cursor.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
@@ -176,6 +224,7 @@ mod tests {
             done: 50,
             total: Some(150),
             elapsed: Duration::from_secs(10),
+            cursor: None,
         };
         assert_eq!(at.line(), "rebuilding x: 50/150 (5/s, ETA 20 s)");
         let open = Snapshot { total: None, ..at };
@@ -187,7 +236,11 @@ mod tests {
 
     impl View for std::sync::Arc<Recorded> {
         fn advanced(&self, at: &Snapshot<'_>) {
-            self.0.lock().unwrap().push(format!("at {}", at.done));
+            let cursor = at.cursor.map(|c| format!(" after {c}")).unwrap_or_default();
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("at {}{cursor}", at.done));
         }
         fn note(&self, _at: &Snapshot<'_>, message: &str) {
             self.0.lock().unwrap().push(format!("note {message}"));
@@ -201,17 +254,27 @@ mod tests {
     }
 
     #[test]
-    fn an_operation_reports_each_step_to_its_view() {
+    fn an_operation_reports_each_step_and_where_it_is_to_its_reporters_view() {
         let seen = std::sync::Arc::new(Recorded::default());
-        let progress = Progress::with_view("copying", Some(10), Box::new(seen.clone()));
+        let progress = Reporter::to({
+            let seen = seen.clone();
+            move |_, _| Box::new(seen.clone())
+        })
+        .start("copying", Some(10));
         progress.advance(4);
         progress.note("resuming");
-        progress.advance(6);
+        progress.advance_to(
+            6,
+            LogCursor {
+                tx_id: 7,
+                position: 10,
+            },
+        );
         progress.finish("done");
         assert_eq!(progress.done(), 10);
         assert_eq!(
             *seen.0.lock().unwrap(),
-            ["at 4", "note resuming", "at 10", "10 done"]
+            ["at 4", "note resuming", "at 10 after 7/10", "10 done"]
         );
     }
 }

@@ -5,7 +5,9 @@
 //! sent a page at a time through the relay's Kafka sink: same key, value and headers as the
 //! relay's, so consumers deduplicate on `keel-event-id` as usual. A page is sent only after the
 //! previous one was acknowledged, so each aggregate's events arrive in order. The rate is capped;
-//! a shutdown stops after the page in flight and returns the cursor to resume from.
+//! a shutdown stops after the page in flight and returns the cursor to resume from. Progress
+//! reports carry the cursor of the last acknowledged page ([`Progress::advance_to`]), so a run
+//! cut short without its report (its process died) resumes from the last one it reported.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use anyhow::bail;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::progress::Progress;
+use super::progress::Reporter;
 use crate::model::EventType;
 use crate::relay::kafka::KafkaSink;
 use crate::relay::sink::Outcome;
@@ -47,8 +49,25 @@ pub struct Republished {
 
 const PAGE: i64 = 500;
 
+impl RepublishOptions {
+    fn filter(&self) -> LogFilter {
+        LogFilter {
+            event_types: self.event_types.clone(),
+            from: self.from,
+            to: self.to,
+            ..Default::default()
+        }
+    }
+}
+
+/// How many events a republish with `options` would send now: what its progress counts to.
+pub async fn count(pool: &PgPool, options: &RepublishOptions) -> anyhow::Result<u64> {
+    Ok(count_committed_after(pool, options.after, &options.filter()).await? as u64)
+}
+
 /// Re-sends the events `options` selects through `sink` (already pointed at its topic) until the
-/// end of the log or `shutdown`. `label` names the work in progress reports.
+/// end of the log or `shutdown`. `label` names the work in progress reports, which go to
+/// `reporter`.
 #[tracing::instrument(skip_all, fields(messaging.system = "kafka", db.system = "postgresql"))]
 pub async fn republish(
     pool: &PgPool,
@@ -56,19 +75,15 @@ pub async fn republish(
     options: &RepublishOptions,
     label: &str,
     shutdown: &Shutdown,
+    reporter: &Reporter,
 ) -> anyhow::Result<Republished> {
     if options.rate == 0 {
         bail!("the rate must be positive");
     }
     let mut cursor = options.after;
-    let filter = LogFilter {
-        event_types: options.event_types.clone(),
-        from: options.from,
-        to: options.to,
-        ..Default::default()
-    };
-    let total = count_committed_after(pool, cursor, &filter).await?;
-    let progress = Progress::new(label, Some(total as u64));
+    let filter = options.filter();
+    let total = count(pool, options).await?;
+    let progress = reporter.start(label, Some(total));
     let started = Instant::now();
     let mut sent: u64 = 0;
     loop {
@@ -90,7 +105,7 @@ pub async fn republish(
             );
         }
         sent += events.len() as u64;
-        progress.advance(events.len() as u64);
+        progress.advance_to(events.len() as u64, last);
         cursor = last;
         let due = Duration::from_secs_f64(sent as f64 / options.rate as f64);
         let elapsed = started.elapsed();

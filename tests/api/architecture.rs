@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["append", "relay", "consumer", "retry", "shutdown"],
     &["replay"],
     &["projection"],
-    &["health"],
+    &["health", "jobs"],
     &["api"],
     &["ui"],
     &["app"],

@@ -17,7 +17,7 @@ fn role_actions(role: Role) -> Vec<Action> {
     use Action::*;
     match role {
         Role::Producer => vec![EventAppend, RegistryRead],
-        Role::Reader => vec![EventRead, ProjectionRead, RegistryRead],
+        Role::Reader => vec![EventRead, ProjectionRead, RegistryRead, JobRead],
         Role::RegistryAdmin => vec![RegistryRead, RegistryWrite, RegistryDelete, RegistryConfig],
         Role::Operator => vec![
             EventRead,
@@ -32,6 +32,7 @@ fn role_actions(role: Role) -> Vec<Action> {
             DlqSkip,
             ReplayRun,
             RetentionSet,
+            JobRead,
             Metrics,
         ],
         Role::Admin => Action::ALL.to_vec(),
@@ -142,6 +143,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/projections/{name}/rebuild",
         "projection.rebuild",
     ),
+    ("GET", "/v1/jobs", "job.read"),
+    ("GET", "/v1/jobs/{id}", "job.read"),
+    // And then the grant that starts the job, on its target (the handler checks it).
+    ("POST", "/v1/jobs/{id}/cancel", "job.read"),
+    ("POST", "/v1/jobs/{id}/resume", "job.read"),
     ("GET", "/v1/principals", "principal.manage"),
     ("POST", "/v1/principals", "principal.manage"),
     (

@@ -422,6 +422,16 @@ impl ServeProcess {
         Self { child, url }
     }
 
+    /// A clean stop: SIGTERM, and wait for the process to exit.
+    pub fn terminate(mut self) {
+        signal(&self.child, "TERM", "keel serve");
+        let status = self.child.wait().expect("wait for keel serve");
+        assert!(
+            status.success(),
+            "keel serve exited with {status} on SIGTERM"
+        );
+    }
+
     /// A crash: SIGKILL, and wait for the process to be gone.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -3,12 +3,13 @@
 //! act only through these, so no operator action skips authorisation or the audit log.
 //!
 //! Every change commits with its audit row ([`audited`]); a failure is recorded on its own, and
-//! a refusal by the route's guard is recorded as `denied` (`super::routes`). Long jobs answer with
-//! NDJSON progress lines and record their start and end ([`jobs`]).
+//! a refusal by the route's guard is recorded as `denied` (`super::routes`). Long jobs have a row
+//! each, answer their start with NDJSON progress lines and record their start and end ([`jobs`]);
+//! their functions are `pub(crate)`, for front ends beside the API.
 
 mod audit;
 mod dlq;
-mod jobs;
+pub(crate) mod jobs;
 mod outbox;
 mod principals;
 
@@ -88,6 +89,31 @@ pub(super) fn routes() -> Table<AppState> {
             "/v1/projections/{name}/rebuild",
             Need::Path(A::ProjectionRebuild, "name"),
             jobs::rebuild,
+        )
+        .at(
+            get.clone(),
+            "/v1/jobs",
+            Need::Action(A::JobRead),
+            jobs::list,
+        )
+        .at(
+            get.clone(),
+            "/v1/jobs/{id}",
+            Need::Action(A::JobRead),
+            jobs::show,
+        )
+        // The job's kind and target are in its row: the handler checks the grant that starts it.
+        .at(
+            post.clone(),
+            "/v1/jobs/{id}/cancel",
+            Need::Action(A::JobRead),
+            jobs::cancel,
+        )
+        .at(
+            post.clone(),
+            "/v1/jobs/{id}/resume",
+            Need::Action(A::JobRead),
+            jobs::resume,
         )
         .at(
             get.clone(),

@@ -28,6 +28,7 @@ use crate::model::SchemaRef;
 use crate::projection::rebuild::{rebuild, RebuildOptions};
 use crate::projection::runner::{self, RunnerOptions};
 use crate::projection::{self, Projection};
+use crate::replay::progress::Reporter;
 use crate::shutdown::Shutdown;
 
 const EVENT_TYPE: &str = "l12.service_invoked";
@@ -105,6 +106,7 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
             &registry,
             projection.as_ref(),
             &options,
+            &Reporter::default(),
             std::future::pending(),
         )
         .await?;
