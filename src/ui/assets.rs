@@ -23,7 +23,11 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
             "text/css; charset=utf-8",
             include_str!("../../assets/ui/keel.css"),
         ),
-        ("keel.svg", "image/svg+xml", include_str!("../../assets/ui/keel.svg")),
+        (
+            "keel.svg",
+            "image/svg+xml",
+            include_str!("../../assets/ui/keel.svg"),
+        ),
         (
             "keel.js",
             "text/javascript; charset=utf-8",

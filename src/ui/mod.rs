@@ -82,6 +82,12 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/events", get(pages::events::list))
         .route("/ui/events/{event_id}", get(pages::events::detail))
         .route("/ui/relay", get(pages::relay::page))
+        .route("/ui/projections", get(pages::jobs::projections))
+        .route("/ui/projections/{name}/rebuild", post(pages::jobs::rebuild))
+        .route("/ui/jobs", get(pages::jobs::jobs))
+        .route("/ui/jobs/republish", post(pages::jobs::republish))
+        .route("/ui/jobs/{id}/cancel", post(pages::jobs::cancel))
+        .route("/ui/jobs/{id}/resume", post(pages::jobs::resume))
         .route("/ui/assets/{hash}/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(error::not_found))
         .layer(axum::middleware::from_fn_with_state(

@@ -107,8 +107,12 @@ type Allowed = fn(&Viewer) -> bool;
 /// is left out (its page would answer 403).
 const NAV: &[(&str, &str, &str, Allowed)] = &[
     ("overview", "Overview", "/ui", |_| true),
-    ("events", "Events", "/ui/events", |v| v.may_some(Action::EventRead)),
-    ("relay", "Relay", "/ui/relay", |v| v.may(Action::OutboxRead, "*")),
+    ("events", "Events", "/ui/events", |v| {
+        v.may_some(Action::EventRead)
+    }),
+    ("relay", "Relay", "/ui/relay", |v| {
+        v.may(Action::OutboxRead, "*")
+    }),
     ("groups", "Consumer groups", "/ui/groups", |v| {
         v.may_some(Action::DlqRead) || v.may_some(Action::ProjectionRead)
     }),
@@ -118,7 +122,11 @@ const NAV: &[(&str, &str, &str, Allowed)] = &[
     ("projections", "Projections", "/ui/projections", |v| {
         v.may_some(Action::ProjectionRead)
     }),
-    ("jobs", "Jobs", "/ui/jobs", |v| v.may_some(Action::ProjectionRead)),
-    ("schemas", "Schemas", "/ui/schemas", |v| v.may_some(Action::RegistryRead)),
-    ("audit", "Audit", "/ui/audit", |v| v.may(Action::AuditRead, "*")),
+    ("jobs", "Jobs", "/ui/jobs", |v| v.may_some(Action::JobRead)),
+    ("schemas", "Schemas", "/ui/schemas", |v| {
+        v.may_some(Action::RegistryRead)
+    }),
+    ("audit", "Audit", "/ui/audit", |v| {
+        v.may(Action::AuditRead, "*")
+    }),
 ];

@@ -2,6 +2,7 @@
 //! library calls the API uses; pages with live parts name them in [`live_view`].
 
 pub mod events;
+pub mod jobs;
 pub mod overview;
 pub mod relay;
 

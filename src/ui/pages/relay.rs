@@ -69,7 +69,11 @@ fn render_live(state: &UiState) -> Result<String, Failure> {
             sinks.push(SinkRow {
                 sink: s.sink.clone(),
                 per_s: format::rate(rate((first.at, from), (last.at, s.passed))),
-                backlog: format!("{}{}", if s.capped { "≥ " } else { "" }, format::count(s.waiting)),
+                backlog: format!(
+                    "{}{}",
+                    if s.capped { "≥ " } else { "" },
+                    format::count(s.waiting)
+                ),
                 oldest: format::duration(s.oldest_s),
                 parked: format::count(s.parked),
             });
@@ -78,7 +82,10 @@ fn render_live(state: &UiState) -> Result<String, Failure> {
                 name: format!("{name} backlog"),
                 points: readings
                     .iter()
-                    .filter_map(|r| r.sink(&name).map(|s| (r.at.timestamp_millis(), s.waiting as f64)))
+                    .filter_map(|r| {
+                        r.sink(&name)
+                            .map(|s| (r.at.timestamp_millis(), s.waiting as f64))
+                    })
                     .collect(),
             });
         }
