@@ -8,7 +8,7 @@ mod error;
 mod events;
 mod extract;
 mod health;
-mod operator;
+pub(crate) mod operator;
 mod projections;
 pub mod rate;
 pub mod routes;
