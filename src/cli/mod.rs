@@ -12,6 +12,7 @@
 
 mod audit;
 mod bench;
+mod bulk;
 mod client;
 mod consume;
 mod dlq;

@@ -1,5 +1,6 @@
 //! The event store in PostgreSQL: appends with optimistic concurrency and an outbox row per event,
-//! point and stream reads, and the gap-safe log that every ordered reader follows.
+//! point and stream reads, and the gap-safe log that every ordered reader follows; [`sequence`]
+//! is the SQL both tables of parked rows are walked with.
 //!
 //! Invariants (each backed by a test in `tests/api`):
 //! - An aggregate's versions are 1, 2, 3... with no gap and no duplicate, under any concurrency,
@@ -14,6 +15,7 @@ mod group_commit;
 pub mod log;
 mod read;
 mod row;
+pub mod sequence;
 pub(crate) use read::EVENT_COLUMNS;
 
 use std::sync::Arc;

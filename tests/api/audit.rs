@@ -105,7 +105,7 @@ async fn each_operator_action_yields_exactly_one_ok_row_and_a_refusal_one_denied
         (
             M::POST,
             "/v1/dlq/billing/skip".into(),
-            json!({"id": second}),
+            json!({"id": second, "reason": "test"}),
             "dlq.skip",
         ),
     ];

@@ -431,7 +431,18 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
     assert_eq!(depth, 2);
     assert!(age >= 0.0);
     // Skipping the parked record releases the one held behind it; the skipped one is never handled.
-    keel_dlq(&app, &["skip", "--group", group, &parked_id]).await;
+    keel_dlq(
+        &app,
+        &[
+            "skip",
+            "--group",
+            group,
+            &parked_id,
+            "--reason",
+            "crash loop",
+        ],
+    )
+    .await;
     let rest: HashMap<Uuid, Vec<Uuid>> = [(agent, vec![ids[0], ids[2]])].into();
     wait_handled(&app, &rest, Duration::from_secs(30)).await;
     assert!(handled(&app).await.iter().all(|r| r.3 != ids[1]));
@@ -439,6 +450,70 @@ async fn a_consumer_that_keeps_crashing_on_an_event_ends_up_parking_it() {
         Duration::from_secs(10),
         "an empty dead-letter list",
         || async { dlq_rows(&app, group).await.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_retry_over_several_keys_redelivers_each_keys_records_in_order() {
+    // Arrange: three keys stopped at a poison record with records held behind it, and one
+    // stopped by a flaky record, which a filter on the poison's class leaves alone.
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let mut expected = HashMap::new();
+    for _ in 0..3 {
+        let agent = Uuid::new_v4();
+        let ids = append_states(&app, agent, &["1", "2", "3", "4"]).await;
+        fault(&app, ids[1], "poison").await;
+        expected.insert(agent, ids);
+    }
+    let flaky = Uuid::new_v4();
+    let f = append_states(&app, flaky, &["f1", "f2"]).await;
+    fault(&app, f[0], "flaky").await;
+    let group = "bulk";
+    let _c = ConsumerProcess::start(&app, &broker, group, "c", &["--max-retries", "1"]);
+    eventually(
+        Duration::from_secs(60),
+        "eleven dead-letter rows",
+        || async { (dlq_rows(&app, group).await.len() == 11).then_some(()) },
+    )
+    .await;
+
+    // Act: the cause is fixed; a dry run, then the run, of every sequence a poison heads.
+    sqlx::query("DELETE FROM consumer_faults")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let filter = [
+        "retry",
+        "--group",
+        group,
+        "--reason-class",
+        "permanent",
+        "--json",
+    ];
+    let dry: Value =
+        serde_json::from_str(&keel_dlq(&app, &[&filter[..], &["--dry-run"]].concat()).await)
+            .unwrap();
+    assert_eq!(
+        (dry["would_touch"].as_u64(), dry["sequences"].as_u64()),
+        (Some(9), Some(3))
+    );
+    let done: Value = serde_json::from_str(&keel_dlq(&app, &filter).await).unwrap();
+    assert_eq!(done["touched"], dry["would_touch"], "{done}");
+
+    // Assert: each key's records arrive in order, and the flaky key still waits.
+    wait_handled(&app, &expected, Duration::from_secs(60)).await;
+    assert_in_order(&as_received(&handled(&app).await), &expected);
+    let waiting = [("parked".to_owned(), f[0]), ("held".to_owned(), f[1])];
+    eventually(
+        Duration::from_secs(10),
+        "only the flaky key's rows to be open",
+        || async {
+            let left = dlq_rows(&app, group).await;
+            let open: Vec<(String, Uuid)> = left.into_iter().map(|r| (r.0, r.2)).collect();
+            (open == waiting).then_some(())
+        },
     )
     .await;
 }

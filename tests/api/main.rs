@@ -10,6 +10,7 @@ mod cli;
 mod concurrency;
 mod consume;
 mod consumer;
+mod dead_letters;
 mod deploy_files;
 mod hardening;
 mod health;

@@ -638,11 +638,13 @@ async fn skipping_a_parked_event_releases_the_events_held_behind_it() {
         (kafka["parked"].as_i64(), kafka["held"].as_i64()),
         (Some(1), Some(1))
     );
-    let out = keel_outbox(&app, &["skip", &ids[0].to_string(), "--sink", "kafka"]).await;
-    assert!(
-        out.contains(&format!("skipped {} on kafka", ids[0])),
-        "{out}"
-    );
+    let id = ids[0].to_string();
+    let out = keel_outbox(
+        &app,
+        &["skip", &id, "--sink", "kafka", "--reason", "too big"],
+    )
+    .await;
+    assert!(out.contains("skipped 1 parked row(s)"), "{out}");
     let mut reader = KafkaReader::new(&broker.brokers(), &[AGENT_TOPIC]);
     reader.read_ids(&[ids[1]], Duration::from_secs(30)).await;
     assert!(!reader.received.iter().any(|r| r.event_id() == ids[0]));

@@ -4,13 +4,20 @@
 //!
 //! Every change commits with its audit row ([`audited`]); a failure is recorded on its own, and
 //! a refusal by the route's guard is recorded as `denied` (`super::routes`). Long jobs have a row
-//! each, answer their start with NDJSON progress lines and record their start and end ([`jobs`]);
-//! their functions are `pub(crate)`, for front ends beside the API.
+//! each, answer their start with NDJSON progress lines and record their start and end ([`jobs`]).
+//! Retries and skips of parked rows, in both stores, run in chunks ([`bulk`]) over key sequences
+//! ([`page`]).
+//!
+//! [`dlq`], [`outbox`] and [`jobs`] offer what their routes run as `pub(crate)` functions of the
+//! state, the caller and a typed request, so that another front end in the process (the UI) runs
+//! the same code, with the same checks ([`allow`]) and the same audit rows.
 
 mod audit;
-mod dlq;
+pub(crate) mod bulk;
+pub(crate) mod dlq;
 pub(crate) mod jobs;
-mod outbox;
+pub(crate) mod outbox;
+pub(crate) mod page;
 mod principals;
 
 use axum::http::Method;
@@ -42,6 +49,12 @@ pub(super) fn routes() -> Table<AppState> {
             outbox::parked,
         )
         .at(
+            get.clone(),
+            "/v1/outbox/parked/sequences",
+            Need::Action(A::OutboxRead),
+            outbox::sequences_page,
+        )
+        .at(
             post.clone(),
             "/v1/outbox/retry",
             Need::Action(A::OutboxRetry),
@@ -53,11 +66,24 @@ pub(super) fn routes() -> Table<AppState> {
             Need::Action(A::OutboxSkip),
             outbox::skip,
         )
+        // Every group the caller may read: the handler filters.
+        .at(
+            get.clone(),
+            "/v1/dlq",
+            Need::Some(A::DlqRead),
+            dlq::overview,
+        )
         .at(
             get.clone(),
             "/v1/dlq/{group}",
             Need::Path(A::DlqRead, "group"),
             dlq::list,
+        )
+        .at(
+            get.clone(),
+            "/v1/dlq/{group}/sequences",
+            Need::Path(A::DlqRead, "group"),
+            dlq::sequences_page,
         )
         .at(
             get.clone(),
@@ -211,13 +237,40 @@ where
         }
         Err(err) => {
             drop(tx);
-            let entry = op.entry.outcome(Outcome::Failed, Some(err.code.to_owned()));
-            if let Err(e) = auth::audit::record_alone(pool, &entry).await {
-                tracing::error!(error = %e, action = %entry.action, "cannot record a failed operator action in the audit log");
-            }
+            record_failure(state, op.entry, &err).await;
             Err(err)
         }
     }
+}
+
+/// Records `entry` as `failed` with `err`'s code, on its own (a refused request is still an
+/// attempt). A failure to write it is logged: the caller gets `err` either way.
+pub(super) async fn record_failure(state: &AppState, entry: Entry, err: &ApiError) {
+    let entry = entry.outcome(Outcome::Failed, Some(err.code.to_owned()));
+    if let Err(e) = auth::audit::record_alone(state.store.pool(), &entry).await {
+        tracing::error!(error = %e, action = %entry.action, "cannot record a failed operator action in the audit log");
+    }
+}
+
+/// Refuses a caller without `action` on `resource` (`*` for the whole system) as the route's
+/// guard would, recording an operator action's refusal as `denied`. For callers that reach an
+/// operator function past the router (the UI); behind a route it has already been decided.
+pub(super) async fn allow(
+    state: &AppState,
+    caller: &Caller,
+    request: Option<&RequestId>,
+    action: Action,
+    resource: &str,
+) -> Result<(), ApiError> {
+    if caller.access.allows(action, resource) {
+        return Ok(());
+    }
+    if action.is_operator() {
+        let entry = Entry::new(caller, action.as_str(), json!({"resource": resource}))
+            .request(request.map(|r| r.0.clone()), None);
+        auth::audit::record_denied(state.store.pool(), entry).await;
+    }
+    Err(ApiError::forbidden(action))
 }
 
 /// A JSON body that may be left out: an empty body is the defaults.

@@ -3,13 +3,18 @@
 //!
 //! Per-key order: once a record is **parked**, the same group's later records with the same key
 //! are stored behind it as **held**, in offset order, and are not handled until the parked one is
-//! delivered or skipped. `retry` marks a key's chain for redelivery; the consumer that owns the
+//! delivered or skipped. A retry marks a key's chain for redelivery; the consumer that owns the
 //! partition then redelivers it in order and stops at the first record that fails again.
+//!
+//! What operators see and do, by key sequence (retry, skip, in bulk), is [`sequence`]; this
+//! module is the consumer's side: parking, redelivery, and the rows as they are listed.
+
+pub mod sequence;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::record::Record;
@@ -231,14 +236,6 @@ pub async fn failed_again(
     Ok(())
 }
 
-/// Which rows a `keel dlq` command acts on, within one group.
-#[derive(Debug, Clone)]
-pub enum Selection {
-    Id(i64),
-    Key(String),
-    All,
-}
-
 /// Rows of a group (open ones only unless `include_closed`), optionally of one key, oldest first.
 pub async fn list(
     pool: &PgPool,
@@ -267,117 +264,6 @@ pub async fn show<'e>(
         .bind(id)
         .fetch_optional(executor)
         .await
-}
-
-/// Why a `keel dlq` command changed nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum ManageError {
-    #[error("no dead-letter row {0} in group {1:?}")]
-    NotFound(i64, String),
-    #[error("row {id} is {state}; only parked rows can be retried or skipped one by one (a held row waits for the parked row of its key: retry or skip that one, or use --key)")]
-    NotParked { id: i64, state: ParkState },
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-/// Marks the selected parked rows, and the rows held behind them, for redelivery by the running
-/// consumer. Returns how many rows were marked.
-pub async fn retry(
-    conn: &mut PgConnection,
-    group: &str,
-    selection: &Selection,
-) -> Result<u64, ManageError> {
-    const SET: &str = "UPDATE consumer_dlq SET state = 'retry', updated_at = now()
-         WHERE state IN ('parked', 'held') AND group_id = $1";
-    let done = match selection {
-        Selection::Id(id) => {
-            let row = parked_row(&mut *conn, group, *id).await?;
-            sqlx::query(&format!(
-                "{SET} AND topic = $2 AND partition = $3 AND record_key = $4"
-            ))
-            .bind(group)
-            .bind(&row.topic)
-            .bind(row.partition)
-            .bind(&row.record_key)
-            .execute(&mut *conn)
-            .await?
-        }
-        Selection::Key(key) => {
-            sqlx::query(&format!("{SET} AND record_key = $2"))
-                .bind(group)
-                .bind(key)
-                .execute(&mut *conn)
-                .await?
-        }
-        Selection::All => sqlx::query(SET).bind(group).execute(&mut *conn).await?,
-    };
-    Ok(done.rows_affected())
-}
-
-/// Drops the selected rows. Skipping one parked row releases the rows held behind it: they are
-/// marked for redelivery, in order. `--key` and `--all` drop the whole chain. Returns how many
-/// rows were skipped.
-pub async fn skip(
-    conn: &mut PgConnection,
-    group: &str,
-    selection: &Selection,
-) -> Result<u64, ManageError> {
-    let skipped = match selection {
-        Selection::Id(id) => {
-            let row = parked_row(&mut *conn, group, *id).await?;
-            let n = sqlx::query(
-                "UPDATE consumer_dlq SET state = 'skipped', updated_at = now() WHERE id = $1",
-            )
-            .bind(row.id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "UPDATE consumer_dlq SET state = 'retry', updated_at = now()
-                  WHERE group_id = $1 AND topic = $2 AND partition = $3 AND record_key = $4
-                    AND state = 'held'",
-            )
-            .bind(group)
-            .bind(&row.topic)
-            .bind(row.partition)
-            .bind(&row.record_key)
-            .execute(&mut *conn)
-            .await?;
-            n
-        }
-        Selection::Key(key) => sqlx::query(
-            "UPDATE consumer_dlq SET state = 'skipped', updated_at = now()
-              WHERE group_id = $1 AND record_key = $2 AND state IN ('parked', 'held', 'retry')",
-        )
-        .bind(group)
-        .bind(key)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        Selection::All => sqlx::query(
-            "UPDATE consumer_dlq SET state = 'skipped', updated_at = now()
-              WHERE group_id = $1 AND state IN ('parked', 'held', 'retry')",
-        )
-        .bind(group)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-    };
-    Ok(skipped)
-}
-
-async fn parked_row(conn: &mut PgConnection, group: &str, id: i64) -> Result<DlqRow, ManageError> {
-    let row = show(conn, id)
-        .await?
-        .filter(|r| r.group_id == group)
-        .ok_or_else(|| ManageError::NotFound(id, group.to_owned()))?;
-    if row.state != ParkState::Parked {
-        return Err(ManageError::NotParked {
-            id,
-            state: row.state,
-        });
-    }
-    Ok(row)
 }
 
 /// A group's open rows and the age of the oldest, in seconds.

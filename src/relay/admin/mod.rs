@@ -1,14 +1,13 @@
 //! What operators see and do with the outbox (`keel outbox status|parked|retry|skip`, the backlog
-//! metrics): each sink's backlog, the parked and held rows, and releasing or skipping them. The
-//! data path that ships rows is [`super::outbox`].
+//! metrics): each sink's backlog and the parked and held rows; releasing or skipping them, by
+//! aggregate sequence, is [`sequence`]. The data path that ships rows is [`super::outbox`].
+
+pub mod sequence;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
-
-use super::outbox::wake_relays;
-use super::sink::SinkKind;
 
 /// One sink's backlog, as `keel outbox status` and the metrics show it.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -72,61 +71,4 @@ pub async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedEntry>, sqlx:
     .bind(limit)
     .fetch_all(pool)
     .await
-}
-
-/// Which parked rows an operator command applies to.
-#[derive(Debug, Clone, Copy)]
-pub enum Selection {
-    /// One event, on every sink it is parked for (or one sink).
-    Event(Uuid, Option<SinkKind>),
-    /// Every parked row (of one sink).
-    All(Option<SinkKind>),
-}
-
-impl Selection {
-    fn binds(&self) -> (Option<Uuid>, Option<&'static str>) {
-        match *self {
-            Selection::Event(id, sink) => (Some(id), sink.map(SinkKind::as_str)),
-            Selection::All(sink) => (None, sink.map(SinkKind::as_str)),
-        }
-    }
-}
-
-/// Releases parked rows to be re-sent (with a fresh attempt count), and wakes the relays.
-/// Returns how many rows were released.
-pub async fn retry(conn: &mut PgConnection, which: Selection) -> Result<u64, sqlx::Error> {
-    let (id, sink) = which.binds();
-    let done = sqlx::query(
-        "UPDATE relay_parked SET state = 'retry', attempts = 0, updated_at = now()
-          WHERE state = 'parked' AND ($1::uuid IS NULL OR event_id = $1)
-            AND ($2::text IS NULL OR sink = $2)",
-    )
-    .bind(id)
-    .bind(sink)
-    .execute(&mut *conn)
-    .await?;
-    wake_relays(&mut *conn).await?;
-    Ok(done.rows_affected())
-}
-
-/// Gives up on parked rows: they are never delivered to that sink, and the rows held behind them
-/// flow again. Returns the rows skipped.
-pub async fn skip(
-    conn: &mut PgConnection,
-    which: Selection,
-) -> Result<Vec<ParkedEntry>, sqlx::Error> {
-    let (id, sink) = which.binds();
-    let skipped = sqlx::query_as(
-        "DELETE FROM relay_parked
-          WHERE state IN ('parked', 'retry') AND ($1::uuid IS NULL OR event_id = $1)
-            AND ($2::text IS NULL OR sink = $2)
-          RETURNING sink, event_id, position, aggregate_type, aggregate_id, event_type, state,
-                    error_class, error, attempts, parked_at",
-    )
-    .bind(id)
-    .bind(sink)
-    .fetch_all(&mut *conn)
-    .await?;
-    wake_relays(&mut *conn).await?;
-    Ok(skipped)
 }
