@@ -15,7 +15,7 @@
 //!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
 //!    to read models exactly once; [`replay`] reads history back from the store.
 //! 6. Every stage beats in [`heartbeat`]; [`health`] watches the whole pipeline for stalls and
-//!    says so on `/v1/health/pipeline`.
+//!    says so on `/v1/health/pipeline`; [`journey`] follows one event through every hop.
 //! 7. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
 //!    them. [`shutdown`] stops every long-running component; [`retry`] is the one backoff.
 //!
@@ -34,6 +34,7 @@
 //! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
 //! replay, then projection, then health history; read models; the pipeline monitor
+//! journey                              one event's hops (uses health's Kafka view)
 //! api                                  HTTP
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
 //! ```
@@ -48,6 +49,7 @@ pub mod config;
 pub mod consumer;
 pub mod health;
 pub mod heartbeat;
+pub mod journey;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
