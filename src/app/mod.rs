@@ -26,6 +26,7 @@ use crate::append::{Appender, Validator};
 use crate::auth::{self, Keys};
 use crate::config::{AuthMode, Config};
 use crate::health::{canary, Monitor};
+use crate::journey;
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
@@ -141,7 +142,9 @@ impl Application {
         let monitor = Monitor::start(config, store.pool().clone(), monitor_stop.clone());
         let authn = api::Authn::new(&config.auth, keys.clone(), oidc, store.pool().clone())?
             .with_rate_limits(rate.clone());
+        let journey = journey::Sources::new(config, catalog.clone(), &projections.all());
         let state = AppState {
+            journey: Arc::new(journey),
             appender: Appender::new(store.clone(), validator),
             store,
             catalog,

@@ -14,6 +14,7 @@ mod deploy_files;
 mod hardening;
 mod health;
 mod helpers;
+mod journey;
 mod keys;
 mod library;
 mod log;
