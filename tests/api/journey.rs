@@ -413,6 +413,36 @@ async fn a_reader_without_read_on_the_events_type_gets_the_404_of_a_missing_even
 }
 
 #[tokio::test]
+async fn keel_events_journey_prints_one_line_per_hop_or_the_json() {
+    let app = spawn_app_with(|c| {
+        c.relay.kafka.enabled = false;
+        c.relay.redis.enabled = false;
+    })
+    .await;
+    let id = append(&app, Uuid::new_v4(), &["running"]).await[0];
+    let keel = |json: bool| {
+        let mut command = app.keel();
+        command.args(["events", "journey", &id.to_string()]);
+        if json {
+            command.arg("--json");
+        }
+        crate::helpers::run(command)
+    };
+
+    let text = keel(false).await.expect_ok("keel events journey");
+    let json = keel(true).await.expect_ok("keel events journey --json");
+
+    assert!(
+        text.starts_with(&format!("event      {id} agent/")),
+        "{text}"
+    );
+    assert!(text.contains("  kafka    pending (disabled)"), "{text}");
+    assert!(text.contains("(the kafka sink is not enabled)"), "{text}");
+    let parsed: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed["event"]["id"], id.to_string());
+}
+
+#[tokio::test]
 async fn an_agents_state_at_version_n_folds_its_history_up_to_n() {
     // Arrange
     let app = spawn_app().await;
