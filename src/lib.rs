@@ -16,8 +16,8 @@
 //!    to read models exactly once; [`replay`] reads history back from the store.
 //! 6. Every stage beats in [`heartbeat`]; [`health`] watches the whole pipeline for stalls and
 //!    says so on `/v1/health/pipeline`. [`jobs`] runs rebuilds and republishes with a row each
-//!    (progress, who started it, cancel, resume), for the API and the command line; [`ui`] is
-//!    the web dashboard over all of it, at `/ui`.
+//!    (progress, who started it, cancel, resume), for the API and the command line; [`journey`] follows one event through
+//!    every hop; [`ui`] is the web dashboard over all of it, at `/ui`.
 //! 7. [`app`] and [`cli`] wire components together from [`config`]; nothing else constructs
 //!    them. [`shutdown`] stops every long-running component; [`retry`] is the one backoff.
 //!
@@ -37,6 +37,7 @@
 //!                                      each other); consumer groups
 //! replay, then projection, then        history; read models; then the pipeline monitor and
 //! health, jobs                         operator jobs (neither uses the other)
+//! journey                              one event's hops (uses health's Kafka view)
 //! api, then ui                         HTTP; the web dashboard at /ui (pages over the API's calls)
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
 //! ```
@@ -52,6 +53,7 @@ pub mod consumer;
 pub mod health;
 pub mod heartbeat;
 pub mod jobs;
+pub mod journey;
 pub mod kafka;
 pub mod metrics;
 pub mod model;

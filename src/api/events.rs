@@ -182,11 +182,13 @@ pub async fn get_event(
             let mut events = present(&state, vec![event], wanted, true).await?;
             Ok(axum::Json(events.remove(0)).into_response())
         }
-        None => Err(ApiError::not_found(
-            "event_not_found",
-            format!("no event with id {id}"),
-        )),
+        None => Err(event_not_found(id)),
     }
+}
+
+/// 404 for an event that is missing or that the caller may not read: the two answer alike.
+pub(super) fn event_not_found(id: Uuid) -> ApiError {
+    ApiError::not_found("event_not_found", format!("no event with id {id}"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,12 +324,12 @@ pub async fn query_log(
     )
 }
 
-fn parse_aggregate_type(value: String) -> Result<AggregateType, ApiError> {
+pub(super) fn parse_aggregate_type(value: String) -> Result<AggregateType, ApiError> {
     AggregateType::parse(value)
         .map_err(|e| ApiError::bad_request("invalid_aggregate_type", e.to_string()))
 }
 
-fn parse_uuid(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_uuid(value: &str, code: &'static str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(value).map_err(|_| {
         ApiError::bad_request(code, format!("{what} must be a UUID"))
             .with_details(json!({"value": value.chars().take(100).collect::<String>()}))

@@ -8,11 +8,13 @@ mod error;
 mod events;
 mod extract;
 mod health;
+mod journey;
 pub(crate) mod operator;
 mod projections;
 pub mod rate;
 pub mod routes;
 pub mod server;
+mod state;
 mod timeout;
 pub mod tls;
 mod trace;
@@ -68,6 +70,8 @@ pub struct AppState {
     pub monitor: crate::health::Monitor,
     /// Operator jobs: this process's, and the database's rows.
     pub jobs: crate::jobs::Jobs,
+    /// Where `/v1/events/{id}/journey` looks.
+    pub journey: Arc<crate::journey::Sources>,
 }
 
 impl AppState {
@@ -129,6 +133,19 @@ fn table(state: &AppState) -> routes::Table<AppState> {
             "/v1/events/{id}",
             Need::Some(Action::EventRead),
             events::get_event,
+        )
+        // The handler checks the event's aggregate type before it looks any further.
+        .at(
+            M::GET,
+            "/v1/events/{id}/journey",
+            Need::Some(Action::EventRead),
+            journey::show,
+        )
+        .at(
+            M::GET,
+            "/v1/aggregates/{aggregate_type}/{aggregate_id}/state",
+            Need::Path(Action::EventRead, "aggregate_type"),
+            state::show,
         )
         .merge(projections::routes())
         .merge(operator::routes());

@@ -30,6 +30,7 @@ use crate::auth::{self, Keys};
 use crate::config::{AuthMode, Config};
 use crate::health::{canary, Monitor};
 use crate::jobs::Jobs;
+use crate::journey;
 use crate::registry::{self, Registry};
 use crate::relay;
 use crate::shutdown::Shutdown;
@@ -151,7 +152,9 @@ impl Application {
         jobs.sweep()
             .await
             .context("cannot look for interrupted jobs")?;
+        let journey = journey::Sources::new(config, catalog.clone(), &projections.all());
         let state = AppState {
+            journey: Arc::new(journey),
             appender: Appender::new(store.clone(), validator),
             store,
             catalog,

@@ -6,7 +6,7 @@
 //! bootstrap). Ctrl-C and SIGTERM become one [`crate::shutdown::Shutdown`] token
 //! ([`crate::shutdown::on_signals`]) for every long-running command.
 //!
-//! The operator commands (`outbox`, `dlq`, `replay`, `jobs`, `principal`, `grant`, `audit`) never open
+//! The operator commands (`outbox`, `dlq`, `replay`, `jobs`, `events`, `principal`, `grant`, `audit`) never open
 //! the database: they act through keel's HTTP API ([`client`]) with the key in `KEEL_API_KEY`,
 //! so each of their actions is authorised and audited like any other client's.
 
@@ -16,6 +16,7 @@ mod bulk;
 mod client;
 mod consume;
 mod dlq;
+mod events;
 mod grant;
 mod health;
 mod jobs;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Inspect the outbox and manage parked events (through the API).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// Follow one event through the pipeline (through the API).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Run projections (read models in PostgreSQL) from Kafka, exactly once.
     Project,
     /// Inspect and redrive consumer groups' dead-letter rows (through the API).
@@ -163,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(command) => replay::run(&api()?, command).await,
         Command::Health(args) => health::run(&api()?, args).await,
         Command::Outbox(command) => outbox::run(&api()?, command).await,
+        Command::Events(command) => events::run(&api()?, command).await,
         Command::Consume(args) => consume::run(&config, args).await,
         Command::Dlq(command) => dlq::run(&api()?, command).await,
         Command::Principal(command) => principal::run(&api()?, command).await,

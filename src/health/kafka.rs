@@ -1,6 +1,7 @@
-//! What the monitor asks Kafka: is it there, where each partition of a topic ends, and where a
-//! consumer group has committed. rdkafka's calls block, so each runs on the blocking pool, with
-//! a time-out; clients are made on first use and kept.
+//! What the monitor (and an event's journey, [`crate::journey`]) asks Kafka: is it there, where
+//! each partition of a topic ends, and where a consumer group has committed. rdkafka's calls
+//! block, so each runs on the blocking pool, with a time-out; clients are made on first use and
+//! kept.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

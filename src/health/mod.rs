@@ -14,7 +14,7 @@
 //! * Slow but moving (a rebuild, a catch-up) is `degraded`, never `unhealthy`.
 
 pub mod canary;
-mod kafka;
+pub mod kafka;
 pub mod monitor;
 pub mod reading;
 pub mod rules;

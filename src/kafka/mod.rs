@@ -1,9 +1,11 @@
 //! The Kafka client layer shared by everything that talks to a broker: the producer settings and
-//! the one way to hand a record to librdkafka ([`producer`]), and topic creation ([`admin`]).
+//! the one way to hand a record to librdkafka ([`producer`]), topic creation ([`admin`]), and the
+//! partition the producer gives a key ([`partitioner`]).
 //! No keel semantics live here: what a record holds is [`crate::wire`]'s, where it goes is the
 //! relay's and the consumer runtime's.
 
 pub mod admin;
+pub mod partitioner;
 pub mod producer;
 
 use std::collections::BTreeMap;

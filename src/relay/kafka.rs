@@ -42,6 +42,20 @@ pub fn canary_topic(config: &KafkaSinkConfig) -> String {
     format!("{}{}", config.topic_prefix, canary::AGGREGATE_TYPE)
 }
 
+/// The topic the sink sends an event of `event_type` on `aggregate_type` to (see the module
+/// docs), for the sink and for whoever looks for the record afterwards.
+pub fn topic(
+    catalog: &Catalog,
+    config: &KafkaSinkConfig,
+    event_type: &str,
+    aggregate_type: &str,
+) -> String {
+    if canary::is_canary(aggregate_type, event_type) {
+        return canary_topic(config);
+    }
+    catalog.topic(event_type, aggregate_type, &config.topic_prefix)
+}
+
 pub struct KafkaSink {
     config: KafkaSinkConfig,
     catalog: Arc<Catalog>,
@@ -87,11 +101,7 @@ impl KafkaSink {
         if let Some(topic) = &self.only_topic {
             return topic.clone();
         }
-        if canary::is_canary(aggregate_type, event_type) {
-            return canary_topic(&self.config);
-        }
-        self.catalog
-            .topic(event_type, aggregate_type, &self.config.topic_prefix)
+        topic(&self.catalog, &self.config, event_type, aggregate_type)
     }
 
     /// [`KafkaSink::topic_for`] for each event, worked out once per (event type, aggregate type).

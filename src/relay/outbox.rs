@@ -11,6 +11,13 @@ use crate::store::log::{self, LogCursor};
 /// The number of relay partitions; fixed by migration 0004.
 pub const PARTITIONS: i16 = 16;
 
+/// The relay partition of the aggregate id in `aggregate_id_column`, as SQL: the expression of
+/// migration 0004's generated column `outbox.partition`, for readers that have an event but not
+/// (any longer) its outbox row.
+pub fn partition_of(aggregate_id_column: &str) -> String {
+    format!("(uuid_hash_extended({aggregate_id_column}, 0) & 15)::smallint")
+}
+
 /// An outbox row with its event, as a sink publishes it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct OutboxRow {

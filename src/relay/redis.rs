@@ -53,6 +53,11 @@ pub fn channel(config: &RedisSinkConfig, aggregate_type: &str) -> String {
     format!("{}{aggregate_type}", config.channel_prefix)
 }
 
+/// The stream the sink adds `aggregate_type`'s events to.
+pub fn stream(config: &RedisSinkConfig, aggregate_type: &str) -> String {
+    format!("{}{aggregate_type}", config.stream_prefix)
+}
+
 pub struct RedisSink {
     client: redis::Client,
     config: RedisSinkConfig,
@@ -78,7 +83,7 @@ impl RedisSink {
     }
 
     pub fn stream(&self, aggregate_type: &str) -> String {
-        format!("{}{aggregate_type}", self.config.stream_prefix)
+        stream(&self.config, aggregate_type)
     }
 
     /// For a `rediss://` URL: connects once and fails if TLS does, naming what to check. A server

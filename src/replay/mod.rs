@@ -4,10 +4,15 @@
 //! So far: reading one aggregate's history as of a version or a time, resolved to its types'
 //! latest schemas, and folding it into state with [`Aggregate`] (`keel replay aggregate`), and
 //! re-sending stored events to a topic ([`republish`]). Projection rebuilds build on the same
-//! reads.
+//! reads. keel's own models ([`agent`]) are listed by type in [`state`], which folds them to
+//! JSON (`GET /v1/aggregates/{type}/{id}/state`).
 
+pub mod agent;
 pub mod progress;
 pub mod republish;
+pub mod state;
+
+pub use state::{state_of, Fold};
 
 use std::str::FromStr;
 

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["replay"],
     &["projection"],
     &["health", "jobs"],
+    &["journey"],
     &["api"],
     &["ui"],
     &["app"],

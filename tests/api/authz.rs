@@ -59,6 +59,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ),
     ("GET", "/v1/events", "event.read"),
     ("GET", "/v1/events/{id}", "event.read"),
+    ("GET", "/v1/events/{id}/journey", "event.read"),
+    (
+        "GET",
+        "/v1/aggregates/{aggregate_type}/{aggregate_id}/state",
+        "event.read",
+    ),
     ("GET", "/v1/projections", "projection.read"),
     ("GET", "/v1/projections/{name}", "projection.read"),
     (
@@ -505,6 +511,14 @@ async fn a_reader_of_one_aggregate_type_sees_only_it_on_every_read_path() {
         StatusCode::NOT_FOUND,
         "an unreadable event is not found: {body}"
     );
+    let (status, body) = get(format!("/v1/events/{hidden_id}/journey")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "an unreadable event has no journey: {body}"
+    );
+    let (status, _) = get(format!("/v1/aggregates/invoice/{invoice}/state")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = get(format!("/v1/aggregates/agent/{agent}/events")).await;
     assert_eq!(status, StatusCode::OK);
 

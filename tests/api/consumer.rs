@@ -127,7 +127,8 @@ async fn wait_handled(app: &TestApp, expected: &HashMap<Uuid, Vec<Uuid>>, timeou
     .await;
 }
 
-async fn fault(app: &TestApp, event: Uuid, kind: &str) {
+/// Makes the recording consumer fail on `event` as `kind` says (`poison`, `flaky`, `crash`).
+pub(crate) async fn fault(app: &TestApp, event: Uuid, kind: &str) {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS consumer_faults (event_id uuid PRIMARY KEY, kind text NOT NULL)",
     )

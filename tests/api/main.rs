@@ -16,6 +16,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod jobs;
+mod journey;
 mod keys;
 mod library;
 mod log;
