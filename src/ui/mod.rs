@@ -81,7 +81,17 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/live", get(live::stream))
         .route("/ui/events", get(pages::events::list))
         .route("/ui/events/{event_id}", get(pages::events::detail))
+        .route(
+            "/ui/events/{event_id}/journey",
+            get(pages::journey::fragment),
+        )
         .route("/ui/relay", get(pages::relay::page))
+        .route("/ui/relay/parked", post(pages::dead_letters::relay_action))
+        .route("/ui/dead-letters", get(pages::dead_letters::page))
+        .route(
+            "/ui/dead-letters/{group}",
+            post(pages::dead_letters::group_action),
+        )
         .route("/ui/projections", get(pages::jobs::projections))
         .route("/ui/projections/{name}/rebuild", post(pages::jobs::rebuild))
         .route("/ui/jobs", get(pages::jobs::jobs))

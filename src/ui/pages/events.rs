@@ -466,7 +466,9 @@ pub async fn detail(
             .collect(),
         correlation,
         correlated,
-        journey: String::new(),
+        journey: super::journey::render(&state, &viewer, id)
+            .await?
+            .unwrap_or_default(),
         e: Row::of(&event),
     };
     Ok(Html(page.render()?))

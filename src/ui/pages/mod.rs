@@ -1,8 +1,10 @@
 //! One file per page (or pair of pages: a list and its detail). Each renders from the same
 //! library calls the API uses; pages with live parts name them in [`live_view`].
 
+pub mod dead_letters;
 pub mod events;
 pub mod jobs;
+pub mod journey;
 pub mod overview;
 pub mod relay;
 

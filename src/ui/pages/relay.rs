@@ -131,7 +131,7 @@ pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Result<Html<S
         live: render_live(&state)?,
         instances,
         failures,
-        parked: String::new(),
+        parked: super::dead_letters::relay_sequences(&state, &viewer).await?,
     };
     Ok(Html(page.render()?))
 }
