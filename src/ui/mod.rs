@@ -22,6 +22,7 @@
 
 mod assets;
 mod chart;
+mod diff;
 mod error;
 mod form;
 mod format;
@@ -81,6 +82,9 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/live", get(live::stream))
         .route("/ui/events", get(pages::events::list))
         .route("/ui/events/{event_id}", get(pages::events::detail))
+        .route("/ui/schemas", get(pages::schemas::list))
+        .route("/ui/schemas/{subject}", get(pages::schemas::detail))
+        .route("/ui/schemas/{subject}/test", post(pages::schemas::test))
         .route("/ui/assets/{hash}/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(error::not_found))
         .layer(axum::middleware::from_fn_with_state(

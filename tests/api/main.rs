@@ -34,4 +34,5 @@ mod tls;
 mod tls_support;
 mod tracing;
 mod ui;
+mod ui_pages;
 mod unvalidated;

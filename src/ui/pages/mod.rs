@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod overview;
+pub mod schemas;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,163 @@
+//! The dashboard's schema, audit, aggregate and consumer-group pages over real HTTP against a
+//! real database and registry: grants, escaping of hostile names, coded 400s for bad query
+//! parameters, the schema diff and payload test, the audit CSV, and the groups table from the
+//! monitor's readings.
+
+use reqwest::header;
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, TestApp};
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Logs in with `key`; returns the session's `Cookie` header value.
+async fn login(app: &TestApp, key: &str) -> String {
+    let reply = browser()
+        .post(app.url("/ui/login"))
+        .form(&[("key", key), ("next", "/ui")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::SEE_OTHER);
+    let cookie = reply.headers()[header::SET_COOKIE].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
+    let reply = browser()
+        .get(app.url(path))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    (reply.status(), reply.text().await.unwrap())
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find("data-csrf=\"").expect("a csrf token") + 11;
+    html[at..at + 64].to_owned()
+}
+
+#[tokio::test]
+async fn the_schema_pages_list_subjects_and_diff_v1_and_v2_of_l12_service_invoked() {
+    let app = spawn_app().await;
+    let admin = login(&app, &app.admin_key).await;
+    let (status, html) = page(&app, &admin, "/ui/schemas").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(r#"href="/ui/schemas/l12.service_invoked""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"data-testid="global-mode""#));
+
+    let (status, html) = page(&app, &admin, "/ui/schemas/l12.service_invoked?a=1&b=2").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let diff = &html[html.find(r#"data-testid="diff""#).unwrap()..];
+    let diff = &diff[..diff.find("</pre>").unwrap()];
+    assert!(
+        diff.contains(r#"<span class="added">+ "#) && diff.contains("&#34;caller&#34;"),
+        "v2's new field is shown as added: {diff}"
+    );
+    let caller_line = diff
+        .lines()
+        .find(|l| l.contains("&#34;caller&#34;"))
+        .unwrap();
+    assert!(caller_line.contains(r#"class="added""#), "{caller_line}");
+    assert!(html.contains(r#"data-testid="versions""#));
+
+    for bad in ["?a=zero", "?b=-1"] {
+        let (status, html) = page(
+            &app,
+            &admin,
+            &format!("/ui/schemas/l12.service_invoked{bad}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(html.contains(r#"data-code="invalid_version""#), "{html}");
+    }
+    let (status, html) = page(&app, &admin, "/ui/schemas/no.such.subject").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains(r#"data-code="subject_not_found""#), "{html}");
+    let (status, html) = page(&app, &admin, "/ui/schemas/l12.service_invoked?b=99").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains(r#"data-code="version_not_found""#), "{html}");
+
+    let key = app
+        .principal("events-only", &[], &[("allow", "event.read", "*", "*")])
+        .await;
+    let reader = login(&app, &key).await;
+    for path in ["/ui/schemas", "/ui/schemas/l12.service_invoked"] {
+        let (status, html) = page(&app, &reader, path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(html.contains(r#"data-code="forbidden""#));
+    }
+}
+
+#[tokio::test]
+async fn the_payload_test_accepts_a_valid_payload_and_refuses_an_invalid_one_with_the_reason() {
+    let app = spawn_app().await;
+    let admin = login(&app, &app.admin_key).await;
+    let (_, html) = page(&app, &admin, "/ui/schemas/l12.service_invoked").await;
+    let csrf = csrf_of(&html);
+    let test = |payload: String| {
+        let (app, admin, csrf) = (&app, &admin, &csrf);
+        async move {
+            let reply = browser()
+                .post(app.url("/ui/schemas/l12.service_invoked/test"))
+                .header(header::COOKIE, admin)
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("version", "2"),
+                    ("payload", &payload),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (reply.status(), reply.text().await.unwrap())
+        }
+    };
+    let good = json!({"service_name": "s", "method": "m", "execution_time": 1.5, "status": "OK"});
+    let (status, html) = test(good.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let result = &html[html.find(r#"data-testid="test-result""#).unwrap()..];
+    assert!(result.contains("Valid against version 2"), "{result}");
+    assert!(
+        result.contains("&#34;attempt&#34;: 1"),
+        "defaults are filled in: {result}"
+    );
+
+    let bad = json!({"service_name": "s", "method": "m", "execution_time": "<b>slow</b>", "status": "OK"});
+    let (status, html) = test(bad.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let result = &html[html.find(r#"data-testid="test-result""#).unwrap()..];
+    assert!(result.contains("Not valid against version 2"), "{result}");
+    assert!(result.contains("$.execution_time"), "{result}");
+    assert!(
+        !html.contains("<b>slow</b>"),
+        "the echoed payload is escaped"
+    );
+
+    let (_, html) = test("{not json".into()).await;
+    assert!(html.contains("the payload is not JSON"), "{html}");
+
+    let forged = browser()
+        .post(app.url("/ui/schemas/l12.service_invoked/test"))
+        .header(header::COOKIE, &admin)
+        .form(&[
+            ("csrf", "0".repeat(64).as_str()),
+            ("version", "2"),
+            ("payload", "{}"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+}
+
