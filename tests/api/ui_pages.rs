@@ -45,6 +45,14 @@ fn csrf_of(html: &str) -> String {
     html[at..at + 64].to_owned()
 }
 
+/// A principal that may append and nothing else the pages need.
+async fn producer(app: &TestApp) -> String {
+    let key = app
+        .principal("pages-producer", &[keel::auth::Role::Producer], &[])
+        .await;
+    login(app, &key).await
+}
+
 #[tokio::test]
 async fn the_schema_pages_list_subjects_and_diff_v1_and_v2_of_l12_service_invoked() {
     let app = spawn_app().await;
@@ -159,5 +167,61 @@ async fn the_payload_test_accepts_a_valid_payload_and_refuses_an_invalid_one_wit
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_and_pages_and_its_csv_quotes_and_neutralises_formulas() {
+    let app = spawn_app().await;
+    let pool = app.store.pool();
+    let hostile = "=HYPERLINK(\"http://evil\",\"<b>x</b>\")";
+    let entry = keel::auth::audit::Entry::system("key.create", json!({"name": hostile}), json!({}));
+    keel::auth::audit::record_alone(pool, &entry).await.unwrap();
+    let mut entry =
+        keel::auth::audit::Entry::system("dlq.replay", json!({"group": "g"}), json!({"n": 1}));
+    entry.principal = "-ops,night".into();
+    keel::auth::audit::record_alone(pool, &entry).await.unwrap();
+
+    let admin = login(&app, &app.admin_key).await;
+    let (status, html) = page(&app, &admin, "/ui/audit").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("key.create") && html.contains("dlq.replay"));
+    assert!(!html.contains("<b>x</b>") && html.contains("&#60;b&#62;x"));
+
+    let (_, html) = page(&app, &admin, "/ui/audit?action=dlq.replay").await;
+    assert!(html.contains("dlq.replay") && !html.contains("key.create"));
+    assert!(
+        html.contains(r#"href="/ui/audit.csv?action=dlq.replay""#),
+        "{html}"
+    );
+
+    let reply = browser()
+        .get(app.url("/ui/audit.csv"))
+        .header(header::COOKIE, &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert!(reply.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = reply.text().await.unwrap();
+    assert!(csv.starts_with("id,at,principal,"), "{csv}");
+    assert!(
+        csv.contains(r#""{""name"":""=HYPERLINK(\""http://evil\"",\""<b>x</b>\"")""}""#),
+        "{csv}"
+    );
+    assert!(csv.contains(r#","'-ops,night","#), "{csv}");
+
+    for bad in ["/ui/audit?before=x", "/ui/audit.csv?before=-3"] {
+        let (status, html) = page(&app, &admin, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(html.contains(r#"data-code="invalid_before""#), "{html}");
+    }
+    let producer = producer(&app).await;
+    for path in ["/ui/audit", "/ui/audit.csv"] {
+        let (status, _) = page(&app, &producer, path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
 }
 
