@@ -87,6 +87,10 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/schemas/{subject}/test", post(pages::schemas::test))
         .route("/ui/audit", get(pages::audit::list))
         .route("/ui/audit.csv", get(pages::audit::csv))
+        .route(
+            "/ui/aggregates/{aggregate_type}/{aggregate_id}",
+            get(pages::aggregate::page),
+        )
         .route("/ui/assets/{hash}/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(error::not_found))
         .layer(axum::middleware::from_fn_with_state(

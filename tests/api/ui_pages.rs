@@ -7,8 +7,9 @@ use reqwest::header;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::json;
+use uuid::Uuid;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{agent_state_changed, spawn_app, TestApp};
 
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -223,5 +224,60 @@ async fn the_audit_page_filters_and_pages_and_its_csv_quotes_and_neutralises_for
         let (status, _) = page(&app, &producer, path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
+}
+
+#[tokio::test]
+async fn the_aggregate_page_lists_its_events_by_version_with_its_key_and_topic() {
+    let app = spawn_app().await;
+    let agent = Uuid::new_v4();
+    for to in ["idle", "<script>busy</script>", "done"] {
+        let reply = app
+            .append(
+                "agent",
+                agent,
+                &json!({"events": [agent_state_changed(agent, to)]}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let admin = login(&app, &app.admin_key).await;
+    let path = format!("/ui/aggregates/agent/{agent}");
+    let (status, html) = page(&app, &admin, &path).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains(r#"data-testid="current-version">3<"#),
+        "{html}"
+    );
+    assert_eq!(html.matches(r#"<a href="/ui/events/"#).count(), 3);
+    assert!(
+        html.contains("agent.state.changed") && html.contains("<code>keel.agent</code>"),
+        "{html}"
+    );
+    assert!(html.contains(r#"data-testid="aggregate-state""#));
+
+    let (_, html) = page(&app, &admin, &format!("{path}?from_version=3")).await;
+    assert_eq!(html.matches(r#"<a href="/ui/events/"#).count(), 1);
+
+    for (bad, code) in [
+        (format!("{path}?from_version=0"), "invalid_from_version"),
+        (
+            "/ui/aggregates/agent/not-a-uuid".to_owned(),
+            "invalid_aggregate_id",
+        ),
+        (
+            format!("/ui/aggregates/%3Cb%3E/{agent}"),
+            "invalid_aggregate_type",
+        ),
+    ] {
+        let (status, html) = page(&app, &admin, &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            html.contains(&format!(r#"data-code="{code}""#)),
+            "{bad}: {html}"
+        );
+    }
+    let producer = producer(&app).await;
+    let (status, _) = page(&app, &producer, &path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 

@@ -1,6 +1,7 @@
 //! One file per page (or pair of pages: a list and its detail). Each renders from the same
 //! library calls the API uses; pages with live parts name them in [`live_view`].
 
+pub mod aggregate;
 pub mod audit;
 pub mod events;
 pub mod overview;
