@@ -91,6 +91,8 @@ pub fn routes(state: UiState) -> Router {
             "/ui/aggregates/{aggregate_type}/{aggregate_id}",
             get(pages::aggregate::page),
         )
+        .route("/ui/groups", get(pages::groups::list))
+        .route("/ui/groups/{group}", get(pages::groups::detail))
         .route("/ui/assets/{hash}/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(error::not_found))
         .layer(axum::middleware::from_fn_with_state(

@@ -3,13 +3,15 @@
 //! parameters, the schema diff and payload test, the audit CSV, and the groups table from the
 //! monitor's readings.
 
+use std::time::Duration;
+
 use reqwest::header;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{agent_state_changed, spawn_app, TestApp};
+use crate::helpers::{agent_state_changed, eventually, spawn_app, spawn_app_with, TestApp};
 
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -281,3 +283,90 @@ async fn the_aggregate_page_lists_its_events_by_version_with_its_key_and_topic()
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+/// Makes the monitor see consumer group `group` (its member's heartbeat row).
+async fn group_member(app: &TestApp, group: &str) {
+    sqlx::query(
+        "INSERT INTO pipeline_stages (component, instance, process, beat_at, detail)
+         VALUES ($1, gen_random_uuid(), 'test:1', now(), '{\"topics\": [\"keel.agent\"]}')",
+    )
+    .bind(format!("group.{group}"))
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_groups_page_shows_readable_groups_from_the_monitor_escaped_and_streams_its_table() {
+    let app = spawn_app_with(|c| c.observability.stall_after_ms = 1_200).await;
+    let hostile = "<img src=x onerror=alert(1)>";
+    group_member(&app, "billing").await;
+    group_member(&app, hostile).await;
+    let admin = login(&app, &app.admin_key).await;
+    let html = eventually(Duration::from_secs(20), "both groups on the page", || {
+        let (app, admin) = (app.clone(), admin.clone());
+        async move {
+            let (status, html) = page(&app, &admin, "/ui/groups").await;
+            assert_eq!(status, StatusCode::OK, "{html}");
+            (html.contains(r#"data-component="group.billing""#) && html.contains("&#60;img src=x"))
+                .then_some(html)
+        }
+    })
+    .await;
+    assert!(!html.contains("<img src=x"), "hostile names are escaped");
+    let row = &html[html.find(r#"data-component="group.billing""#).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(r#"data-testid="lag">0<"#), "{row}");
+    assert!(
+        row.contains(r#"href="/ui/groups/billing""#) && row.contains("caught up"),
+        "{row}"
+    );
+    assert!(row.contains(r#"<svg class="spark""#), "{row}");
+    assert!(html.contains(r#"data-live="/ui/live?view=groups""#));
+
+    let (status, html) = page(&app, &admin, "/ui/groups/billing").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains(r#"id="chart-group-seconds""#));
+    assert!(html.contains(r#"href="/ui/dead-letters?group=billing""#));
+
+    let key = app
+        .principal(
+            "billing-reader",
+            &[],
+            &[("allow", "dlq.read", "billing", "*")],
+        )
+        .await;
+    let reader = login(&app, &key).await;
+    let (status, html) = page(&app, &reader, "/ui/groups").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"data-component="group.billing""#), "{html}");
+    assert!(
+        !html.contains("onerror"),
+        "a group the viewer may not read is left out"
+    );
+    let (status, _) = page(&app, &reader, "/ui/groups/other").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let producer = producer(&app).await;
+    let (status, html) = page(&app, &producer, "/ui/groups").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains(r#"data-code="forbidden""#));
+
+    let reply = app
+        .client()
+        .get(app.url("/ui/live?view=groups"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let mut reply = reply;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !(text.contains("event: fragment") && text.contains("groups-live")) {
+        let chunk = tokio::time::timeout_at(deadline, reply.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no groups fragment within 20 s: {text}"))
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("group.billing"), "{text}");
+}

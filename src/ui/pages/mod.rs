@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod audit;
 pub mod events;
+pub mod groups;
 pub mod overview;
 pub mod schemas;
 
@@ -25,6 +26,7 @@ pub fn live_view(
 ) -> Result<LiveView, Failure> {
     Ok(match view {
         "overview" => LiveView::Fragments(overview::fragments),
+        "groups" => LiveView::Fragments(groups::fragments),
         "events" => LiveView::Tail(Box::new(events::TailFilter::from_params(params, viewer)?)),
         _ => LiveView::Nothing,
     })
