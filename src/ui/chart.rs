@@ -148,6 +148,30 @@ impl Chart {
     }
 }
 
+/// A sparkline: one series in a small SVG without axes or id, for a table cell (so a table
+/// may hold many). `data-points` says how many points it draws.
+pub fn sparkline(points: &[(i64, f64)]) -> String {
+    const W: f64 = 120.0;
+    const H: f64 = 24.0;
+    let t0 = points.iter().map(|p| p.0).min().unwrap_or(0);
+    let t1 = points.iter().map(|p| p.0).max().unwrap_or(0).max(t0 + 1);
+    let top = points.iter().map(|p| p.1).fold(0.0_f64, f64::max);
+    let top = if top <= 0.0 { 1.0 } else { top };
+    let line: Vec<String> = points
+        .iter()
+        .map(|&(t, v)| {
+            let x = (t - t0) as f64 / (t1 - t0) as f64 * W;
+            let y = H - 1.0 - v / top * (H - 2.0);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    format!(
+        r#"<svg class="spark" data-points="{n}" viewBox="0 0 {W} {H}" role="img" aria-label="trend"><polyline class="line s0" points="{pts}"/></svg>"#,
+        n = points.len(),
+        pts = line.join(" "),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +206,12 @@ mod tests {
         assert_eq!(short(1500.0), "1.5k");
         assert_eq!(short(2_000_000.0), "2M");
         assert_eq!(short(12.0), "12");
+    }
+
+    #[test]
+    fn a_sparkline_draws_its_points() {
+        let svg = sparkline(&[(0, 0.0), (1000, 5.0), (2000, 2.0)]);
+        assert!(svg.contains(r#"data-points="3""#) && svg.contains("polyline"));
+        assert!(sparkline(&[]).contains(r#"data-points="0""#));
     }
 }

@@ -22,6 +22,7 @@
 
 mod assets;
 mod chart;
+mod diff;
 mod error;
 mod form;
 mod format;
@@ -98,6 +99,17 @@ pub fn routes(state: UiState) -> Router {
         .route("/ui/jobs/republish", post(pages::jobs::republish))
         .route("/ui/jobs/{id}/cancel", post(pages::jobs::cancel))
         .route("/ui/jobs/{id}/resume", post(pages::jobs::resume))
+        .route("/ui/schemas", get(pages::schemas::list))
+        .route("/ui/schemas/{subject}", get(pages::schemas::detail))
+        .route("/ui/schemas/{subject}/test", post(pages::schemas::test))
+        .route("/ui/audit", get(pages::audit::list))
+        .route("/ui/audit.csv", get(pages::audit::csv))
+        .route(
+            "/ui/aggregates/{aggregate_type}/{aggregate_id}",
+            get(pages::aggregate::page),
+        )
+        .route("/ui/groups", get(pages::groups::list))
+        .route("/ui/groups/{group}", get(pages::groups::detail))
         .route("/ui/assets/{hash}/{file}", get(assets::serve))
         .route("/ui/{*rest}", get(error::not_found))
         .layer(axum::middleware::from_fn_with_state(

@@ -38,4 +38,5 @@ mod tls_support;
 mod tracing;
 mod ui;
 mod ui_browser;
+mod ui_pages;
 mod unvalidated;

@@ -1,12 +1,16 @@
 //! One file per page (or pair of pages: a list and its detail). Each renders from the same
 //! library calls the API uses; pages with live parts name them in [`live_view`].
 
+pub mod aggregate;
+pub mod audit;
 pub mod dead_letters;
 pub mod events;
+pub mod groups;
 pub mod jobs;
 pub mod journey;
 pub mod overview;
 pub mod relay;
+pub mod schemas;
 
 use std::collections::HashMap;
 
@@ -27,6 +31,7 @@ pub fn live_view(
     Ok(match view {
         "overview" => LiveView::Fragments(overview::fragments),
         "relay" => LiveView::Fragments(relay::fragments),
+        "groups" => LiveView::Fragments(groups::fragments),
         "events" => LiveView::Tail(Box::new(events::TailFilter::from_params(params, viewer)?)),
         _ => LiveView::Nothing,
     })
