@@ -23,6 +23,8 @@ const PAGE: i64 = 50;
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
     from_version: Option<String>,
+    /// The state at this version (or RFC 3339 time); the newest when absent.
+    as_of: Option<String>,
 }
 
 pub struct Row {
@@ -45,6 +47,9 @@ struct Page {
     earlier: Option<String>,
     later: Option<String>,
     events_link: String,
+    /// The model's state, when keel has a model for the type: (version, JSON).
+    model: Option<(i32, String)>,
+    as_of: String,
 }
 
 /// `GET /ui/aggregates/{aggregate_type}/{aggregate_id}`
@@ -92,7 +97,42 @@ pub async fn page(
                 .topic(&e.event_type, kind.as_str(), prefix)
         })
         .collect();
+    let as_of = filters
+        .as_of
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<crate::replay::AsOf>()
+                .map_err(|e| Failure::bad_request("invalid_as_of", e))
+        })
+        .transpose()?;
+    let model = match (crate::replay::state_of(kind.as_str()), current) {
+        (Some(_), Some(_)) => {
+            match crate::replay::state::state_at(
+                &state.app.store,
+                &state.app.registry,
+                &kind,
+                id,
+                as_of,
+            )
+            .await
+            {
+                Ok(s) => Some((
+                    s.version,
+                    crate::ui::format::payload(&s.state, state.payloads),
+                )),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no state to show for an aggregate");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let page = Page {
+        model,
+        as_of: filters.as_of.clone().unwrap_or_default(),
         layout: viewer.layout(format!("Aggregate {}", kind.as_str()), "events"),
         aggregate_type: kind.as_str().to_owned(),
         aggregate_id: id.to_string(),
