@@ -37,6 +37,8 @@ mod tls;
 mod tls_support;
 mod tracing;
 mod ui;
+mod ui_actions;
 mod ui_browser;
 mod ui_pages;
+mod ui_support;
 mod unvalidated;

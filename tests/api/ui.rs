@@ -4,59 +4,12 @@
 use std::time::Duration;
 
 use reqwest::header;
-use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{agent_state_changed, eventually, spawn_app, spawn_app_with, TestApp};
-
-/// A browser-like client: no credential header, keeps no redirects (so tests see them).
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Logs in with `key`; returns the `Cookie` header value of the session.
-async fn login(app: &TestApp, key: &str) -> String {
-    let reply = browser()
-        .post(app.url("/ui/login"))
-        .form(&[("key", key), ("next", "/ui/events")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), StatusCode::SEE_OTHER);
-    assert_eq!(reply.headers()[header::LOCATION], "/ui/events");
-    let cookie = reply.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    for part in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
-        assert!(cookie.contains(part), "{cookie} lacks {part}");
-    }
-    cookie.split(';').next().unwrap().to_owned()
-}
-
-async fn page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
-    let reply = browser()
-        .get(app.url(path))
-        .header(header::COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
-    (reply.status(), reply.text().await.unwrap())
-}
-
-/// The CSRF token a page's forms carry.
-fn csrf_of(html: &str) -> String {
-    let at = html
-        .find("data-csrf=\"")
-        .expect("the page carries a csrf token")
-        + 11;
-    html[at..at + 64].to_owned()
-}
+use crate::ui_support::{browser, csrf_of, login, page};
 
 #[tokio::test]
 async fn the_dashboard_sends_a_stranger_to_login_and_a_session_opens_it_until_the_key_is_revoked() {

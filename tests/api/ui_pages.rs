@@ -6,47 +6,12 @@
 use std::time::Duration;
 
 use reqwest::header;
-use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{agent_state_changed, eventually, spawn_app, spawn_app_with, TestApp};
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Logs in with `key`; returns the session's `Cookie` header value.
-async fn login(app: &TestApp, key: &str) -> String {
-    let reply = browser()
-        .post(app.url("/ui/login"))
-        .form(&[("key", key), ("next", "/ui")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), StatusCode::SEE_OTHER);
-    let cookie = reply.headers()[header::SET_COOKIE].to_str().unwrap();
-    cookie.split(';').next().unwrap().to_owned()
-}
-
-async fn page(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
-    let reply = browser()
-        .get(app.url(path))
-        .header(header::COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
-    (reply.status(), reply.text().await.unwrap())
-}
-
-fn csrf_of(html: &str) -> String {
-    let at = html.find("data-csrf=\"").expect("a csrf token") + 11;
-    html[at..at + 64].to_owned()
-}
+use crate::ui_support::{browser, csrf_of, login, page};
 
 /// A principal that may append and nothing else the pages need.
 async fn producer(app: &TestApp) -> String {
