@@ -9,6 +9,7 @@
 //   KEEL_UI_KEY          an admin API key (required)
 //   KEEL_UI_READER_KEY   a reader (viewer) API key (required)
 //   KEEL_UI_SHOTS        where screenshots go (default target/ui-shots)
+//   KEEL_UI_DLQ_GROUP    a consumer group with a parked sequence, for the dead-letters flow
 //   KEEL_CHROMIUM        the browser (default /usr/bin/chromium)
 //   KEEL_UI_FLOWS        run only the flows whose name contains this
 import { mkdirSync } from "node:fs";
@@ -27,6 +28,7 @@ export function settings(env = process.env) {
     shots: resolve(env.KEEL_UI_SHOTS || "target/ui-shots"),
     chromium: env.KEEL_CHROMIUM || "/usr/bin/chromium",
     only: env.KEEL_UI_FLOWS || "",
+    dlqGroup: env.KEEL_UI_DLQ_GROUP || "",
   };
 }
 

@@ -92,7 +92,7 @@ impl Drop for ConsumerProcess {
 }
 
 /// Each handled event as `(consumer, aggregate, version, event id)`, in the order handled.
-async fn handled(app: &TestApp) -> Vec<(String, Uuid, i32, Uuid)> {
+pub(crate) async fn handled(app: &TestApp) -> Vec<(String, Uuid, i32, Uuid)> {
     sqlx::query_as(
         "SELECT consumer, aggregate_id, version, event_id FROM consumer_handled ORDER BY seq",
     )
@@ -168,7 +168,7 @@ async fn dlq_rows(app: &TestApp, group: &str) -> Vec<(String, String, Uuid)> {
 }
 
 /// Appends `states` to `agent` in order and returns their event ids.
-async fn append_states(app: &TestApp, agent: Uuid, states: &[&str]) -> Vec<Uuid> {
+pub(crate) async fn append_states(app: &TestApp, agent: Uuid, states: &[&str]) -> Vec<Uuid> {
     let log = tokio::sync::Mutex::new(HashMap::new());
     for s in states {
         append_one(app, agent, &log, agent_state_changed(agent, s)).await;
