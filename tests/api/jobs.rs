@@ -359,7 +359,10 @@ async fn a_cancel_stops_a_rebuild_in_another_process_at_a_page_boundary_and_its_
     let app = crate::helpers::spawn_app().await;
     let ops_key = app.principal("ops", &[Role::Operator], &[]).await;
     let reader_key = app.principal("looker", &[Role::Reader], &[]).await;
-    let events = seed(&app, 60, 10).await;
+    // Enough pages that the rebuild is still running when its first progress line (after 2 s)
+    // and the cancel arrive, on a quiet machine too (600 events took 1.7 s there).
+    let agents = 300;
+    let events = seed(&app, agents, 10).await;
     // The job runs in a keel serve process of its own; it is cancelled through this one's API.
     let server = ServeProcess::start(&app, &[]).await;
     let there = Api::new(&server.url, &ops_key);
@@ -464,7 +467,7 @@ async fn a_cancel_stops_a_rebuild_in_another_process_at_a_page_boundary_and_its_
         "{done}"
     );
     assert_eq!(done["report"]["swapped"], true);
-    assert_eq!(agent_status(&app).await, (60, events as i64));
+    assert_eq!(agent_status(&app).await, (agents as i64, events as i64));
     let (_, listed) = here.get("/v1/jobs?kind=rebuild").await;
     let ids: Vec<&Value> = listed["jobs"]
         .as_array()
