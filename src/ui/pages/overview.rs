@@ -73,7 +73,10 @@ fn rates(readings: &[Arc<Reading>], counter: impl Fn(&Reading) -> Option<i64>) -
 }
 
 /// The rate of a counter over the last few seconds of readings.
-fn recent_rate(readings: &[Arc<Reading>], counter: impl Fn(&Reading) -> Option<i64>) -> f64 {
+pub(super) fn recent_rate(
+    readings: &[Arc<Reading>],
+    counter: impl Fn(&Reading) -> Option<i64>,
+) -> f64 {
     let Some(last) = readings.last() else {
         return 0.0;
     };

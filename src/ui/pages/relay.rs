@@ -13,7 +13,6 @@ use super::super::format::{self, Time};
 use super::super::page::Layout;
 use super::super::{Failure, UiState, Viewer};
 use crate::auth::Action;
-use crate::health::reading::rate;
 
 pub struct SinkRow {
     pub sink: String,
@@ -63,12 +62,11 @@ fn render_live(state: &UiState) -> Result<String, Failure> {
     let mut series = Vec::new();
     if let Some(last) = readings.last() {
         for s in &last.sinks {
-            let since = last.at - chrono::Duration::seconds(10);
-            let first = readings.iter().find(|r| r.at >= since).unwrap_or(last);
-            let from = first.sink(&s.sink).map_or(s.passed, |f| f.passed);
+            let name = s.sink.as_str();
+            let per_s = super::overview::recent_rate(&readings, |r| r.sink(name).map(|s| s.passed));
             sinks.push(SinkRow {
                 sink: s.sink.clone(),
-                per_s: format::rate(rate((first.at, from), (last.at, s.passed))),
+                per_s: format::rate(per_s),
                 backlog: format!(
                     "{}{}",
                     if s.capped { "≥ " } else { "" },
