@@ -341,3 +341,45 @@ pub fn process_name() -> String {
         .unwrap_or_else(|_| "keel".into());
     format!("{host}:{}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool that never connects: the beats' rows are best effort, their writer just fails.
+    fn pool() -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool")
+    }
+
+    #[tokio::test]
+    async fn stages_are_starting_until_each_joins_and_stopped_once_its_beat_is_dropped() {
+        let stages = Stages::expecting(2);
+        assert_eq!(stages.read(), (2, vec![]));
+        let first = Beat::start(pool(), "projection.a", "test", Value::Null, DEFAULT_EVERY);
+        let _lane = first.lane();
+        stages.join(&first);
+        let (starting, read) = stages.read();
+        assert_eq!(starting, 1);
+        assert!(
+            matches!(read[..], [(ref name, StageState::Beating(age))] if name == "projection.a" && age < Duration::from_secs(5))
+        );
+        let second = Beat::start(pool(), "projection.b", "test", Value::Null, DEFAULT_EVERY);
+        stages.join(&second);
+        assert_eq!(stages.read().0, 0);
+        // The observer holds no beat alive: a dropped one reads as stopped.
+        drop(first);
+        let (_, read) = stages.read();
+        assert_eq!(read[0], ("projection.a".to_owned(), StageState::Stopped));
+        assert!(matches!(read[1].1, StageState::Beating(_)));
+    }
+
+    #[tokio::test]
+    async fn stages_of_started_beats_have_nothing_to_wait_for() {
+        let beat = Beat::start(pool(), "relay.kafka", "test", Value::Null, DEFAULT_EVERY);
+        let stages = Stages::of(std::slice::from_ref(&beat));
+        let (starting, read) = stages.read();
+        assert_eq!((starting, read.len()), (0, 1));
+    }
+}

@@ -283,6 +283,7 @@ impl Projector {
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["--config", config.to_str().unwrap(), "project"])
             .env_remove("KEEL_CONFIG")
+            .env("KEEL_PROJECTIONS__LISTEN", "127.0.0.1:0")
             .env("KEEL_DATABASE_URL", &app.config.database_url)
             .env("KEEL_KAFKA_BROKERS", &app.config.kafka_brokers)
             .env("KEEL_SCHEMAS_DIR", &app.config.schemas_dir)

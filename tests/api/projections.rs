@@ -22,6 +22,8 @@ struct Projector {
     config: std::path::PathBuf,
     app_db: String,
     brokers: String,
+    /// Its status listener (health, metrics), the same port across restarts.
+    listen: String,
 }
 
 impl Projector {
@@ -40,6 +42,7 @@ impl Projector {
             config,
             app_db: app.config.database_url.clone(),
             brokers: broker.brokers(),
+            listen: format!("127.0.0.1:{}", crate::cli::free_port()),
         };
         p.restart();
         p
@@ -52,6 +55,7 @@ impl Projector {
                 .args(["--config", self.config.to_str().unwrap(), "project"])
                 .env("KEEL_DATABASE_URL", &self.app_db)
                 .env("KEEL_KAFKA_BROKERS", &self.brokers)
+                .env("KEEL_PROJECTIONS__LISTEN", &self.listen)
                 .env("KEEL_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -274,6 +278,63 @@ fn succeeded(out: &std::process::Output) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// `keel project`'s own health endpoints on `projections.listen`: live at once, ready once each
+/// configured runner beats (one check per runner), and `keel health --ready --url` (the image's
+/// HEALTHCHECK) exits 0 then; against a stopped process it fails saying it cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_project_is_ready_once_every_runner_beats_and_keel_health_ready_says_so() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let mut projector = Projector::start(&app, &broker, 100);
+    let base = format!("http://{}", projector.listen);
+    let ready: Value = eventually(
+        Duration::from_secs(60),
+        "keel project to be ready",
+        || async {
+            let answer = reqwest::get(format!("{base}/v1/health/ready")).await.ok()?;
+            (answer.status() == StatusCode::OK).then_some(())?;
+            answer.json().await.ok()
+        },
+    )
+    .await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    for runner in ["projection.agent_status", "projection.service_invocations"] {
+        assert_eq!(ready["checks"][runner], "ok", "{ready}");
+    }
+    let live = reqwest::get(format!("{base}/v1/health/live"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+
+    let health = |url: String| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["health", "--ready", "--url", &url])
+            .env_remove("KEEL_API_KEY")
+            .env("KEEL_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ok = health(base.clone());
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        said.contains("ready") && said.contains("projection.agent_status  ok"),
+        "{said}"
+    );
+
+    projector.kill();
+    let down = health(base);
+    assert!(!down.status.success());
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(said.contains(&projector.listen), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,8 @@ impl Keel {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KEEL_LOG", "warn")
             .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            // `keel project`'s status listener, on a port of its own.
+            .env("KEEL_PROJECTIONS__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
