@@ -1,0 +1,95 @@
+//! `deploy/ci/check` over the real deployment files, and over the broken copies in
+//! `deploy/ci/mutations/`.
+//!
+//! - Every file passes every check: Compose's own validation, the Kubernetes schemas (strict, with
+//!   unknown kinds failing outside the CRD allow-list), yamllint, hadolint, and the semantic check
+//!   against this keel binary's commands and settings.
+//! - Every mutation fails, and at the check it says it targets: a mutation caught by the wrong
+//!   check would leave its own check untested.
+//!
+//! The checkers come from `KEEL_TEST_DEPLOY_TOOLS` or from `scripts/deploy-tools` (a virtualenv
+//! it creates once); without them these tests fail saying what to run, they are not skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The fewest mutations `--mutations` must have run: the five schema cases per file kind named
+/// in the issue plus one per semantic rule. Fewer means mutations were lost, not that all passed.
+const MIN_MUTATIONS: usize = 25;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The virtualenv holding docker-compose, kubernetes-validate, yamllint and hadolint. Made once
+/// per test process: the tests run in parallel and would race to create it.
+fn tools() -> &'static Path {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        if let Some(venv) = std::env::var_os("KEEL_TEST_DEPLOY_TOOLS") {
+            return PathBuf::from(venv);
+        }
+        let out = Command::new(root().join("scripts/deploy-tools"))
+            .output()
+            .expect("cannot run scripts/deploy-tools");
+        assert!(
+            out.status.success(),
+            "scripts/deploy-tools could not make the checkers' virtualenv (it needs python3 with venv \
+             and PyPI): {}\nrun scripts/deploy-tools and set KEEL_TEST_DEPLOY_TOOLS to the path it prints",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+fn check(args: &[&str]) -> Output {
+    Command::new(root().join("deploy/ci/check"))
+        .args(args)
+        .current_dir(root())
+        .env("KEEL_BIN", env!("CARGO_BIN_EXE_keel"))
+        .env("KEEL_TEST_DEPLOY_TOOLS", tools())
+        .output()
+        .expect("cannot run deploy/ci/check")
+}
+
+fn report(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn deployment_files_pass_every_offline_check() {
+    let out = check(&[]);
+
+    assert!(out.status.success(), "deploy/ci/check failed:\n{}", report(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("check: ok"), "no verdict line:\n{}", report(&out));
+    assert!(stdout.contains("semantic: ok (5 rendered file(s))"), "semantic did not see two compose renders and three overlays:\n{}", report(&out));
+}
+
+#[test]
+fn every_mutation_fails_at_the_check_it_targets() {
+    let out = check(&["--mutations"]);
+
+    assert!(
+        out.status.success(),
+        "some mutations were not caught (PASSED: every check accepted it; WRONG: another check \
+         caught it):\n{}",
+        report(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let caught = stdout.lines().filter(|l| l.starts_with("caught ")).count();
+    assert!(caught >= MIN_MUTATIONS, "only {caught} mutations ran, expected at least {MIN_MUTATIONS}:\n{}", report(&out));
+    for check in ["compose", "schema", "yamllint", "semantic"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("caught ") && l.contains(&format!("({check}: "))),
+            "no mutation is caught by {check}:\n{}",
+            report(&out)
+        );
+    }
+}
