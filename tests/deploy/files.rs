@@ -66,10 +66,22 @@ fn report(out: &Output) -> String {
 fn deployment_files_pass_every_offline_check() {
     let out = check(&[]);
 
-    assert!(out.status.success(), "deploy/ci/check failed:\n{}", report(&out));
+    assert!(
+        out.status.success(),
+        "deploy/ci/check failed:\n{}",
+        report(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("check: ok"), "no verdict line:\n{}", report(&out));
-    assert!(stdout.contains("semantic: ok (5 rendered file(s))"), "semantic did not see two compose renders and three overlays:\n{}", report(&out));
+    assert!(
+        stdout.contains("check: ok"),
+        "no verdict line:\n{}",
+        report(&out)
+    );
+    assert!(
+        stdout.contains("semantic: ok (5 rendered file(s))"),
+        "semantic did not see two compose renders and three overlays:\n{}",
+        report(&out)
+    );
 }
 
 #[test]
@@ -84,10 +96,16 @@ fn every_mutation_fails_at_the_check_it_targets() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let caught = stdout.lines().filter(|l| l.starts_with("caught ")).count();
-    assert!(caught >= MIN_MUTATIONS, "only {caught} mutations ran, expected at least {MIN_MUTATIONS}:\n{}", report(&out));
+    assert!(
+        caught >= MIN_MUTATIONS,
+        "only {caught} mutations ran, expected at least {MIN_MUTATIONS}:\n{}",
+        report(&out)
+    );
     for check in ["compose", "schema", "yamllint", "semantic"] {
         assert!(
-            stdout.lines().any(|l| l.starts_with("caught ") && l.contains(&format!("({check}: "))),
+            stdout
+                .lines()
+                .any(|l| l.starts_with("caught ") && l.contains(&format!("({check}: "))),
             "no mutation is caught by {check}:\n{}",
             report(&out)
         );
