@@ -14,7 +14,9 @@ what is checked is what would be applied.
 
     semantic.py --keel-bin KEEL [--compose NAME=FILE.json]... [--k8s NAME=FILE.yaml]...
 
-Prints one line per finding and exits 1 when there is any, 0 otherwise.
+Prints one line per finding and exits 1 when there is any, 0 otherwise; 2 when it could not
+check at all (keel not runnable, a file unreadable), so that a broken setup is never mistaken for
+a caught mistake.
 """
 
 import argparse
@@ -58,6 +60,12 @@ COMPOSE_RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:[0-9]+)?)$
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
 
+def setup_error(message):
+    """Ends the run with exit 2: the check could not be made, which is not a finding."""
+    print(f"semantic: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 class Keel:
     """What the keel binary says about itself: its commands and its settings."""
 
@@ -68,18 +76,21 @@ class Keel:
         try:
             rows = json.loads(rows)
         except json.JSONDecodeError as e:
-            sys.exit(f"semantic: `{binary} config keys --json` did not print JSON ({e}); is KEEL_BIN a keel "
+            setup_error(f"`{binary} config keys --json` did not print JSON ({e}); is KEEL_BIN a keel "
                      "that has `keel config keys`?")
         self.env = {row["env"]: row for row in rows}
         # Map-valued settings (raw librdkafka properties and the like) take any key below them.
         self.map_prefixes = [row["env"] + "__" for row in rows if isinstance(row.get("default"), dict)]
 
     def _run(self, *args):
+        command = f"{self.binary} {' '.join(args)}"
         try:
-            out = subprocess.run([self.binary, *args], capture_output=True, text=True, check=True, timeout=60)
+            out = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.SubprocessError) as e:
-            sys.exit(f"semantic: cannot run `{self.binary} {' '.join(args)}`: {e}; set KEEL_BIN to a built keel "
-                     "(cargo build --bin keel)")
+            setup_error(f"cannot run `{command}`: {e}; set KEEL_BIN to a built keel (cargo build --bin keel)")
+        if out.returncode != 0:
+            setup_error(f"`{command}` exited {out.returncode}: {out.stderr.strip()[:300]}; KEEL_BIN must be a keel "
+                        "built from this checkout (cargo build --bin keel)")
         return out.stdout
 
     def _commands(self):
@@ -93,7 +104,7 @@ class Keel:
                 commands.add(line.split()[0])
         missing = ROLES - commands
         if missing:
-            sys.exit(f"semantic: `keel --help` no longer lists {sorted(missing)}; update ROLES in deploy/ci/semantic.py")
+            setup_error(f"`keel --help` no longer lists {sorted(missing)}; update ROLES in deploy/ci/semantic.py")
         return commands
 
     def knows(self, name):
@@ -490,12 +501,16 @@ def main():
     args = parser.parse_args()
     keel = Keel(args.keel_bin)
     findings = Findings()
-    for label, path in args.compose:
-        with open(path) as f:
-            check_compose(keel, findings, label, json.load(f))
-    for label, path in args.k8s:
-        with open(path) as f:
-            check_k8s(keel, findings, label, Cluster(yaml.safe_load_all(f)))
+    try:
+        renders = [(label, "compose", json.load(open(path))) for label, path in args.compose]
+        renders += [(label, "k8s", Cluster(list(yaml.safe_load_all(open(path))))) for label, path in args.k8s]
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        setup_error(f"cannot read a rendered file: {e}")
+    for label, kind, render in renders:
+        if kind == "compose":
+            check_compose(keel, findings, label, render)
+        else:
+            check_k8s(keel, findings, label, render)
     for line in findings.lines:
         print(f"semantic: {line}")
     checked = len(args.compose) + len(args.k8s)
