@@ -6,6 +6,8 @@
 //!   against this keel binary's commands and settings.
 //! - Every mutation fails, and at the check it says it targets: a mutation caught by the wrong
 //!   check would leave its own check untested.
+//! - Without its checkers `deploy/ci/check` refuses to run (exit 2) and names the script that
+//!   installs them, so a missing tool never reads as a pass.
 //!
 //! The checkers come from `KEEL_TEST_DEPLOY_TOOLS` or from `scripts/deploy-tools` (a virtualenv
 //! it creates once); without them these tests fail saying what to run, they are not skipped.
@@ -110,4 +112,24 @@ fn every_mutation_fails_at_the_check_it_targets() {
             report(&out)
         );
     }
+}
+
+#[test]
+fn check_without_the_tools_fails_naming_the_script_to_run() {
+    let missing = std::env::temp_dir().join(format!("keel-no-deploy-tools-{}", std::process::id()));
+
+    let out = Command::new(root().join("deploy/ci/check"))
+        .current_dir(root())
+        .env("KEEL_BIN", env!("CARGO_BIN_EXE_keel"))
+        .env("KEEL_TEST_DEPLOY_TOOLS", &missing)
+        .output()
+        .expect("cannot run deploy/ci/check");
+
+    assert_eq!(out.status.code(), Some(2), "{}", report(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("run scripts/deploy-tools"),
+        "{}",
+        report(&out)
+    );
 }
