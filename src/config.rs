@@ -111,6 +111,10 @@ pub struct ProjectionsConfig {
     pub batch_size: usize,
     /// Raw librdkafka consumer settings for the runners.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// Where `keel project` serves its health endpoints (live, ready, pipeline) and metrics
+    /// (`KEEL_PROJECTIONS__LISTEN`). `keel serve` answers for its in-process runners on its own
+    /// listener.
+    pub listen: SocketAddr,
 }
 
 impl Default for ProjectionsConfig {
@@ -120,6 +124,7 @@ impl Default for ProjectionsConfig {
             run: Vec::new(),
             batch_size: 5000,
             properties: Default::default(),
+            listen: ([127, 0, 0, 1], 9465).into(),
         }
     }
 }
@@ -414,12 +419,14 @@ impl std::fmt::Debug for ProjectionsConfig {
             run,
             batch_size,
             properties,
+            listen,
         } = self;
         f.debug_struct("ProjectionsConfig")
             .field("in_process", in_process)
             .field("run", run)
             .field("batch_size", batch_size)
             .field("properties", &redacted(properties))
+            .field("listen", listen)
             .finish()
     }
 }
@@ -939,6 +946,50 @@ fn top_level_keys() -> &'static [String] {
     })
 }
 
+/// One configuration setting: its dotted key in a TOML file, its `KEEL_*` variable and its default.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    pub key: String,
+    pub env: String,
+    pub default: serde_json::Value,
+}
+
+/// Every setting keel reads, sorted by key, read off the serialised defaults (the same tree
+/// [`Config::load`] merges the layers into), so the list cannot drift from the structs. A table
+/// is walked into; anything else (a number, a string, a list, an unset option) is one setting.
+/// A map of free-form names (Kafka client properties) is one setting whose variable ends in
+/// `__*`: `KEEL_RELAY__KAFKA__PROPERTIES__*` stands for `..._PROPERTIES__ACKS` and the like.
+pub fn settings() -> Vec<Setting> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<Setting>) {
+        match value {
+            serde_json::Value::Object(fields) if !fields.is_empty() => {
+                for (name, field) in fields {
+                    let key = match prefix {
+                        "" => name.clone(),
+                        _ => format!("{prefix}.{name}"),
+                    };
+                    walk(&key, field, out);
+                }
+            }
+            _ => out.push(Setting {
+                env: format!(
+                    "KEEL_{}{}",
+                    prefix.replace('.', "__").to_ascii_uppercase(),
+                    if value.is_object() { "__*" } else { "" }
+                ),
+                key: prefix.to_owned(),
+                default: value.clone(),
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    match serde_json::to_value(Config::default()) {
+        Ok(tree) => walk("", &tree, &mut out),
+        Err(_) => unreachable!("Config serialises to a JSON object"),
+    }
+    out
+}
+
 /// The `KEEL_*` environment variables that [`Config::load`] ignores because they name no setting,
 /// most likely misspelt ones, for the caller to report once logging is set up. `KEEL_CONFIG` (the
 /// file) and `KEEL_TEST_*` (the test suite's) are not settings but are not reported either.
@@ -1074,6 +1125,42 @@ mod tests {
             assert_eq!(config.api.max_batch_events, 50, "file beats default");
             assert_eq!(config.api.max_page_size, 200);
             assert_eq!(config.database_url, Config::default().database_url);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closures return figment's own error type
+    fn every_listed_variable_is_read_by_load_and_none_is_reported_as_ignored() {
+        let settings = settings();
+        assert!(settings.iter().any(|s| s.env == "KEEL_API__MAX_BODY_BYTES"));
+        assert!(settings.iter().any(|s| s.env == "KEEL_PROJECTIONS__LISTEN"));
+        figment::Jail::expect_with(|jail| {
+            let mut set = 0;
+            for s in &settings {
+                let value = match &s.default {
+                    serde_json::Value::String(text) => text.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                jail.set_env(&s.env, value);
+                set += 1;
+            }
+            jail.set_env("KEEL_RELAY__KAFKA__PROPERTIES__ACKS", "all");
+            jail.set_env("KEEL_AUTH__KEY_SECRET", "ab".repeat(32));
+            assert!(set > 50, "only {set} scalar settings");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| format!("{e:#}"))?;
+            assert_eq!(config.relay.kafka.properties["acks"], "all");
+            assert_eq!(config.projections.listen.port(), 9465);
+            assert!(ignored_env_vars().is_empty(), "{:?}", ignored_env_vars());
+            // A misspelt nested name is refused outright; a misspelt top-level one is reported.
+            jail.set_env("KEEL_PROJECTIONS__LISTN", "0.0.0.0:1");
+            let refused = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(format!("{refused:#}").contains("listn"), "{refused:#}");
+            jail.set_env("KEEL_PROJECTIONS__LISTN", "");
+            jail.set_env("KEEL_LISTN", "0.0.0.0:1");
+            assert_eq!(ignored_env_vars(), ["KEEL_LISTN"]);
             Ok(())
         });
     }

@@ -183,6 +183,85 @@ impl Beat {
     }
 }
 
+/// The stages one process runs, as its readiness check sees them. Stages join as they start,
+/// and are held weakly: a stage that stopped (dropped its beat) reads as stopped instead of
+/// being kept beating by its observer.
+#[derive(Clone, Default)]
+pub struct Stages {
+    inner: Arc<Mutex<StagesInner>>,
+}
+
+#[derive(Default)]
+struct StagesInner {
+    expected: usize,
+    joined: Vec<(String, std::sync::Weak<Inner>)>,
+}
+
+/// What [`Stages::read`] says of one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageState {
+    /// It beats; its oldest lane last turned this long ago.
+    Beating(Duration),
+    /// It dropped its beat: the stage ended.
+    Stopped,
+}
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stages = self.lock();
+        f.debug_struct("Stages")
+            .field("expected", &stages.expected)
+            .field("joined", &stages.joined.len())
+            .finish()
+    }
+}
+
+impl Stages {
+    /// Stages that have all started already (a relay's sinks).
+    pub fn of(beats: &[Beat]) -> Self {
+        let stages = Self::expecting(beats.len());
+        for beat in beats {
+            stages.join(beat);
+        }
+        stages
+    }
+
+    /// `expected` stages that join as they start (a process's projection runners): until they
+    /// all have, the process is still starting.
+    pub fn expecting(expected: usize) -> Self {
+        let stages = Self::default();
+        stages.lock().expected = expected;
+        stages
+    }
+
+    pub fn join(&self, beat: &Beat) {
+        self.lock()
+            .joined
+            .push((beat.component().to_owned(), Arc::downgrade(&beat.inner)));
+    }
+
+    /// How many expected stages have not joined yet, and each joined stage's state.
+    pub fn read(&self) -> (usize, Vec<(String, StageState)>) {
+        let stages = self.lock();
+        let read = stages
+            .joined
+            .iter()
+            .map(|(component, weak)| {
+                let state = match weak.upgrade() {
+                    Some(inner) => StageState::Beating(Beat { inner }.age()),
+                    None => StageState::Stopped,
+                };
+                (component.clone(), state)
+            })
+            .collect();
+        (stages.expected.saturating_sub(stages.joined.len()), read)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StagesInner> {
+        self.inner.lock().expect("stages lock")
+    }
+}
+
 async fn write_loop(
     pool: PgPool,
     inner: std::sync::Weak<Inner>,

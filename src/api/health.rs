@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::health::{Monitor, Status};
-use crate::heartbeat::Beat;
+use crate::heartbeat::{StageState, Stages};
 use crate::store;
 
 pub async fn live() -> Json<Value> {
@@ -34,8 +34,9 @@ pub struct StatusState {
     pub metrics: Option<PrometheusHandle>,
     pub pool: sqlx::PgPool,
     pub monitor: Monitor,
-    /// The process's own stages: it is ready only while each of them beats.
-    pub beats: Vec<Beat>,
+    /// The process's own stages: it is ready only once they have all started and while each of
+    /// them beats.
+    pub stages: Stages,
     pub stall_after: Duration,
     /// This process writes canaries: it is ready only while they arrive on every sink.
     pub canary: bool,
@@ -86,18 +87,22 @@ async fn stages_ready(State(state): State<StatusState>) -> Response {
             checks.insert("database".into(), json!(format!("unavailable: {e}")));
         }
     }
-    for beat in &state.beats {
-        let age = beat.age();
-        let ok = age < state.stall_after;
-        ready &= ok;
-        let said = match ok {
-            true => json!("ok"),
-            false => json!(format!(
+    let (starting, stages) = state.stages.read();
+    if starting > 0 {
+        ready = false;
+        checks.insert("stages".into(), json!(format!("{starting} still starting")));
+    }
+    for (component, stage) in stages {
+        let said = match stage {
+            StageState::Beating(age) if age < state.stall_after => json!("ok"),
+            StageState::Beating(age) => json!(format!(
                 "its loop has not turned for {:.0} s",
                 age.as_secs_f64()
             )),
+            StageState::Stopped => json!("stopped"),
         };
-        checks.insert(beat.component().to_owned(), said);
+        ready &= said == "ok";
+        checks.insert(component, said);
     }
     let verdict = state.monitor.current().filter(|_| state.canary);
     for (name, c) in verdict.iter().flat_map(|v| &v.components) {

@@ -268,7 +268,7 @@ impl Application {
                 beside.clone(),
             );
             Some(tokio::spawn(async move {
-                projections::run(&config, &services, &catalog, &projections, stop).await
+                projections::run(&config, &services, &catalog, &projections, None, stop).await
             }))
         } else {
             None

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::heartbeat::Stages;
 use crate::projection::runner::{self, RunnerOptions};
 use crate::projection::{self, Projection};
 use crate::shutdown::Shutdown;
@@ -92,12 +93,13 @@ impl Projections {
 
 /// Runs the projections `config` selects from `projections` until `shutdown` is triggered or one
 /// of them fails; each has its own consumer group. On a failure the others are stopped too and
-/// the first error is returned.
+/// the first error is returned. Each runner joins `stages` when its heartbeat starts.
 pub async fn run(
     config: &Config,
     services: &Services,
     catalog: &Catalog,
     projections: &Projections,
+    stages: Option<Stages>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let selected = projections.selected(config)?;
@@ -114,6 +116,7 @@ pub async fn run(
             batch_size: config.projections.batch_size,
             properties: config.projections.properties.clone(),
             beat_every: config.observability.sample_every(),
+            stages: stages.clone(),
             ..Default::default()
         };
         let (pool, registry, brokers) = (

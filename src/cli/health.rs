@@ -1,6 +1,10 @@
 //! `keel health`: the pipeline's verdict (`/v1/health/pipeline`) as a table, one component per
 //! line, worst first; `--json` prints the answer as it came. Exits non-zero while the pipeline
 //! is unhealthy, so scripts can wait on it.
+//!
+//! `--ready` and `--live` ask one process instead (`/v1/health/ready`, `/v1/health/live`; any
+//! keel role serves them): that is the container image's `HEALTHCHECK`, with `--url` naming the
+//! role's port, since the image has no curl.
 
 use clap::Args;
 use serde_json::Value;
@@ -12,9 +16,29 @@ pub struct HealthArgs {
     /// Print the JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Ask whether the process at `--url` is ready to do its job (its database, its own loops)
+    /// instead of asking for the pipeline's verdict.
+    #[arg(long, conflicts_with = "live")]
+    pub ready: bool,
+    /// Ask only whether the process at `--url` answers.
+    #[arg(long)]
+    pub live: bool,
 }
 
 pub async fn run(client: &Client, args: HealthArgs) -> anyhow::Result<()> {
+    if args.ready || args.live {
+        let level = if args.ready { "ready" } else { "live" };
+        let (ok, body) = client.get_health(&["v1", "health", level]).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        } else {
+            print!("{}", checks(&body));
+        }
+        if !ok {
+            anyhow::bail!("{}: not {level}; see the checks above", client.url(&[]));
+        }
+        return Ok(());
+    }
     let (healthy, body) = client.get_health(&["v1", "health", "pipeline"]).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
@@ -43,6 +67,27 @@ fn mark(status: &str) -> &'static str {
         "degraded" => "▲",
         _ => "✖",
     }
+}
+
+/// One process's answer as text: its status, then each check that it reports.
+fn checks(body: &Value) -> String {
+    let status = body["status"].as_str().unwrap_or("unknown");
+    let mut out = format!(
+        "{} {status}\n",
+        mark(if matches!(status, "ready" | "live") {
+            "ok"
+        } else {
+            "unhealthy"
+        })
+    );
+    for (name, said) in body["checks"].as_object().into_iter().flatten() {
+        let said = said.as_str().unwrap_or("?");
+        out.push_str(&format!(
+            "  {} {name}  {said}\n",
+            mark(if said == "ok" { "ok" } else { "unhealthy" })
+        ));
+    }
+    out
 }
 
 /// The verdict as text: the overall status, then each component, worst first.

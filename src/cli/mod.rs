@@ -28,6 +28,7 @@ mod relay;
 mod replay;
 mod schema;
 mod serve;
+mod settings;
 
 use std::path::PathBuf;
 
@@ -106,6 +107,9 @@ pub enum Command {
     Jobs(jobs::JobsCommand),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate,
+    /// List the settings keel reads (`keys`) and check a configuration (`check`).
+    #[command(subcommand)]
+    Config(settings::ConfigCommand),
     /// Manage the event catalog's schemas in the registry.
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
@@ -125,6 +129,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => args.override_config(&mut overrides),
         Command::Schema(command) => command.override_config(&mut overrides),
+        // It needs no valid configuration: it lists what one may hold.
+        Command::Config(settings::ConfigCommand::Keys(args)) => return settings::keys(args),
         _ => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
@@ -180,6 +186,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => schema::run(&config, command).await,
+        Command::Config(settings::ConfigCommand::Check) => settings::check(&config),
+        Command::Config(settings::ConfigCommand::Keys(_)) => {
+            unreachable!("answered before loading")
+        }
         Command::Bench(command) => bench::run(&config, command, bench_export).await,
     };
     // After the command stopped (drained, on a signal): the spans of its last work go out.

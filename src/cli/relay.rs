@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{self, Services};
 use crate::config::Config;
-use crate::{api, health, metrics, relay, shutdown};
+use crate::{api, health, heartbeat, metrics, relay, shutdown};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let services = Services::connect(config).await?;
@@ -30,7 +30,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         metrics: metrics::install(),
         pool: services.pool().clone(),
         monitor: health::Monitor::start(config, services.pool().clone(), stop.clone()),
-        beats: relay.beats().to_vec(),
+        stages: heartbeat::Stages::of(relay.beats()),
         stall_after: config.observability.stall_after(),
         canary: config.observability.canary_interval_ms > 0,
     };

@@ -202,10 +202,12 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
         .await?;
     // Not fatal: the age is only added to a stalled relay's reason.
     let horizon_age = crate::store::log::horizon_age(&mut *c).await.unwrap_or(0.0);
-    let stages = sqlx::query_as(
+    // Rows silent for longer than FORGET_AFTER are not reported, whether or not a sample has
+    // deleted them yet.
+    let stages = sqlx::query_as(&format!(
         "SELECT component, process, extract(epoch FROM now() - beat_at)::float8 AS age, detail
-           FROM pipeline_stages",
-    )
+           FROM pipeline_stages WHERE beat_at >= now() - interval '{FORGET_AFTER}'"
+    ))
     .fetch_all(&mut *c)
     .await?;
     let relay = sqlx::query_as(

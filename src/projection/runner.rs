@@ -32,7 +32,7 @@ use super::{apply_once, live_schema, ApplyContext, Projection};
 use crate::consumer::client::{self, StartAt};
 use crate::consumer::decode::Decoder;
 use crate::consumer::record::Record;
-use crate::heartbeat::Beat;
+use crate::heartbeat::{Beat, Stages};
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
@@ -47,6 +47,8 @@ pub struct RunnerOptions {
     pub properties: BTreeMap<String, String>,
     /// How often the runner's heartbeat is written (see [`crate::heartbeat`]).
     pub beat_every: Duration,
+    /// The process's stages, which the runner joins once its beat starts (for its readiness).
+    pub stages: Option<Stages>,
 }
 
 impl Default for RunnerOptions {
@@ -56,6 +58,7 @@ impl Default for RunnerOptions {
             linger: Duration::from_millis(20),
             properties: BTreeMap::new(),
             beat_every: crate::heartbeat::DEFAULT_EVERY,
+            stages: None,
         }
     }
 }
@@ -98,6 +101,9 @@ pub async fn run(
         serde_json::json!({ "topics": topics }),
         options.beat_every,
     );
+    if let Some(stages) = &options.stages {
+        stages.join(&beat);
+    }
     let lane = beat.lane();
     let mut beating = tokio::time::interval(options.beat_every);
     let mut runner = Runner {
