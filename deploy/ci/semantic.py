@@ -78,9 +78,10 @@ class Keel:
         except json.JSONDecodeError as e:
             setup_error(f"`{binary} config keys --json` did not print JSON ({e}); is KEEL_BIN a keel "
                      "that has `keel config keys`?")
-        self.env = {row["env"]: row for row in rows}
-        # Map-valued settings (raw librdkafka properties and the like) take any key below them.
-        self.map_prefixes = [row["env"] + "__" for row in rows if isinstance(row.get("default"), dict)]
+        # Map-valued settings (raw librdkafka properties and the like) are listed as a pattern,
+        # `KEEL_RELAY__KAFKA__PROPERTIES__*`: any name below the prefix is one of their keys.
+        self.env = {row["env"]: row for row in rows if not row["env"].endswith("*")}
+        self.map_prefixes = [row["env"][:-1] for row in rows if row["env"].endswith("*")]
 
     def _run(self, *args):
         command = f"{self.binary} {' '.join(args)}"
