@@ -3,7 +3,8 @@
 
 Schema checkers (docker-compose config, kubernetes-validate) say a file is a valid Compose file or
 Kubernetes object. This says it runs keel as keel expects: each keel container runs one of keel's
-roles, every KEEL_* name is a setting keel has (asked of the binary: `keel config keys --json`),
+roles, every KEEL_* name is a setting keel has (asked of the binary: `keel config keys --json`)
+and each container's settings together pass `keel config check`,
 probes hit paths keel serves on the port the role listens on, liveness and readiness differ,
 selectors select something, images are pinned, pods are bounded and unprivileged, and the schema
 is migrated before anything runs.
@@ -22,6 +23,7 @@ a caught mistake.
 import argparse
 import ipaddress
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -59,6 +61,36 @@ COMPOSE_RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(:[0-9]+)?)$
 
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Stand-ins for values `keel config check` cannot see (they come from a Secret or the downward
+# API), shaped so that validation judges the rest.
+PLACEHOLDERS = {
+    "KEEL_DATABASE_URL": "postgres://keel:placeholder@postgres:5432/keel",
+    "KEEL_REDIS_URL": "redis://redis:6379",
+    "KEEL_AUTH__KEY_SECRET": "placeholder-secret-of-at-least-thirty-two-bytes-0123456789",
+}
+
+
+def keel_env(env):
+    """The KEEL_* part of an environment, placeholders for values set from elsewhere (None)."""
+    out = {}
+    for name, value in env.items():
+        if not name.startswith("KEEL_"):
+            continue
+        if value is None:
+            value = PLACEHOLDERS.get(name, "placeholder")
+        out[name] = str(value)
+    return out
+
+
+def check_values(keel, findings, where, env):
+    """Only when every name is known: an unknown one is already a finding of its own."""
+    if all(keel.knows(name) for name in env if name.startswith("KEEL_")):
+        problem = keel.config_check(keel_env(env))
+        if problem:
+            findings.add(where, f"`keel config check` rejects its settings: {problem}")
+
 
 def setup_error(message):
     """Ends the run with exit 2: the check could not be made, which is not a finding."""
@@ -71,6 +103,7 @@ class Keel:
 
     def __init__(self, binary):
         self.binary = binary
+        self._checked = {}
         self.commands = self._commands()
         rows = self._run("config", "keys", "--json")
         try:
@@ -107,6 +140,21 @@ class Keel:
         if missing:
             setup_error(f"`keel --help` no longer lists {sorted(missing)}; update ROLES in deploy/ci/semantic.py")
         return commands
+
+    def config_check(self, env):
+        """What `keel config check` says is wrong with these KEEL_* values, or None when they hold.
+
+        Runs with nothing but `env` (and PATH), from the repository root so that the default
+        schemas_dir resolves; values the manifests take from elsewhere (a Secret, the downward
+        API) are stood in for by placeholders of the right shape.
+        """
+        key = tuple(sorted(env.items()))
+        if key not in self._checked:
+            out = subprocess.run([self.binary, "config", "check"], capture_output=True, text=True, timeout=60,
+                                 cwd=ROOT, env={"PATH": os.environ.get("PATH", ""), "KEEL_LOG": "error", **env})
+            said = (out.stderr.strip() or out.stdout.strip()).splitlines()
+            self._checked[key] = None if out.returncode == 0 else " ".join(said)[:300]
+        return self._checked[key]
 
     def knows(self, name):
         return name in self.env or any(name.startswith(p) for p in self.map_prefixes)
@@ -206,6 +254,7 @@ def check_compose_keel(keel, findings, where, name, service):
         findings.add(where, f"command {role!r} is not a keel role ({', '.join(sorted(ROLES))})")
     env = service.get("environment") or {}
     check_env_names(keel, findings, where, env)
+    check_values(keel, findings, where, env)
     if role in LISTEN_ENV:
         listen = env.get(LISTEN_ENV[role])
         if listen is not None and is_loopback(split_listen(listen)[0]):
@@ -380,8 +429,9 @@ def check_keel_container(keel, findings, where, cluster, obj, container):
         key = var.get("name", "")
         if key in SECRET_ENV and "secretKeyRef" not in (var.get("valueFrom") or {}):
             findings.add(where, f"{key} is a credential: take it from a Secret (valueFrom.secretKeyRef)")
-        env[key] = var.get("value", "<from elsewhere>")
+        env[key] = var.get("value")
     check_env_names(keel, findings, where, env)
+    check_values(keel, findings, where, env)
     if role in LISTEN_ENV:
         check_probes(keel, findings, where, container, role, env)
     return role
@@ -389,7 +439,7 @@ def check_keel_container(keel, findings, where, cluster, obj, container):
 
 def check_probes(keel, findings, where, container, role, env):
     listen_env = LISTEN_ENV[role]
-    listen = env.get(listen_env, keel.default(listen_env))
+    listen = env.get(listen_env) or keel.default(listen_env)
     host, port = split_listen(listen)
     if is_loopback(host):
         findings.add(where, f"{listen_env}={listen} is loopback: probes and Services cannot reach it")
