@@ -1,27 +1,33 @@
 //! What the deploy tests share: the repository, the validators' virtualenv, the engine gate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The virtualenv `scripts/deploy-tools` makes (Docker Compose v5, the validators): from
-/// `KEEL_TEST_DEPLOY_TOOLS`, which `scripts/test` sets, else made now.
-pub fn deploy_tools() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KEEL_TEST_DEPLOY_TOOLS") {
-        return dir.into();
-    }
-    let made = Command::new(repo().join("scripts/deploy-tools"))
-        .output()
-        .expect("scripts/deploy-tools runs");
-    assert!(
-        made.status.success(),
-        "scripts/deploy-tools failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
+/// The virtualenv `scripts/deploy-tools` makes (Docker Compose v5, kubernetes-validate,
+/// yamllint, hadolint): from `KEEL_TEST_DEPLOY_TOOLS`, which `scripts/test` sets, else made once
+/// per test process (the tests run in parallel and would race to create it).
+pub fn deploy_tools() -> &'static Path {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        if let Some(venv) = std::env::var_os("KEEL_TEST_DEPLOY_TOOLS") {
+            return PathBuf::from(venv);
+        }
+        let out = Command::new(repo().join("scripts/deploy-tools"))
+            .output()
+            .expect("cannot run scripts/deploy-tools");
+        assert!(
+            out.status.success(),
+            "scripts/deploy-tools could not make the checkers' virtualenv (it needs python3 with venv \
+             and PyPI): {}\nrun scripts/deploy-tools and set KEEL_TEST_DEPLOY_TOOLS to the path it prints",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
 }
 
 /// True (after saying so loudly) only where `scripts/test` found that no container engine can
