@@ -223,7 +223,11 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
             tracing::info!("created the database");
             Ok(())
         }
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        // Another keel created it meanwhile: `42P04` when PostgreSQL saw that, or a unique
+        // violation on `pg_database` (`23505`) when both CREATEs ran at once.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {
+            Ok(())
+        }
         Err(e) => Err(with_tls_hint(e, "cannot create the database")),
     }
 }
