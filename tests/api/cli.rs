@@ -94,6 +94,45 @@ async fn migrate_creates_the_database_and_serve_answers_until_terminated() {
     assert!(exit.success(), "keel serve exited with {exit}");
 }
 
+/// Several `keel migrate` at once against a database that does not exist yet (a Kubernetes
+/// Job and every pod's init container starting together): each one succeeds, whichever of
+/// them created the database. `keel config check` then accepts the settings and names a
+/// misspelt variable.
+#[test]
+fn concurrent_migrates_of_a_missing_database_all_succeed() {
+    let database_url = fresh_database_url();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            keel()
+                .arg("migrate")
+                .env("KEEL_DATABASE_URL", &database_url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start keel migrate")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (ok, out) = run(keel()
+        .args(["config", "check"])
+        .env("KEEL_DATABASE_URL", &database_url));
+    assert!(ok && out.contains("configuration ok"), "{out}");
+    let (ok, out) = run(keel()
+        .args(["config", "check"])
+        .env("KEEL_REDIS_ULR", "redis://x"));
+    assert!(
+        !ok && out.contains("KEEL_REDIS_ULR") && out.contains("keel config keys"),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_bad_configuration_fails_fast_with_the_reason() {
     let (ok, out) = run(keel().arg("migrate").env("KEEL_API__MAX_BATCH_EVENTS", "0"));
