@@ -990,16 +990,43 @@ pub fn settings() -> Vec<Setting> {
     out
 }
 
+/// `KEEL_*` variables that keel's tooling reads and keel itself does not: the image variables
+/// the compose file and keel-testkit share, the compose file's port, and the scripts' and the test
+/// suite's own. Set in the same shell as a keel command, they are not misspelt settings.
+pub const TOOLING_ENV_VARS: &[&str] = &[
+    "KEEL_IMAGE",
+    "KEEL_POSTGRES_IMAGE",
+    "KEEL_REDIS_IMAGE",
+    "KEEL_BROKER_IMAGE",
+    "KEEL_BROKER_FLAVOR",
+    "KEEL_SMOKE_IMAGE",
+    "KEEL_CONSOLE_IMAGE",
+    "KEEL_HTTP_PORT",
+    "KEEL_DEV_DIR",
+    "KEEL_PY_VENV",
+    "KEEL_TOOLS_DIR",
+    "KEEL_NISSHI_BIN",
+    "KEEL_NISSHI_PREBUILT",
+    "KEEL_BROKER_PORT",
+    "KEEL_CHROMIUM",
+    "KEEL_SKIP_BROWSER",
+    "KEEL_UI_SHOTS",
+];
+
 /// The `KEEL_*` environment variables that [`Config::load`] ignores because they name no setting,
 /// most likely misspelt ones, for the caller to report once logging is set up. `KEEL_CONFIG` (the
-/// file) and `KEEL_TEST_*` (the test suite's) are not settings but are not reported either.
+/// file), `KEEL_TEST_*` (the test suite's) and [`TOOLING_ENV_VARS`] are not settings but are not
+/// reported either.
 pub fn ignored_env_vars() -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| {
             name.strip_prefix("KEEL_").is_some_and(|key| {
                 let lower = key.to_ascii_lowercase();
-                !is_config_key(key) && lower != "config" && !lower.starts_with("test_")
+                !is_config_key(key)
+                    && lower != "config"
+                    && !lower.starts_with("test_")
+                    && !TOOLING_ENV_VARS.contains(&name.as_str())
             })
         })
         .collect()
@@ -1135,6 +1162,13 @@ mod tests {
         let settings = settings();
         assert!(settings.iter().any(|s| s.env == "KEEL_API__MAX_BODY_BYTES"));
         assert!(settings.iter().any(|s| s.env == "KEEL_PROJECTIONS__LISTEN"));
+        // Whatever the test's own environment holds already is not this test's business.
+        let outside = ignored_env_vars();
+        let new = || -> Vec<String> {
+            let mut ignored = ignored_env_vars();
+            ignored.retain(|name| !outside.contains(name));
+            ignored
+        };
         figment::Jail::expect_with(|jail| {
             let mut set = 0;
             for s in &settings {
@@ -1153,14 +1187,18 @@ mod tests {
             let config = Config::load(None, &Overrides::default()).map_err(|e| format!("{e:#}"))?;
             assert_eq!(config.relay.kafka.properties["acks"], "all");
             assert_eq!(config.projections.listen.port(), 9465);
-            assert!(ignored_env_vars().is_empty(), "{:?}", ignored_env_vars());
+            // The scripts' and the images' variables are no misspelt settings either.
+            for name in TOOLING_ENV_VARS {
+                jail.set_env(name, "x");
+            }
+            assert!(new().is_empty(), "{:?}", new());
             // A misspelt nested name is refused outright; a misspelt top-level one is reported.
             jail.set_env("KEEL_PROJECTIONS__LISTN", "0.0.0.0:1");
             let refused = Config::load(None, &Overrides::default()).unwrap_err();
             assert!(format!("{refused:#}").contains("listn"), "{refused:#}");
             jail.set_env("KEEL_PROJECTIONS__LISTN", "");
             jail.set_env("KEEL_LISTN", "0.0.0.0:1");
-            assert_eq!(ignored_env_vars(), ["KEEL_LISTN"]);
+            assert_eq!(new(), ["KEEL_LISTN"]);
             Ok(())
         });
     }
