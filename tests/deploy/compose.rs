@@ -1,7 +1,8 @@
 //! docker-compose.yml on a real engine, with the local images swapped in
 //! (`deploy/ci/compose.local.yml`): the stack comes up healthy in dependency order, keel answers
-//! on 127.0.0.1 only, and an event appended over HTTP by a client inside the compose network
-//! reaches the broker (decoded through keel's registry) and the Redis stream.
+//! on 127.0.0.1 only, an event appended over HTTP by a client inside the compose network reaches
+//! the broker (decoded through keel's registry) and the Redis stream, and the README's quick
+//! start (curl from the host, `redis-cli XRANGE` through `docker compose exec`) works.
 //!
 //! Needs a Docker engine and the images `scripts/images` builds; `scripts/test` starts the one and
 //! builds the other, and sets `KEEL_TEST_NO_ENGINE=1` (after printing `SKIPPED: no container
@@ -136,12 +137,51 @@ async fn the_compose_stack_comes_up_healthy_and_an_event_appended_over_http_reac
         assert!(said.contains(hop), "no `{hop}` in:\n{said}");
     }
 
-    // The pipeline's own verdict agrees, seen from the host.
     let key = std::fs::read_to_string(&stack.env_file)
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("KEEL_ADMIN_KEY=").map(str::to_owned))
         .unwrap();
+
+    // The README's quick start from the host: the curl of the append example, then the event in
+    // the Redis stream through `docker compose exec redis redis-cli XRANGE`.
+    let agent = Uuid::new_v4();
+    let appended = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/aggregates/agent/{agent}/events"
+        ))
+        .bearer_auth(&key)
+        .json(
+            &serde_json::json!({"events": [{"type": "agent.state.changed",
+            "payload": {"agent_id": agent, "to_state": "running"}}]}),
+        )
+        .send()
+        .await
+        .expect("the append from the host");
+    assert_eq!(appended.status(), 201, "{:?}", appended.text().await);
+    let mut in_redis = String::new();
+    for _ in 0..60 {
+        in_redis = text(&stack.run(&[
+            "exec",
+            "-T",
+            "redis",
+            "redis-cli",
+            "XRANGE",
+            "keel.stream.agent",
+            "-",
+            "+",
+        ]));
+        if in_redis.contains(&agent.to_string()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        in_redis.contains(&agent.to_string()),
+        "{agent} not in the stream:\n{in_redis}"
+    );
+
+    // The pipeline's own verdict agrees, seen from the host.
     let verdict: serde_json::Value = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/v1/health/pipeline"))
         .bearer_auth(key)
