@@ -11,6 +11,8 @@
 //! - [`stack`]: [`KeelStack`] starts them in order, waits for keel's readiness and removes every
 //!   container and the network when dropped; [`Endpoints`] is what a test connects to.
 //! - [`shared`]: one stack per test binary, stopped when the last test holding it lets go.
+//! - [`reaper`]: stacks left by test processes killed with SIGKILL are removed before the next
+//!   stack starts.
 //!
 //! Every published port is bound to 127.0.0.1.
 
@@ -19,6 +21,7 @@ mod credentials;
 mod error;
 pub mod images;
 pub mod preflight;
+pub mod reaper;
 mod shared;
 pub mod stack;
 

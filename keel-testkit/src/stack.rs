@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use testcontainers::core::IntoContainerPort;
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage};
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
 use crate::containers::{self, Names, KEEL_PORT};
 use crate::credentials::{random_hex, Credentials};
-use crate::{preflight, Error, Images, Result};
+use crate::{preflight, reaper, Error, Images, Result};
 
 /// How long each container may take to become ready, unless the builder says otherwise. Generous,
 /// because test machines are often loaded.
@@ -138,24 +138,31 @@ impl Builder {
             None => Images::from_env()?,
         };
         preflight::check(&images).await?;
+        // Best effort: a stack that cannot reap still starts, and a real engine problem shows in
+        // the next call.
+        let _ = reaper::reap().await;
 
-        let names = Names::new(&random_hex(4));
+        let stack_id = random_hex(4);
+        let names = Names::new(&stack_id);
         let credentials = Credentials::generate();
         let broker_port = containers::free_port()?;
         let timeout = self.startup_timeout;
 
         let (postgres, redis, broker) = tokio::try_join!(
             async {
-                containers::postgres(&images, &names, &credentials, timeout)
-                    .start()
-                    .await
-                    .map_err(Error::container(format!(
-                        "starting PostgreSQL ({})",
-                        images.postgres
-                    )))
+                owned(
+                    containers::postgres(&images, &names, &credentials, timeout),
+                    &stack_id,
+                )
+                .start()
+                .await
+                .map_err(Error::container(format!(
+                    "starting PostgreSQL ({})",
+                    images.postgres
+                )))
             },
             async {
-                containers::redis(&images, &names, timeout)
+                owned(containers::redis(&images, &names, timeout), &stack_id)
                     .start()
                     .await
                     .map_err(Error::container(format!(
@@ -164,23 +171,29 @@ impl Builder {
                     )))
             },
             async {
-                containers::broker(&images, &names, broker_port, timeout)
-                    .start()
-                    .await
-                    .map_err(Error::container(format!(
-                        "starting the broker ({}) on 127.0.0.1:{broker_port}",
-                        images.broker
-                    )))
+                owned(
+                    containers::broker(&images, &names, broker_port, timeout),
+                    &stack_id,
+                )
+                .start()
+                .await
+                .map_err(Error::container(format!(
+                    "starting the broker ({}) on 127.0.0.1:{broker_port}",
+                    images.broker
+                )))
             },
         )?;
 
-        let keel = containers::keel(
-            &images,
-            &names,
-            &credentials,
-            broker.id(),
-            broker_port,
-            &self.keel_env,
+        let keel = owned(
+            containers::keel(
+                &images,
+                &names,
+                &credentials,
+                broker.id(),
+                broker_port,
+                &self.keel_env,
+            ),
+            &stack_id,
         )
         .start()
         .await
@@ -215,6 +228,16 @@ impl Builder {
             redis,
             postgres,
         })
+    }
+}
+
+/// `request` labelled with its stack and this test process, so that [`reaper::reap`] can remove
+/// it if this process is killed before it drops the stack.
+fn owned(request: ContainerRequest<GenericImage>, stack: &str) -> ContainerRequest<GenericImage> {
+    let request = request.with_label(reaper::STACK, stack);
+    match reaper::this_process() {
+        Some(owner) => request.with_label(reaper::OWNER, owner),
+        None => request,
     }
 }
 
