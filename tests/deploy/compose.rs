@@ -2,7 +2,8 @@
 //! (`deploy/ci/compose.local.yml`): the stack comes up healthy in dependency order, keel answers
 //! on 127.0.0.1 only, an event appended over HTTP by a client inside the compose network reaches
 //! the broker (decoded through keel's registry) and the Redis stream, and the README's quick
-//! start (curl from the host, `redis-cli XRANGE` through `docker compose exec`) works.
+//! start (curl from the host, `redis-cli XRANGE` through `docker compose exec`) works. A
+//! `down` and `up` with the volumes kept loses nothing and keeps the admin key working.
 //!
 //! Needs a Docker engine and the images `scripts/images` builds; `scripts/test` starts the one and
 //! builds the other, and sets `KEEL_TEST_NO_ENGINE=1` (after printing `SKIPPED: no container
@@ -184,7 +185,7 @@ async fn the_compose_stack_comes_up_healthy_and_an_event_appended_over_http_reac
     // The pipeline's own verdict agrees, seen from the host.
     let verdict: serde_json::Value = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/v1/health/pipeline"))
-        .bearer_auth(key)
+        .bearer_auth(&key)
         .timeout(Duration::from_secs(30))
         .send()
         .await
@@ -193,6 +194,34 @@ async fn the_compose_stack_comes_up_healthy_and_an_event_appended_over_http_reac
         .await
         .expect("the pipeline verdict is JSON");
     assert_eq!(verdict["status"], "ok", "{verdict}");
+
+    // `down` and `up` again, volumes kept (an upgrade, a host reboot): the migration runs again
+    // and finds nothing to do, the admin key still works (the bootstrap file is not applied a
+    // second time), and the aggregate appended before is still there.
+    let down = stack.run(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    let up = stack.run(&["up", "-d", "--wait", "--wait-timeout", "240"]);
+    assert!(
+        up.status.success(),
+        "the stack did not come back:\n{}",
+        text(&up)
+    );
+    let history: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{port}/v1/aggregates/agent/{agent}/events"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("the read after the restart")
+        .json()
+        .await
+        .expect("the history is JSON");
+    assert_eq!(history["version"], 1, "{history}");
+    assert_eq!(
+        history["events"][0]["payload"]["to_state"], "running",
+        "{history}"
+    );
 }
 
 fn tempdir() -> PathBuf {
