@@ -6,7 +6,7 @@
 //! [`OWNER`]: this machine's boot id, the test process's pid and that process's start time. Before
 //! a stack starts, [`reap`] removes every container whose owner was on this machine in this boot
 //! and no longer runs (a pid reused by another process has another start time), then the networks
-//! of those stacks.
+//! of those stacks, and stack networks left empty for ten minutes (the watchdog's leftovers).
 //!
 //! Containers owned by another machine (an engine shared over TCP) or another boot are never
 //! touched: from here there is no telling whether their owner still runs. Off Linux, where the
@@ -25,6 +25,9 @@ use crate::{Error, Result};
 pub const OWNER: &str = "dev.keel.testkit.owner";
 /// The label naming the stack a container belongs to (its network is `keel-testkit-<id>-net`).
 pub const STACK: &str = "dev.keel.testkit.stack";
+
+/// A stack network older than this with no container left is removed.
+pub const EMPTY_NETWORK_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// This process as an owner, or `None` where it cannot be told (no `/proc`).
 pub fn this_process() -> Option<String> {
@@ -64,8 +67,14 @@ fn is_gone(owner: &str) -> bool {
 }
 
 /// Removes the containers (with their anonymous volumes) and networks of stacks whose test
-/// process is gone; returns how many containers it removed.
+/// process is gone, and stack networks empty for [`EMPTY_NETWORK_AGE`]; returns how many
+/// containers it removed.
 pub async fn reap() -> Result<usize> {
+    reap_networks_older_than(EMPTY_NETWORK_AGE).await
+}
+
+/// [`reap`], with another age for empty stack networks.
+pub async fn reap_networks_older_than(age: std::time::Duration) -> Result<usize> {
     let engine = docker_client_instance()
         .await
         .map_err(|e| Error::NoEngine {
@@ -105,19 +114,32 @@ pub async fn reap() -> Result<usize> {
             stacks.insert(stack.clone());
         }
     }
-    if !stacks.is_empty() {
-        let networks = engine
-            .list_networks(None::<ListNetworksOptions>)
-            .await
-            .unwrap_or_default();
-        for network in networks {
-            let Some(name) = network.name else { continue };
-            let dead = stacks
-                .iter()
-                .any(|stack| name == crate::containers::Names::new(stack).network);
-            if dead {
-                let _ = engine.remove_network(&name).await;
-            }
+    // The networks of those stacks, and any stack network that has been empty for a while: the
+    // watchdog removes a stopped process's containers but not its network. The engine refuses to
+    // remove a network that a container still uses, and the age spares one a stack is creating.
+    let networks = engine
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "name".to_owned(),
+                vec!["keel-testkit-".to_owned()],
+            )])),
+        }))
+        .await
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for network in networks {
+        let Some(name) = network.name else { continue };
+        let of_dead_stack = stacks
+            .iter()
+            .any(|stack| name == crate::containers::Names::new(stack).network);
+        let old = network
+            .created
+            .is_some_and(|created| now - created.unix_timestamp() >= age.as_secs() as i64);
+        if of_dead_stack || (old && name.ends_with("-net")) {
+            let _ = engine.remove_network(&name).await;
         }
     }
     Ok(removed)

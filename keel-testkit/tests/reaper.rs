@@ -13,6 +13,10 @@ use keel_testkit::{reaper, KeelStack};
 /// id, and waits to be killed.
 const CHILD: &str = "KEEL_TESTKIT_REAPER_CHILD";
 
+/// The tests here run one at a time: the second reaps every empty stack network, which would
+/// include the first's while it is being created.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
@@ -35,6 +39,7 @@ async fn a_stack_left_by_a_killed_test_process_is_removed_when_the_next_one_star
     if !common::engine_expected() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     if reaper::this_process().is_none() {
         panic!("this test needs /proc to tell whether a stack's owner runs");
     }
@@ -100,4 +105,40 @@ async fn a_stack_left_by_a_killed_test_process_is_removed_when_the_next_one_star
     for id in stack.container_ids() {
         assert!(!docker(&["ps", "-q", "--filter", &format!("id={id}")]).is_empty());
     }
+}
+
+/// A stack network nothing uses any more (what the watchdog leaves after SIGINT) is removed once
+/// it is old enough; one a container still uses is refused by the engine and stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_stack_network_is_removed_and_one_in_use_is_not() {
+    if std::env::var_os(CHILD).is_some() || !common::engine_expected() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let suffix = format!("{:x}", std::process::id());
+    let empty = format!("keel-testkit-empty{suffix}-net");
+    let used = format!("keel-testkit-used{suffix}-net");
+    for name in [&empty, &used] {
+        assert!(
+            !docker(&["network", "create", name]).is_empty(),
+            "cannot create {name}"
+        );
+    }
+    let image = std::env::var("KEEL_REDIS_IMAGE").unwrap_or_else(|_| "redis:7".into());
+    let user = docker(&["run", "-d", "--rm", "--network", &used, &image]);
+    assert!(
+        !user.is_empty(),
+        "cannot start a container from {image}: {}",
+        common::NEEDS
+    );
+
+    reaper::reap_networks_older_than(Duration::ZERO)
+        .await
+        .unwrap();
+    let left = |name: &str| docker(&["network", "ls", "-q", "--filter", &format!("name=^{name}$")]);
+    assert_eq!(left(&empty), "", "the empty network is still there");
+    assert_ne!(left(&used), "", "the network in use was removed");
+
+    docker(&["rm", "-f", &user]);
+    docker(&["network", "rm", &used]);
 }
