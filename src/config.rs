@@ -990,6 +990,10 @@ pub fn settings() -> Vec<Setting> {
     out
 }
 
+/// `KEEL_*` variables keel's commands read that are not settings: the config file, and the
+/// operator commands' API, credential and CA (`cli::client`).
+pub const COMMAND_ENV_VARS: &[&str] = &["KEEL_CONFIG", "KEEL_URL", "KEEL_API_KEY", "KEEL_CA_FILE"];
+
 /// `KEEL_*` variables that keel's tooling reads and keel itself does not: the image variables
 /// the compose file and keel-testkit share, the compose file's port, and the scripts' and the test
 /// suite's own. Set in the same shell as a keel command, they are not misspelt settings.
@@ -1014,18 +1018,17 @@ pub const TOOLING_ENV_VARS: &[&str] = &[
 ];
 
 /// The `KEEL_*` environment variables that [`Config::load`] ignores because they name no setting,
-/// most likely misspelt ones, for the caller to report once logging is set up. `KEEL_CONFIG` (the
-/// file), `KEEL_TEST_*` (the test suite's) and [`TOOLING_ENV_VARS`] are not settings but are not
-/// reported either.
+/// most likely misspelt ones, for the caller to report once logging is set up.
+/// [`COMMAND_ENV_VARS`], [`TOOLING_ENV_VARS`] and `KEEL_TEST_*` (the test suite's) are not
+/// settings but are not reported either.
 pub fn ignored_env_vars() -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| {
             name.strip_prefix("KEEL_").is_some_and(|key| {
-                let lower = key.to_ascii_lowercase();
                 !is_config_key(key)
-                    && lower != "config"
-                    && !lower.starts_with("test_")
+                    && !key.to_ascii_lowercase().starts_with("test_")
+                    && !COMMAND_ENV_VARS.contains(&name.as_str())
                     && !TOOLING_ENV_VARS.contains(&name.as_str())
             })
         })
@@ -1259,13 +1262,15 @@ mod tests {
             jail.set_env("KEEL_API__MAX_PAGE_SIZE", "200");
             jail.set_env("KEEL_CONFIG", "keel.toml");
             jail.set_env("KEEL_TEST_PYTHON", "python3");
+            jail.set_env("KEEL_URL", "http://127.0.0.1:1");
+            jail.set_env("KEEL_API_KEY", "keel_x_y");
             let config = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(config.api.max_page_size, 200);
             let ignored = ignored_env_vars();
             assert!(ignored.contains(&"KEEL_LISTN".to_owned()), "{ignored:?}");
             assert!(
                 !ignored.iter().any(|v| v.starts_with("KEEL_API")
-                    || v == "KEEL_CONFIG"
+                    || COMMAND_ENV_VARS.contains(&v.as_str())
                     || v.starts_with("KEEL_TEST_")),
                 "{ignored:?}"
             );

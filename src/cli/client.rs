@@ -27,9 +27,6 @@ use serde_json::Value;
 
 use crate::config::Config;
 
-/// The environment variables the client reads; they are not config settings.
-pub const ENV_VARS: &[&str] = &["KEEL_URL", "KEEL_API_KEY", "KEEL_CA_FILE"];
-
 /// A request that gets no answer within this time fails; long jobs are exempt.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 

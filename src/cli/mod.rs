@@ -159,9 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The effective settings, for debugging a deployment; `Debug` hides every secret in them.
     tracing::debug!(?config, "configuration loaded");
     for name in config::ignored_env_vars() {
-        if !client::ENV_VARS.contains(&name.as_str()) {
-            tracing::warn!("ignoring {name}: not a keel setting");
-        }
+        tracing::warn!("ignoring {name}: not a keel setting");
     }
     progress::install();
     let api = || client::Client::from_env(cli.url.as_deref(), cli.ca_file.as_deref(), &config);

@@ -9,7 +9,6 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::client;
 use crate::config::{self, Config};
 
 #[derive(Debug, Subcommand)]
@@ -37,9 +36,8 @@ pub fn keys(args: &KeysArgs) -> anyhow::Result<()> {
             .map(|s| json!({"key": s.key, "env": s.env, "default": s.default}))
             .collect();
         rows.extend(
-            client::ENV_VARS
+            config::COMMAND_ENV_VARS
                 .iter()
-                .chain(&["KEEL_CONFIG"])
                 .map(|env| json!({"key": null, "env": env, "default": null})),
         );
         return print(format!("{}\n", serde_json::to_string_pretty(&rows)?));
@@ -58,7 +56,10 @@ pub fn keys(args: &KeysArgs) -> anyhow::Result<()> {
             s.env, s.key
         ));
     }
-    out.push_str("\nRead by the commands, not settings: KEEL_CONFIG (the config file), KEEL_URL, KEEL_API_KEY and KEEL_CA_FILE (the operator commands' API).\n");
+    out.push_str(&format!(
+        "\nRead by the commands, not settings: {} (the config file; the operator commands' API, key and CA).\n",
+        config::COMMAND_ENV_VARS.join(", ")
+    ));
     print(out)
 }
 
@@ -73,10 +74,7 @@ fn print(text: String) -> anyhow::Result<()> {
 
 /// `keel config check`, given the configuration that loaded.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    let ignored: Vec<String> = config::ignored_env_vars()
-        .into_iter()
-        .filter(|name| !client::ENV_VARS.contains(&name.as_str()))
-        .collect();
+    let ignored = config::ignored_env_vars();
     if !ignored.is_empty() {
         anyhow::bail!(
             "{} name no setting (misspelt?): `keel config keys` lists every variable keel reads",
