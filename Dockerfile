@@ -34,7 +34,7 @@ WORKDIR /var/lib/keel
 EXPOSE 8080 9464 9465
 # `keel serve`'s readiness; the relay and projection roles are checked on their own ports
 # (docker-compose.yml and deploy/k8s set that per role).
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 \
   CMD ["keel", "health", "--ready", "--url", "http://127.0.0.1:8080"]
 ENTRYPOINT ["keel"]
 CMD ["serve"]

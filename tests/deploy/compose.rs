@@ -43,11 +43,9 @@ impl Stack {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let output = self
-            .command(args)
+        self.command(args)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.compose.display()));
-        output
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.compose.display()))
     }
 }
 
@@ -80,6 +78,10 @@ fn env_file(dir: &Path, http_port: u16) -> PathBuf {
         .output()
         .expect("scripts/compose-env runs");
     assert!(made.status.success(), "{}", text(&made));
+    // It holds the admin key and the server secret: readable by its owner alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} is mode {mode:o}", path.display());
     let mut env = std::fs::read_to_string(&path).unwrap();
     env.push_str(&format!("KEEL_HTTP_PORT={http_port}\n"));
     std::fs::write(&path, env).unwrap();
@@ -106,6 +108,10 @@ async fn the_compose_stack_comes_up_healthy_and_an_event_appended_over_http_reac
         text(&up),
         text(&stack.run(&["logs", "--no-color", "--tail", "40"]))
     );
+    // keel's health is the image's own HEALTHCHECK (the compose file sets none for it), and the
+    // engine saw it pass.
+    let health = text(&stack.run(&["ps", "--format", "{{.Service}} {{.Status}}", "keel"]));
+    assert!(health.contains("(healthy)"), "{health}");
     // The migration ran once and finished before keel started; two relays run.
     let ps = text(&stack.run(&[
         "ps",
