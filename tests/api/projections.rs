@@ -330,6 +330,15 @@ async fn keel_project_is_ready_once_every_runner_beats_and_keel_health_ready_say
         "{said}"
     );
 
+    let live = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["health", "--live", "--json", "--url", &base])
+        .env_remove("KEEL_API_KEY")
+        .output()
+        .unwrap();
+    assert!(live.status.success());
+    let said: Value = serde_json::from_slice(&live.stdout).unwrap();
+    assert_eq!(said["status"], "live", "{said}");
+
     projector.kill();
     let down = health(base);
     assert!(!down.status.success());
