@@ -54,6 +54,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub observability: ObservabilityConfig,
     pub ui: UiConfig,
+    pub archive: ArchiveConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,6 +76,7 @@ impl std::fmt::Debug for Config {
             auth,
             observability,
             ui,
+            archive,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -92,6 +94,7 @@ impl std::fmt::Debug for Config {
             .field("auth", auth)
             .field("observability", observability)
             .field("ui", ui)
+            .field("archive", archive)
             .finish()
     }
 }
@@ -127,6 +130,98 @@ impl Default for ProjectionsConfig {
             listen: ([127, 0, 0, 1], 9465).into(),
         }
     }
+}
+
+/// The event archive and retention (`keel archive ...`, `keel retention ...`, see
+/// `src/archive/` and `src/retention/`). Credentials for S3 come from the standard `AWS_*`
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), never from here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Where archive segments are written: `file:///absolute/dir` or `s3://bucket/prefix`
+    /// (`KEEL_ARCHIVE__URL`). Empty: no archive, so nothing whose policy requires one is purged.
+    pub url: String,
+    /// Avro codec of new segment files: `deflate` (every Avro reader opens it) or `null`
+    /// (`KEEL_ARCHIVE__CODEC`).
+    pub codec: String,
+    /// Most events in one segment file (`KEEL_ARCHIVE__MAX_SEGMENT_RECORDS`).
+    pub max_segment_records: usize,
+    /// A segment is cut once its events' JSON reaches this many bytes
+    /// (`KEEL_ARCHIVE__MAX_SEGMENT_BYTES`).
+    pub max_segment_bytes: usize,
+    /// How often `keel serve` runs the archiver and the guarded purge in-process, for example
+    /// `1h`; `off` (the default) runs them only from `keel archive run` and `keel retention run`
+    /// (`KEEL_ARCHIVE__SCHEDULE`).
+    pub schedule: String,
+    /// A purge deletes a segment's events only if an `--against-db` verification of it passed
+    /// within this many seconds; the purge runs that verification itself when it is older
+    /// (`KEEL_ARCHIVE__VERIFY_MAX_AGE_SECS`).
+    pub verify_max_age_secs: u64,
+    /// Most events deleted per purge transaction, so appends never wait long
+    /// (`KEEL_ARCHIVE__PURGE_BATCH`).
+    pub purge_batch: i64,
+    pub s3: ArchiveS3Config,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            codec: "deflate".into(),
+            max_segment_records: 10_000,
+            max_segment_bytes: 16 << 20,
+            schedule: "off".into(),
+            verify_max_age_secs: 3600,
+            purge_batch: 1000,
+            s3: ArchiveS3Config::default(),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let url = self.url.as_str();
+        if !url.is_empty() {
+            if let Some(path) = url.strip_prefix("file://") {
+                if !path.starts_with('/') {
+                    bail!("archive.url {url:?}: a file URL needs an absolute path, as in file:///var/lib/keel/archive");
+                }
+            } else if let Some(rest) = url.strip_prefix("s3://") {
+                if rest.split('/').next().unwrap_or("").is_empty() {
+                    bail!("archive.url {url:?}: name the bucket, as in s3://bucket/prefix");
+                }
+            } else {
+                bail!("archive.url {url:?}: use file:///absolute/dir or s3://bucket/prefix");
+            }
+        }
+        if !matches!(self.codec.as_str(), "deflate" | "null") {
+            bail!(
+                "archive.codec {:?}: use deflate (the default) or null",
+                self.codec
+            );
+        }
+        if self.max_segment_records == 0 || self.max_segment_bytes == 0 || self.purge_batch <= 0 {
+            bail!("archive.max_segment_records, archive.max_segment_bytes and archive.purge_batch must be positive");
+        }
+        if self.schedule != "off" {
+            crate::model::Age::parse(&self.schedule)
+                .map_err(|e| anyhow::anyhow!("archive.schedule: {e}, or off"))?;
+        }
+        Ok(())
+    }
+}
+
+/// An S3-compatible archive store (`archive.url = "s3://bucket/prefix"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveS3Config {
+    /// The endpoint of an S3-compatible server, for example `http://127.0.0.1:9000`; empty for
+    /// AWS itself (`KEEL_ARCHIVE__S3__ENDPOINT`). Requests use path-style addressing when set.
+    pub endpoint: String,
+    /// The region (`KEEL_ARCHIVE__S3__REGION`); empty reads `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Allow a plain `http://` endpoint (`KEEL_ARCHIVE__S3__ALLOW_HTTP`), for local servers.
+    pub allow_http: bool,
 }
 
 /// Pipeline health, canaries and trace export (see `src/health/` and `src/telemetry/`).
@@ -920,6 +1015,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             observability: ObservabilityConfig::default(),
             ui: UiConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -1117,6 +1213,7 @@ impl Config {
         self.auth.validate()?;
         self.observability.validate()?;
         self.ui.validate()?;
+        self.archive.validate()?;
         Ok(())
     }
 
