@@ -276,6 +276,97 @@ fn schema_sync_registers_the_catalog_and_refuses_a_breaking_change_with_the_reas
     std::fs::remove_dir_all(catalog).unwrap();
 }
 
+/// A malformed retention policy or `_aggregates` file stops `keel schema sync` and `keel serve`,
+/// naming the file (so the type) and the key; the shipped policies pass.
+#[test]
+fn schema_sync_and_serve_refuse_a_malformed_retention_policy_naming_the_type_and_the_key() {
+    let database_url = fresh_database_url();
+    let catalog = catalog_copy();
+    let sync = || {
+        run(keel().args([
+            "schema",
+            "sync",
+            "--database-url",
+            &database_url,
+            "--dir",
+            catalog.to_str().unwrap(),
+        ]))
+    };
+    let (ok, out) = sync();
+    assert!(ok, "the shipped catalog: {out}");
+
+    let invoked = catalog.join("l12.service_invoked/event.toml");
+    let shipped = std::fs::read_to_string(&invoked).unwrap();
+    assert!(shipped.contains("retention = \"90d\""), "{shipped}");
+    let form = "use a whole number and a unit d, w or y, as in 90d";
+    for (policy, expected) in [
+        (
+            "retention = \"90 days\"",
+            format!("l12.service_invoked/event.toml: retention \"90 days\": {form}"),
+        ),
+        (
+            "[retention]\nhot = \"0d\"",
+            "l12.service_invoked/event.toml: retention.hot \"0d\": a retention age is at least 1d"
+                .into(),
+        ),
+        (
+            "[retention]\nhot = \"30d\"\narchive = \"none\"",
+            "l12.service_invoked/event.toml: retention.archive = \"none\" deletes events with no archive, for good: add allow_loss = true".into(),
+        ),
+    ] {
+        std::fs::write(&invoked, shipped.replace("retention = \"90d\"", policy)).unwrap();
+        let (ok, out) = sync();
+        assert!(!ok && out.contains(&expected), "{policy}: {out}");
+    }
+    std::fs::write(&invoked, &shipped).unwrap();
+
+    let agent = catalog.join("_aggregates/agent.toml");
+    std::fs::write(&agent, "history = \"after_snapshot\"\n").unwrap();
+    let refused = "_aggregates/agent.toml: history = \"after_snapshot\" needs snapshot_kind";
+    let (ok, out) = sync();
+    assert!(!ok && out.contains(refused), "{out}");
+
+    let (ok, out) = run(keel()
+        .args([
+            "serve",
+            "--database-url",
+            &database_url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--schemas-dir", catalog.to_str().unwrap()]));
+    assert!(!ok && out.contains(refused), "{out}");
+
+    // A file for an aggregate type no event type can reach is accepted, with a warning, once
+    // every type names its aggregate type (state_change may otherwise land on any aggregate).
+    std::fs::write(&agent, "history = \"full\"\n").unwrap();
+    std::fs::write(
+        catalog.join("_aggregates/agnet.toml"),
+        "history = \"full\"\n",
+    )
+    .unwrap();
+    let (ok, out) = sync();
+    assert!(
+        ok && !out.contains("agnet"),
+        "state_change may reach agnet: {out}"
+    );
+    let state_change = catalog.join("state_change/event.toml");
+    let text = std::fs::read_to_string(&state_change).unwrap();
+    std::fs::write(
+        &state_change,
+        format!("aggregate_type = \"entity\"\n{text}"),
+    )
+    .unwrap();
+    let (ok, out) = sync();
+    assert!(
+        ok && out.contains(
+            "_aggregates/agnet.toml names an aggregate type that no event type in the catalog uses"
+        ),
+        "{out}"
+    );
+    std::fs::remove_dir_all(catalog).unwrap();
+}
+
 #[test]
 fn a_catalog_schema_must_be_a_record_named_after_its_event_type() {
     let catalog = catalog_copy();
