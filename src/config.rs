@@ -204,6 +204,9 @@ impl ArchiveConfig {
             bail!("archive.max_segment_records, archive.max_segment_bytes and archive.purge_batch must be positive");
         }
         if self.schedule != "off" {
+            if self.url.is_empty() {
+                bail!("archive.schedule {:?} needs archive.url: the scheduled purge deletes only archived events", self.schedule);
+            }
             crate::model::Age::parse(&self.schedule)
                 .map_err(|e| anyhow::anyhow!("archive.schedule: {e}, or off"))?;
         }

@@ -14,6 +14,9 @@
 //! 5. [`consumer`] runs Kafka consumer groups over what the relay published (decoding with
 //!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
 //!    to read models exactly once; [`replay`] reads history back from the store.
+//!    [`archive`] writes each type's history to Avro files in object storage, and
+//!    [`retention`] purges what is archived and no longer needed; readers below a purge either
+//!    read through the archive or are refused, never silently short.
 //! 6. Every stage beats in [`heartbeat`]; [`health`] watches the whole pipeline for stalls and
 //!    says so on `/v1/health/pipeline`. [`jobs`] runs rebuilds and republishes with a row each
 //!    (progress, who started it, cancel, resume), for the API and the command line; [`journey`] follows one event through
@@ -33,10 +36,10 @@
 //! config, registry                     the typed config tree; schemas in PostgreSQL
 //! auth, telemetry                      principals and API keys (uses config); logs, traces and
 //!                                      the trace context they carry
-//! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
-//!                                      each other); consumer groups
-//! replay, then projection, then        history; read models; then the pipeline monitor and
-//! health, jobs                         operator jobs (neither uses the other)
+//! append, relay, consumer, archive     the write path; the sinks (Kafka and Redis never import
+//!                                      each other); consumer groups; the event archive
+//! replay, then projection, then        history; read models; then the pipeline monitor,
+//! health, jobs, retention              operator jobs and the guarded purge (none uses another)
 //! journey                              one event's hops (uses health's Kafka view)
 //! api, then ui                         HTTP; the web dashboard at /ui (pages over the API's calls)
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
@@ -45,6 +48,7 @@
 pub mod api;
 pub mod app;
 pub mod append;
+pub mod archive;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
@@ -61,6 +65,7 @@ pub mod projection;
 pub mod registry;
 pub mod relay;
 pub mod replay;
+pub mod retention;
 pub mod retry;
 pub mod schema;
 pub mod shutdown;

@@ -89,6 +89,17 @@ pub const CANARY_LATENCY: &str = "keel_canary_latency_seconds";
 pub const OTEL_DROPPED_SPANS: &str = "keel_otel_dropped_spans_total";
 /// Incoming `traceparent`/`tracestate` request headers ignored as invalid, by `header`.
 pub const TRACE_CONTEXT_INVALID: &str = "keel_trace_context_invalid_total";
+/// Events written to archive segments, by `event_type`.
+pub const ARCHIVED_EVENTS: &str = "keel_archive_events_total";
+/// Archive segments that failed a check (`keel archive verify`, or the purge's own).
+pub const ARCHIVE_VERIFY_FAILURES: &str = "keel_archive_verify_failures_total";
+/// Events deleted from the store by the guarded purge, by `event_type`.
+pub const PURGED_EVENTS: &str = "keel_retention_purged_total";
+/// The position of a type's retention horizon, by `event_type`: below it, events may be only in
+/// the archive.
+pub const RETENTION_HORIZON: &str = "keel_retention_horizon_position";
+/// Reads refused because they started below a retention horizon (HTTP 410), by `event_type`.
+pub const READS_ARCHIVED: &str = "keel_reads_position_archived_total";
 
 /// What a metric is, for [`describe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +292,31 @@ pub const DESCRIPTIONS: &[Description] = &[
         TRACE_CONTEXT_INVALID,
         Unit::Count,
         "invalid trace context request headers ignored",
+    ),
+    counter(
+        ARCHIVED_EVENTS,
+        Unit::Count,
+        "events written to archive segments",
+    ),
+    counter(
+        ARCHIVE_VERIFY_FAILURES,
+        Unit::Count,
+        "archive segments that failed a check",
+    ),
+    counter(
+        PURGED_EVENTS,
+        Unit::Count,
+        "events deleted by the guarded purge",
+    ),
+    gauge(
+        RETENTION_HORIZON,
+        Unit::Count,
+        "position of a type's retention horizon",
+    ),
+    counter(
+        READS_ARCHIVED,
+        Unit::Count,
+        "reads refused below a retention horizon",
     ),
 ];
 
