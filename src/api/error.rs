@@ -56,6 +56,16 @@ impl ApiError {
         .with_details(json!({"max_batch_events": max, "events": events}))
     }
 
+    /// 410 `archived`: the read starts below a retention horizon; what it asks for is in the
+    /// archive, not the store.
+    pub fn archived(a: crate::archive::read::Archived) -> Self {
+        Self::new(StatusCode::GONE, "archived", a.to_string()).with_details(json!({
+            "event_type": a.event_type,
+            "horizon": a.horizon,
+            "archive": a.archive,
+        }))
+    }
+
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }

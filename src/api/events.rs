@@ -224,6 +224,28 @@ pub async fn read_stream(
             format!("aggregate {aggregate_type}/{aggregate_id} has no events"),
         ));
     };
+    // Versions below truncated_before were purged (retention): refused, never skipped.
+    let truncated: i32 = sqlx::query_scalar(
+        "SELECT truncated_before FROM streams WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(aggregate_type.as_str())
+    .bind(aggregate_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(store::Error::Database)?
+    .unwrap_or(1);
+    if from_version < truncated {
+        metrics::counter!(crate::metrics::READS_ARCHIVED, "event_type" => "*").increment(1);
+        return Err(ApiError::new(
+            axum::http::StatusCode::GONE,
+            "archived",
+            format!("versions of {aggregate_type}/{aggregate_id} before {truncated} were moved to the archive and purged from the store; read from_version={truncated}, or restore them with keel archive restore"),
+        )
+        .with_details(json!({
+            "truncated_before": truncated,
+            "archive": state.archive.location(),
+        })));
+    }
     let events =
         store::read_stream(pool, &aggregate_type, aggregate_id, from_version, limit).await?;
     let events = present(&state, events, wanted, false).await?;
@@ -306,6 +328,19 @@ pub async fn query_log(
         if !readable.contains(t.as_str()) {
             return Err(ApiError::forbidden(Action::EventRead));
         }
+    }
+    // Below a type's retention horizon some events are only in the archive: refused (410),
+    // never a short page that looks like the end.
+    if let Some(archived) = crate::archive::read::below_horizon(
+        state.store.pool(),
+        after,
+        &filter,
+        state.archive.location(),
+    )
+    .await
+    .map_err(store::Error::Database)?
+    {
+        return Err(ApiError::archived(archived));
     }
     let page =
         store::log::read_committed_after(state.store.pool(), after, &filter, limit, offset).await?;

@@ -72,6 +72,9 @@ pub struct AppState {
     pub jobs: crate::jobs::Jobs,
     /// Where `/v1/events/{id}/journey` looks.
     pub journey: Arc<crate::journey::Sources>,
+    /// The event archive, for reads below a retention horizon (rebuilds and republishes read
+    /// through it; the log and stream reads name it in their 410).
+    pub archive: crate::archive::read::Tiered,
 }
 
 impl AppState {

@@ -153,7 +153,10 @@ impl Application {
             .await
             .context("cannot look for interrupted jobs")?;
         let journey = journey::Sources::new(config, catalog.clone(), &projections.all());
+        let archive =
+            crate::archive::read::Tiered::new(crate::archive::Objects::open(&config.archive)?);
         let state = AppState {
+            archive,
             journey: Arc::new(journey),
             appender: Appender::new(store.clone(), validator),
             store,
@@ -247,6 +250,26 @@ impl Application {
             .then(|| tokio::spawn(notify_relays(store.clone(), beside.clone())));
         let jobs = self.state.jobs.clone();
         tokio::spawn(jobs.clone().sweep_until(beside.clone()));
+        if self.config.archive.schedule != "off" {
+            let every = crate::model::Age::parse(&self.config.archive.schedule)?.seconds();
+            let objects = crate::archive::Objects::open(&self.config.archive)?
+                .ok_or(crate::archive::Error::NotConfigured)?;
+            let readers = self
+                .projections
+                .all()
+                .iter()
+                .map(crate::retention::Reader::of)
+                .collect();
+            tokio::spawn(crate::retention::schedule::run_every(
+                std::time::Duration::from_secs(every.max(1) as u64),
+                store.pool().clone(),
+                objects,
+                self.state.catalog.clone(),
+                readers,
+                self.config.archive.clone(),
+                beside.clone(),
+            ));
+        }
         // Jobs stop at once on a shutdown, so that clients following them get their end and
         // the API's drain does not wait for a job to finish.
         tokio::spawn({

@@ -10,6 +10,7 @@
 //! the database: they act through keel's HTTP API ([`client`]) with the key in `KEEL_API_KEY`,
 //! so each of their actions is authorised and audited like any other client's.
 
+mod archive;
 mod audit;
 mod bench;
 mod bulk;
@@ -113,6 +114,12 @@ pub enum Command {
     /// Manage the event catalog's schemas in the registry.
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
+    /// Archive event history to Avro segments in object storage, verify and restore them.
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
+    /// Retention: plan and run the guarded purge of archived events, and its status.
+    #[command(subcommand)]
+    Retention(archive::RetentionCommand),
     /// Measure keel against a raw baseline on this machine.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -184,6 +191,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => schema::run(&config, command).await,
+        Command::Archive(command) => archive::run_archive(&config, command).await,
+        Command::Retention(command) => archive::run_retention(&config, command).await,
         Command::Config(settings::ConfigCommand::Check) => settings::check(&config),
         Command::Config(settings::ConfigCommand::Keys(_)) => {
             unreachable!("answered before loading")

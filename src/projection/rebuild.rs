@@ -35,10 +35,11 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{apply_once, create_schema, live_schema, run_script, ApplyContext, Projection};
+use crate::archive::read::Tiered;
 use crate::model::{EventType, RecordedEvent};
 use crate::registry::Registry;
 use crate::replay::progress::Reporter;
-use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
+use crate::store::log::{LogCursor, LogFilter};
 
 /// Where a point-in-time view stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct RebuildOptions {
     pub restart: bool,
     /// Events per transaction.
     pub page: i64,
+    /// Reads below a retention horizon through the archive (a purged store otherwise refuses).
+    pub archive: Tiered,
 }
 
 /// What a rebuild did.
@@ -117,7 +120,10 @@ pub async fn preview(
     let mut filter = filter_for(projection);
     if let Some(aggregate) = options.aggregate {
         filter.aggregate_id = Some(aggregate);
-        let events = count_committed_after(pool, LogCursor::START, &filter).await? as u64;
+        let events = options
+            .archive
+            .count_after(pool, LogCursor::START, &filter)
+            .await?;
         return Ok(Preview {
             schema: live_schema(projection.name()),
             resumes_after: None,
@@ -130,7 +136,7 @@ pub async fn preview(
     Ok(Preview {
         schema,
         resumes_after,
-        events: count_committed_after(pool, after, &filter).await? as u64,
+        events: options.archive.count_after(pool, after, &filter).await?,
     })
 }
 
@@ -173,6 +179,8 @@ pub async fn rebuild(
     };
     let started = Instant::now();
     let mut r = Rebuild {
+        pool: pool.clone(),
+        archive: options.archive.clone(),
         registry: registry.clone(),
         projection,
         filter: filter_for(projection),
@@ -207,6 +215,8 @@ fn filter_for(projection: &dyn Projection) -> LogFilter {
 }
 
 struct Rebuild<'p> {
+    pool: PgPool,
+    archive: Tiered,
     registry: Arc<Registry>,
     projection: &'p dyn Projection,
     filter: LogFilter,
@@ -243,7 +253,7 @@ impl Rebuild<'_> {
             tx.commit().await?;
         }
         let mut after = resume.unwrap_or(LogCursor::START);
-        let total = count_committed_after(pool, after, &self.filter).await? as u64;
+        let total = self.archive.count_after(pool, after, &self.filter).await?;
         let progress = reporter.start(&format!("rebuilding {name}"), Some(total));
         if resume.is_some() {
             progress.note(&format!("resuming an interrupted rebuild from {after}"));
@@ -294,7 +304,11 @@ impl Rebuild<'_> {
         page: i64,
         until: Option<Until>,
     ) -> anyhow::Result<(u64, Option<LogCursor>)> {
-        let logged = read_committed_after(&mut *conn, after, &self.filter, page, 0).await?;
+        // Through the archive below a retention horizon, so a purged store rebuilds whole.
+        let logged = self
+            .archive
+            .read_after(&self.pool, after, &self.filter, page)
+            .await?;
         let read = logged.len() as u64;
         let last = logged.last().map(|e| e.cursor());
         let wanted = self.projection.event_types();
@@ -442,6 +456,17 @@ impl Rebuild<'_> {
         sqlx::query(&format!("SET LOCAL search_path TO {live}, public"))
             .execute(&mut *tx)
             .await?;
+        let truncated: Option<i32> = sqlx::query_scalar(
+            "SELECT max(truncated_before) FROM public.streams WHERE aggregate_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if truncated.is_some_and(|t| t > 1) {
+            bail!(
+                "aggregate {id}'s early events were purged from the store (retention); rebuild projection {name} whole, which reads them through the archive"
+            );
+        }
         if !self.projection.forget(&mut tx, id).await? {
             bail!(
                 "projection {name} cannot rebuild one aggregate: its rows combine many aggregates; rebuild it whole"

@@ -16,14 +16,15 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::progress::Reporter;
+use crate::archive::read::Tiered;
 use crate::model::EventType;
 use crate::relay::kafka::KafkaSink;
 use crate::relay::sink::Outcome;
 use crate::shutdown::Shutdown;
-use crate::store::log::{count_committed_after, read_committed_after, LogCursor, LogFilter};
+use crate::store::log::{LogCursor, LogFilter};
 
 /// Which events to re-send, and how fast.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RepublishOptions {
     /// Only events of these types; empty for all.
     pub event_types: Vec<EventType>,
@@ -35,6 +36,9 @@ pub struct RepublishOptions {
     pub after: LogCursor,
     /// Most events per second; positive.
     pub rate: u64,
+    /// Reads below a retention horizon through the archive: the bytes sent are the bytes the
+    /// relay sent originally, since the archive keeps each event's payload, schema id and ids.
+    pub archive: Tiered,
 }
 
 /// What a republish did.
@@ -62,7 +66,10 @@ impl RepublishOptions {
 
 /// How many events a republish with `options` would send now: what its progress counts to.
 pub async fn count(pool: &PgPool, options: &RepublishOptions) -> anyhow::Result<u64> {
-    Ok(count_committed_after(pool, options.after, &options.filter()).await? as u64)
+    Ok(options
+        .archive
+        .count_after(pool, options.after, &options.filter())
+        .await?)
 }
 
 /// Re-sends the events `options` selects through `sink` (already pointed at its topic) until the
@@ -87,7 +94,10 @@ pub async fn republish(
     let started = Instant::now();
     let mut sent: u64 = 0;
     loop {
-        let page = read_committed_after(pool, cursor, &filter, PAGE, 0).await?;
+        let page = options
+            .archive
+            .read_after(pool, cursor, &filter, PAGE)
+            .await?;
         let Some(last) = page.last().map(|e| e.cursor()) else {
             break;
         };

@@ -96,6 +96,7 @@ async fn checked_republish(
         to: body.to,
         after,
         rate,
+        archive: state.archive.clone(),
     };
     Ok((op, options))
 }
