@@ -5,6 +5,7 @@
 //! projection runner) from a [`Config`] to measure it, and only `app` and `cli` wire components.
 
 mod append;
+mod archive;
 mod limits;
 mod projection;
 mod relay;
@@ -29,6 +30,31 @@ pub enum Command {
     Projection(ProjectionArgs),
     /// A paced producer's latency alone and beside a noisy principal over its rate limit.
     Limits(LimitsArgs),
+    /// The archiver next to a raw ordered COPY of the same rows, and the guarded purge while
+    /// appends go on at a fixed rate (their latency before and during).
+    Archive(ArchiveArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ArchiveArgs {
+    /// Events of l12.service_invoked archived, then purged.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Services (aggregates) the events are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub aggregates: u64,
+    /// Archive runs (each next to a COPY); the median ratio is printed.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Appends per second during the purge measurement (open loop).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Seconds of appends measured before the purge.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The database to run in; dropped and recreated. Defaults to `keel_bench_archive`.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,5 +163,6 @@ pub async fn run(config: &Config, command: Command, export: Option<Export>) -> a
         Command::Relay(args) => relay::run(config, args).await,
         Command::Projection(args) => projection::run(config, args).await,
         Command::Limits(args) => limits::run(config, args).await,
+        Command::Archive(args) => archive::run(config, args).await,
     }
 }

@@ -123,14 +123,14 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
 /// `events` v1 `l12.service_invoked` events with their outbox rows, over `aggregates` services
 /// with four methods each.
-async fn prefill(
+pub(super) async fn prefill(
     pool: &PgPool,
     events: u64,
     aggregates: u64,
