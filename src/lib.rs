@@ -35,6 +35,7 @@
 //!                                      the trace context they carry
 //! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
+//! archive                              events kept in object storage (a directory or S3)
 //! replay, then projection, then        history; read models; then the pipeline monitor and
 //! health, jobs                         operator jobs (neither uses the other)
 //! journey                              one event's hops (uses health's Kafka view)
@@ -45,6 +46,7 @@
 pub mod api;
 pub mod app;
 pub mod append;
+pub mod archive;
 pub mod auth;
 pub mod catalog;
 pub mod cli;

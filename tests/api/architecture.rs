@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "registry"],
     &["auth", "telemetry"],
     &["append", "relay", "consumer", "retry", "shutdown"],
+    &["archive"],
     &["replay"],
     &["projection"],
     &["health", "jobs"],
