@@ -2,6 +2,7 @@
 
 mod append;
 mod architecture;
+mod archive_objects;
 mod audit;
 mod authz;
 mod bad_input;
