@@ -36,8 +36,9 @@
 //! config, registry                     the typed config tree; schemas in PostgreSQL
 //! auth, telemetry                      principals and API keys (uses config); logs, traces and
 //!                                      the trace context they carry
-//! append, relay, consumer, archive     the write path; the sinks (Kafka and Redis never import
-//!                                      each other); consumer groups; the event archive
+//! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
+//!                                      each other); consumer groups
+//! archive                              events kept in object storage (a directory or S3)
 //! replay, then projection, then        history; read models; then the pipeline monitor,
 //! health, jobs, retention              operator jobs and the guarded purge (none uses another)
 //! journey                              one event's hops (uses health's Kafka view)

@@ -16,9 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &["store", "heartbeat"],
     &["config", "registry"],
     &["auth", "telemetry"],
-    &[
-        "append", "relay", "consumer", "archive", "retry", "shutdown",
-    ],
+    &["append", "relay", "consumer", "retry", "shutdown"],
+    &["archive"],
     &["replay"],
     &["projection"],
     &["health", "jobs", "retention"],

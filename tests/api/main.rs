@@ -3,6 +3,7 @@
 mod append;
 mod architecture;
 mod archive;
+mod archive_objects;
 mod audit;
 mod authz;
 mod bad_input;

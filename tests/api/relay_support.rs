@@ -45,7 +45,7 @@ async fn wait_listening(port: u16, what: &str) {
     .await;
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
+pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-test-{name}-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -73,7 +73,8 @@ pub struct Server {
 }
 
 impl Server {
-    async fn start(
+    /// Starts `command(port)` on a free loopback port and waits until it accepts connections.
+    pub async fn start(
         what: &'static str,
         command: impl Fn(u16) -> Command + Send + Sync + 'static,
     ) -> Self {

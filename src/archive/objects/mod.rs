@@ -20,33 +20,25 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
-    PutOptions, PutPayload, RetryConfig,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
 };
 
 use crate::config::ArchiveConfig;
+
+mod key;
+mod open;
+
+pub use open::RETRY_TIMEOUT;
 
 /// Objects larger than this go to S3 as a multipart upload, in parts of this size.
 pub const MULTIPART_ABOVE: usize = 8 << 20;
 /// Parts of one multipart upload in flight at once.
 const PARALLEL_PARTS: usize = 4;
-/// The longest an S3 request may take, a part's upload included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest an S3 connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest object_store retries one request for before it gives up.
-pub const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Retries of one request at most (waits of 0.1 s doubling to 5 s).
-const MAX_RETRIES: usize = 5;
 
 /// Why an archive object could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +69,9 @@ pub enum Error {
 pub enum Created {
     /// The object is new and holds the given bytes.
     New,
-    /// An object with this key was there already; it was left as it was.
+    /// An object with this key was there already; it was left as it was. Also the answer when
+    /// S3 reports another create of the key in progress (409), and when a retried write finds
+    /// the object its own first attempt wrote; read it back to compare when that matters.
     Exists,
 }
 
@@ -117,21 +111,11 @@ impl Objects {
         if url.is_empty() {
             return Ok(None);
         }
-        let store: Arc<dyn ObjectStore> = match parse(url)? {
-            Target::Directory(dir) => Arc::new(directory(url, dir)?),
-            Target::Bucket { bucket, prefix } => {
-                let s3 = bucket_store(config, bucket, aws_env)?;
-                if prefix.is_empty() {
-                    Arc::new(s3)
-                } else {
-                    Arc::new(PrefixStore::new(s3, prefix))
-                }
-            }
-        };
+        let (store, multipart) = open::store(config, aws_env)?;
         Ok(Some(Self {
             store,
             location: url.to_owned(),
-            multipart: url.starts_with("s3://"),
+            multipart,
         }))
     }
 
@@ -144,7 +128,7 @@ impl Objects {
     /// the module docs for the one narrow race of large objects on S3).
     #[tracing::instrument(skip_all, fields(archive = %self.location, key = %key, bytes = bytes.len()))]
     pub async fn create(&self, key: &str, bytes: Bytes) -> Result<Created, Error> {
-        let path = object_path(key)?;
+        let path = key::path(key)?;
         let written = if self.multipart && bytes.len() > MULTIPART_ABOVE {
             if self.head(key).await?.is_some() {
                 return Ok(Created::Exists);
@@ -163,7 +147,16 @@ impl Objects {
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
             ) => Ok(Created::Exists),
-            Err(e) => Err(self.error(key, e)),
+            // A 404 to a write: the bucket is missing (said so by `error`), or S3 lost the
+            // multipart upload, as when a retried completion finds it already completed.
+            Err(e) => Err(match self.error(key, e) {
+                Error::NotFound { key } => Error::Store {
+                    key,
+                    location: self.location.clone(),
+                    message: "the store lost the upload (404): look with head whether the object arrived, and create it again if not".into(),
+                },
+                e => e,
+            }),
         }
     }
 
@@ -201,7 +194,7 @@ impl Objects {
     /// The object's bytes.
     #[tracing::instrument(skip_all, fields(archive = %self.location, key = %key))]
     pub async fn get(&self, key: &str) -> Result<Bytes, Error> {
-        let path = object_path(key)?;
+        let path = key::path(key)?;
         let read = async { self.store.get(&path).await?.bytes().await };
         read.await.map_err(|e| self.error(key, e))
     }
@@ -209,7 +202,7 @@ impl Objects {
     /// The bytes `range` of the object; a range past its end is an error.
     #[tracing::instrument(skip_all, fields(archive = %self.location, key = %key, start = range.start, end = range.end))]
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, Error> {
-        let path = object_path(key)?;
+        let path = key::path(key)?;
         self.store
             .get_range(&path, range)
             .await
@@ -221,7 +214,7 @@ impl Objects {
     /// them apart.
     #[tracing::instrument(skip_all, fields(archive = %self.location, key = %key))]
     pub async fn head(&self, key: &str) -> Result<Option<u64>, Error> {
-        let path = object_path(key)?;
+        let path = key::path(key)?;
         match self.store.head(&path).await.map_err(|e| self.error(key, e)) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(Error::NotFound { .. }) => Ok(None),
@@ -254,7 +247,7 @@ impl Objects {
         // object_store lists whole folders: list the folder the prefix is in, then keep the keys
         // that start with the rest.
         let folder = match prefix.rfind('/') {
-            Some(i) => Some(object_path(&prefix[..i])?),
+            Some(i) => Some(key::path(&prefix[..i])?),
             None => None,
         };
         let listed: object_store::Result<Vec<(String, u64)>> = self
@@ -277,7 +270,7 @@ impl Objects {
     /// Removes the object; removing one that is not there succeeds.
     #[tracing::instrument(skip_all, fields(archive = %self.location, key = %key))]
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
-        let path = object_path(key)?;
+        let path = key::path(key)?;
         match self
             .store
             .delete(&path)
@@ -316,141 +309,6 @@ impl Objects {
     }
 }
 
-/// What an archive URL names.
-#[derive(Debug, PartialEq, Eq)]
-enum Target<'a> {
-    Directory(&'a str),
-    Bucket { bucket: &'a str, prefix: &'a str },
-}
-
-fn parse(url: &str) -> Result<Target<'_>, Error> {
-    let bad = |why: &str| Error::Config(format!("archive.url {url:?}: {why}"));
-    if let Some(dir) = url.strip_prefix("file://") {
-        if !dir.starts_with('/') {
-            return Err(bad(
-                "a file URL needs an absolute path, as in file:///var/lib/keel/archive",
-            ));
-        }
-        return Ok(Target::Directory(dir));
-    }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = prefix.trim_matches('/');
-        if bucket.is_empty() {
-            return Err(bad("name the bucket, as in s3://bucket/prefix"));
-        }
-        if !prefix.is_empty() {
-            check_key(prefix).map_err(|reason| bad(&format!("the prefix: {reason}")))?;
-        }
-        return Ok(Target::Bucket { bucket, prefix });
-    }
-    Err(bad("use file:///absolute/dir or s3://bucket/prefix"))
-}
-
-/// The directory, created when missing. Files are synced before a write returns: once the
-/// events are purged from PostgreSQL, the archive holds their only copy.
-fn directory(url: &str, dir: &str) -> Result<LocalFileSystem, Error> {
-    let failed = |e: &dyn std::fmt::Display| {
-        Error::Config(format!(
-            "archive.url {url:?}: cannot use the directory: {e}; create it, or let keel create it"
-        ))
-    };
-    std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
-    LocalFileSystem::new_with_prefix(dir)
-        .map(|fs| fs.with_fsync(true))
-        .map_err(|e| failed(&e))
-}
-
-fn bucket_store(
-    config: &ArchiveConfig,
-    bucket: &str,
-    aws_env: impl IntoIterator<Item = (String, String)>,
-) -> Result<object_store::aws::AmazonS3, Error> {
-    // HTTPS to S3 goes through rustls with the process's provider (ring), as everywhere in keel.
-    crate::tls::install_provider();
-    let mut builder = AmazonS3Builder::new();
-    let mut region_set = false;
-    for (name, value) in aws_env {
-        if !name.starts_with("AWS_") {
-            continue;
-        }
-        if let Ok(key) = name.to_ascii_lowercase().parse() {
-            region_set |= matches!(name.as_str(), "AWS_REGION" | "AWS_DEFAULT_REGION");
-            builder = builder.with_config(key, value);
-        }
-    }
-    let s3 = &config.s3;
-    if !s3.region.is_empty() {
-        builder = builder.with_region(&s3.region);
-    } else if !region_set {
-        builder = builder.with_region("us-east-1");
-    }
-    if !s3.endpoint.is_empty() {
-        // S3-compatible servers address buckets in the path, not in the host name.
-        builder = builder
-            .with_endpoint(&s3.endpoint)
-            .with_virtual_hosted_style_request(false);
-    }
-    builder
-        .with_bucket_name(bucket)
-        .with_allow_http(s3.allow_http)
-        .with_client_options(
-            ClientOptions::new()
-                .with_allow_http(s3.allow_http)
-                .with_timeout(REQUEST_TIMEOUT)
-                .with_connect_timeout(CONNECT_TIMEOUT),
-        )
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                base: 2.,
-            },
-            max_retries: MAX_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
-        })
-        .build()
-        .map_err(|e| {
-            Error::Config(format!(
-                "archive.url {:?}: cannot open the bucket: {}; check archive.s3 and the AWS_* variables",
-                config.url,
-                chain(&e)
-            ))
-        })
-}
-
-/// The key as an object_store path, once it is known to mean the same on every backend.
-fn object_path(key: &str) -> Result<Path, Error> {
-    check_key(key).map_err(|reason| Error::Key {
-        key: key.to_owned(),
-        reason,
-    })?;
-    Path::parse(key).map_err(|_| Error::Key {
-        key: key.to_owned(),
-        reason: "not a valid object path",
-    })
-}
-
-/// Keys are `/`-separated names of ASCII letters, digits and `-_.=`, none of them `.` or `..`:
-/// object_store would percent-encode anything else, differently on a directory and on S3.
-fn check_key(key: &str) -> Result<(), &'static str> {
-    if key.is_empty() {
-        return Err("a key cannot be empty");
-    }
-    for name in key.split('/') {
-        if name.is_empty() || name == "." || name == ".." {
-            return Err("a key's names cannot be empty, . or .., nor begin or end with /");
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
-        {
-            return Err("a key holds only ASCII letters, digits, -, _, ., = and /");
-        }
-    }
-    Ok(())
-}
-
 /// The error and its sources in one line, each cause once.
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -481,79 +339,8 @@ mod tests {
     }
 
     #[test]
-    fn urls_name_a_directory_or_a_bucket_and_its_prefix() {
-        assert_eq!(
-            parse("file:///var/lib/keel").unwrap(),
-            Target::Directory("/var/lib/keel")
-        );
-        assert_eq!(
-            parse("s3://events").unwrap(),
-            Target::Bucket {
-                bucket: "events",
-                prefix: ""
-            }
-        );
-        assert_eq!(
-            parse("s3://events/keel/prod/").unwrap(),
-            Target::Bucket {
-                bucket: "events",
-                prefix: "keel/prod"
-            }
-        );
-    }
-
-    #[test]
-    fn bad_urls_say_what_is_wrong() {
-        for (url, says) in [
-            ("file://relative/dir", "absolute path"),
-            ("s3:///prefix", "name the bucket"),
-            ("s3://b/a//c", "the prefix"),
-            ("gs://bucket", "use file:///absolute/dir or s3://"),
-            ("/var/lib/keel", "use file:///absolute/dir or s3://"),
-        ] {
-            let message = parse(url).unwrap_err().to_string();
-            assert!(message.contains(says), "{url}: {message}");
-            assert!(message.contains(url), "{url}: {message}");
-        }
-    }
-
-    #[test]
     fn an_empty_url_opens_no_archive() {
         assert!(Objects::open(&config("")).unwrap().is_none());
-    }
-
-    #[test]
-    fn keys_are_checked_before_any_request() {
-        for key in ["", "/a", "a/", "a//b", "a/../b", "./a", "a b", "a#1", "é"] {
-            assert!(
-                matches!(object_path(key), Err(Error::Key { .. })),
-                "{key:?}"
-            );
-        }
-        assert_eq!(
-            object_path("segments/date=2025-01-01/0001_x.avro")
-                .unwrap()
-                .as_ref(),
-            "segments/date=2025-01-01/0001_x.avro"
-        );
-    }
-
-    #[test]
-    fn an_s3_url_opens_without_a_request_and_keeps_no_credentials_in_its_location() {
-        let mut config = config("s3://bucket/keel");
-        config.s3.endpoint = "http://127.0.0.1:1".into();
-        config.s3.allow_http = true;
-        let objects = Objects::open_with(
-            &config,
-            [
-                ("AWS_ACCESS_KEY_ID".to_owned(), "id".to_owned()),
-                ("AWS_SECRET_ACCESS_KEY".to_owned(), "secret".to_owned()),
-            ],
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(objects.location(), "s3://bucket/keel");
-        assert!(!format!("{objects:?}").contains("secret"));
     }
 
     #[tokio::test]
