@@ -1237,3 +1237,51 @@ impl Fixture {
             .collect()
     }
 }
+
+#[tokio::test]
+async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_through() {
+    let server = crate::archive_objects::Moto::start().await;
+    let mut f = fixture(&[("l12.service_invoked", "retention = \"1d\"")], 4).await;
+    f.objects =
+        crate::archive_objects::on_server(&server, crate::archive_objects::BUCKET, "keel/e2e");
+    let services: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for n in 0..12 {
+        append(&f.app, "service", services[n % 3], vec![service_invoked(n)]).await;
+    }
+    deliver_everything(f.pool()).await;
+    let before = whole_log(f.pool(), &Tiered::default()).await;
+    let report = f.archive(later()).await;
+    assert_eq!(
+        (report.types[0].segments, report.types[0].events),
+        (3, 12),
+        "{report:?}"
+    );
+    let verified = archive::verify::verify(f.pool(), &f.objects, None, Depth::AgainstDb)
+        .await
+        .unwrap();
+    assert_eq!(verified.failed(), 0, "{verified:?}");
+    assert_eq!(
+        f.purge(later()).await.purged,
+        [("l12.service_invoked".to_owned(), 12)]
+    );
+    assert_eq!(f.app.count("events").await, 0);
+    let tiered = Tiered::new(Some(f.objects.clone()));
+    assert!(
+        whole_log(f.pool(), &tiered).await == before,
+        "the log read back from S3 differs"
+    );
+    let restored = archive::restore::restore(
+        f.pool(),
+        &f.objects,
+        &archive::restore::RestoreOptions {
+            event_type: "l12.service_invoked".into(),
+            from: None,
+            to: None,
+            republish: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.restored, 12);
+    assert!(whole_log(f.pool(), &Tiered::default()).await == before);
+}

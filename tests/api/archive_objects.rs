@@ -16,17 +16,17 @@ use keel::config::ArchiveConfig;
 use crate::helpers::eventually;
 use crate::relay_support::{scratch_dir, Server};
 
-const BUCKET: &str = "keel-archive";
+pub(crate) const BUCKET: &str = "keel-archive";
 
 fn python() -> String {
     std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// An S3-compatible server (moto) with an empty bucket [`BUCKET`].
-struct Moto;
+pub(crate) struct Moto;
 
 impl Moto {
-    async fn start() -> Server {
+    pub(crate) async fn start() -> Server {
         let python = python();
         let found = Command::new(&python)
             .args(["-c", "import moto.server"])
@@ -63,7 +63,7 @@ fn endpoint(server: &Server) -> String {
 }
 
 /// The archive at `s3://bucket/prefix` on `server`, with throwaway credentials.
-fn on_server(server: &Server, bucket: &str, prefix: &str) -> Objects {
+pub(crate) fn on_server(server: &Server, bucket: &str, prefix: &str) -> Objects {
     let mut config = ArchiveConfig {
         url: format!("s3://{bucket}/{prefix}"),
         ..ArchiveConfig::default()
