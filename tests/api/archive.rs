@@ -1285,3 +1285,94 @@ async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_t
     assert_eq!(restored.restored, 12);
     assert!(whole_log(f.pool(), &Tiered::default()).await == before);
 }
+
+#[tokio::test]
+async fn keel_serve_with_a_schedule_archives_and_purges_by_itself_and_the_status_commands_say_so() {
+    let f = fixture(&[("l12.service_invoked", "retention = \"1d\"")], 5).await;
+    let service = Uuid::new_v4();
+    for n in 0..8 {
+        append(&f.app, "service", service, vec![service_invoked(n)]).await;
+    }
+    deliver_everything(f.pool()).await;
+    // Aged past the policy's hot day, as time would.
+    sqlx::query("UPDATE events SET created_at = created_at - interval '3 days'")
+        .execute(f.pool())
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let mut command = f.app.keel();
+        command
+            .args(args)
+            .env("KEEL_DATABASE_URL", &f.app.config.database_url)
+            .env("KEEL_SCHEMAS_DIR", &f.app.config.schemas_dir)
+            .env("KEEL_ARCHIVE__URL", &f.app.config.archive.url);
+        command
+    };
+    let plan = run(cli(&["retention", "plan", "--json"])).await;
+    let plan: Value = serde_json::from_str(&plan.expect_ok("keel retention plan")).unwrap();
+    let l12 = plan["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["event_type"] == "l12.service_invoked")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            l12["due"].as_i64(),
+            l12["not_archived"].as_i64(),
+            l12["purge"].as_i64()
+        ),
+        (Some(8), Some(8), Some(0)),
+        "{l12}"
+    );
+
+    let _serve = crate::helpers::ServeProcess::start(
+        &f.app,
+        &[
+            (
+                "KEEL_SCHEMAS_DIR",
+                f.app.config.schemas_dir.display().to_string(),
+            ),
+            ("KEEL_ARCHIVE__URL", f.app.config.archive.url.clone()),
+            ("KEEL_ARCHIVE__SCHEDULE", "1s".into()),
+        ],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the scheduled job to archive and purge",
+        || async { (f.app.count("events").await == 0).then_some(()) },
+    )
+    .await;
+    let states: Vec<(i64, String, i32)> =
+        sqlx::query_as("SELECT seq, state, record_count FROM archive_segments ORDER BY seq")
+            .fetch_all(f.pool())
+            .await
+            .unwrap();
+    // keel serve cuts segments at its own (default) size: one segment here.
+    assert_eq!(states, [(1, "purged".to_owned(), 8)]);
+
+    let status = run(cli(&["retention", "status", "--json"])).await;
+    let status: Value = serde_json::from_str(&status.expect_ok("keel retention status")).unwrap();
+    let l12 = status["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["event_type"] == "l12.service_invoked")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (l12["segments"].as_i64(), l12["purged_events"].as_i64()),
+        (Some(1), Some(8)),
+        "{l12}"
+    );
+    assert!(l12["horizon"].is_string(), "{l12}");
+    let text = run(cli(&["retention", "status"]))
+        .await
+        .expect_ok("keel retention status");
+    assert!(
+        text.contains("l12.service_invoked") && text.contains("hot 1d"),
+        "{text}"
+    );
+}
