@@ -143,6 +143,23 @@ pub async fn last<'e>(
     .await
 }
 
+/// One segment by id, and the segment before it in its type's chain (for the chain check).
+pub async fn with_previous<'e>(
+    executor: impl PgExecutor<'e>,
+    segment_id: Uuid,
+) -> Result<Vec<SegmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM archive_segments a
+          WHERE EXISTS (SELECT 1 FROM archive_segments s
+                         WHERE s.segment_id = $1 AND s.event_type = a.event_type
+                           AND a.seq IN (s.seq - 1, s.seq))
+          ORDER BY seq"
+    ))
+    .bind(segment_id)
+    .fetch_all(executor)
+    .await
+}
+
 /// Records a written segment: state `written`, not yet verified.
 pub async fn insert<'e>(
     executor: impl PgExecutor<'e>,

@@ -113,15 +113,12 @@ pub(crate) async fn verify_one(
     objects: &Objects,
     segment_id: Uuid,
 ) -> Result<(), Error> {
-    let rows = manifest::list(pool, None).await?;
-    let Some(index) = rows.iter().position(|r| r.segment.segment_id == segment_id) else {
+    // The segment and its predecessor only: the archiver calls this once per segment written.
+    let rows = manifest::with_previous(pool, segment_id).await?;
+    let Some(row) = rows.iter().find(|r| r.segment.segment_id == segment_id) else {
         return Ok(());
     };
-    let row = &rows[index];
-    let prev = index
-        .checked_sub(1)
-        .map(|i| &rows[i])
-        .filter(|p| p.segment.event_type == row.segment.event_type);
+    let prev = rows.iter().find(|r| r.segment.seq + 1 == row.segment.seq);
     let problems = check(pool, objects, row, prev, Depth::AgainstDb).await?;
     if let Some(first) = problems.first() {
         metrics::counter!(crate::metrics::ARCHIVE_VERIFY_FAILURES).increment(1);
