@@ -122,6 +122,17 @@ pub fn later() -> DateTime<Utc> {
 }
 
 impl Fixture {
+    /// The `keel` binary on this fixture's database, catalog and archive, with `args`.
+    pub fn keel(&self, args: &[&str]) -> std::process::Command {
+        let mut command = self.app.keel();
+        command
+            .args(args)
+            .env("KEEL_DATABASE_URL", &self.app.config.database_url)
+            .env("KEEL_SCHEMAS_DIR", &self.app.config.schemas_dir)
+            .env("KEEL_ARCHIVE__URL", &self.app.config.archive.url);
+        command
+    }
+
     pub fn pool(&self) -> &PgPool {
         self.app.store.pool()
     }
@@ -493,13 +504,7 @@ async fn verify_names_the_tampered_truncated_missing_and_unchained_segments() {
     );
 
     // The command says the same and exits non-zero.
-    let mut command = f.app.keel();
-    command
-        .args(["archive", "verify", "--deep"])
-        .env("KEEL_DATABASE_URL", &f.app.config.database_url)
-        .env("KEEL_SCHEMAS_DIR", &f.app.config.schemas_dir)
-        .env("KEEL_ARCHIVE__URL", &f.app.config.archive.url);
-    let out = run(command).await;
+    let out = run(f.keel(&["archive", "verify", "--deep"])).await;
     assert!(!out.ok, "{}", out.stdout);
     assert!(
         out.stdout.contains(&rows[3].segment.object_key),
@@ -976,13 +981,8 @@ async fn an_archiver_killed_mid_run_leaves_no_duplicate_and_a_rerun_finishes_the
         .await;
     }
     let keel = |args: &[&str]| {
-        let mut command = f.app.keel();
-        command
-            .args(args)
-            .env("KEEL_DATABASE_URL", &f.app.config.database_url)
-            .env("KEEL_SCHEMAS_DIR", &f.app.config.schemas_dir)
-            .env("KEEL_ARCHIVE__URL", &f.app.config.archive.url)
-            .env("KEEL_ARCHIVE__MAX_SEGMENT_RECORDS", "1");
+        let mut command = f.keel(args);
+        command.env("KEEL_ARCHIVE__MAX_SEGMENT_RECORDS", "1");
         command
     };
     let now = later().to_rfc3339();
@@ -1126,13 +1126,8 @@ async fn a_purge_killed_midway_leaves_whole_prefixes_and_never_touches_an_unveri
         .unwrap();
     std::fs::write(f.archive_dir.join(&broken.segment.object_key), b"not avro").unwrap();
     let keel = || {
-        let mut command = f.app.keel();
-        command
-            .args(["retention", "run", "--now", &later().to_rfc3339()])
-            .env("KEEL_DATABASE_URL", &f.app.config.database_url)
-            .env("KEEL_SCHEMAS_DIR", &f.app.config.schemas_dir)
-            .env("KEEL_ARCHIVE__URL", &f.app.config.archive.url)
-            .env("KEEL_ARCHIVE__PURGE_BATCH", "1");
+        let mut command = f.keel(&["retention", "run", "--now", &later().to_rfc3339()]);
+        command.env("KEEL_ARCHIVE__PURGE_BATCH", "1");
         command
     };
     // It fails on the broken segment before deleting anything.
@@ -1277,12 +1272,14 @@ async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_t
             event_type: "l12.service_invoked".into(),
             from: None,
             to: None,
-            republish: false,
+            republish: true,
         },
     )
     .await
     .unwrap();
     assert_eq!(restored.restored, 12);
+    // --republish hands every restored event to the relay again.
+    assert_eq!(f.app.count("outbox").await, 12);
     assert!(whole_log(f.pool(), &Tiered::default()).await == before);
 }
 
@@ -1299,15 +1296,7 @@ async fn keel_serve_with_a_schedule_archives_and_purges_by_itself_and_the_status
         .execute(f.pool())
         .await
         .unwrap();
-    let cli = |args: &[&str]| {
-        let mut command = f.app.keel();
-        command
-            .args(args)
-            .env("KEEL_DATABASE_URL", &f.app.config.database_url)
-            .env("KEEL_SCHEMAS_DIR", &f.app.config.schemas_dir)
-            .env("KEEL_ARCHIVE__URL", &f.app.config.archive.url);
-        command
-    };
+    let cli = |args: &[&str]| f.keel(args);
     let plan = run(cli(&["retention", "plan", "--json"])).await;
     let plan: Value = serde_json::from_str(&plan.expect_ok("keel retention plan")).unwrap();
     let l12 = plan["types"]
