@@ -1246,11 +1246,10 @@ async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_t
     deliver_everything(f.pool()).await;
     let before = whole_log(f.pool(), &Tiered::default()).await;
     let report = f.archive(later()).await;
-    assert_eq!(
-        (report.types[0].segments, report.types[0].events),
-        (3, 12),
-        "{report:?}"
-    );
+    // Segments of at most 4 records; one more when the run met the server's snapshot horizon
+    // part-way (other tests on the shared server hold transactions open) and closed a short one.
+    assert_eq!(report.types[0].events, 12, "{report:?}");
+    assert!((3..=4).contains(&report.types[0].segments), "{report:?}");
     let verified = archive::verify::verify(f.pool(), &f.objects, None, Depth::AgainstDb)
         .await
         .unwrap();
