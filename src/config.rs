@@ -55,6 +55,7 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     pub ui: UiConfig,
     pub archive: ArchiveConfig,
+    pub sagas: SagasConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -77,6 +78,7 @@ impl std::fmt::Debug for Config {
             observability,
             ui,
             archive,
+            sagas,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -95,6 +97,7 @@ impl std::fmt::Debug for Config {
             .field("observability", observability)
             .field("ui", ui)
             .field("archive", archive)
+            .field("sagas", sagas)
             .finish()
     }
 }
@@ -128,6 +131,91 @@ impl Default for ProjectionsConfig {
             batch_size: 5000,
             properties: Default::default(),
             listen: ([127, 0, 0, 1], 9465).into(),
+        }
+    }
+}
+
+/// Sagas (`keel saga run`, `keel serve --sagas`; see `src/saga/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SagasConfig {
+    /// `keel serve` runs the saga runners in-process too (`KEEL_SAGAS__IN_PROCESS`, or
+    /// `keel serve --sagas`).
+    pub in_process: bool,
+    /// Which sagas run, by name; empty for all the process knows (`KEEL_SAGAS__RUN`).
+    pub run: Vec<String>,
+    /// Most input records per transaction (`KEEL_SAGAS__BATCH_SIZE`).
+    pub batch_size: usize,
+    /// The longest a runner waits before looking for due timeouts again, in milliseconds
+    /// (`KEEL_SAGAS__POLL_INTERVAL_MS`). A timeout fires at most this late while a runner is up.
+    pub poll_interval_ms: u64,
+    /// How long ended instances are kept before they are pruned, in seconds (7 days).
+    pub retain_ended_secs: u64,
+    /// The largest state an instance may keep, in bytes of JSON; a step over it parks.
+    pub max_state_bytes: usize,
+    /// Raw librdkafka consumer settings for the runners' input consumers.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Where `keel saga run` serves its health endpoints and metrics (`KEEL_SAGAS__LISTEN`).
+    pub listen: SocketAddr,
+    /// The shipped `op_verify` saga.
+    pub op_verify: OpVerifyConfig,
+}
+
+impl Default for SagasConfig {
+    fn default() -> Self {
+        Self {
+            in_process: false,
+            run: Vec::new(),
+            batch_size: 500,
+            poll_interval_ms: 1000,
+            retain_ended_secs: 7 * 24 * 3600,
+            max_state_bytes: 64 * 1024,
+            properties: Default::default(),
+            listen: ([127, 0, 0, 1], 9466).into(),
+            op_verify: OpVerifyConfig::default(),
+        }
+    }
+}
+
+impl SagasConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.batch_size == 0 {
+            bail!("sagas.batch_size must be positive");
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            bail!("sagas.poll_interval_ms must be between 10 and 60000");
+        }
+        if self.max_state_bytes < 256 {
+            bail!("sagas.max_state_bytes must be at least 256");
+        }
+        let v = &self.op_verify;
+        if v.verify_deadline_ms == 0 || v.rollback_deadline_ms == 0 {
+            bail!("sagas.op_verify.verify_deadline_ms and sagas.op_verify.rollback_deadline_ms must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// `op_verify`: a successful operation on an agent must be verified in time, else it is rolled
+/// back, and the rollback has its own deadline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpVerifyConfig {
+    /// How long the agent has to pass its verification, in milliseconds (5 minutes).
+    pub verify_deadline_ms: u64,
+    /// How long a requested rollback may take before the saga ends `failed` (10 minutes).
+    pub rollback_deadline_ms: u64,
+}
+
+impl Default for OpVerifyConfig {
+    fn default() -> Self {
+        Self {
+            verify_deadline_ms: 5 * 60 * 1000,
+            rollback_deadline_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -1019,6 +1107,7 @@ impl Default for Config {
             observability: ObservabilityConfig::default(),
             ui: UiConfig::default(),
             archive: ArchiveConfig::default(),
+            sagas: SagasConfig::default(),
         }
     }
 }
@@ -1149,6 +1238,8 @@ pub struct Overrides {
     pub relay_in_process: Option<bool>,
     #[serde(skip)]
     pub projections_in_process: Option<bool>,
+    #[serde(skip)]
+    pub sagas_in_process: Option<bool>,
 }
 
 impl Config {
@@ -1175,6 +1266,9 @@ impl Config {
         }
         if let Some(on) = overrides.projections_in_process {
             config.projections.in_process = on;
+        }
+        if let Some(on) = overrides.sagas_in_process {
+            config.sagas.in_process = on;
         }
         config.validate()?;
         Ok(config)
@@ -1217,6 +1311,7 @@ impl Config {
         self.observability.validate()?;
         self.ui.validate()?;
         self.archive.validate()?;
+        self.sagas.validate()?;
         Ok(())
     }
 

@@ -13,7 +13,8 @@
 //!    the format [`wire`] defines, through the client layer in [`kafka`].
 //! 5. [`consumer`] runs Kafka consumer groups over what the relay published (decoding with
 //!    [`wire`]), with a dead-letter store that keeps per-key order; [`projection`] applies events
-//!    to read models exactly once; [`replay`] reads history back from the store.
+//!    to read models exactly once; [`saga`] runs process managers whose steps (state, emitted
+//!    events, timeouts) commit with their input; [`replay`] reads history back from the store.
 //!    [`archive`] writes each type's history to Avro files in object storage, and
 //!    [`retention`] purges what is archived and no longer needed; readers below a purge either
 //!    read through the archive or are refused, never silently short.
@@ -39,8 +40,9 @@
 //! append, relay, consumer              the write path; the sinks (Kafka and Redis never import
 //!                                      each other); consumer groups
 //! archive                              events kept in object storage (a directory or S3)
-//! replay, then projection, then        history; read models; then the pipeline monitor,
-//! health, jobs, retention              operator jobs and the guarded purge (none uses another)
+//! replay, then projection, then saga,  history; read models; process managers (sagas, whose
+//! then health, jobs, retention         inputs run as projections); then the pipeline monitor,
+//!                                      operator jobs and the guarded purge (none uses another)
 //! journey                              one event's hops (uses health's Kafka view)
 //! api, then ui                         HTTP; the web dashboard at /ui (pages over the API's calls)
 //! app, then cli (with its bench)       wiring, and the command line: clap and printing live only here
@@ -68,6 +70,7 @@ pub mod relay;
 pub mod replay;
 pub mod retention;
 pub mod retry;
+pub mod saga;
 pub mod schema;
 pub mod shutdown;
 pub mod store;

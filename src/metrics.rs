@@ -100,6 +100,22 @@ pub const PURGED_EVENTS: &str = "keel_retention_purged_total";
 pub const RETENTION_HORIZON: &str = "keel_retention_horizon_position";
 /// Reads refused because they started below a retention horizon (HTTP 410), by `event_type`.
 pub const READS_ARCHIVED: &str = "keel_reads_position_archived_total";
+/// Saga steps by `saga`, `input` (`event`, `timeout`, `redrive`) and `outcome` (`stepped`,
+/// `held`, `parked`, `unmatched`, `after_end`).
+pub const SAGA_STEPS: &str = "keel_saga_steps_total";
+/// Time to decide and write one saga step, in its transaction.
+pub const SAGA_STEP_SECONDS: &str = "keel_saga_step_duration_seconds";
+/// Saga instances by `saga` and `status` (`parked` ones wait for `keel saga retry|skip`).
+pub const SAGA_INSTANCES: &str = "keel_saga_instances";
+/// Pending saga timeouts, by `saga`.
+pub const SAGA_TIMEOUTS_PENDING: &str = "keel_saga_timeouts_pending";
+/// Saga timeouts past their due time and not yet fired, by `saga`: non-zero for long means no
+/// runner is firing them.
+pub const SAGA_TIMEOUTS_OVERDUE: &str = "keel_saga_timeouts_overdue";
+/// How late each saga timeout fired after its due time (PostgreSQL's clock), by `saga`.
+pub const SAGA_TIMEOUT_LATENESS: &str = "keel_saga_timeout_lateness_seconds";
+/// Saga inputs that found no instance and could not start one, by `saga` and `event_type`.
+pub const SAGA_UNMATCHED: &str = "keel_saga_unmatched_total";
 
 /// What a metric is, for [`describe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +166,33 @@ const fn histogram(name: &'static str, unit: Unit, help: &'static str) -> Descri
 
 /// Every metric keel exports (the constants above say more).
 pub const DESCRIPTIONS: &[Description] = &[
+    counter(
+        SAGA_STEPS,
+        Unit::Count,
+        "saga steps by saga, input and outcome",
+    ),
+    histogram(
+        SAGA_STEP_SECONDS,
+        Unit::Seconds,
+        "time to decide and write one saga step",
+    ),
+    gauge(SAGA_INSTANCES, Unit::Count, "saga instances by status"),
+    gauge(SAGA_TIMEOUTS_PENDING, Unit::Count, "pending saga timeouts"),
+    gauge(
+        SAGA_TIMEOUTS_OVERDUE,
+        Unit::Count,
+        "saga timeouts past due and not yet fired",
+    ),
+    histogram(
+        SAGA_TIMEOUT_LATENESS,
+        Unit::Seconds,
+        "how late saga timeouts fired after their due time",
+    ),
+    counter(
+        SAGA_UNMATCHED,
+        Unit::Count,
+        "saga inputs that found no instance and could not start one",
+    ),
     counter(APPEND_REQUESTS, Unit::Count, "append requests by outcome"),
     counter(APPEND_EVENTS, Unit::Count, "events written by appends"),
     histogram(
@@ -341,9 +384,12 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
             let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+            let lateness = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(APPEND_SECONDS.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(GROUP_COMMIT_REQUESTS.into()), &batch))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SAGA_STEP_SECONDS.into()), &latency))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SAGA_TIMEOUT_LATENESS.into()), &lateness))
                 .expect("static, non-empty buckets")
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "another metrics recorder is installed; /metrics is off"))

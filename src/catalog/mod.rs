@@ -270,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_catalog_holds_the_audited_event_types() {
+    fn the_shipped_catalog_holds_the_audited_event_types_and_the_sagas() {
         let catalog = shipped();
         let names: Vec<&str> = catalog.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(
@@ -278,8 +278,12 @@ mod tests {
             [
                 "agent.state.changed",
                 "agent.task.completed",
+                "agent.verification.completed",
                 "control.operation.completed",
+                "control.rollback.requested",
+                "control.verification.requested",
                 "l12.service_invoked",
+                "saga.step",
                 "state_change"
             ]
         );

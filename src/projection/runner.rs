@@ -49,6 +49,10 @@ pub struct RunnerOptions {
     pub beat_every: Duration,
     /// The process's stages, which the runner joins once its beat starts (for its readiness).
     pub stages: Option<Stages>,
+    /// Stop with an error naming the gap when a partition's records between the stored offset
+    /// and the first one fetched are gone (retention), instead of going on past them. Sagas stop;
+    /// projections go on and say to rebuild.
+    pub stop_on_gap: bool,
 }
 
 impl Default for RunnerOptions {
@@ -59,6 +63,7 @@ impl Default for RunnerOptions {
             properties: BTreeMap::new(),
             beat_every: crate::heartbeat::DEFAULT_EVERY,
             stages: None,
+            stop_on_gap: false,
         }
     }
 }
@@ -113,6 +118,7 @@ pub async fn run(
         projection,
         consumer: Arc::new(consumer),
         parts: HashMap::new(),
+        stop_on_gap: options.stop_on_gap,
     };
     tracing::info!(
         projection = runner.projection.name(),
@@ -196,6 +202,7 @@ struct Runner {
     consumer: Arc<StreamConsumer<Resets>>,
     parts: HashMap<Place, Part>,
     schema: String,
+    stop_on_gap: bool,
 }
 
 impl Runner {
@@ -227,6 +234,12 @@ impl Runner {
                 Some(s) if r.offset < s => {
                     self.seek(&r.topic, r.partition, Offset::Offset(s)).await;
                     s
+                }
+                Some(s) if r.offset > s && self.stop_on_gap => {
+                    anyhow::bail!(
+                        "{} partition {}: records {s} to {} are gone from Kafka (retention?) and were never applied; {} stops rather than skip them",
+                        r.topic, r.partition, r.offset - 1, self.projection.name()
+                    );
                 }
                 Some(s) if r.offset > s => {
                     tracing::warn!(topic = %r.topic, partition = r.partition, stored = s, first = r.offset,

@@ -39,7 +39,7 @@ macro_rules! append_sql {
 
 /// The first key of keel's advisory locks ("keel" in ASCII), so that they do not meet an
 /// application's own two-key advisory locks in the same database.
-const ADVISORY_LOCK_CLASS: i32 = 0x6B65_656C;
+pub(crate) const ADVISORY_LOCK_CLASS: i32 = 0x6B65_656C;
 
 /// `expected_version: "any"`: create the stream or bump it, whatever its version.
 const APPEND_ANY: &str = append_sql!(

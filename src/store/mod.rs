@@ -8,7 +8,7 @@
 //! - An event and its outbox row commit in the same transaction, or neither does.
 //! - [`log::read_committed_after`] never skips an event, whenever its transaction commits.
 
-mod append;
+pub(crate) mod append;
 mod config;
 mod error;
 mod group_commit;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["archive"],
     &["replay"],
     &["projection"],
+    &["saga"],
     &["health", "jobs", "retention"],
     &["journey"],
     &["api"],
