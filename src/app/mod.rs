@@ -14,6 +14,7 @@
 //! API has drained are marked so.
 
 mod projections;
+mod sagas;
 mod services;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 pub use projections::{run as run_projections, Projections};
+pub use sagas::{run as run_sagas, Sagas};
 
 /// The OIDC token verifier, when `auth.oidc` names an issuer. Its keys are fetched once now, so
 /// that an unreachable issuer shows in the start-up log; keel starts anyway (API keys still work,
@@ -296,6 +298,23 @@ impl Application {
         } else {
             None
         };
+        let sagas = if self.config.sagas.in_process {
+            let services = Services {
+                store: store.clone(),
+                registry: self.state.registry.clone(),
+            };
+            let selected = Sagas::builtin(&self.config).selected(&self.config, &[])?;
+            let (config, catalog, stop) = (
+                self.config.clone(),
+                self.state.catalog.clone(),
+                beside.clone(),
+            );
+            Some(tokio::spawn(async move {
+                sagas::run(&config, &services, catalog, selected, None, stop).await
+            }))
+        } else {
+            None
+        };
         tracing::info!(addr = %self.local_addr(), tls = self.tls.is_some(), "keel api listening");
         let limits = api::server::Limits::from(self.state.limits.as_ref());
         let ui = match self.config.ui.enabled {
@@ -324,6 +343,11 @@ impl Application {
         if let Some(p) = projections {
             if let Ok(Err(e)) = p.await {
                 tracing::error!(error = %format!("{e:#}"), "projections failed");
+            }
+        }
+        if let Some(s) = sagas {
+            if let Ok(Err(e)) = s.await {
+                tracing::error!(error = %format!("{e:#}"), "sagas failed");
             }
         }
         if let Some(relay) = relay {

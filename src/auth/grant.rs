@@ -3,7 +3,8 @@
 //!
 //! Each action names one kind of resource ([`Action::resource`]): appends and reads name
 //! aggregate types (and appends also event types: both patterns must match), registry actions
-//! name subjects, projection actions projection names, dead-letter actions consumer groups,
+//! name subjects, projection actions projection names, saga actions saga names, dead-letter
+//! actions consumer groups,
 //! `replay.run` the target topic. Actions on the whole system (the outbox, principals, the audit
 //! log, the job list, metrics, retention) take `*` only.
 //!
@@ -24,6 +25,8 @@ named!(
         EventRead = "event.read",
         ProjectionRead = "projection.read",
         ProjectionRebuild = "projection.rebuild",
+        SagaRead = "saga.read",
+        SagaRedrive = "saga.redrive",
         RegistryRead = "registry.read",
         RegistryWrite = "registry.write",
         RegistryDelete = "registry.delete",
@@ -57,6 +60,7 @@ pub enum Resource {
     AggregateType,
     Subject,
     Projection,
+    Saga,
     ConsumerGroup,
     Topic,
     /// The whole system: grants name `*`.
@@ -76,6 +80,7 @@ impl Action {
                 | DlqSkip
                 | ReplayRun
                 | ProjectionRebuild
+                | SagaRedrive
                 | RetentionSet
                 | PrincipalManage
                 | AuditRead
@@ -87,6 +92,7 @@ impl Action {
         match self {
             EventAppend | EventRead => Resource::AggregateType,
             ProjectionRead | ProjectionRebuild => Resource::Projection,
+            SagaRead | SagaRedrive => Resource::Saga,
             RegistryRead | RegistryWrite | RegistryDelete | RegistryConfig => Resource::Subject,
             DlqRead | DlqRetry | DlqSkip => Resource::ConsumerGroup,
             ReplayRun => Resource::Topic,
@@ -178,7 +184,7 @@ pub fn role_grants(role: Role) -> Vec<Grant> {
     let actions: &[Action] = match role {
         Role::Producer => &[EventAppend, RegistryRead],
         // Jobs say who rebuilt or republished what: a read, like the pipeline's state.
-        Role::Reader => &[EventRead, ProjectionRead, RegistryRead, JobRead],
+        Role::Reader => &[EventRead, ProjectionRead, SagaRead, RegistryRead, JobRead],
         Role::RegistryAdmin => &[RegistryRead, RegistryWrite, RegistryDelete, RegistryConfig],
         // Runs the pipeline; does not manage principals or read the audit log (separation of
         // duties: the audit log watches operators too).
@@ -186,6 +192,8 @@ pub fn role_grants(role: Role) -> Vec<Grant> {
             EventRead,
             ProjectionRead,
             ProjectionRebuild,
+            SagaRead,
+            SagaRedrive,
             RegistryRead,
             OutboxRead,
             OutboxRetry,

@@ -6,7 +6,8 @@
 //! bootstrap). Ctrl-C and SIGTERM become one [`crate::shutdown::Shutdown`] token
 //! ([`crate::shutdown::on_signals`]) for every long-running command.
 //!
-//! The operator commands (`outbox`, `dlq`, `replay`, `jobs`, `events`, `principal`, `grant`, `audit`) never open
+//! The operator commands (`outbox`, `dlq`, `replay`, `jobs`, `events`, `principal`, `grant`, `audit`,
+//! and `saga` but for `saga run`) never open
 //! the database: they act through keel's HTTP API ([`client`]) with the key in `KEEL_API_KEY`,
 //! so each of their actions is authorised and audited like any other client's.
 
@@ -27,6 +28,7 @@ mod progress;
 mod project;
 mod relay;
 mod replay;
+mod saga;
 mod schema;
 mod serve;
 mod settings;
@@ -91,6 +93,10 @@ pub enum Command {
     Events(events::EventsCommand),
     /// Run projections (read models in PostgreSQL) from Kafka, exactly once.
     Project,
+    /// Run sagas (process managers) from Kafka, and inspect and redrive their instances
+    /// (through the API).
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
     /// Inspect and redrive consumer groups' dead-letter rows (through the API).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -150,7 +156,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // exit should not wait for a collector.
     let traced = matches!(
         cli.command,
-        Command::Serve(_) | Command::Relay | Command::Project
+        Command::Serve(_)
+            | Command::Relay
+            | Command::Project
+            | Command::Saga(saga::SagaCommand::Run { .. })
     );
     let telemetry = match &bench_export {
         Some(export) => crate::telemetry::init_with(
@@ -175,6 +184,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(_) => serve::run(&config).await,
         Command::Relay => relay::run(&config).await,
         Command::Project => project::run(&config).await,
+        Command::Saga(saga::SagaCommand::Run { names }) => saga::run_sagas(&config, &names).await,
+        Command::Saga(command) => saga::run(&api()?, command).await,
         Command::Replay(command) => replay::run(&api()?, command).await,
         Command::Health(args) => health::run(&api()?, args).await,
         Command::Outbox(command) => outbox::run(&api()?, command).await,

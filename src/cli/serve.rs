@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Run the projection runners in this process too (sets `projections.in_process`).
     #[arg(long)]
     pub projections: bool,
+    /// Run the saga runners in this process too (sets `sagas.in_process`).
+    #[arg(long)]
+    pub sagas: bool,
 }
 
 impl ServeArgs {
@@ -31,6 +34,7 @@ impl ServeArgs {
         overrides.schemas_dir = self.schemas_dir.clone();
         overrides.relay_in_process = self.relay.then_some(true);
         overrides.projections_in_process = self.projections.then_some(true);
+        overrides.sagas_in_process = self.sagas.then_some(true);
     }
 }
 

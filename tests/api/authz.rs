@@ -17,12 +17,14 @@ fn role_actions(role: Role) -> Vec<Action> {
     use Action::*;
     match role {
         Role::Producer => vec![EventAppend, RegistryRead],
-        Role::Reader => vec![EventRead, ProjectionRead, RegistryRead, JobRead],
+        Role::Reader => vec![EventRead, ProjectionRead, SagaRead, RegistryRead, JobRead],
         Role::RegistryAdmin => vec![RegistryRead, RegistryWrite, RegistryDelete, RegistryConfig],
         Role::Operator => vec![
             EventRead,
             ProjectionRead,
             ProjectionRebuild,
+            SagaRead,
+            SagaRedrive,
             RegistryRead,
             OutboxRead,
             OutboxRetry,
@@ -146,6 +148,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/dlq/{group}/rows/{id}", "dlq.read"),
     ("POST", "/v1/dlq/{group}/retry", "dlq.retry"),
     ("POST", "/v1/dlq/{group}/skip", "dlq.skip"),
+    ("GET", "/v1/sagas", "saga.read"),
+    ("GET", "/v1/sagas/{name}/instances", "saga.read"),
+    ("GET", "/v1/sagas/{name}/instances/{id}", "saga.read"),
+    ("POST", "/v1/sagas/{name}/retry", "saga.redrive"),
+    ("POST", "/v1/sagas/{name}/skip", "saga.redrive"),
     ("POST", "/v1/replay/republish", "replay.run"),
     (
         "POST",

@@ -350,13 +350,16 @@ fn schema_sync_and_serve_refuse_a_malformed_retention_policy_naming_the_type_and
         ok && !out.contains("agnet"),
         "state_change may reach agnet: {out}"
     );
-    let state_change = catalog.join("state_change/event.toml");
-    let text = std::fs::read_to_string(&state_change).unwrap();
-    std::fs::write(
-        &state_change,
-        format!("aggregate_type = \"entity\"\n{text}"),
-    )
-    .unwrap();
+    // state_change and the types the sagas emit onto their own streams name none.
+    for entry in std::fs::read_dir(&catalog).unwrap() {
+        let file = entry.unwrap().path().join("event.toml");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if !text.contains("aggregate_type") {
+            std::fs::write(&file, format!("aggregate_type = \"entity\"\n{text}")).unwrap();
+        }
+    }
     let (ok, out) = sync();
     assert!(
         ok && out.contains(

@@ -19,6 +19,7 @@ pub(crate) mod jobs;
 pub(crate) mod outbox;
 pub(crate) mod page;
 mod principals;
+pub(crate) mod sagas;
 
 use axum::http::Method;
 use futures_util::future::BoxFuture;
@@ -115,6 +116,37 @@ pub(super) fn routes() -> Table<AppState> {
             "/v1/projections/{name}/rebuild",
             Need::Path(A::ProjectionRebuild, "name"),
             jobs::rebuild,
+        )
+        // Every saga the caller may read: the handler filters.
+        .at(
+            get.clone(),
+            "/v1/sagas",
+            Need::Some(A::SagaRead),
+            sagas::overview,
+        )
+        .at(
+            get.clone(),
+            "/v1/sagas/{name}/instances",
+            Need::Path(A::SagaRead, "name"),
+            sagas::instances,
+        )
+        .at(
+            get.clone(),
+            "/v1/sagas/{name}/instances/{id}",
+            Need::Path(A::SagaRead, "name"),
+            sagas::instance,
+        )
+        .at(
+            post.clone(),
+            "/v1/sagas/{name}/retry",
+            Need::Path(A::SagaRedrive, "name"),
+            sagas::retry,
+        )
+        .at(
+            post.clone(),
+            "/v1/sagas/{name}/skip",
+            Need::Path(A::SagaRedrive, "name"),
+            sagas::skip,
         )
         .at(
             get.clone(),
