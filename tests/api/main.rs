@@ -33,6 +33,7 @@ mod registry;
 mod relay;
 mod relay_support;
 mod replay;
+mod sagas;
 mod schemas;
 mod secrets;
 mod tls;
