@@ -261,6 +261,12 @@ impl Application {
                 .all()
                 .iter()
                 .map(crate::retention::Reader::of)
+                .chain(
+                    Sagas::builtin(&self.config)
+                        .all()
+                        .iter()
+                        .map(crate::retention::Reader::of_saga),
+                )
                 .collect();
             tokio::spawn(crate::retention::schedule::run_every(
                 std::time::Duration::from_secs(every.max(1) as u64),

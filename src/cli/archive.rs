@@ -9,7 +9,7 @@ use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
-use crate::app::{self, Projections, Services};
+use crate::app::{self, Projections, Sagas, Services};
 use crate::archive::verify::Depth;
 use crate::archive::{self, Objects};
 use crate::config::Config;
@@ -112,12 +112,13 @@ fn objects(config: &Config) -> anyhow::Result<Objects> {
     Objects::open(&config.archive)?.ok_or_else(|| archive::Error::NotConfigured.into())
 }
 
-/// The projections the purge must not outrun: every one this binary knows.
-fn readers() -> Vec<Reader> {
+/// The projections and sagas the purge must not outrun: every one this binary knows.
+fn readers(config: &Config) -> Vec<Reader> {
     Projections::builtin()
         .all()
         .iter()
         .map(Reader::of)
+        .chain(Sagas::builtin(config).all().iter().map(Reader::of_saga))
         .collect()
 }
 
@@ -275,7 +276,7 @@ pub async fn run_retention(config: &Config, command: RetentionCommand) -> anyhow
             let plan = retention::plan(
                 pool,
                 &catalog,
-                &readers(),
+                &readers(config),
                 now.get(),
                 config.archive.verify_max_age_secs,
             )
@@ -325,7 +326,7 @@ pub async fn run_retention(config: &Config, command: RetentionCommand) -> anyhow
                 pool,
                 objects.as_ref(),
                 &catalog,
-                &readers(),
+                &readers(config),
                 &retention::PurgeOptions {
                     now: now.get(),
                     batch: config.archive.purge_batch,

@@ -186,6 +186,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project => project::run(&config).await,
         Command::Saga(saga::SagaCommand::Run { names }) => saga::run_sagas(&config, &names).await,
         Command::Saga(command) => saga::run(&api()?, command).await,
+        Command::Replay(replay::ReplayCommand::Saga {
+            name,
+            instance,
+            json,
+            ..
+        }) => replay::check_saga(&config, &name, instance, json).await,
         Command::Replay(command) => replay::run(&api()?, command).await,
         Command::Health(args) => health::run(&api()?, args).await,
         Command::Outbox(command) => outbox::run(&api()?, command).await,

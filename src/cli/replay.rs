@@ -39,6 +39,20 @@ pub enum ReplayCommand {
     /// and `keel jobs show ID` shows how it stands (`keel jobs cancel ID` stops it). A rebuild
     /// cut short (cancelled, or the server stopped) resumes when run again.
     Projection(RebuildArgs),
+    /// Re-run a saga's current definition over every instance's recorded inputs and compare
+    /// what it decides with what was recorded; writes nothing. Exits 1 naming the first
+    /// diverging step of each instance that differs: the check before deploying a change.
+    Saga {
+        name: String,
+        /// Required: the check is the only mode (`--check` says what it does at the call site).
+        #[arg(long, required = true)]
+        check: bool,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<uuid::Uuid>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -100,7 +114,48 @@ pub async fn run(client: &Client, command: ReplayCommand) -> anyhow::Result<()> 
         } => aggregate(client, aggregate_type, aggregate_id, as_of).await,
         ReplayCommand::Republish(args) => republish(client, args).await,
         ReplayCommand::Projection(args) => rebuild(client, args).await,
+        ReplayCommand::Saga { .. } => unreachable!("checked in the database: see check_saga"),
     }
+}
+
+/// `keel replay saga NAME --check`: in this process, on the database, with this binary's
+/// definition of the saga (the one about to be deployed).
+pub async fn check_saga(
+    config: &crate::config::Config,
+    name: &str,
+    instance: Option<uuid::Uuid>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let saga = crate::app::Sagas::builtin(config).find(name)?;
+    let services = crate::app::Services::connect(config).await?;
+    let report =
+        crate::saga::check::check(services.pool(), &services.registry, saga.as_ref(), instance)
+            .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {} instances, {} steps re-decided, {} not checked (inputs purged), {} diverge",
+            report.saga,
+            report.instances,
+            report.steps,
+            report.unchecked,
+            report.divergences.len()
+        );
+        for d in &report.divergences {
+            println!(
+                "  instance {} step v{} ({}): {}",
+                d.instance_id, d.version, d.input, d.what
+            );
+        }
+    }
+    if !report.divergences.is_empty() {
+        anyhow::bail!(
+            "{} instances of {name} would decide differently under this definition",
+            report.divergences.len()
+        );
+    }
+    Ok(())
 }
 
 /// Pages through `GET /v1/aggregates/{type}/{id}/events` (each event resolved to the latest

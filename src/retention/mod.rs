@@ -46,6 +46,20 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A saga's inputs: they run as the projection `saga_<name>` and must not be outrun either.
+    pub fn of_saga(saga: &Arc<dyn crate::saga::DynSaga>) -> Self {
+        let name = crate::saga::inputs::projection_name(saga.name());
+        Self {
+            schema: crate::projection::live_schema(&name),
+            name,
+            event_types: saga
+                .routes()
+                .iter()
+                .map(|r| r.event_type.to_owned())
+                .collect(),
+        }
+    }
+
     pub fn of(projection: &Arc<dyn Projection>) -> Self {
         Self {
             name: projection.name().into(),

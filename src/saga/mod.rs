@@ -23,6 +23,7 @@
 //!   timeouts are held in `saga_inbox` in order while other instances flow; `keel saga retry`
 //!   and `keel saga skip` redrive it.
 
+pub mod check;
 pub mod inputs;
 pub mod op_verify;
 pub mod runner;

@@ -976,3 +976,171 @@ async fn a_runner_killed_inside_steps_again_and_again_leaves_exactly_the_expecte
         400
     );
 }
+
+#[tokio::test]
+async fn replay_check_passes_over_1000_ended_sagas_writes_nothing_and_names_the_step_a_changed_deadline_alters(
+) {
+    use futures::StreamExt;
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let runner = Runner::start(&app, &broker, 1_000, 1_000);
+    // Every path: a third verified, a third failed verifications then rolled back, a third
+    // left to both deadlines.
+    futures::stream::iter(0..1000)
+        .for_each_concurrent(16, |i| {
+            let app = &app;
+            async move {
+                operation(app, &format!("c-{i}"), "deploy", true, None).await;
+            }
+        })
+        .await;
+    eventually(Duration::from_secs(120), "1,000 instances", || async {
+        (count(&app, "SELECT count(*) FROM saga_instances").await == 1000).then_some(())
+    })
+    .await;
+    futures::stream::iter((0..1000).filter(|i| i % 3 != 2))
+        .for_each_concurrent(16, |i| {
+            let app = &app;
+            async move {
+                let op = format!("c-{i}");
+                verified(app, &op, i % 3 == 0).await;
+            }
+        })
+        .await;
+    eventually(Duration::from_secs(180), "every saga ended", || async {
+        let open = count(
+            &app,
+            "SELECT count(*) FROM saga_instances WHERE status IN ('active', 'compensating')",
+        )
+        .await;
+        (open == 0).then_some(())
+    })
+    .await;
+    drop(runner);
+    let ended = count(&app, "SELECT count(*) FROM saga_instances WHERE status IN ('completed', 'compensated', 'failed')").await;
+    assert_eq!(ended, 1000);
+    let rows_before = saga_rows(&app).await;
+    let check = |deadline: &str| {
+        let mut c = app.keel();
+        c.args(["replay", "saga", "op_verify", "--check", "--json"])
+            .env("KEEL_DATABASE_URL", &app.config.database_url)
+            .env(
+                "KEEL_SCHEMAS_DIR",
+                app.config.schemas_dir.display().to_string(),
+            )
+            .env("KEEL_SAGAS__OP_VERIFY__VERIFY_DEADLINE_MS", deadline)
+            .env("KEEL_SAGAS__OP_VERIFY__ROLLBACK_DEADLINE_MS", "1000");
+        c
+    };
+    let same = crate::helpers::run(check("1000")).await;
+    assert!(same.ok, "{}{}", same.stdout, same.stderr);
+    let report: Value = serde_json::from_str(&same.stdout).unwrap();
+    assert_eq!(report["instances"], 1000);
+    assert_eq!(report["divergences"], json!([]));
+    assert!(report["steps"].as_u64().unwrap() >= 2000, "{report}");
+    assert_eq!(
+        saga_rows(&app).await,
+        rows_before,
+        "the check wrote something"
+    );
+
+    let changed = crate::helpers::run(check("2000")).await;
+    assert!(!changed.ok, "a changed deadline passed the check");
+    let report: Value = serde_json::from_str(&changed.stdout).unwrap();
+    let divergences = report["divergences"].as_array().unwrap();
+    assert_eq!(divergences.len(), 1000, "every instance set the deadline");
+    for d in divergences {
+        assert_eq!(d["version"], 1, "{d}");
+        assert_eq!(d["input"], "control.operation.completed");
+        // The request names its deadline: the first difference is its payload.
+        let what = d["what"].as_str().unwrap();
+        assert!(
+            what.contains(REQUESTED) && what.contains("\"deadline_ms\":2000"),
+            "{d}"
+        );
+    }
+    assert!(
+        changed.stderr.contains("would decide differently"),
+        "{}",
+        changed.stderr
+    );
+}
+
+#[tokio::test]
+async fn saga_list_and_show_on_the_command_line_agree_with_the_store() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let _runner = Runner::start(&app, &broker, 60_000, 60_000);
+    operation(&app, "cli-1", "deploy", true, None).await;
+    wait_status(&app, "cli-1", "active", Duration::from_secs(30)).await;
+    let listed = crate::helpers::run({
+        let mut c = app.keel();
+        c.args(["saga", "list", "op_verify", "--status", "active", "--json"]);
+        c
+    })
+    .await
+    .json_lines("keel saga list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["correlation"], "cli-1");
+    let shown = crate::helpers::run({
+        let mut c = app.keel();
+        c.args([
+            "saga",
+            "show",
+            "op_verify",
+            "--correlation",
+            "cli-1",
+            "--json",
+        ]);
+        c
+    })
+    .await
+    .json_lines("keel saga show");
+    assert_eq!(shown[0]["status"], "active");
+    assert_eq!(shown[0]["timeouts"][0]["name"], "verify_deadline");
+    assert_eq!(shown[0]["associations"][0]["key"], "agent_id");
+    assert_eq!(shown[0]["history"].as_array().unwrap().len(), 1);
+    let table = crate::helpers::run({
+        let mut c = app.keel();
+        c.args(["saga", "show", "op_verify", "--correlation", "cli-1"]);
+        c
+    })
+    .await
+    .expect_ok("keel saga show");
+    assert!(
+        table.contains("verify_deadline") && table.contains("control.verification.requested"),
+        "{table}"
+    );
+    // Nothing is stuck yet; with a 0 s threshold and no step since, nothing is listed either:
+    // the instance has a pending timeout.
+    let stuck = crate::helpers::run({
+        let mut c = app.keel();
+        c.args(["saga", "list", "op_verify", "--stuck", "1s", "--json"]);
+        c
+    })
+    .await
+    .json_lines("keel saga list --stuck");
+    assert!(stuck.is_empty(), "{stuck:?}");
+    let bad = crate::helpers::run({
+        let mut c = app.keel();
+        c.args(["saga", "list", "op_verify", "--stuck", "soon"]);
+        c
+    })
+    .await;
+    assert!(
+        !bad.ok && bad.stderr.contains("invalid_age"),
+        "{}",
+        bad.stderr
+    );
+    let retry = crate::helpers::run({
+        let mut c = app.keel();
+        c.args(["saga", "retry", "op_verify", "--correlation", "cli-1"]);
+        c
+    })
+    .await;
+    assert!(
+        !retry.ok && retry.stderr.contains("not_parked"),
+        "{}",
+        retry.stderr
+    );
+}
