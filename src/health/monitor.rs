@@ -185,6 +185,8 @@ struct Db {
     registry_subjects: i64,
     /// Open consumer dead letters per group, at most [`DLQ_CAP`] each.
     dead_letters: Vec<(String, i64)>,
+    /// Per saga: timeouts past due, how long the oldest is overdue (s), parked instances.
+    sagas: Vec<(String, i64, f64, i64)>,
 }
 
 /// How many open dead letters per group the monitor counts.
@@ -273,6 +275,16 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
     .bind(DLQ_CAP)
     .fetch_all(&mut *c)
     .await?;
+    let sagas = sqlx::query_as(
+        "SELECT s.saga,
+                (SELECT count(*) FROM saga_timeouts t WHERE t.saga = s.saga AND t.due_at < now()),
+                coalesce(extract(epoch FROM now() - (SELECT min(due_at) FROM saga_timeouts t
+                                                      WHERE t.saga = s.saga AND t.due_at < now())), 0)::float8,
+                (SELECT count(*) FROM saga_instances i WHERE i.saga = s.saga AND i.status = 'parked')
+           FROM (SELECT substr(name, 6) AS saga FROM projections WHERE name LIKE 'saga\\_%') s",
+    )
+    .fetch_all(&mut *c)
+    .await?;
     Ok(Db {
         head,
         horizon_age,
@@ -285,6 +297,7 @@ async fn read_db(pool: &PgPool) -> sqlx::Result<Db> {
         canary,
         registry_subjects,
         dead_letters,
+        sagas,
     })
 }
 
@@ -545,6 +558,24 @@ impl Sampler {
             });
             let verdict = self.follow(&name, "member", Some(rows), sample, false, 0);
             found.insert(name, verdict);
+        }
+
+        // Sagas: a timeout overdue past the stall threshold means no runner is firing them.
+        for (saga, overdue, oldest_s, parked) in &db.sagas {
+            let verdict = if *oldest_s >= self.stall_after.as_secs_f64() {
+                (
+                    Status::Unhealthy,
+                    format!("{overdue} timeouts overdue, the oldest by {oldest_s:.0} s: no saga runner is firing them (`keel saga run {saga}`)"),
+                )
+            } else if *parked > 0 {
+                (
+                    Status::Degraded,
+                    format!("{parked} parked instances (`keel saga list {saga} --status parked`)"),
+                )
+            } else {
+                (Status::Ok, "ok".into())
+            };
+            found.insert(format!("saga.{saga}"), verdict);
         }
 
         self.judge_canaries(&db.canary, now, &mut found);

@@ -488,7 +488,7 @@ async fn racing_starts_and_re_read_inputs_make_one_instance_and_one_output_and_n
 #[tokio::test]
 async fn timeouts_due_while_every_runner_was_down_fire_once_on_the_next_start() {
     let broker = Broker::start().await;
-    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let app = spawn_kafka_relayed_app(&broker, |c| c.observability.stall_after_ms = 5_000).await;
     let mut runner = Runner::start(&app, &broker, 10_000, 600_000);
     for i in 0..100 {
         operation(&app, &format!("op-{i}"), "deploy", true, None).await;
@@ -515,6 +515,14 @@ async fn timeouts_due_while_every_runner_was_down_fire_once_on_the_next_start() 
         100,
         "a timeout fired with no runner up"
     );
+    // The pipeline says so: overdue timeouts and no runner firing them.
+    let health = app.get("/v1/health/pipeline").await;
+    let saga = &health.body["components"]["saga.op_verify"];
+    assert_eq!(saga["status"], "unhealthy", "{}", health.body);
+    assert!(
+        saga["reason"].as_str().unwrap().contains("overdue"),
+        "{saga}"
+    );
     runner.restart();
     eventually(
         Duration::from_secs(30),
@@ -531,6 +539,15 @@ async fn timeouts_due_while_every_runner_was_down_fire_once_on_the_next_start() 
     )
     .await;
     assert!(killed.elapsed() < Duration::from_secs(60));
+    eventually(
+        Duration::from_secs(30),
+        "the pipeline to see the timeouts fired",
+        || async {
+            let health = app.get("/v1/health/pipeline").await;
+            (health.body["components"]["saga.op_verify"]["status"] == "ok").then_some(())
+        },
+    )
+    .await;
     // Once each: one timeout step, one rollback request per instance; each at least 20 s late.
     let per_instance: Vec<(i64, i64, f64)> = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE event_type = 'saga.step' AND payload->>'input_kind' = 'timeout'),
