@@ -9,6 +9,7 @@ mod archive;
 mod limits;
 mod projection;
 mod relay;
+mod saga;
 mod stats;
 mod traces;
 
@@ -33,6 +34,29 @@ pub enum Command {
     /// The archiver next to a raw ordered COPY of the same rows, and the guarded purge while
     /// appends go on at a fixed rate (their latency before and during).
     Archive(ArchiveArgs),
+    /// The op_verify saga: steps per second over a backlog next to appends of what they write,
+    /// input commit → output on Kafka at a fixed rate next to the relay alone, and how late its
+    /// timeouts fire.
+    Saga(SagaArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SagaArgs {
+    /// Sagas started from a backlog for the steps-per-second run.
+    #[arg(long, default_value_t = 20_000)]
+    pub sagas: u64,
+    /// Sagas started per second for the latency run (open loop).
+    #[arg(long, default_value_t = 500)]
+    pub rate: u64,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The verification deadline of the latency run's sagas, whose firing is the lateness run.
+    #[arg(long, default_value_t = 3_000)]
+    pub deadline_ms: u64,
+    /// The database to run in; dropped and recreated. Defaults to `keel_bench_saga`.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,5 +188,6 @@ pub async fn run(config: &Config, command: Command, export: Option<Export>) -> a
         Command::Projection(args) => projection::run(config, args).await,
         Command::Limits(args) => limits::run(config, args).await,
         Command::Archive(args) => archive::run(config, args).await,
+        Command::Saga(args) => saga::run(config, args).await,
     }
 }

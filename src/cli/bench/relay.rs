@@ -323,7 +323,7 @@ async fn relay_drain(config: &Config, app: &Application) -> anyhow::Result<f64> 
 }
 
 /// A consumer that notes when each event id arrives on `topic`, from the end of the topic.
-async fn arrivals(
+pub(super) async fn arrivals(
     config: &Config,
     topic: &str,
 ) -> anyhow::Result<(StreamConsumer, Arc<Mutex<HashMap<Uuid, Instant>>>)> {
@@ -364,7 +364,7 @@ async fn arrivals(
     Ok((consumer, Arc::new(Mutex::new(HashMap::new()))))
 }
 
-fn spawn_reader(
+pub(super) fn spawn_reader(
     consumer: StreamConsumer,
     seen: Arc<Mutex<HashMap<Uuid, Instant>>>,
 ) -> tokio::task::JoinHandle<()> {
@@ -388,7 +388,7 @@ fn spawn_reader(
     })
 }
 
-fn latency_sample(
+pub(super) fn latency_sample(
     sent: &HashMap<Uuid, Instant>,
     seen: &HashMap<Uuid, Instant>,
     elapsed: Duration,
