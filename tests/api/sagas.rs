@@ -1161,3 +1161,122 @@ async fn saga_list_and_show_on_the_command_line_agree_with_the_store() {
         retry.stderr
     );
 }
+
+#[tokio::test]
+async fn two_runners_under_concurrent_inputs_on_two_topics_one_killed_mid_load_reach_the_same_result() {
+    use futures::StreamExt;
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let mut a = Runner::start(&app, &broker, 600_000, 600_000);
+    let _b = Runner::start(&app, &broker, 600_000, 600_000);
+    let n = 300;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let app = &app;
+            async move {
+                operation(app, &format!("two-{i}"), "deploy", true, None).await;
+            }
+        })
+        .await;
+    eventually(Duration::from_secs(60), "every saga started", || async {
+        (count(&app, "SELECT count(*) FROM saga_instances WHERE status = 'active'").await == n)
+            .then_some(())
+    })
+    .await;
+    // Each instance gets an input on each topic at once: on keel.agent a passed verification
+    // (even) or a harmless state change (odd), on keel.operation a second start of its
+    // operation; whichever runner holds each topic, and in whichever order they meet, the result
+    // is the same.
+    let load = futures::stream::iter(0..n).for_each_concurrent(16, |i| {
+        let app = &app;
+        async move {
+            let op = format!("two-{i}");
+            let agent_side = async {
+                if i % 2 == 0 {
+                    verified(app, &op, true).await
+                } else {
+                    agent_state(app, agent_of(&op), "busy").await
+                }
+            };
+            tokio::join!(agent_side, operation(app, &op, "restart", true, None));
+        }
+    });
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        a.kill();
+    };
+    tokio::join!(load, kill);
+    eventually(Duration::from_secs(90), "the even sagas completed", || async {
+        (count(&app, "SELECT count(*) FROM saga_instances WHERE status = 'completed'").await == n / 2)
+            .then_some(())
+    })
+    .await;
+    // Let the odd ones' inputs land too, then compare.
+    eventually(Duration::from_secs(60), "every input applied", || async {
+        let offsets = count(&app, "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets WHERE projection = 'saga_op_verify'").await;
+        (offsets >= 3 * n).then_some(())
+    })
+    .await;
+    assert_eq!(count(&app, "SELECT count(*) FROM saga_instances").await, n);
+    for i in 0..n {
+        let op = format!("two-{i}");
+        let want: Vec<String> = if i % 2 == 0 {
+            vec![REQUESTED.into(), "state_change:verified".into()]
+        } else {
+            vec![REQUESTED.into()]
+        };
+        assert_eq!(outputs(&app, &op).await, want, "{op}");
+    }
+    let gaps = count(
+        &app,
+        "SELECT count(*) FROM (SELECT aggregate_id, max(version) - count(*) AS gap FROM events
+            WHERE aggregate_type = 'saga.op_verify' GROUP BY aggregate_id) g WHERE gap <> 0",
+    )
+    .await;
+    assert_eq!(gaps, 0, "an instance stream has a gap");
+}
+
+/// `Tracker` at state version 1 next to an instance written at version 2 by a newer build.
+#[tokio::test]
+async fn a_runner_never_overwrites_state_written_by_a_newer_definition() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let agent = Uuid::new_v4();
+    let newer = Uuid::new_v4();
+    let stop = run_tracker(&app).await;
+    agent_state(&app, agent, "up").await;
+    agent_state(&app, newer, "up").await;
+    eventually(Duration::from_secs(30), "both instances", || async {
+        (count(&app, "SELECT count(*) FROM saga_instances WHERE saga = 'tracker'").await == 2).then_some(())
+    })
+    .await;
+    let newer_instance = saga::instance_id("tracker", &newer.to_string());
+    sqlx::query("UPDATE saga_instances SET state_version = 2, state = '{\"v2\": true}' WHERE instance_id = $1")
+        .bind(newer_instance)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    agent_state(&app, newer, "again").await;
+    // The runner retries the batch and says why; the row stays as the newer build wrote it.
+    eventually(Duration::from_secs(30), "the runner to show failing", || async {
+        let error: Option<String> = sqlx::query_scalar(
+            "SELECT error FROM projections WHERE name = 'saga_tracker' AND state = 'failing'",
+        )
+        .fetch_optional(app.store.pool())
+        .await
+        .unwrap()
+        .flatten();
+        error.filter(|e| e.contains("newer definition"))
+    })
+    .await;
+    let (version, state): (i32, Value) = sqlx::query_as(
+        "SELECT state_version, state FROM saga_instances WHERE instance_id = $1",
+    )
+    .bind(newer_instance)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((version, state), (2, json!({"v2": true})));
+    assert_eq!(tracked(&app, newer).await, ["up"]);
+    stop.trigger();
+}
