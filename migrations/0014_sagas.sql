@@ -67,3 +67,18 @@ CREATE TABLE saga_inbox (
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX saga_inbox_instance ON saga_inbox (saga, instance_id, id);
+
+-- Crash-loop detection. Before a batch is stepped, each of its deliveries (input, instance) is
+-- counted as `seen`, outside the batch's transaction, so that a crash keeps the count; a committed
+-- batch deletes its rows. A delivery seen before is a suspect: its start and end are noted too,
+-- and one that started `CRASH_ATTEMPTS` times without ending (the process died inside it) parks
+-- its instance as `crash_loop`.
+CREATE TABLE saga_deliveries (
+    saga        text    NOT NULL,
+    event_id    uuid    NOT NULL,
+    instance_id uuid    NOT NULL,
+    seen        integer NOT NULL DEFAULT 0,
+    starts      integer NOT NULL DEFAULT 0,
+    ends        integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (saga, event_id, instance_id)
+);

@@ -22,6 +22,8 @@ pub fn projection_name(saga: &str) -> String {
 
 pub struct Inputs {
     ctx: Arc<Ctx>,
+    /// For the crash-loop notes, written outside the batch's transaction.
+    pool: sqlx::PgPool,
     routes: Vec<Route>,
     name: &'static str,
     types: &'static [&'static str],
@@ -29,13 +31,14 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    pub fn new(ctx: Arc<Ctx>, metrics: Arc<super::runner::Metrics>) -> Self {
+    pub fn new(ctx: Arc<Ctx>, metrics: Arc<super::runner::Metrics>, pool: sqlx::PgPool) -> Self {
         let routes = ctx.saga.routes();
         // A handful of sagas per process, each built once: their names live as long as it.
         let name = Box::leak(projection_name(ctx.name()).into_boxed_str());
         let types: Vec<&'static str> = routes.iter().map(|r| r.event_type).collect();
         Self {
             ctx,
+            pool,
             routes,
             name,
             types: Box::leak(types.into_boxed_slice()),
@@ -171,6 +174,7 @@ impl Projection for Inputs {
         sqlx::query("SET LOCAL synchronous_commit = on")
             .execute(&mut *tx)
             .await?;
+        let saga = self.ctx.name();
         let mut routed = Vec::with_capacity(events.len());
         let mut instances = Vec::new();
         for e in events {
@@ -183,15 +187,29 @@ impl Projection for Inputs {
         }
         instances.sort();
         instances.dedup();
+        let suspects = self.seen(&routed).await?;
         // The transaction is the runner's; `lock` needs one, so a savepoint stands in for it.
         let mut tx = sqlx::Acquire::begin(&mut *tx).await?;
         step::lock(&mut tx, &self.ctx, &instances).await?;
         for (event, targets) in routed {
             let input = Input::Event(Box::new(event.clone()));
             for t in targets {
+                // Seen in a batch that died, then `CRASH_ATTEMPTS - 1` deaths inside this very
+                // delivery since: park instead of dying again.
+                let suspect = suspects.contains(&(event.id, t.instance));
+                if suspect && self.starting(event.id, t.instance).await? >= CRASH_ATTEMPTS {
+                    let reason = format!(
+                        "crash_loop: the process died while stepping this input {CRASH_ATTEMPTS} times"
+                    );
+                    store::park(&mut tx, saga, t.instance, &t.key, &input, &reason).await?;
+                    tracing::error!(saga, instance = %t.instance, input = %event.id, "saga instance parked after a crash loop");
+                    self.metrics
+                        .step(saga, "event", &Outcome::Parked(reason), Default::default());
+                    continue;
+                }
                 fault("before_step");
                 let started = std::time::Instant::now();
-                let outcome = step::deliver(
+                let delivered = step::deliver(
                     &mut tx,
                     &self.ctx,
                     t.instance,
@@ -200,8 +218,11 @@ impl Projection for Inputs {
                     &input,
                     Mode::Live,
                 )
-                .await
-                .map_err(|e| match e {
+                .await;
+                if suspect {
+                    self.ended(event.id, t.instance).await?;
+                }
+                let outcome = delivered.map_err(|e| match e {
                     Failure::Retriable(s) | Failure::Permanent(s) => anyhow::anyhow!(s),
                     Failure::Database(e) => e.into(),
                 })?;
@@ -214,8 +235,102 @@ impl Projection for Inputs {
             }
         }
         fault("before_commit");
+        // The batch went through: its crash-loop notes go with it.
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        sqlx::query("DELETE FROM saga_deliveries WHERE saga = $1 AND event_id = ANY($2)")
+            .bind(saga)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// How many times the process may die stepping one input before that input's instance is
+/// parked as `crash_loop`.
+const CRASH_ATTEMPTS: i32 = 3;
+
+impl Inputs {
+    /// Counts each delivery of the batch as seen, outside its transaction; returns those seen
+    /// before (their batch died, or failed, before it committed).
+    async fn seen(
+        &self,
+        routed: &[(&RecordedEvent, Vec<Target>)],
+    ) -> sqlx::Result<std::collections::HashSet<(Uuid, Uuid)>> {
+        let (events, instances): (Vec<Uuid>, Vec<Uuid>) = routed
+            .iter()
+            .flat_map(|(e, targets)| targets.iter().map(|t| (e.id, t.instance)))
+            .unzip();
+        if events.is_empty() {
+            return Ok(Default::default());
+        }
+        let again: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "INSERT INTO saga_deliveries (saga, event_id, instance_id, seen)
+             SELECT $1, e, i, 1 FROM unnest($2::uuid[], $3::uuid[]) AS u(e, i)
+             ON CONFLICT (saga, event_id, instance_id) DO UPDATE SET seen = saga_deliveries.seen + 1
+             RETURNING event_id, instance_id, seen > 1",
+        )
+        .bind(self.ctx.name())
+        .bind(&events)
+        .bind(&instances)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows: Vec<(Uuid, Uuid, bool)>| {
+            rows.into_iter()
+                .filter(|r| r.2)
+                .map(|r| (r.0, r.1))
+                .collect()
+        })?;
+        Ok(again.into_iter().collect())
+    }
+
+    /// Notes that a delivery starts; returns how many started and never ended, this one included.
+    async fn starting(&self, event: Uuid, instance: Uuid) -> sqlx::Result<i32> {
+        sqlx::query_scalar(
+            "INSERT INTO saga_deliveries (saga, event_id, instance_id, starts) VALUES ($1, $2, $3, 1)
+             ON CONFLICT (saga, event_id, instance_id) DO UPDATE SET starts = saga_deliveries.starts + 1
+             RETURNING starts - ends",
+        )
+        .bind(self.ctx.name())
+        .bind(event)
+        .bind(instance)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Notes that a delivery ended, well or not: the process survived it.
+    async fn ended(&self, event: Uuid, instance: Uuid) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE saga_deliveries SET ends = ends + 1
+              WHERE saga = $1 AND event_id = $2 AND instance_id = $3",
+        )
+        .bind(self.ctx.name())
+        .bind(event)
+        .bind(instance)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A test-only fault point: with `KEEL_FAULT=saga:crash_on:<key>` the process aborts every
+/// time it is about to step an input for that correlation key (a step that kills its process).
+pub(crate) fn fault_on_key(key: &str) {
+    static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let wanted = KEY.get_or_init(|| {
+        std::env::var("KEEL_FAULT")
+            .ok()?
+            .strip_prefix("saga:crash_on:")
+            .map(str::to_owned)
+    });
+    if wanted.as_deref() == Some(key) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "keel: KEEL_FAULT=saga:crash_on:{key}: aborting"
+        );
+        std::process::abort();
     }
 }
 

@@ -181,6 +181,7 @@ async fn write(
     stored: Option<&Instance>,
     input: &Input,
 ) -> Result<String, Failure> {
+    super::inputs::fault_on_key(correlation);
     let saga = ctx.saga.as_ref();
     let name = saga.name();
     // A row parked on its first input has no state: it starts afresh.

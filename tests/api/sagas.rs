@@ -1163,7 +1163,8 @@ async fn saga_list_and_show_on_the_command_line_agree_with_the_store() {
 }
 
 #[tokio::test]
-async fn two_runners_under_concurrent_inputs_on_two_topics_one_killed_mid_load_reach_the_same_result() {
+async fn two_runners_under_concurrent_inputs_on_two_topics_one_killed_mid_load_reach_the_same_result(
+) {
     use futures::StreamExt;
     let broker = Broker::start().await;
     let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
@@ -1179,7 +1180,12 @@ async fn two_runners_under_concurrent_inputs_on_two_topics_one_killed_mid_load_r
         })
         .await;
     eventually(Duration::from_secs(60), "every saga started", || async {
-        (count(&app, "SELECT count(*) FROM saga_instances WHERE status = 'active'").await == n)
+        (count(
+            &app,
+            "SELECT count(*) FROM saga_instances WHERE status = 'active'",
+        )
+        .await
+            == n)
             .then_some(())
     })
     .await;
@@ -1206,10 +1212,19 @@ async fn two_runners_under_concurrent_inputs_on_two_topics_one_killed_mid_load_r
         a.kill();
     };
     tokio::join!(load, kill);
-    eventually(Duration::from_secs(90), "the even sagas completed", || async {
-        (count(&app, "SELECT count(*) FROM saga_instances WHERE status = 'completed'").await == n / 2)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(90),
+        "the even sagas completed",
+        || async {
+            (count(
+                &app,
+                "SELECT count(*) FROM saga_instances WHERE status = 'completed'",
+            )
+            .await
+                == n / 2)
+                .then_some(())
+        },
+    )
     .await;
     // Let the odd ones' inputs land too, then compare.
     eventually(Duration::from_secs(60), "every input applied", || async {
@@ -1247,7 +1262,13 @@ async fn a_runner_never_overwrites_state_written_by_a_newer_definition() {
     agent_state(&app, agent, "up").await;
     agent_state(&app, newer, "up").await;
     eventually(Duration::from_secs(30), "both instances", || async {
-        (count(&app, "SELECT count(*) FROM saga_instances WHERE saga = 'tracker'").await == 2).then_some(())
+        (count(
+            &app,
+            "SELECT count(*) FROM saga_instances WHERE saga = 'tracker'",
+        )
+        .await
+            == 2)
+            .then_some(())
     })
     .await;
     let newer_instance = saga::instance_id("tracker", &newer.to_string());
@@ -1258,25 +1279,92 @@ async fn a_runner_never_overwrites_state_written_by_a_newer_definition() {
         .unwrap();
     agent_state(&app, newer, "again").await;
     // The runner retries the batch and says why; the row stays as the newer build wrote it.
-    eventually(Duration::from_secs(30), "the runner to show failing", || async {
-        let error: Option<String> = sqlx::query_scalar(
-            "SELECT error FROM projections WHERE name = 'saga_tracker' AND state = 'failing'",
-        )
-        .fetch_optional(app.store.pool())
-        .await
-        .unwrap()
-        .flatten();
-        error.filter(|e| e.contains("newer definition"))
-    })
-    .await;
-    let (version, state): (i32, Value) = sqlx::query_as(
-        "SELECT state_version, state FROM saga_instances WHERE instance_id = $1",
+    eventually(
+        Duration::from_secs(30),
+        "the runner to show failing",
+        || async {
+            let error: Option<String> = sqlx::query_scalar(
+                "SELECT error FROM projections WHERE name = 'saga_tracker' AND state = 'failing'",
+            )
+            .fetch_optional(app.store.pool())
+            .await
+            .unwrap()
+            .flatten();
+            error.filter(|e| e.contains("newer definition"))
+        },
     )
-    .bind(newer_instance)
-    .fetch_one(app.store.pool())
-    .await
-    .unwrap();
+    .await;
+    let (version, state): (i32, Value) =
+        sqlx::query_as("SELECT state_version, state FROM saga_instances WHERE instance_id = $1")
+            .bind(newer_instance)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
     assert_eq!((version, state), (2, json!({"v2": true})));
     assert_eq!(tracked(&app, newer).await, ["up"]);
     stop.trigger();
+}
+
+#[tokio::test]
+async fn a_step_that_kills_its_process_parks_its_instance_as_a_crash_loop_and_the_rest_flow() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    let mut runner = Runner::start_with(
+        &app,
+        &broker,
+        600_000,
+        600_000,
+        &[("KEEL_FAULT", "saga:crash_on:crashy")],
+    );
+    for i in 0..10 {
+        operation(&app, &format!("fine-{i}"), "deploy", true, None).await;
+    }
+    operation(&app, "crashy", "deploy", true, None).await;
+    for i in 10..20 {
+        operation(&app, &format!("fine-{i}"), "deploy", true, None).await;
+    }
+    // Each death is restarted, as a supervisor would.
+    let mut deaths = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let parked = status(&app, "crashy").await.as_deref() == Some("parked");
+        let active = count(
+            &app,
+            "SELECT count(*) FROM saga_instances WHERE status = 'active'",
+        )
+        .await;
+        if parked && active == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no crash-loop parking after {deaths} deaths"
+        );
+        if !runner.running() {
+            deaths += 1;
+            runner.restart();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(deaths, 3, "parked after three deaths");
+    let error: String =
+        sqlx::query_scalar("SELECT error FROM saga_instances WHERE correlation = 'crashy'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert!(error.starts_with("crash_loop"), "{error}");
+    assert_eq!(outputs(&app, "crashy").await, Vec::<String>::new());
+    assert!(runner.running());
+    // Its next input is held behind it.
+    verified(&app, "crashy", true).await;
+    eventually(Duration::from_secs(30), "the held input", || async {
+        (count(&app, "SELECT count(*) FROM saga_inbox WHERE state = 'held'").await == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM saga_deliveries").await,
+        0,
+        "crash-loop notes outlived their batches"
+    );
 }
