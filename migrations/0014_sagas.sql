@@ -4,6 +4,15 @@
 -- `projection_offsets` and `keel_proj_saga_<name>.keel_applied`), because its input runner is
 -- the projection runner (see src/saga/mod.rs).
 
+-- Each saga this database has run, and where its history starts: a saga first deployed with
+-- `sagas.start_from = "now"` (the default) ignores inputs created before that moment, so that a
+-- new saga does not act on everything still retained in Kafka.
+CREATE TABLE sagas (
+    name        text        PRIMARY KEY,
+    start_after timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE saga_instances (
     saga           text        NOT NULL,
     instance_id    uuid        NOT NULL,

@@ -146,6 +146,10 @@ pub struct SagasConfig {
     pub run: Vec<String>,
     /// Most input records per transaction (`KEEL_SAGAS__BATCH_SIZE`).
     pub batch_size: usize,
+    /// Where a saga's history starts the first time it runs on a database: `now` (the default)
+    /// ignores inputs created before that moment; `earliest` acts on every input still in Kafka,
+    /// with effects. Later runs keep what the first one recorded.
+    pub start_from: String,
     /// The longest a runner waits before looking for due timeouts again, in milliseconds
     /// (`KEEL_SAGAS__POLL_INTERVAL_MS`). A timeout fires at most this late while a runner is up.
     pub poll_interval_ms: u64,
@@ -167,6 +171,7 @@ impl Default for SagasConfig {
             in_process: false,
             run: Vec::new(),
             batch_size: 500,
+            start_from: "now".into(),
             poll_interval_ms: 1000,
             retain_ended_secs: 7 * 24 * 3600,
             max_state_bytes: 64 * 1024,
@@ -181,6 +186,12 @@ impl SagasConfig {
     fn validate(&self) -> anyhow::Result<()> {
         if self.batch_size == 0 {
             bail!("sagas.batch_size must be positive");
+        }
+        if !matches!(self.start_from.as_str(), "now" | "earliest") {
+            bail!(
+                "sagas.start_from {:?}: use now (the default) or earliest",
+                self.start_from
+            );
         }
         if !(10..=60_000).contains(&self.poll_interval_ms) {
             bail!("sagas.poll_interval_ms must be between 10 and 60000");

@@ -101,7 +101,8 @@ pub const RETENTION_HORIZON: &str = "keel_retention_horizon_position";
 /// Reads refused because they started below a retention horizon (HTTP 410), by `event_type`.
 pub const READS_ARCHIVED: &str = "keel_reads_position_archived_total";
 /// Saga steps by `saga`, `input` (`event`, `timeout`, `redrive`) and `outcome` (`stepped`,
-/// `held`, `parked`, `unmatched`, `after_end`).
+/// `held`, `parked`, `unmatched`, `after_end`, `before_start`: created before the saga was first
+/// deployed).
 pub const SAGA_STEPS: &str = "keel_saga_steps_total";
 /// Time to decide and write one saga step, in its transaction.
 pub const SAGA_STEP_SECONDS: &str = "keel_saga_step_duration_seconds";

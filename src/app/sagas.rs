@@ -145,7 +145,13 @@ async fn run_one(
     let pool = services.pool().clone();
     let ctx = Arc::new(Ctx::new(saga, validator, options.max_state_bytes)?);
     let metrics = Arc::new(Metrics);
-    let inputs = Arc::new(Inputs::new(ctx.clone(), metrics.clone(), pool.clone()));
+    let start_after = crate::saga::runner::register(&pool, ctx.name(), &options.start_from).await?;
+    let inputs = Arc::new(Inputs::new(
+        ctx.clone(),
+        metrics.clone(),
+        pool.clone(),
+        start_after,
+    ));
     let topics = crate::projection::topics(inputs.as_ref(), &catalog, &options.topic_prefix)?;
     let timers = tokio::spawn(saga::timers::run(
         pool.clone(),

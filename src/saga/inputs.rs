@@ -28,10 +28,17 @@ pub struct Inputs {
     name: &'static str,
     types: &'static [&'static str],
     pub(crate) metrics: Arc<super::runner::Metrics>,
+    /// Inputs created before this are not the saga's: it was first deployed after them.
+    start_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Inputs {
-    pub fn new(ctx: Arc<Ctx>, metrics: Arc<super::runner::Metrics>, pool: sqlx::PgPool) -> Self {
+    pub fn new(
+        ctx: Arc<Ctx>,
+        metrics: Arc<super::runner::Metrics>,
+        pool: sqlx::PgPool,
+        start_after: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Self {
         let routes = ctx.saga.routes();
         // A handful of sagas per process, each built once: their names live as long as it.
         let name = Box::leak(projection_name(ctx.name()).into_boxed_str());
@@ -43,6 +50,7 @@ impl Inputs {
             name,
             types: Box::leak(types.into_boxed_slice()),
             metrics,
+            start_after,
         }
     }
 }
@@ -178,6 +186,10 @@ impl Projection for Inputs {
         let mut routed = Vec::with_capacity(events.len());
         let mut instances = Vec::new();
         for e in events {
+            if self.start_after.is_some_and(|t| e.created_at < t) {
+                self.metrics.before_start(saga, &e.event_type);
+                continue;
+            }
             let targets = self.route(tx, e).await?;
             if targets.is_empty() {
                 self.metrics.unmatched(self.ctx.name(), &e.event_type);

@@ -22,6 +22,8 @@ pub struct SagaOptions {
     pub beat_every: Duration,
     pub stages: Option<Stages>,
     pub topic_prefix: String,
+    /// `now` or `earliest` (`sagas.start_from`).
+    pub start_from: String,
 }
 
 impl SagaOptions {
@@ -36,6 +38,7 @@ impl SagaOptions {
             beat_every: config.observability.sample_every(),
             stages,
             topic_prefix: config.relay.kafka.topic_prefix.clone(),
+            start_from: s.start_from.clone(),
         }
     }
 }
@@ -59,10 +62,37 @@ impl Metrics {
             .increment(1);
     }
 
+    /// An input created before the saga was first deployed (`sagas.start_from = "now"`).
+    pub fn before_start(&self, saga: &str, _event_type: &str) {
+        metrics::counter!(m::SAGA_STEPS, "saga" => saga.to_owned(), "input" => "event", "outcome" => "before_start")
+            .increment(1);
+    }
+
     pub fn lateness(&self, saga: &str, seconds: f64) {
         metrics::histogram!(m::SAGA_TIMEOUT_LATENESS, "saga" => saga.to_owned())
             .record(seconds.max(0.0));
     }
+}
+
+/// Registers `saga` on its first run and returns where its history starts (`None`: at the
+/// earliest input).
+pub async fn register(
+    pool: &PgPool,
+    saga: &str,
+    start_from: &str,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    sqlx::query(
+        "INSERT INTO sagas (name, start_after) VALUES ($1, CASE WHEN $2 = 'now' THEN now() END)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(saga)
+    .bind(start_from)
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar("SELECT start_after FROM sagas WHERE name = $1")
+        .bind(saga)
+        .fetch_one(pool)
+        .await
 }
 
 /// Every few seconds: the instance gauges, and ended instances past their retention pruned.

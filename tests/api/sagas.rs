@@ -59,6 +59,8 @@ impl Runner {
                 format!("127.0.0.1:{}", crate::cli::free_port()),
             ),
             ("KEEL_LOG".into(), "warn".into()),
+            // The tests append before a runner has registered the saga: all of it is its input.
+            ("KEEL_SAGAS__START_FROM".into(), "earliest".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut r = Self {
@@ -717,6 +719,7 @@ async fn run_tracker(app: &TestApp) -> keel::shutdown::Shutdown {
     let stop = keel::shutdown::Shutdown::new();
     let mut config = app.config.clone();
     config.sagas.poll_interval_ms = 100;
+    config.sagas.start_from = "earliest".into();
     config
         .sagas
         .properties
@@ -1367,4 +1370,45 @@ async fn a_step_that_kills_its_process_parks_its_instance_as_a_crash_loop_and_th
         0,
         "crash-loop notes outlived their batches"
     );
+}
+
+#[tokio::test]
+async fn a_saga_first_deployed_now_ignores_the_history_still_in_kafka() {
+    let broker = Broker::start().await;
+    let app = spawn_kafka_relayed_app(&broker, |_| {}).await;
+    for i in 0..5 {
+        operation(&app, &format!("old-{i}"), "deploy", true, None).await;
+    }
+    // The default, as a production deployment has it (the other tests start from the earliest).
+    let mut runner = Runner::start_with(
+        &app,
+        &broker,
+        600_000,
+        600_000,
+        &[("KEEL_SAGAS__START_FROM", "now")],
+    );
+    eventually(Duration::from_secs(30), "the saga registered", || async {
+        (count(
+            &app,
+            "SELECT count(*) FROM sagas WHERE start_after IS NOT NULL",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    operation(&app, "new-1", "deploy", true, None).await;
+    wait_status(&app, "new-1", "active", Duration::from_secs(30)).await;
+    // The old inputs were read (the offsets passed them) and not acted on.
+    eventually(Duration::from_secs(30), "every input read", || async {
+        let read = count(&app, "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets WHERE projection = 'saga_op_verify'").await;
+        (read >= 6).then_some(())
+    })
+    .await;
+    assert_eq!(count(&app, "SELECT count(*) FROM saga_instances").await, 1);
+    // A restart keeps the first run's start.
+    runner.restart();
+    operation(&app, "new-2", "deploy", true, None).await;
+    wait_status(&app, "new-2", "active", Duration::from_secs(30)).await;
+    assert_eq!(count(&app, "SELECT count(*) FROM saga_instances").await, 2);
 }

@@ -39,6 +39,8 @@ pub async fn run(config: &Config, args: SagaArgs) -> anyhow::Result<()> {
     config.listen = ([127, 0, 0, 1], 0).into();
     config.auth.mode = crate::config::AuthMode::None;
     config.sagas.op_verify.verify_deadline_ms = args.deadline_ms;
+    // The backlog is appended before the saga first runs.
+    config.sagas.start_from = "earliest".into();
     let app = Application::build(&config).await?;
     let pool = app.store().pool().clone();
     print_machine(&pool).await?;
