@@ -143,7 +143,9 @@ async fn run_one(
     stop: Shutdown,
 ) -> anyhow::Result<()> {
     let pool = services.pool().clone();
-    let ctx = Arc::new(Ctx::new(saga, validator, options.max_state_bytes)?);
+    let mut ctx = Ctx::new(saga, validator, options.max_state_bytes)?;
+    ctx.notify = options.notify;
+    let ctx = Arc::new(ctx);
     let metrics = Arc::new(Metrics);
     let start_after = crate::saga::runner::register(&pool, ctx.name(), &options.start_from).await?;
     let inputs = Arc::new(Inputs::new(

@@ -200,6 +200,7 @@ impl Projection for Inputs {
         instances.sort();
         instances.dedup();
         let suspects = self.seen(&routed).await?;
+        let mut stepped = false;
         // The transaction is the runner's; `lock` needs one, so a savepoint stands in for it.
         let mut tx = sqlx::Acquire::begin(&mut *tx).await?;
         step::lock(&mut tx, &self.ctx, &instances).await?;
@@ -238,6 +239,7 @@ impl Projection for Inputs {
                     Failure::Retriable(s) | Failure::Permanent(s) => anyhow::anyhow!(s),
                     Failure::Database(e) => e.into(),
                 })?;
+                stepped |= matches!(outcome, Outcome::Stepped(_));
                 if matches!(outcome, Outcome::Unmatched) {
                     self.metrics.unmatched(self.ctx.name(), &event.event_type);
                 }
@@ -245,6 +247,9 @@ impl Projection for Inputs {
                     .step(self.ctx.name(), "event", &outcome, started.elapsed());
                 fault("after_step");
             }
+        }
+        if stepped {
+            self.ctx.wake_relays(&mut tx).await?;
         }
         fault("before_commit");
         // The batch went through: its crash-loop notes go with it.

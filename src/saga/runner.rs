@@ -24,6 +24,8 @@ pub struct SagaOptions {
     pub topic_prefix: String,
     /// `now` or `earliest` (`sagas.start_from`).
     pub start_from: String,
+    /// `relay.notify`: wake the relays when steps commit.
+    pub notify: bool,
 }
 
 impl SagaOptions {
@@ -34,13 +36,23 @@ impl SagaOptions {
             poll_interval: s.poll_interval(),
             retain_ended: Duration::from_secs(s.retain_ended_secs),
             max_state_bytes: s.max_state_bytes,
-            properties: s.properties.clone(),
+            properties: with_quick_fetch(&s.properties),
             beat_every: config.observability.sample_every(),
             stages,
             topic_prefix: config.relay.kafka.topic_prefix.clone(),
             start_from: s.start_from.clone(),
+            notify: config.relay.notify,
         }
     }
+}
+
+/// The runners' consumer settings: a saga's step waits on its input, so the fetch returns after
+/// 20 ms instead of librdkafka's 500 ms unless `sagas.properties` says otherwise.
+fn with_quick_fetch(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut p = properties.clone();
+    p.entry("fetch.wait.max.ms".into())
+        .or_insert_with(|| "20".into());
+    p
 }
 
 /// The saga metrics a runner records.

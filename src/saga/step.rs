@@ -24,6 +24,8 @@ pub struct Ctx {
     pub saga: std::sync::Arc<dyn DynSaga>,
     pub validator: Validator,
     pub max_state_bytes: usize,
+    /// Wake the relays at each commit that wrote steps (`relay.notify`).
+    pub notify: bool,
     stream: AggregateType,
 }
 
@@ -38,6 +40,7 @@ impl Ctx {
             saga,
             validator,
             max_state_bytes,
+            notify: true,
             stream,
         })
     }
@@ -48,6 +51,16 @@ impl Ctx {
 
     pub fn stream(&self) -> &AggregateType {
         &self.stream
+    }
+
+    /// Asks the relays, in `tx`, to wake when it commits: the steps' outputs are in the outbox
+    /// and no append through the store's commit signal announced them. One `NOTIFY` per
+    /// transaction, not per step.
+    pub async fn wake_relays(&self, tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+        if self.notify {
+            crate::relay::outbox::wake_relays(tx).await?;
+        }
+        Ok(())
     }
 }
 

@@ -118,6 +118,9 @@ async fn fire(
         Failure::Retriable(s) | Failure::Permanent(s) => anyhow::anyhow!(s),
         Failure::Database(e) => e.into(),
     })?;
+    if matches!(outcome, Outcome::Stepped(_)) {
+        ctx.wake_relays(&mut tx).await?;
+    }
     tx.commit().await?;
     metrics.lateness(name, late);
     metrics.step(name, "timeout", &outcome, started.elapsed());
