@@ -73,13 +73,7 @@ async fn fire(
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
     // The lock before any write, as keel's append needs (see `store::append::lock_aggregates`).
-    let free: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
-            .bind(crate::store::append::ADVISORY_LOCK_CLASS)
-            .bind(ctx.stream().as_str())
-            .bind(instance)
-            .fetch_one(&mut *tx)
-            .await?;
+    let free = crate::store::append::try_lock_aggregate(&mut tx, ctx.stream(), instance).await?;
     if !free {
         return Ok(false);
     }

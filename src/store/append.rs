@@ -39,7 +39,7 @@ macro_rules! append_sql {
 
 /// The first key of keel's advisory locks ("keel" in ASCII), so that they do not meet an
 /// application's own two-key advisory locks in the same database.
-pub(crate) const ADVISORY_LOCK_CLASS: i32 = 0x6B65_656C;
+const ADVISORY_LOCK_CLASS: i32 = 0x6B65_656C;
 
 /// `expected_version: "any"`: create the stream or bump it, whatever its version.
 const APPEND_ANY: &str = append_sql!(
@@ -120,6 +120,23 @@ pub(crate) async fn lock_aggregates(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// [`lock_aggregates`] for one aggregate, without waiting: `false` when another transaction
+/// holds its lock. Same key, so it excludes the same writers.
+pub(crate) async fn try_lock_aggregate(
+    conn: &mut PgConnection,
+    aggregate_type: &AggregateType,
+    aggregate_id: Uuid,
+) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))",
+    )
+    .bind(ADVISORY_LOCK_CLASS)
+    .bind(aggregate_type.as_str())
+    .bind(aggregate_id)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// [`append`] for a transaction that already holds the aggregate's lock.

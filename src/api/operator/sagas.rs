@@ -208,12 +208,14 @@ pub async fn skip(
     let skipped: Value = audited(&state, op, move |conn| {
         async move {
             // The instance's lock, as a step takes it, so that a redrive is not half-way.
-            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
-                .bind(crate::store::append::ADVISORY_LOCK_CLASS)
-                .bind(stream_type(&saga))
-                .bind(request.instance_id)
-                .execute(&mut *conn)
-                .await?;
+            let stream = crate::model::AggregateType::parse(stream_type(&saga))
+                .map_err(|_| ApiError::not_found("not_found", format!("no saga named {saga:?}")))?;
+            crate::store::append::lock_aggregates(conn, &[(&stream, request.instance_id)])
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot lock a saga instance");
+                    ApiError::internal()
+                })?;
             let status: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM saga_instances WHERE saga = $1 AND instance_id = $2",
             )
