@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{stream_type, DynSaga, Emit, End, Input};
+use super::{stream_type, DynSaga, Emit, Input};
 use crate::model::RecordedEvent;
 use crate::registry::Registry;
 
@@ -158,11 +158,11 @@ async fn check_instance(
             Ok(s) => s,
             Err(e) => return diverged(format!("the step now fails: {e}"), label),
         };
-        let mut outputs = step.emit.clone();
-        if step.compensate.is_some() {
-            outputs.extend(remembered.drain(..).rev());
-        }
-        remembered.extend(step.on_compensate.iter().cloned());
+        let before = p["status_before"].as_str().unwrap_or("active");
+        let settled = step.settle(before, std::mem::take(&mut remembered));
+        let outputs = settled.outputs;
+        remembered = settled.remembered;
+        let status = settled.status;
         let then: Vec<&str> = recorded.iter().map(|e| e.event_type.as_str()).collect();
         let now: Vec<&str> = outputs.iter().map(|o| o.event_type.as_str()).collect();
         if then != now {
@@ -198,15 +198,6 @@ async fn check_instance(
                 label,
             );
         }
-        let before = p["status_before"].as_str().unwrap_or("active");
-        let status = match (&step.end, &step.compensate) {
-            (Some(End::Completed), _) => "completed",
-            (Some(End::Compensated), _) => "compensated",
-            (Some(End::Failed(_)), _) => "failed",
-            (None, Some(_)) => "compensating",
-            (None, None) if before == "compensating" => "compensating",
-            (None, None) => "active",
-        };
         let was_status = p["status_after"].as_str().unwrap_or_default();
         if status != was_status {
             return diverged(
@@ -221,16 +212,9 @@ async fn check_instance(
         if was_state != step.state {
             return diverged(format!("state was {was_state}, now {}", step.state), label);
         }
-        if store_ended(status) {
-            remembered.clear();
-        }
         state = step.state;
     }
     Ok(Outcome::Same)
-}
-
-fn store_ended(status: &str) -> bool {
-    super::store::is_ended(status)
 }
 
 /// Whether `stored` holds every field of `emitted` with the same value (the write path adds the

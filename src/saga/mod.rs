@@ -249,6 +249,45 @@ impl<S> Step<S> {
     }
 }
 
+/// What a decided step means for its instance, the one rule the runner writes by and
+/// `keel replay saga --check` compares by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// The step's own events, then on compensation the remembered ones, newest first.
+    pub outputs: Vec<Emit>,
+    /// The compensations still remembered after it (none once the instance ended).
+    pub remembered: Vec<Emit>,
+    pub status: &'static str,
+}
+
+impl<S> Step<S> {
+    /// Settles this step for an instance whose status was `before` (`new` for a first step)
+    /// and which remembered `remembered`.
+    pub fn settle(&self, before: &str, mut remembered: Vec<Emit>) -> Settled {
+        let mut outputs = self.emit.clone();
+        if self.compensate.is_some() {
+            outputs.extend(remembered.drain(..).rev());
+        }
+        remembered.extend(self.on_compensate.iter().cloned());
+        let status = match (&self.end, &self.compensate) {
+            (Some(End::Completed), _) => "completed",
+            (Some(End::Compensated), _) => "compensated",
+            (Some(End::Failed(_)), _) => "failed",
+            (None, Some(_)) => "compensating",
+            (None, None) if before == "compensating" => "compensating",
+            (None, None) => "active",
+        };
+        if store::is_ended(status) {
+            remembered.clear();
+        }
+        Settled {
+            outputs,
+            remembered,
+            status,
+        }
+    }
+}
+
 /// Why a step did not decide.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {

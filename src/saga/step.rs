@@ -226,25 +226,15 @@ async fn write(
             ctx.max_state_bytes
         )));
     }
-    // Outputs: the step's own, then on compensation the remembered ones, newest first.
-    let mut remembered = stored.map(Instance::compensations).unwrap_or_default();
-    let mut outputs: Vec<Emit> = step.emit.clone();
-    if step.compensate.is_some() {
-        outputs.extend(remembered.drain(..).rev());
-    }
-    remembered.extend(step.on_compensate.iter().cloned());
-    let status = match (&step.end, &step.compensate, before.as_str()) {
-        (Some(End::Completed), _, _) => "completed",
-        (Some(End::Compensated), _, _) => "compensated",
-        (Some(End::Failed(_)), _, _) => "failed",
-        (None, Some(_), _) => "compensating",
-        (None, None, "new") => "active",
-        (None, None, other) => match other {
-            "compensating" => "compensating",
-            _ => "active",
-        },
-    }
-    .to_owned();
+    let super::Settled {
+        outputs,
+        remembered,
+        status,
+    } = step.settle(
+        &before,
+        stored.map(Instance::compensations).unwrap_or_default(),
+    );
+    let status = status.to_owned();
     let ended = store::is_ended(&status);
 
     // The stream's version: an instance pruned and started again continues its stream.
@@ -366,7 +356,7 @@ async fn write(
             status: &status,
             state: &step.state,
             state_version: saga.state_version() as i32,
-            compensations: if ended { &[] } else { &remembered },
+            compensations: &remembered,
             version: appended.version,
             error,
         },

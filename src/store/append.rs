@@ -129,14 +129,14 @@ pub(crate) async fn try_lock_aggregate(
     aggregate_type: &AggregateType,
     aggregate_id: Uuid,
 ) -> Result<bool, Error> {
-    Ok(sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))",
+    Ok(
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(aggregate_type.as_str())
+            .bind(aggregate_id)
+            .fetch_one(&mut *conn)
+            .await?,
     )
-    .bind(ADVISORY_LOCK_CLASS)
-    .bind(aggregate_type.as_str())
-    .bind(aggregate_id)
-    .fetch_one(&mut *conn)
-    .await?)
 }
 
 /// [`append`] for a transaction that already holds the aggregate's lock.
