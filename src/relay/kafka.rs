@@ -153,9 +153,12 @@ impl KafkaSink {
             return Ok((body, CONTENT_JSON, schema));
         }
         let (id, version, schema, payload) = match (event.schema_id, event.schema_version) {
-            (Some(id), Some(version)) => {
-                (id, version, self.schema(id).await?, event.payload.clone())
-            }
+            (Some(id), Some(version)) => (
+                id,
+                version,
+                self.schema(id).await?,
+                std::borrow::Cow::Borrowed(&event.payload),
+            ),
             _ => {
                 let latest = self
                     .registry
@@ -174,7 +177,12 @@ impl KafkaSink {
                         format!("payload does not fit the latest schema: {e}"),
                     )
                 })?;
-                (latest.id, latest.version, latest.schema, payload)
+                (
+                    latest.id,
+                    latest.version,
+                    latest.schema,
+                    std::borrow::Cow::Owned(payload),
+                )
             }
         };
         let bytes = wire::frame::encode(id, &schema, &payload)

@@ -4,11 +4,26 @@
 use apache_avro::types::Value as AvroValue;
 use serde_json::Value;
 
-use super::Error;
+use super::{datum, Error};
 use crate::schema::ParsedSchema;
 
-/// Encodes `payload` (JSON, already valid for the schema) as a framed Avro datum.
+/// Encodes `payload` (JSON, already valid for the schema) as a framed Avro datum: straight from
+/// the JSON ([`super::datum`]), or through the Avro library for what that leaves alone.
 pub fn encode(schema_id: i32, schema: &ParsedSchema, payload: &Value) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(64);
+    out.push(0);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    if datum::write(schema, payload, &mut out).is_ok() {
+        return Ok(out);
+    }
+    library_encode(schema_id, schema, payload)
+}
+
+fn library_encode(
+    schema_id: i32,
+    schema: &ParsedSchema,
+    payload: &Value,
+) -> Result<Vec<u8>, Error> {
     let failed = |e: apache_avro::Error| Error::Encode {
         id: schema_id,
         reason: e.to_string(),
@@ -32,8 +47,18 @@ pub fn split(value: &[u8]) -> Result<(i32, &[u8]), Error> {
     }
 }
 
-/// Decodes an Avro datum written with `schema` (the one `schema_id` names) into JSON.
-pub fn decode(schema_id: i32, schema: &ParsedSchema, mut datum: &[u8]) -> Result<Value, Error> {
+/// Decodes an Avro datum written with `schema` (the one `schema_id` names) into JSON: straight
+/// from the bytes ([`super::datum`]), or through the Avro library for what that leaves alone (and
+/// for a datum it cannot read, so that the error is the library's precise one).
+pub fn decode(schema_id: i32, schema: &ParsedSchema, datum: &[u8]) -> Result<Value, Error> {
+    let mut rest = datum;
+    match datum::read(schema, &mut rest) {
+        Ok(value) => Ok(value),
+        Err(_) => library_decode(schema_id, schema, datum),
+    }
+}
+
+fn library_decode(schema_id: i32, schema: &ParsedSchema, mut datum: &[u8]) -> Result<Value, Error> {
     let failed = |reason: String| Error::Avro {
         id: schema_id,
         reason,

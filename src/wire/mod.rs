@@ -24,6 +24,7 @@
 //! trace without the headers depending on which relay attempt delivered the record (the
 //! OpenTelemetry messaging conventions' creation context; a redelivery carries the same headers).
 
+pub mod datum;
 pub mod frame;
 pub mod header;
 pub mod json;
