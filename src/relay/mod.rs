@@ -240,9 +240,9 @@ async fn housekeeping(
         }
         let parts = owned.borrow().current().to_vec();
         ::metrics::gauge!(metrics::RELAY_PARTITIONS).set(parts.len() as f64);
-        for p in &parts {
-            if let Err(e) = outbox::cleanup(&pool, *p, &sinks).await {
-                tracing::warn!(partition = p, error = %e, "outbox clean-up failed");
+        if !parts.is_empty() {
+            if let Err(e) = outbox::cleanup(&pool, &parts, &sinks).await {
+                tracing::warn!(partitions = ?parts, error = %e, "outbox clean-up failed");
             }
         }
         n += 1;
