@@ -27,6 +27,10 @@ pub fn producer_config(brokers: &str, properties: &BTreeMap<String, String>) -> 
         .set("message.timeout.ms", "0")
         .set("retry.backoff.ms", "100")
         .set("retry.backoff.max.ms", "5000")
+        // At most 16 MiB waiting for the broker (librdkafka's default is 1 GiB); the relay waits
+        // for its batches' acknowledgements, so it never comes near this unless the broker
+        // stalls, and then a full queue is waited out ([`enqueue`]).
+        .set("queue.buffering.max.kbytes", "16384")
         .set("client.id", "keel-relay");
     for (k, v) in properties {
         c.set(k, v);
