@@ -36,6 +36,7 @@ mod replay;
 mod sagas;
 mod schemas;
 mod secrets;
+mod soak;
 mod tls;
 mod tls_support;
 mod tracing;

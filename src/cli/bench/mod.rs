@@ -10,6 +10,7 @@ mod limits;
 mod projection;
 mod relay;
 mod saga;
+mod soak;
 mod stats;
 mod traces;
 
@@ -38,6 +39,30 @@ pub enum Command {
     /// input commit → output on Kafka at a fixed rate next to the relay alone, and how late its
     /// timeouts fire.
     Saga(SagaArgs),
+    /// A child `keel serve --relay --projections` under a steady load through its API, with one
+    /// consumer group: latency, outbox size and RSS per interval, and at the end whether every
+    /// acknowledged event reached the store, the group and the projection (exit 1 if not).
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// How long the load runs, in minutes (fractions allowed: 0.5 is thirty seconds).
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// Appends per second (one event each), open loop.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
+    /// Distinct aggregates written, round robin.
+    #[arg(long, default_value_t = 1_000)]
+    pub aggregates: u64,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The database to run in. It is dropped and recreated. Defaults to `keel_bench_soak` on
+    /// the configured server.
+    #[arg(long)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -189,5 +214,6 @@ pub async fn run(config: &Config, command: Command, export: Option<Export>) -> a
         Command::Limits(args) => limits::run(config, args).await,
         Command::Archive(args) => archive::run(config, args).await,
         Command::Saga(args) => saga::run(config, args).await,
+        Command::Soak(args) => soak::run(config, args).await,
     }
 }

@@ -1,0 +1,663 @@
+//! `keel bench soak`: a real `keel serve --relay --projections` (a child process, default
+//! settings, authentication off) under a steady open-loop load through its HTTP API for
+//! `--minutes`, with one Kafka consumer group reading what the relay publishes. Every interval it
+//! prints the append and the commit → consume latency percentiles, the outbox's size, keel's RSS,
+//! and the checkpoints and autovacuums PostgreSQL ran meanwhile. At the end it waits for the
+//! pipeline to drain and compares the counts: acknowledged appends, rows in the store, distinct
+//! events the consumer group saw, calls the `service_invocations` projection counted. Anything
+//! acknowledged and missing anywhere fails the command (exit 1), so a short run is a test.
+//!
+//! Commit → consume is timed from the append's reply (just after its commit) to the consumer
+//! receiving the record, through the relay and the broker.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::append::fresh_database;
+use super::relay::create_topics;
+use super::stats::Sample;
+use super::SoakArgs;
+use crate::config::Config;
+use crate::consumer::client::{self, StartAt};
+use crate::kafka;
+
+const TOPIC: &str = "keel.service";
+const EVENT_TYPE: &str = "l12.service_invoked";
+
+pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.minutes > 0.0 && args.rate > 0,
+        "--minutes and --rate must be positive"
+    );
+    let url = fresh_database(config, args.database_url.as_deref(), "keel_bench_soak").await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut keel = Keel::start(config, &url, port)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    keel.wait_ready(&http, &base).await?;
+    let pool = PgPool::connect(&url).await?;
+    create_topics(config, &[TOPIC]).await?;
+    let arrivals = Arrivals::start(config)?;
+
+    let total = Duration::from_secs_f64(args.minutes * 60.0);
+    let every = if total >= Duration::from_secs(180) {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(10)
+    };
+    if !args.json {
+        println!(
+            "soak: keel serve --relay --projections (pid {}), {} events/s for {:.1} min, one consumer group on {TOPIC}",
+            keel.pid(),
+            args.rate,
+            args.minutes
+        );
+        println!(
+            "{:>6} {:>8} {:>6} {:>20} {:>20} {:>8} {:>8} {:>9} {:>5} {:>5}",
+            "t s",
+            "acked",
+            "failed",
+            "append p50/p99 ms",
+            "consume p50/p99 ms",
+            "outbox",
+            "RSS MiB",
+            "anon MiB",
+            "ckpt",
+            "avac"
+        );
+    }
+    // A bar on a terminal; the interval lines go above it (or alone, elsewhere).
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(total.as_secs()), ProgressDrawTarget::stderr())
+    };
+    if let Ok(style) = ProgressStyle::with_template("soak [{bar:40}] {pos}/{len} s, ETA {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let load = Load::new(http.clone(), base.clone(), args.aggregates);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut next_report = started + every;
+    let mut pg = PgCounters::read(&pool).await?;
+    let mut intervals = Vec::new();
+    let mut i: u64 = 0;
+    while started.elapsed() < total {
+        tick.tick().await;
+        load.send(i, &arrivals);
+        i += 1;
+        if Instant::now() >= next_report {
+            next_report += every;
+            let now = PgCounters::read(&pool).await?;
+            let line = Interval {
+                at_s: started.elapsed().as_secs(),
+                acked: load.acked(),
+                failed: load.failed(),
+                append: Percentiles::take(&load.latency),
+                consume: Percentiles::take(&arrivals.latency),
+                outbox_rows: outbox_rows(&pool).await?,
+                rss_mib: keel.rss_mib(),
+                anon_mib: keel.anon_mib(),
+                checkpoints: now.checkpoints - pg.checkpoints,
+                autovacuums: now.autovacuums - pg.autovacuums,
+            };
+            pg = now;
+            bar.set_position(started.elapsed().as_secs());
+            if !args.json && bar.is_hidden() {
+                println!("{}", line.show());
+            } else if !args.json {
+                bar.println(line.show());
+            }
+            intervals.push(line);
+        }
+    }
+    bar.finish_and_clear();
+    let sent = i;
+    let report = drain(&pool, &load, &arrivals, &mut keel, sent, intervals, &args).await?;
+    keel.stop().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.show();
+    }
+    anyhow::ensure!(
+        report.lost == 0,
+        "{} acknowledged events are missing (see the counts above)",
+        report.lost
+    );
+    Ok(())
+}
+
+/// Waits for everything acknowledged to reach the store, the consumer group and the projection,
+/// and for the outbox to empty, for as long as any of them still moves (a lagging consumer is
+/// slow, not lossy); gives up after a minute without progress, then counts.
+async fn drain(
+    pool: &PgPool,
+    load: &Load,
+    arrivals: &Arrivals,
+    keel: &mut Keel,
+    sent: u64,
+    intervals: Vec<Interval>,
+    args: &SoakArgs,
+) -> anyhow::Result<Report> {
+    let mut deadline = Instant::now() + Duration::from_secs(60);
+    while load.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked = load.acked();
+    let ids = load.acked_ids();
+    let (mut stored, mut consumed, mut projected, mut outbox);
+    let mut last = (0, 0, 0, -1);
+    loop {
+        stored = 0;
+        for chunk in ids.chunks(50_000) {
+            stored += sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE id = ANY($1)")
+                .bind(chunk)
+                .fetch_one(pool)
+                .await? as u64;
+        }
+        consumed = arrivals.seen(&ids);
+        projected = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(calls)::bigint FROM keel_proj_service_invocations.service_invocations",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None)
+        .unwrap_or(0) as u64;
+        outbox = outbox_rows(pool).await?;
+        let done = stored == acked && consumed == acked && projected >= acked && outbox == 0;
+        let now = (stored, consumed, projected, outbox);
+        if now != last {
+            last = now;
+            deadline = Instant::now() + Duration::from_secs(60);
+        }
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rss: Vec<f64> = intervals.iter().map(|i| i.rss_mib).collect();
+    // Warm-up: the first fifth of the run (at least the first interval).
+    let warm = (rss.len() / 5).max(1).min(rss.len());
+    let mut steady = rss[warm.min(rss.len().saturating_sub(1))..].to_vec();
+    steady.sort_by(f64::total_cmp);
+    let lost = acked.saturating_sub(stored.min(consumed).min(projected));
+    Ok(Report {
+        minutes: args.minutes,
+        rate: args.rate,
+        sent,
+        acked,
+        failed: load.failed(),
+        stored,
+        consumed,
+        projected,
+        outbox_left: outbox,
+        lost,
+        rss_peak_mib: keel.peak_rss_mib(),
+        rss_steady_median_mib: steady.get(steady.len() / 2).copied().unwrap_or(0.0),
+        anon_steady_median_mib: {
+            let mut anon: Vec<f64> = intervals[warm.min(intervals.len().saturating_sub(1))..]
+                .iter()
+                .map(|i| i.anon_mib)
+                .collect();
+            anon.sort_by(f64::total_cmp);
+            anon.get(anon.len() / 2).copied().unwrap_or(0.0)
+        },
+        rss_growth_after_warmup_mib: match (
+            warm.checked_sub(1).and_then(|w| rss.get(w)),
+            rss.last(),
+        ) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        },
+        intervals,
+    })
+}
+
+/// One interval's line.
+#[derive(Debug, Serialize)]
+struct Interval {
+    at_s: u64,
+    acked: u64,
+    failed: u64,
+    append: Percentiles,
+    consume: Percentiles,
+    outbox_rows: i64,
+    /// keel's resident set: its own memory (`anon_mib`) and the pages of the binary it ran.
+    rss_mib: f64,
+    anon_mib: f64,
+    checkpoints: i64,
+    autovacuums: i64,
+}
+
+impl Interval {
+    fn show(&self) -> String {
+        format!(
+            "{:>6} {:>8} {:>6} {:>20} {:>20} {:>8} {:>8.1} {:>9.1} {:>5} {:>5}",
+            self.at_s,
+            self.acked,
+            self.failed,
+            self.append.show(),
+            self.consume.show(),
+            self.outbox_rows,
+            self.rss_mib,
+            self.anon_mib,
+            self.checkpoints,
+            self.autovacuums
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    minutes: f64,
+    rate: u64,
+    sent: u64,
+    acked: u64,
+    failed: u64,
+    stored: u64,
+    consumed: u64,
+    projected: u64,
+    outbox_left: i64,
+    lost: u64,
+    rss_peak_mib: f64,
+    rss_steady_median_mib: f64,
+    rss_growth_after_warmup_mib: f64,
+    anon_steady_median_mib: f64,
+    intervals: Vec<Interval>,
+}
+
+impl Report {
+    fn show(&self) {
+        println!(
+            "\nsent {} · acknowledged {} · refused or failed {}",
+            self.sent, self.acked, self.failed
+        );
+        println!(
+            "of the acknowledged: in the store {} · seen by the consumer group {} · counted by service_invocations {} · outbox left {}",
+            self.stored, self.consumed, self.projected, self.outbox_left
+        );
+        println!(
+            "keel RSS: peak {:.1} MiB, steady median {:.1} MiB (of which its own memory {:.1} MiB, the rest the binary's pages), growth after warm-up {:+.1} MiB",
+            self.rss_peak_mib,
+            self.rss_steady_median_mib,
+            self.anon_steady_median_mib,
+            self.rss_growth_after_warmup_mib
+        );
+        if self.lost == 0 {
+            println!("nothing lost");
+        } else {
+            println!("LOST: {} acknowledged events", self.lost);
+        }
+    }
+}
+
+/// Latency percentiles of an interval, in milliseconds.
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    n: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Percentiles {
+    /// The interval's percentiles; the histogram starts again empty.
+    fn take(h: &Mutex<Histogram<u64>>) -> Self {
+        let mut h = h.lock().expect("latency histogram");
+        let ms = |us: u64| us as f64 / 1000.0;
+        let p = Percentiles {
+            n: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        };
+        h.reset();
+        p
+    }
+
+    fn show(&self) -> String {
+        format!("{:.1}/{:.1}", self.p50_ms, self.p99_ms)
+    }
+}
+
+/// The open-loop load: one HTTP append of one event per tick, never waiting for the reply.
+struct Load {
+    http: reqwest::Client,
+    base: String,
+    aggregates: u64,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    state: Arc<Mutex<LoadState>>,
+}
+
+#[derive(Default)]
+struct LoadState {
+    acked: Vec<Uuid>,
+    failed: u64,
+    in_flight: u64,
+}
+
+impl Load {
+    fn new(http: reqwest::Client, base: String, aggregates: u64) -> Self {
+        Self {
+            http,
+            base,
+            aggregates: aggregates.max(1),
+            latency: Arc::new(Mutex::new(Sample::new_histogram())),
+            state: Default::default(),
+        }
+    }
+
+    fn send(&self, i: u64, arrivals: &Arrivals) {
+        let id = Uuid::now_v7();
+        let aggregate = Uuid::from_u128(
+            0x5041_0000_0000_4000_8000_0000_0000_0000 | u128::from(i % self.aggregates),
+        );
+        let body = json!({"events": [{
+            "id": id,
+            "type": EVENT_TYPE,
+            "payload": {
+                "service_name": format!("svc{}", i % 20),
+                "method": format!("m{}", i % 7),
+                "execution_time": (i % 1000) as f64 / 10.0,
+                "status": if i % 50 == 0 { "ERROR" } else { "OK" },
+                "caller": null,
+                "attempt": 1,
+            },
+        }]});
+        let request = self
+            .http
+            .post(format!(
+                "{}/v1/aggregates/service/{aggregate}/events",
+                self.base
+            ))
+            .json(&body);
+        let (latency, state, arrivals) = (
+            self.latency.clone(),
+            self.state.clone(),
+            arrivals.sent.clone(),
+        );
+        state.lock().expect("load").in_flight += 1;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let ok = match request.send().await {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            };
+            let replied = Instant::now();
+            let mut s = state.lock().expect("load");
+            s.in_flight -= 1;
+            if ok {
+                s.acked.push(id);
+                drop(s);
+                let us = replied.duration_since(started).as_micros().max(1) as u64;
+                let _ = latency.lock().expect("latency").record(us);
+                arrivals.lock().expect("arrivals").acked(id, replied);
+            } else {
+                s.failed += 1;
+            }
+        });
+    }
+
+    fn acked(&self) -> u64 {
+        self.state.lock().expect("load").acked.len() as u64
+    }
+
+    fn acked_ids(&self) -> Vec<Uuid> {
+        self.state.lock().expect("load").acked.clone()
+    }
+
+    fn failed(&self) -> u64 {
+        self.state.lock().expect("load").failed
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.state.lock().expect("load").in_flight
+    }
+}
+
+/// The consumer group's side: which events it saw (each counted once, however often it was
+/// delivered), and the latency of each from its append's reply. A record can arrive before its
+/// reply does, so either side may come first.
+struct Arrivals {
+    sent: Arc<Mutex<Matcher>>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    _reader: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Matcher {
+    waiting: HashMap<Uuid, Instant>,
+    early: HashMap<Uuid, Instant>,
+    seen: std::collections::HashSet<Uuid>,
+    latency: Option<Arc<Mutex<Histogram<u64>>>>,
+}
+
+impl Matcher {
+    fn acked(&mut self, id: Uuid, at: Instant) {
+        match self.early.remove(&id) {
+            Some(arrived) => self.record(arrived.saturating_duration_since(at)),
+            None => {
+                self.waiting.insert(id, at);
+            }
+        }
+    }
+
+    fn arrived(&mut self, id: Uuid, at: Instant) {
+        if !self.seen.insert(id) {
+            return; // a redelivery: counted once
+        }
+        match self.waiting.remove(&id) {
+            Some(acked) => self.record(at.saturating_duration_since(acked)),
+            None => {
+                self.early.insert(id, at);
+            }
+        }
+    }
+
+    fn record(&self, d: Duration) {
+        if let Some(h) = &self.latency {
+            let _ = h
+                .lock()
+                .expect("latency")
+                .record(d.as_micros().max(1) as u64);
+        }
+    }
+}
+
+impl Arrivals {
+    fn start(config: &Config) -> anyhow::Result<Self> {
+        let group = format!("keel-soak-{}", Uuid::new_v4().simple());
+        let mut settings = client::config(
+            &config.kafka_brokers,
+            &group,
+            "keel-soak",
+            StartAt::Beginning,
+            &kafka::connection_settings(&config.relay.kafka.properties),
+        );
+        settings
+            .set("enable.auto.commit", "true")
+            .set("fetch.wait.max.ms", "5")
+            .set("session.timeout.ms", "6000");
+        let consumer: StreamConsumer = kafka::create(&settings)?;
+        consumer.subscribe(&[TOPIC])?;
+        let latency = Arc::new(Mutex::new(Sample::new_histogram()));
+        let sent = Arc::new(Mutex::new(Matcher {
+            latency: Some(latency.clone()),
+            ..Default::default()
+        }));
+        let matcher = sent.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let Ok(m) = consumer.recv().await else {
+                    continue;
+                };
+                let now = Instant::now();
+                let id = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "keel-event-id")
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse().ok())
+                });
+                if let Some(id) = id {
+                    matcher.lock().expect("arrivals").arrived(id, now);
+                }
+            }
+        });
+        Ok(Self {
+            sent,
+            latency,
+            _reader: reader,
+        })
+    }
+
+    /// How many of `ids` the group has seen.
+    fn seen(&self, ids: &[Uuid]) -> u64 {
+        let m = self.sent.lock().expect("arrivals");
+        ids.iter().filter(|id| m.seen.contains(id)).count() as u64
+    }
+}
+
+/// PostgreSQL's own housekeeping during the run.
+struct PgCounters {
+    checkpoints: i64,
+    autovacuums: i64,
+}
+
+impl PgCounters {
+    async fn read(pool: &PgPool) -> anyhow::Result<Self> {
+        let (checkpoints, autovacuums): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+                    (SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint
+                       FROM pg_stat_user_tables)",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(Self {
+            checkpoints,
+            autovacuums,
+        })
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status`, such as `VmRSS:`.
+fn status_kib(status: &str, field: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn outbox_rows(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// The `keel serve --relay --projections` under test, as a child process.
+struct Keel {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl Keel {
+    fn start(config: &Config, url: &str, port: u16) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the keel binary")?;
+        let child = tokio::process::Command::new(exe)
+            .args(["serve", "--relay", "--projections"])
+            .env("KEEL_DATABASE_URL", url)
+            .env("KEEL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEEL_KAFKA_BROKERS", &config.kafka_brokers)
+            .env("KEEL_REDIS_URL", &config.redis_url)
+            .env("KEEL_AUTH__MODE", "none")
+            .env(
+                "KEEL_LOG",
+                std::env::var("KEEL_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start keel serve")?;
+        let pid = child.id().context("keel serve has no process id")?;
+        Ok(Self { child, pid })
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("keel serve exited before it was ready: {status}");
+            }
+            let ready = http
+                .get(format!("{base}/v1/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "keel serve was not ready within 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn status_kib(&self, field: &str) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status_kib(&status, field)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:").unwrap_or(0.0) / 1024.0
+    }
+
+    fn anon_mib(&self) -> f64 {
+        self.status_kib("RssAnon:").unwrap_or(0.0) / 1024.0
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:").unwrap_or(0.0) / 1024.0
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resident_set_is_read_from_the_status_file() {
+        let status = "Name:\tkeel\nVmHWM:\t  102816 kB\nVmRSS:\t   98304 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(98304.0));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(102816.0));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+}
