@@ -377,7 +377,7 @@ impl Load {
                 "service_name": format!("svc{}", i % 20),
                 "method": format!("m{}", i % 7),
                 "execution_time": (i % 1000) as f64 / 10.0,
-                "status": if i % 50 == 0 { "ERROR" } else { "OK" },
+                "status": if i.is_multiple_of(50) { "ERROR" } else { "OK" },
                 "caller": null,
                 "attempt": 1,
             },
