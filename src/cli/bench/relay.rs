@@ -452,18 +452,21 @@ pub(super) fn spawn_reader(
                 continue;
             };
             let now = Instant::now();
-            let id = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "keel-event-id")
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse().ok())
-            });
-            if let Some(id) = id {
+            if let Some(id) = event_id(&m) {
                 seen.lock().expect("arrivals").insert(id, now);
             }
         }
     })
+}
+
+/// The record's `keel-event-id` header, if it has a valid one.
+pub(super) fn event_id(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Uuid> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == wire::header::EVENT_ID)?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
 }
 
 pub(super) fn latency_sample(

@@ -19,14 +19,13 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::append::fresh_database;
-use super::relay::create_topics;
+use super::relay::{create_topics, event_id};
 use super::stats::Sample;
 use super::SoakArgs;
 use crate::config::Config;
@@ -442,12 +441,11 @@ struct Arrivals {
     _reader: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct Matcher {
     waiting: HashMap<Uuid, Instant>,
     early: HashMap<Uuid, Instant>,
     seen: std::collections::HashSet<Uuid>,
-    latency: Option<Arc<Mutex<Histogram<u64>>>>,
+    latency: Arc<Mutex<Histogram<u64>>>,
 }
 
 impl Matcher {
@@ -473,12 +471,8 @@ impl Matcher {
     }
 
     fn record(&self, d: Duration) {
-        if let Some(h) = &self.latency {
-            let _ = h
-                .lock()
-                .expect("latency")
-                .record(d.as_micros().max(1) as u64);
-        }
+        let us = d.as_micros().max(1) as u64;
+        let _ = self.latency.lock().expect("latency").record(us);
     }
 }
 
@@ -500,8 +494,10 @@ impl Arrivals {
         consumer.subscribe(&[TOPIC])?;
         let latency = Arc::new(Mutex::new(Sample::new_histogram()));
         let sent = Arc::new(Mutex::new(Matcher {
-            latency: Some(latency.clone()),
-            ..Default::default()
+            waiting: HashMap::new(),
+            early: HashMap::new(),
+            seen: Default::default(),
+            latency: latency.clone(),
         }));
         let matcher = sent.clone();
         let reader = tokio::spawn(async move {
@@ -510,14 +506,7 @@ impl Arrivals {
                     continue;
                 };
                 let now = Instant::now();
-                let id = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == "keel-event-id")
-                        .and_then(|h| h.value)
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.parse().ok())
-                });
-                if let Some(id) = id {
+                if let Some(id) = event_id(&m) {
                     matcher.lock().expect("arrivals").arrived(id, now);
                 }
             }
