@@ -70,3 +70,18 @@ pub async fn enqueue(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_queue_is_bounded_and_the_bound_can_be_raised() {
+        let c = producer_config("b:9092", &BTreeMap::new());
+        assert_eq!(c.get("queue.buffering.max.kbytes"), Some("16384"));
+        let raised =
+            BTreeMap::from([("queue.buffering.max.kbytes".to_owned(), "65536".to_owned())]);
+        let c = producer_config("b:9092", &raised);
+        assert_eq!(c.get("queue.buffering.max.kbytes"), Some("65536"));
+    }
+}
