@@ -63,6 +63,24 @@ pub trait Projection: Send + Sync + 'static {
     async fn forget(&self, _tx: &mut PgConnection, _aggregate_id: Uuid) -> anyhow::Result<bool> {
         Ok(false)
     }
+    /// An empty [`Fold`] of this projection, if its effect can be summed in memory: a full
+    /// rebuild then adds many pages to it and writes each row once, not once per page. `None`
+    /// (the default): the rebuild applies page by page.
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        None
+    }
+}
+
+/// A projection's effect over many events, held in memory and written at once. Adding events
+/// and then writing must leave the same rows as [`Projection::apply`] of the same events.
+#[async_trait]
+pub trait Fold: Send {
+    /// Adds events (each at most once, in log order per aggregate).
+    fn add(&mut self, events: &[RecordedEvent]) -> anyhow::Result<()>;
+    /// Rows held: the rebuild writes when they pass its bound.
+    fn rows(&self) -> usize;
+    /// Merges what is held into the tables on `tx`'s `search_path`, and empties the fold.
+    async fn write(&mut self, tx: &mut PgConnection) -> anyhow::Result<()>;
 }
 
 /// The projections keel ships.
@@ -238,16 +256,28 @@ pub async fn apply_once(
         .zip(&ids)
         .map(|(t, id)| index[&(t.as_str(), *id)])
         .collect();
+    record_applied(tx, &types, &ids, &versions).await?;
+    Ok(fresh.len())
+}
+
+/// Raises each aggregate's applied version in `keel_applied` (on `tx`'s `search_path`) to the one
+/// given, never lowering it.
+pub(crate) async fn record_applied(
+    tx: &mut PgConnection,
+    types: &[String],
+    ids: &[Uuid],
+    versions: &[i32],
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO keel_applied (aggregate_type, aggregate_id, version)
          SELECT * FROM unnest($1::text[], $2::uuid[], $3::int[])
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version
            WHERE keel_applied.version < EXCLUDED.version",
     )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&versions)
+    .bind(types)
+    .bind(ids)
+    .bind(versions)
     .execute(&mut *tx)
     .await?;
-    Ok(fresh.len())
+    Ok(())
 }

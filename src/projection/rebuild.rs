@@ -24,6 +24,7 @@
 //! schema's SQL and one lock protocol with the live runner; split, that protocol would be read in
 //! three files.)
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,12 +35,16 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{apply_once, create_schema, live_schema, run_script, ApplyContext, Projection};
+use super::{
+    apply_once, create_schema, live_schema, record_applied, run_script, ApplyContext, Fold,
+    Projection,
+};
 use crate::archive::read::Tiered;
 use crate::model::{EventType, RecordedEvent};
 use crate::registry::Registry;
 use crate::replay::progress::Reporter;
 use crate::store::log::{LogCursor, LogFilter};
+use crate::store::LoggedEvent;
 
 /// Where a point-in-time view stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +84,11 @@ pub struct RebuildOptions {
     pub aggregate: Option<Uuid>,
     /// Start a full rebuild over instead of resuming an interrupted one.
     pub restart: bool,
-    /// Events per transaction.
+    /// Events per read (and, for projections without a [`Fold`], per transaction).
     pub page: i64,
+    /// For a projection with a [`Fold`]: most rows held in memory before they are written
+    /// with the cursor; [`FOLD_ROWS`] when `None`.
+    pub fold_rows: Option<usize>,
     /// Reads below a retention horizon through the archive (a purged store otherwise refuses).
     pub archive: Tiered,
 }
@@ -225,6 +233,54 @@ struct Rebuild<'p> {
 
 const REPLAYING: ApplyContext = ApplyContext { replaying: true };
 
+/// Most rows a full rebuild holds in a [`Fold`] (and versions applied) before it writes them,
+/// by default: some 15 MiB for `service_invocations`' histogram rows.
+pub const FOLD_ROWS: usize = 100_000;
+
+/// A full rebuild's fold, the versions it applied since it last wrote, and the next page's read.
+struct Folding {
+    fold: Box<dyn Fold>,
+    applied: HashMap<(String, Uuid), i32>,
+    ahead: Option<ReadAhead>,
+}
+
+type ReadAhead = tokio::task::JoinHandle<Result<Vec<LoggedEvent>, crate::archive::Error>>;
+
+/// Reads the page after `after` in a task of its own, so that PostgreSQL's scan runs while the
+/// page before is folded.
+fn read_ahead(
+    archive: &Tiered,
+    pool: &PgPool,
+    filter: &LogFilter,
+    after: LogCursor,
+    page: i64,
+) -> ReadAhead {
+    let (archive, pool, filter) = (archive.clone(), pool.clone(), filter.clone());
+    tokio::spawn(async move { archive.read_after(&pool, after, &filter, page).await })
+}
+
+impl Folding {
+    /// Whether `e` is past its aggregate's version applied so far, noting it if so. (The store
+    /// holds each event once and the log's order is each aggregate's version order, so this
+    /// holds for every event read; `keel_applied` is still never lowered.)
+    fn fresh(&mut self, e: &RecordedEvent) -> bool {
+        let v = self
+            .applied
+            .entry((e.aggregate_type.clone(), e.aggregate_id))
+            .or_insert(0);
+        if e.version > *v {
+            *v = e.version;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.fold.rows() + self.applied.len()
+    }
+}
+
 impl Rebuild<'_> {
     async fn full(
         &mut self,
@@ -259,20 +315,41 @@ impl Rebuild<'_> {
             progress.note(&format!("resuming an interrupted rebuild from {after}"));
         }
         tokio::pin!(cancel);
+        let mut folding = self.projection.fold().map(|fold| Folding {
+            fold,
+            applied: HashMap::new(),
+            ahead: None,
+        });
         loop {
-            let mut tx = pool.begin().await?;
-            let (read, last) = self
-                .page(&mut tx, &schema, after, page, options.until)
-                .await?;
-            tx.commit().await?;
+            let (read, last) = match &mut folding {
+                Some(f) => self.fold_page(f, after, page, options.until).await?,
+                None => {
+                    let mut tx = pool.begin().await?;
+                    let paged = self
+                        .page(&mut tx, &schema, after, page, options.until)
+                        .await?;
+                    tx.commit().await?;
+                    paged
+                }
+            };
             if let Some(last) = last {
                 after = last;
             }
             progress.advance_to(read, after);
-            if (read as i64) < page {
+            let done = (read as i64) < page;
+            let cancelled = !done && futures_cancelled(&mut cancel).await;
+            if let Some(f) = &mut folding {
+                if done || cancelled || f.rows() >= options.fold_rows.unwrap_or(FOLD_ROWS) {
+                    self.write_fold(pool, &schema, f, after).await?;
+                }
+            }
+            if done {
                 break;
             }
-            if futures_cancelled(&mut cancel).await {
+            if cancelled {
+                if let Some(read) = folding.and_then(|f| f.ahead) {
+                    read.abort();
+                }
                 self.report.cancelled = true;
                 progress.finish(&format!(
                     "cancelled at {after}; run the same command again to resume"
@@ -294,6 +371,76 @@ impl Rebuild<'_> {
         Ok(())
     }
 
+    /// Takes the page after `after` (read ahead while the one before was folded) and adds its
+    /// events to the fold; starts reading the next page if this one was full. Returns the events
+    /// read and the last one's cursor.
+    async fn fold_page(
+        &mut self,
+        f: &mut Folding,
+        after: LogCursor,
+        page: i64,
+        until: Option<Until>,
+    ) -> anyhow::Result<(u64, Option<LogCursor>)> {
+        let logged = match f.ahead.take() {
+            Some(read) => read.await??,
+            None => read_ahead(&self.archive, &self.pool, &self.filter, after, page).await??,
+        };
+        let read = logged.len() as u64;
+        let last = logged.last().map(|e| e.cursor());
+        if let Some(last) = last.filter(|_| read as i64 == page) {
+            f.ahead = Some(read_ahead(
+                &self.archive,
+                &self.pool,
+                &self.filter,
+                last,
+                page,
+            ));
+        }
+        let events = self.select(logged, until).await?;
+        let fresh: Vec<RecordedEvent> = events.into_iter().filter(|e| f.fresh(e)).collect();
+        f.fold.add(&fresh)?;
+        self.report.events_applied += fresh.len() as u64;
+        self.report.events_read += read;
+        Ok((read, last))
+    }
+
+    /// Writes what the fold holds, the versions it applied and the cursor `after` into `schema`,
+    /// in one transaction (without waiting for the WAL flush: a write lost to a server crash is
+    /// simply read again from the cursor before it).
+    async fn write_fold(
+        &mut self,
+        pool: &PgPool,
+        schema: &str,
+        f: &mut Folding,
+        after: LogCursor,
+    ) -> anyhow::Result<()> {
+        let mut tx = pool.begin().await?;
+        run_script(
+            &mut tx,
+            format!(
+                "SET LOCAL search_path TO {schema}, public; SET LOCAL synchronous_commit = off"
+            ),
+        )
+        .await?;
+        f.fold.write(&mut tx).await?;
+        let mut types = Vec::with_capacity(f.applied.len());
+        let mut ids = Vec::with_capacity(f.applied.len());
+        let mut versions = Vec::with_capacity(f.applied.len());
+        for ((t, id), v) in f.applied.drain() {
+            types.push(t);
+            ids.push(id);
+            versions.push(v);
+        }
+        record_applied(&mut tx, &types, &ids, &versions).await?;
+        sqlx::query("UPDATE keel_rebuild SET tx_id = $1, position = $2")
+            .bind(after.tx_id)
+            .bind(after.position)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Reads and applies one page after `after` into `schema`, storing the cursor. Returns the
     /// events read and the last one's cursor.
     async fn page(
@@ -304,28 +451,7 @@ impl Rebuild<'_> {
         page: i64,
         until: Option<Until>,
     ) -> anyhow::Result<(u64, Option<LogCursor>)> {
-        // Through the archive below a retention horizon, so a purged store rebuilds whole.
-        let logged = self
-            .archive
-            .read_after(&self.pool, after, &self.filter, page)
-            .await?;
-        let read = logged.len() as u64;
-        let last = logged.last().map(|e| e.cursor());
-        let wanted = self.projection.event_types();
-        let mut events = Vec::with_capacity(logged.len());
-        for l in logged {
-            let mut e = l.event;
-            if !wanted.contains(&e.event_type.as_str()) || until.is_some_and(|u| !u.includes(&e)) {
-                continue;
-            }
-            self.registry
-                .upcast(&mut e, self.projection.reader())
-                .await
-                .with_context(|| {
-                    format!("event {} cannot be read as the projection's version", e.id)
-                })?;
-            events.push(e);
-        }
+        let (events, read, last) = self.read_page(after, page, until).await?;
         // The page and the cursor commit together, so a page lost to a server crash is read
         // again: the commit need not wait for the WAL flush.
         run_script(
@@ -346,6 +472,48 @@ impl Rebuild<'_> {
                 .await?;
         }
         Ok((read, last))
+    }
+
+    /// One page of the log after `after`: the projection's events (at or before `until`), upcast
+    /// to its reader version; the events read, and the last one's cursor.
+    async fn read_page(
+        &mut self,
+        after: LogCursor,
+        page: i64,
+        until: Option<Until>,
+    ) -> anyhow::Result<(Vec<RecordedEvent>, u64, Option<LogCursor>)> {
+        // Through the archive below a retention horizon, so a purged store rebuilds whole.
+        let logged = self
+            .archive
+            .read_after(&self.pool, after, &self.filter, page)
+            .await?;
+        let read = logged.len() as u64;
+        let last = logged.last().map(|e| e.cursor());
+        Ok((self.select(logged, until).await?, read, last))
+    }
+
+    /// The projection's events of a page (at or before `until`), upcast to its reader version.
+    async fn select(
+        &self,
+        logged: Vec<LoggedEvent>,
+        until: Option<Until>,
+    ) -> anyhow::Result<Vec<RecordedEvent>> {
+        let wanted = self.projection.event_types();
+        let mut events = Vec::with_capacity(logged.len());
+        for l in logged {
+            let mut e = l.event;
+            if !wanted.contains(&e.event_type.as_str()) || until.is_some_and(|u| !u.includes(&e)) {
+                continue;
+            }
+            self.registry
+                .upcast(&mut e, self.projection.reader())
+                .await
+                .with_context(|| {
+                    format!("event {} cannot be read as the projection's version", e.id)
+                })?;
+            events.push(e);
+        }
+        Ok(events)
     }
 
     /// Catches the shadow up and renames it into place, with live batches paused.

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use super::{ApplyContext, Projection};
+use super::{ApplyContext, Fold, Projection};
 use crate::model::RecordedEvent;
 use crate::model::VersionSpec;
 
@@ -72,16 +72,37 @@ impl Projection for ServiceInvocations {
         events: &[RecordedEvent],
         _ctx: ApplyContext,
     ) -> anyhow::Result<()> {
-        #[derive(Default)]
-        struct Totals {
-            calls: i64,
-            errors: i64,
-            total: f64,
-            max: f64,
-            last: Option<DateTime<Utc>>,
-        }
-        let mut totals: HashMap<(String, String), Totals> = HashMap::new();
-        let mut buckets: HashMap<(String, String, i32), i64> = HashMap::new();
+        let mut fold = Invocations::default();
+        fold.add(events)?;
+        fold.write(tx).await
+    }
+
+    fn fold(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::<Invocations>::default())
+    }
+}
+
+/// What some events add to the tables: per method, the counters and the histogram's buckets.
+#[derive(Default)]
+struct Invocations {
+    methods: HashMap<(String, String), Method>,
+    /// Buckets held, over all methods.
+    buckets: usize,
+}
+
+#[derive(Default)]
+struct Method {
+    calls: i64,
+    errors: i64,
+    total: f64,
+    max: f64,
+    last: Option<DateTime<Utc>>,
+    buckets: HashMap<i32, i64>,
+}
+
+#[async_trait]
+impl Fold for Invocations {
+    fn add(&mut self, events: &[RecordedEvent]) -> anyhow::Result<()> {
         for e in events {
             let p = &e.payload;
             let field = |name: &str| {
@@ -89,21 +110,37 @@ impl Projection for ServiceInvocations {
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| anyhow::anyhow!("event {} has no {name}", e.id))
             };
-            let (service, method) = (
-                field("service_name")?.to_owned(),
-                field("method")?.to_owned(),
-            );
+            let (service, method) = (field("service_name")?, field("method")?);
             let ms = p
                 .get("execution_time")
                 .and_then(|v| v.as_f64())
                 .ok_or_else(|| anyhow::anyhow!("event {} has no execution_time", e.id))?;
-            let t = totals.entry((service.clone(), method.clone())).or_default();
-            t.calls += 1;
-            t.errors += i64::from(field("status")? != "OK");
-            t.total += ms;
-            t.max = t.max.max(ms);
-            t.last = t.last.max(Some(e.created_at));
-            *buckets.entry((service, method, bucket_of(ms))).or_default() += 1;
+            let failed = field("status")? != "OK";
+            let m = self
+                .methods
+                .entry((service.to_owned(), method.to_owned()))
+                .or_default();
+            m.calls += 1;
+            m.errors += i64::from(failed);
+            m.total += ms;
+            m.max = m.max.max(ms);
+            m.last = m.last.max(Some(e.created_at));
+            let n = m.buckets.entry(bucket_of(ms)).or_insert(0);
+            if *n == 0 {
+                self.buckets += 1;
+            }
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.methods.len() + self.buckets
+    }
+
+    async fn write(&mut self, tx: &mut PgConnection) -> anyhow::Result<()> {
+        if self.methods.is_empty() {
+            return Ok(());
         }
         let mut c: (
             Vec<String>,
@@ -114,15 +151,23 @@ impl Projection for ServiceInvocations {
             Vec<f64>,
             Vec<DateTime<Utc>>,
         ) = Default::default();
-        for ((service, method), t) in totals {
+        let mut b: (Vec<String>, Vec<String>, Vec<i32>, Vec<i64>) = Default::default();
+        for ((service, method), m) in std::mem::take(&mut self.methods) {
+            for (bucket, n) in m.buckets {
+                b.0.push(service.clone());
+                b.1.push(method.clone());
+                b.2.push(bucket);
+                b.3.push(n);
+            }
             c.0.push(service);
             c.1.push(method);
-            c.2.push(t.calls);
-            c.3.push(t.errors);
-            c.4.push(t.total);
-            c.5.push(t.max);
-            c.6.push(t.last.expect("at least one call"));
+            c.2.push(m.calls);
+            c.3.push(m.errors);
+            c.4.push(m.total);
+            c.5.push(m.max);
+            c.6.push(m.last.unwrap_or_default());
         }
+        self.buckets = 0;
         sqlx::query(
             "INSERT INTO service_invocations AS s
                  (service, method, calls, errors, total_ms, max_ms, last_called_at)
@@ -143,13 +188,6 @@ impl Projection for ServiceInvocations {
         .bind(&c.6)
         .execute(&mut *tx)
         .await?;
-        let mut b: (Vec<String>, Vec<String>, Vec<i32>, Vec<i64>) = Default::default();
-        for ((service, method, bucket), n) in buckets {
-            b.0.push(service);
-            b.1.push(method);
-            b.2.push(bucket);
-            b.3.push(n);
-        }
         sqlx::query(
             "INSERT INTO service_invocation_latency AS l (service, method, bucket, calls)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[])

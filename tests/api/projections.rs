@@ -149,11 +149,19 @@ async fn agents_in(app: &TestApp, schema: &str) -> Agents {
 }
 
 async fn methods_from_store(app: &TestApp) -> Methods {
+    methods_of_log(app, None).await
+}
+
+/// The service methods of the first `limit` `l12.service_invoked` events in log order (all of
+/// them with `None`).
+async fn methods_of_log(app: &TestApp, limit: Option<i64>) -> Methods {
     let rows: Vec<(String, String, f64, String)> = sqlx::query_as(
         "SELECT payload->>'service_name', payload->>'method',
                 (payload->>'execution_time')::float8, payload->>'status'
-           FROM events WHERE event_type = 'l12.service_invoked'",
+           FROM events WHERE event_type = 'l12.service_invoked'
+          ORDER BY tx_id, position LIMIT $1",
     )
+    .bind(limit)
     .fetch_all(app.store.pool())
     .await
     .unwrap();
@@ -624,6 +632,81 @@ async fn a_rebuild_during_live_appends_swaps_in_a_read_model_equal_to_the_store(
     let until = agents_in(&app, "keel_proj_agent_status_until").await;
     let transitions: i64 = until.values().map(|a| a.3).sum();
     assert_eq!(transitions, 101);
+}
+
+/// A full rebuild of `service_invocations` sums it in memory and writes the sums together with
+/// its cursor, whenever they pass the bound and when cut short: cancelled after a page, the shadow
+/// holds exactly the events up to its stored cursor; resumed, with the bound crossed page after
+/// page, it reads only the rest and swaps in the store's read model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folded_rebuild_writes_its_sums_with_its_cursor_and_resumes_to_the_stores_read_model() {
+    use keel::projection::rebuild::{rebuild, RebuildOptions};
+    use keel::replay::progress::Reporter;
+    let app = crate::helpers::spawn_app().await;
+    invoke_services(&app, 4, 10).await;
+    let projection = keel::projection::find("service_invocations").unwrap();
+    assert!(projection.fold().is_some());
+    let options = |restart| RebuildOptions {
+        restart,
+        page: 9,
+        fold_rows: Some(5),
+        ..Default::default()
+    };
+    let pool = app.store.pool();
+    let cut = rebuild(
+        pool,
+        &app.registry,
+        projection.as_ref(),
+        &options(true),
+        &Reporter::default(),
+        std::future::ready(()),
+    )
+    .await
+    .unwrap();
+    assert!(cut.cancelled && !cut.swapped, "{cut:?}");
+    assert_eq!((cut.events_read, cut.events_applied), (9, 9));
+    let shadow = "keel_proj_service_invocations_rebuild";
+    assert_eq!(
+        methods_in(&app, shadow).await,
+        methods_of_log(&app, Some(9)).await
+    );
+    let stored: (i64, i64) = sqlx::query_as(&format!(
+        "SELECT tx_id, position FROM {shadow}.keel_rebuild"
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let ninth: (i64, i64) = sqlx::query_as(
+        "SELECT tx_id::text::bigint, position FROM events
+          WHERE event_type = 'l12.service_invoked' ORDER BY tx_id, position OFFSET 8 LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, ninth);
+
+    let rest = rebuild(
+        pool,
+        &app.registry,
+        projection.as_ref(),
+        &options(false),
+        &Reporter::default(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert!(rest.swapped && !rest.cancelled, "{rest:?}");
+    assert_eq!((rest.events_read, rest.events_applied), (111, 111));
+    assert_eq!(
+        methods_in(&app, "keel_proj_service_invocations").await,
+        methods_from_store(&app).await
+    );
+    let applied: i64 =
+        sqlx::query_scalar("SELECT sum(version) FROM keel_proj_service_invocations.keel_applied")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, 120, "every service's last version, summed");
 }
 
 /// `keel replay projection agent_status ARGS` against `server`, started.

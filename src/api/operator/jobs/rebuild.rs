@@ -74,6 +74,7 @@ async fn checked_rebuild(
         aggregate: body.aggregate,
         restart: body.restart,
         page: body.page.unwrap_or(10_000),
+        fold_rows: None,
         archive: state.archive.clone(),
     };
     Ok((op, projection, options))
