@@ -239,6 +239,7 @@ impl KafkaSink {
         KafkaSent {
             clean: failed.is_empty(),
             pending,
+            fatal: false,
             producer,
             slot: self.producer.clone(),
         }
@@ -307,41 +308,55 @@ pub struct KafkaSent {
     /// Every row was queued: none failed before it was sent.
     pub clean: bool,
     pending: Vec<Pending>,
+    /// An acknowledgement so far was a fatal producer error: renew the producer.
+    fatal: bool,
     producer: FutureProducer,
     slot: Arc<ProducerSlot>,
 }
 
 impl KafkaSent {
-    /// Waits for every acknowledgement; one outcome per row, in order.
-    pub async fn wait(self) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(self.pending.len());
-        let mut fatal = false;
-        for p in self.pending {
-            outcomes.push(match p {
-                Pending::Done(outcome) => outcome,
-                Pending::Sent(delivery, span) => {
-                    let outcome = match delivery.await {
-                        Ok(Ok(_)) => Outcome::Delivered,
-                        Ok(Err((e, _))) => {
-                            fatal |= is_fatal(&e);
-                            Outcome::Failed(classify(&e))
-                        }
-                        Err(_) => Outcome::Failed(SinkError::retriable(
-                            "canceled",
-                            "the producer was dropped before it acknowledged",
-                        )),
-                    };
-                    if let Outcome::Failed(e) = &outcome {
-                        messaging::failed(&span, e.kind);
+    /// Completes when every acknowledgement is in, keeping them for [`KafkaSent::wait`].
+    /// Cancel-safe: dropped halfway, it keeps the ones that came.
+    pub async fn landed(&mut self) {
+        for p in &mut self.pending {
+            if let Pending::Sent(delivery, span) = p {
+                let outcome = match delivery.await {
+                    Ok(Ok(_)) => Outcome::Delivered,
+                    Ok(Err((e, _))) => {
+                        self.fatal |= is_fatal(&e);
+                        Outcome::Failed(classify(&e))
                     }
-                    outcome
+                    Err(_) => Outcome::Failed(SinkError::retriable(
+                        "canceled",
+                        "the producer was dropped before it acknowledged",
+                    )),
+                };
+                if let Outcome::Failed(e) = &outcome {
+                    messaging::failed(span, e.kind);
                 }
-            });
+                // Replacing the entry ends the publish span: the acknowledgement is in.
+                *p = Pending::Done(outcome);
+            }
         }
-        if fatal || self.producer.client().fatal_error().is_some() {
+    }
+
+    /// Waits for every acknowledgement; one outcome per row, in order.
+    pub async fn wait(mut self) -> Vec<Outcome> {
+        self.landed().await;
+        if self.fatal || self.producer.client().fatal_error().is_some() {
             self.slot.renew();
         }
-        outcomes
+        self.pending
+            .into_iter()
+            .map(|p| match p {
+                Pending::Done(outcome) => outcome,
+                // Not reached: landed() left none. Were it, the row is simply sent again.
+                Pending::Sent(..) => Outcome::Failed(SinkError::retriable(
+                    "unacknowledged",
+                    "no acknowledgement was collected",
+                )),
+            })
+            .collect()
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! # Guarantees (each has a named test; see docs/guarantees.md)
 //! * **At-least-once.** A sink's cursor moves past a row only after that sink acknowledged it (or
-//!   the row was parked). A crash at any point loses nothing; at worst the rows of the round in
-//!   flight are sent again. Every message carries its event id, so consumers can deduplicate.
+//!   the row was parked). A crash at any point loses nothing; at worst the batches in flight, and
+//!   those acknowledged in the last [`worker::CURSOR_COMMIT_EVERY`] whose cursor move was not
+//!   written yet, are sent again. Every message carries its event id, so consumers can
+//!   deduplicate.
 //! * **Per-aggregate order.** An aggregate's rows are all in one relay partition; one relay at a
 //!   time holds that partition ([`lease`]) and sends its rows in log order, which is version order
 //!   (see [`crate::store::log`]). Kafka gets the aggregate id as key (one Kafka partition) from an
@@ -162,7 +164,8 @@ pub async fn start(
                 config: relay.clone(),
                 attempts: Default::default(),
                 lane: (lane, relay.lanes),
-                inflight: None,
+                inflight: Default::default(),
+                pending: Default::default(),
                 beat: beat.lane(),
             };
             tasks.spawn(worker.run(stop.clone()));

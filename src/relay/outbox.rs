@@ -213,6 +213,22 @@ pub struct Commit {
 }
 
 impl Commit {
+    /// Adds the commit of a batch settled after this one's: its cursor moves replace this one's,
+    /// partition by partition.
+    pub fn absorb(&mut self, later: Commit) {
+        for (p, c) in later.advance {
+            match self.advance.iter_mut().find(|(q, _)| *q == p) {
+                Some(slot) => slot.1 = c,
+                None => self.advance.push((p, c)),
+            }
+        }
+        for (p, n) in later.passed {
+            *self.passed.entry(p).or_default() += n;
+        }
+        self.park.extend(later.park);
+        self.delivered.extend(later.delivered);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.advance.is_empty() && self.park.is_empty() && self.delivered.is_empty()
     }

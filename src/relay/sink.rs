@@ -160,6 +160,13 @@ impl Sent {
         }
     }
 
+    /// Completes when no acknowledgement is still on its way (at once for Redis). Cancel-safe.
+    pub(crate) async fn landed(&mut self) {
+        if let Sent::Kafka(k) = self {
+            k.landed().await;
+        }
+    }
+
     /// Waits for the acknowledgements still on their way; one outcome per event, in order.
     pub(crate) async fn outcomes(self) -> Vec<Outcome> {
         match self {

@@ -1,18 +1,22 @@
 //! One sink lane's loop: read the next rows of the partitions this lane holds, publish them, and
 //! move each partition's cursor past the rows the sink acknowledged, or parked.
 //!
-//! The loop is a two-deep pipeline: it sends batch N+1 (read after batch N's last rows) while batch
-//! N's acknowledgements are on their way, then settles batch N. It carries on this way only while
-//! every row of batch N was queued; after any failure (or a lost lease) it drops what is in flight
-//! and reads again from the stored cursors, so a row that failed is never overtaken by a later row
-//! of its aggregate from a batch sent after the failure was known.
+//! The loop is a pipeline: it reads and sends the next batch (after the last batch sent) as soon as
+//! new rows are committed, without waiting for earlier batches' acknowledgements, and settles the
+//! batches in flight in the order they were sent, each as its acknowledgements come in. At most
+//! [`MAX_BATCHES_IN_FLIGHT`] batches, and two full batches' rows, are in flight; past that it waits
+//! for the oldest. It carries on this way only while every row sent so far was queued; after any
+//! failure (or a lost lease) it drops what is in flight and reads again from the stored cursors,
+//! so a row that failed is never overtaken by a later row of its aggregate from a batch sent after
+//! the failure was known.
 //!
 //! How far a batch moves each cursor, and what it parks, is decided without IO in [`settle`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{watch, RwLock};
 use uuid::Uuid;
@@ -34,6 +38,16 @@ use crate::store::log::LogCursor;
 /// How often parked rows released by an operator (or freed by a skip) are looked for.
 const REDRIVE_EVERY: Duration = Duration::from_millis(500);
 
+/// Longest a settled batch's cursor move waits to be written, so that a steady trickle of small
+/// batches costs a cursor write every so often, not one per batch. A crash re-sends at most the
+/// rows acknowledged in this window (and those in flight).
+pub(crate) const CURSOR_COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// Most batches a lane has sent and not settled. Under a steady trickle each commit makes a small
+/// batch; this many can wait for their acknowledgements while the next rows go out. (Under a
+/// backlog the row bound, two full batches, is reached first: memory stays as it was.)
+pub(crate) const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
 pub(crate) struct SinkLoop {
     pub sink: Arc<Sink>,
     pub pool: PgPool,
@@ -48,8 +62,10 @@ pub(crate) struct SinkLoop {
     /// of the sink handle the rest, concurrently. Partitions never share a lane, so each keeps
     /// its order.
     pub lane: (i16, i16),
-    /// The batch sent last, settled while the next one is on its way.
-    pub inflight: Option<InFlight>,
+    /// Batches sent and not yet settled, oldest first.
+    pub inflight: VecDeque<InFlight>,
+    /// Settled batches' cursor moves and parked rows, not yet written.
+    pub pending: Pending,
     /// Ticked each time the loop turns, busy or idle (see [`crate::heartbeat`]).
     pub beat: Lane,
 }
@@ -61,6 +77,16 @@ pub(crate) struct InFlight {
     sent: Sent,
     /// Where each partition's next read starts: after this batch's rows.
     ends: Vec<(i16, LogCursor)>,
+}
+
+/// Cursor moves decided and not yet written (see [`SinkLoop::finish`]).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    commit: Commit,
+    /// Rows the commit passes.
+    rows: usize,
+    /// When the first of them was settled.
+    since: Option<Instant>,
 }
 
 /// What a round found.
@@ -87,8 +113,13 @@ impl SinkLoop {
         let mut wake = self.wake.clone();
         loop {
             self.beat.tick();
+            // Whether to read new rows this round, or only settle batches whose
+            // acknowledgements came in.
+            let mut read = true;
             if !again {
                 let wait = backoff.unwrap_or(poll);
+                let waiting = backoff.is_none() && !self.inflight.is_empty();
+                let flush_at = self.flush_at().filter(|_| backoff.is_none());
                 tokio::select! {
                     _ = stop.wait() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -98,6 +129,8 @@ impl SinkLoop {
                             wake = watch::Sender::new(0).subscribe();
                         }
                     }
+                    _ = oldest_landed(&mut self.inflight), if waiting => read = false,
+                    _ = sleep_until(flush_at), if flush_at.is_some() => read = false,
                 }
             }
             let guard = self.gate.clone().read_owned().await;
@@ -107,7 +140,7 @@ impl SinkLoop {
                 .filter(|p| p % lanes == lane)
                 .collect();
             if parts.is_empty() {
-                self.inflight = None;
+                self.inflight.clear();
                 again = false;
                 continue;
             }
@@ -118,18 +151,16 @@ impl SinkLoop {
             let mut owned = self.owned.clone();
             let busy = self.beat.busy();
             let result = tokio::select! {
-                r = self.round(&parts, redrive) => Some(r),
+                r = self.round(&parts, redrive, read || redrive) => Some(r),
                 _ = lost(&mut owned, &parts) => None,
                 _ = stop.wait() => None,
             };
             if result.is_none() && stop.is_triggered() {
-                // Stopping: settle the batch in flight while the lease is still held, so that a
-                // clean shutdown leaves nothing to send twice.
-                if let Some(batch) = self.inflight.take() {
-                    let settle = self.finish(batch);
-                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), settle).await {
-                        tracing::warn!(sink = %self.kind(), error = %e, "cannot settle the last batch");
-                    }
+                // Stopping: settle the batches in flight while the lease is still held, so that
+                // a clean shutdown leaves nothing to send twice.
+                let settle = self.settle_all();
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), settle).await {
+                    tracing::warn!(sink = %self.kind(), error = %e, "cannot settle the last batches");
                 }
             }
             drop(guard);
@@ -145,13 +176,15 @@ impl SinkLoop {
                     };
                 }
                 Some(Err(e)) => {
-                    self.inflight = None;
+                    self.inflight.clear();
+                    self.pending = Pending::default();
                     tracing::warn!(sink = %self.kind(), error = %e, "relay round failed");
                     again = false;
                     backoff = Some(failures.failed());
                 }
                 None => {
-                    self.inflight = None;
+                    self.inflight.clear();
+                    self.pending = Pending::default();
                     // Lease lost or stopping mid-round: nothing was committed, so the next owner
                     // (or this relay, later) re-sends from the stored cursor. Messages already
                     // queued in the producer are left to go out: they are earlier events the next
@@ -171,8 +204,9 @@ impl SinkLoop {
         )
     }
 
-    /// One step of the pipeline: read the next batch (after the batch in flight, or from the
-    /// stored cursors), send it, then settle the batch before it while this one is on its way.
+    /// One step of the pipeline: with `read`, read the next batch (after the batches in flight,
+    /// or from the stored cursors) and send it; then settle, oldest first, the batches whose
+    /// acknowledgements are all in, and the oldest ones while more than the bounds are in flight.
     /// A failure anywhere drops what is in flight; its rows are read again from the stored
     /// cursors, after the failed row.
     ///
@@ -183,87 +217,130 @@ impl SinkLoop {
         keel.sink = %self.kind(),
         keel.relay.partitions = ?parts,
         keel.relay.redrive = redrive,
+        keel.relay.read = read,
     ))]
-    async fn round(&mut self, parts: &[i16], redrive: bool) -> Result<Round, sqlx::Error> {
+    async fn round(
+        &mut self,
+        parts: &[i16],
+        redrive: bool,
+        read: bool,
+    ) -> Result<Round, sqlx::Error> {
         let kind = self.kind();
         let batch = self.config.batch_size;
         let mut round = Round::default();
-        // Carry on after the batch in flight only if it covers the same partitions and every
-        // row of it was queued; otherwise (and before a redrive) settle it first.
-        let mut from = match &self.inflight {
+        // Carry on after the batches in flight only if they cover the same partitions and every
+        // row sent was queued (each batch was sent only after the one before it checked out
+        // clean, so the newest tells); otherwise, and before a redrive, settle them all first.
+        let from = match self.inflight.back() {
             Some(f) if !redrive && f.parts == parts && f.sent.clean() => Some(f.ends.clone()),
             _ => None,
         };
-        if from.is_none() {
-            if let Some(prev) = self.inflight.take() {
-                if self.finish(prev).await? {
-                    round.failed = true;
-                    return Ok(round);
+        if from.is_none() && self.settle_all().await? {
+            round.failed = true;
+            return Ok(round);
+        }
+        if read {
+            if redrive {
+                let rows = outbox::read_redrive(&self.pool, kind, parts, batch).await?;
+                if !rows.is_empty() {
+                    let mut commit = Commit::default();
+                    let events: Vec<_> = rows.iter().map(|r| &r.event).collect();
+                    let outcomes = self.sink.publish(&events).await;
+                    round.failed |= self.settle_redrive(&rows, &outcomes, &mut commit);
+                    round.full |= rows.len() as i64 == batch;
+                    outbox::commit(&self.pool, self.owner, kind, &commit).await?;
+                    self.count_delivered(commit.delivered.len(), &rows);
                 }
             }
-        }
-        if redrive {
-            let rows = outbox::read_redrive(&self.pool, kind, parts, batch).await?;
+            let from = match from {
+                Some(ends) => ends,
+                None => outbox::cursors(&self.pool, kind, parts).await?,
+            };
+            let rows = outbox::read_batch_from(&self.pool, kind, &from, batch).await?;
+            let mut per_partition: HashMap<i16, i64> = HashMap::new();
+            for r in &rows {
+                *per_partition.entry(r.partition).or_default() += 1;
+            }
+            // A partition had more rows than one read takes: read again at once.
+            round.full |= per_partition.values().any(|n| *n == batch);
             if !rows.is_empty() {
-                let mut commit = Commit::default();
-                let events: Vec<_> = rows.iter().map(|r| &r.event).collect();
-                let outcomes = self.sink.publish(&events).await;
-                round.failed |= self.settle_redrive(&rows, &outcomes, &mut commit);
-                round.full |= rows.len() as i64 == batch;
-                outbox::commit(&self.pool, self.owner, kind, &commit).await?;
-                self.count_delivered(commit.delivered.len(), &rows);
+                let ends = from
+                    .iter()
+                    .map(|(p, c)| {
+                        let last = rows.iter().rev().find(|r| r.partition == *p);
+                        (*p, last.map_or(*c, |r| r.cursor()))
+                    })
+                    .collect();
+                let send: Vec<_> = rows
+                    .iter()
+                    .filter(|r| !r.blocked)
+                    .map(|r| &r.event)
+                    .collect();
+                let sent = if send.is_empty() {
+                    Sent::Ready(Vec::new())
+                } else {
+                    self.sink.send(&send).await
+                };
+                self.inflight.push_back(InFlight {
+                    parts: parts.to_vec(),
+                    rows,
+                    sent,
+                    ends,
+                });
             }
         }
-        let from = match from.take() {
-            Some(ends) => ends,
-            None => outbox::cursors(&self.pool, kind, parts).await?,
-        };
-        let rows = outbox::read_batch_from(&self.pool, kind, &from, batch).await?;
-        let mut per_partition: HashMap<i16, i64> = HashMap::new();
-        for r in &rows {
-            *per_partition.entry(r.partition).or_default() += 1;
-        }
-        round.full |= per_partition.values().any(|n| *n == batch);
-        let ends = from
-            .iter()
-            .map(|(p, c)| {
-                let last = rows.iter().rev().find(|r| r.partition == *p);
-                (*p, last.map_or(*c, |r| r.cursor()))
-            })
-            .collect();
-        let send: Vec<_> = rows
-            .iter()
-            .filter(|r| !r.blocked)
-            .map(|r| &r.event)
-            .collect();
-        let sent = if send.is_empty() {
-            Sent::Ready(Vec::new())
-        } else {
-            self.sink.send(&send).await
-        };
-        let next = InFlight {
-            parts: parts.to_vec(),
-            rows,
-            sent,
-            ends,
-        };
-        if let Some(prev) = self.inflight.take() {
-            if self.finish(prev).await? {
-                // `next` went out behind a failure: drop it (what it queued may still arrive,
-                // as duplicates of rows re-sent in order) and start again from the cursors.
+        // Rows held: at most one full read's worth waits while the next read goes out, as many
+        // as two full reads' in all, whatever the number of batches.
+        let max_rows = batch as usize * parts.len();
+        loop {
+            let rows: usize = self.inflight.iter().map(|f| f.rows.len()).sum();
+            let over = self.inflight.len() >= MAX_BATCHES_IN_FLIGHT || rows > max_rows;
+            let Some(oldest) = self.inflight.front_mut() else {
+                break;
+            };
+            if !over && oldest.sent.landed().now_or_never().is_none() {
+                break;
+            }
+            let Some(oldest) = self.inflight.pop_front() else {
+                break;
+            };
+            if self.finish(oldest).await? {
+                // Later batches went out behind a failure: drop them (what they queued may
+                // still arrive, as duplicates of rows re-sent in order) and start again from
+                // the cursors.
+                self.inflight.clear();
                 round.failed = true;
                 return Ok(round);
             }
         }
-        // Rows just sent: come straight back to settle them.
-        round.full |= !next.rows.is_empty();
-        self.inflight = Some(next);
+        let due = self.flush_at().is_some_and(|t| t <= Instant::now());
+        if (due || self.pending.rows >= 2 * max_rows) && !self.flush().await? {
+            self.inflight.clear();
+            round.failed = true;
+        }
         Ok(round)
     }
 
-    /// Waits for a batch's outcomes and commits how far each partition's cursor moves. Returns
-    /// whether the pipeline must start again from the stored cursors (a row failed, or a lease
-    /// was lost).
+    /// Settles every batch in flight, oldest first. Returns whether the pipeline must start again
+    /// from the stored cursors (see [`SinkLoop::finish`]).
+    async fn settle_all(&mut self) -> Result<bool, sqlx::Error> {
+        while let Some(batch) = self.inflight.pop_front() {
+            if self.finish(batch).await? {
+                self.inflight.clear();
+                return Ok(true);
+            }
+        }
+        if self.pending.since.is_some() && !self.flush().await? {
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Waits for a batch's outcomes and decides how far each partition's cursor moves, adding
+    /// that to the pending commit. A batch with a failed row is written at once, since the
+    /// pipeline then starts again from the stored cursors; otherwise [`SinkLoop::round`] writes
+    /// the pending commit every [`CURSOR_COMMIT_EVERY`] or two full reads' rows. Returns whether
+    /// the pipeline must start again from the stored cursors (a row failed, or a lease was lost).
     #[tracing::instrument(level = "debug", skip_all, fields(
         keel.sink = %self.kind(),
         messaging.batch.message_count = batch.rows.len(),
@@ -278,10 +355,9 @@ impl SinkLoop {
             .collect();
         let mut commit = Commit::default();
         let failed = self.settle(&batch.rows, &aligned, &mut commit);
-        if !outbox::commit(&self.pool, self.owner, kind, &commit).await? {
-            tracing::warn!(sink = %kind, "lost a partition lease mid-round; its rows will be re-sent by the new owner");
-            return Ok(true);
-        }
+        self.pending.commit.absorb(commit);
+        self.pending.rows += batch.rows.len();
+        self.pending.since.get_or_insert_with(Instant::now);
         let delivered = aligned
             .iter()
             .filter(|o| matches!(o, Some(Outcome::Delivered)))
@@ -290,7 +366,27 @@ impl SinkLoop {
             tracing::debug!(sink = %kind, rows = batch.rows.len(), delivered, "relay batch settled");
         }
         self.count_delivered(delivered, &batch.rows);
-        Ok(failed)
+        if failed {
+            self.flush().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Writes the pending commit. Returns `false` if a lease was lost meanwhile: then nothing is
+    /// written, and the new owner sends those rows again.
+    async fn flush(&mut self) -> Result<bool, sqlx::Error> {
+        let pending = std::mem::take(&mut self.pending);
+        if !outbox::commit(&self.pool, self.owner, self.kind(), &pending.commit).await? {
+            tracing::warn!(sink = %self.kind(), "lost a partition lease mid-round; its rows will be re-sent by the new owner");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// When the pending commit is next due by time, if there is one.
+    fn flush_at(&self) -> Option<Instant> {
+        self.pending.since.map(|t| t + CURSOR_COMMIT_EVERY)
     }
 
     fn count_delivered(&self, delivered: usize, rows: &[OutboxRow]) {
@@ -354,6 +450,22 @@ impl SinkLoop {
             tracing::debug!(sink = %self.kind(), errors = settled.errors.len(), error = %e,
                 "publishes failed this round");
         }
+    }
+}
+
+/// Completes at `at`; never if `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when every acknowledgement of the oldest batch in flight is in; never if none is.
+async fn oldest_landed(inflight: &mut VecDeque<InFlight>) {
+    match inflight.front_mut() {
+        Some(batch) => batch.sent.landed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -202,6 +202,28 @@ mod tests {
     }
 
     #[test]
+    fn commits_of_later_batches_absorbed_move_each_cursor_to_the_latest_and_sum_what_passed() {
+        let mut attempts = HashMap::new();
+        let first = [row(0, 1, 1, 1), row(1, 1, 2, 2)];
+        let second = [row(0, 2, 3, 1), row(2, 2, 4, 3)];
+        let mut pending = Commit::default();
+        let mut one = Commit::default();
+        settle(&first, &[ok(), ok()], &mut attempts, MAX, &mut one);
+        pending.absorb(one);
+        let mut two = Commit::default();
+        settle(&second, &[ok(), ok()], &mut attempts, MAX, &mut two);
+        pending.absorb(two);
+        assert_eq!(
+            pending.advance,
+            vec![(0, cursor(2, 3)), (1, cursor(1, 2)), (2, cursor(2, 4))]
+        );
+        assert_eq!(
+            pending.passed.into_iter().collect::<Vec<_>>(),
+            vec![(0, 2), (1, 1), (2, 1)]
+        );
+    }
+
+    #[test]
     fn delivered_rows_move_each_partition_to_its_last_row() {
         // In the outbox's read order: by partition, then log order.
         let rows = [row(0, 1, 10, 1), row(0, 2, 12, 1), row(1, 1, 11, 2)];
