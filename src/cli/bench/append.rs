@@ -16,6 +16,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
+use super::pgbench::Pgbench;
 use super::stats::{self, Sample};
 use super::{AppendArgs, Export};
 use crate::app::Application;
@@ -121,14 +122,19 @@ pub async fn run(config: &Config, args: AppendArgs, export: Option<Export>) -> a
         key: None,
         traced: false,
     });
-    let sql = Arc::new(Target::Sql { pool });
+    let sql = Arc::new(Target::Sql { pool: pool.clone() });
     let payload = Arc::new(json!({
         "entity": "bench", "from_state": null, "to_state": "running",
         "attributes": {"pad": "x".repeat(args.payload_bytes.saturating_sub(80))}
     }));
+    // keel's one-event rate per producer count, for the pgbench table.
+    let mut singles: Vec<(usize, f64, String)> = Vec::new();
     for &batch in &args.batch {
         for &producers in &args.producers {
             let keel = measure(&http, producers, batch, &args, &payload).await?;
+            if batch == 1 {
+                singles.push((producers, keel.events_per_sec(), keel.percentiles()));
+            }
             crate::telemetry::pause(false);
             let traced = measure(&http_traced, producers, batch, &args, &payload).await;
             crate::telemetry::pause(true);
@@ -146,6 +152,9 @@ pub async fn run(config: &Config, args: AppendArgs, export: Option<Export>) -> a
             println!("{}", row.show(producers, batch));
         }
     }
+    // pgbench opens a connection per client: free the baseline's first (max_connections).
+    pool.close().await;
+    pgbench_baseline(&app_config.database_url, &args, &singles).await?;
     match export.and_then(|e| e.received) {
         Some(received) => println!(
             "\ntraced runs: {} OTLP exports ({} bytes) reached the bench's receiver",
@@ -153,6 +162,58 @@ pub async fn run(config: &Config, args: AppendArgs, export: Option<Export>) -> a
             received.bytes.load(Ordering::Relaxed)
         ),
         None => println!("\ntraced runs exported to --otlp-endpoint"),
+    }
+    Ok(())
+}
+
+/// pgbench's append1 transaction with as many clients as keel had producers, next to keel's
+/// one-event appends (see [`super::pgbench`]). Said loudly, and left out, without `pgbench`.
+async fn pgbench_baseline(
+    keel_url: &str,
+    args: &AppendArgs,
+    singles: &[(usize, f64, String)],
+) -> anyhow::Result<()> {
+    if singles.is_empty() {
+        return Ok(());
+    }
+    let url = sibling_database(keel_url, "keel_bench_pgbench")?;
+    let Some(pgbench) = Pgbench::prepare(url, args.aggregates, args.payload_bytes).await? else {
+        println!(
+            "\nSKIPPED: no pgbench on PATH, so the pgbench append1 baseline was not measured \
+             (Debian: apt-get install postgresql-client)"
+        );
+        return Ok(());
+    };
+    println!(
+        "\npgbench append1 (UPDATE streams ... RETURNING; INSERT events; INSERT outbox; one event per \
+         transaction, prepared statements, its own narrower schema), as many clients as producers"
+    );
+    println!(
+        "{:<9} {:>10} {:>12} {:>12}   {:<22} {:<22}",
+        "producers",
+        "keel ev/s",
+        "pgbench ev/s",
+        "keel/pgbench",
+        "keel p50/p99/p999 ms",
+        "pgbench p50/p99/p999"
+    );
+    for (producers, keel, keel_latency) in singles {
+        let run = pgbench
+            .measure(
+                *producers,
+                Duration::from_secs(args.warmup_seconds),
+                Duration::from_secs(args.seconds),
+            )
+            .await?;
+        println!(
+            "{:<9} {:>10.0} {:>12.0} {:>12.2}   {:<22} {:<22}",
+            producers,
+            keel,
+            run.events_per_sec(),
+            keel / run.events_per_sec(),
+            keel_latency,
+            run.percentiles()
+        );
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod append;
 mod archive;
 mod limits;
+mod pgbench;
 mod projection;
 mod relay;
 mod saga;
@@ -22,7 +23,8 @@ pub use traces::Export;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Durable appends through the HTTP API next to the same transaction in raw SQL (sqlx).
+    /// Durable appends through the HTTP API next to the same transaction in raw SQL (sqlx), and
+    /// one-event appends next to pgbench running the append1 transaction.
     Append(AppendArgs),
     /// The relay draining a backlog next to a raw rdkafka producer, and commit-to-consume
     /// latency at a fixed rate, against the broker at `kafka_brokers`.

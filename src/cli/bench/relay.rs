@@ -1,13 +1,15 @@
 //! The relay benchmark, against the broker at `kafka_brokers`:
 //!
-//! (a) **Drain.** A backlog of `--events` outbox rows is written straight into PostgreSQL, then the
+//! (a) **Latency**, first, while the broker is fresh. Appends at a fixed rate (open loop: a slow
+//!     reply never delays the next send) through the library, with the relay in-process; a Kafka
+//!     consumer notes when each event arrives. Latency runs from the append's commit to the
+//!     consumer receiving it. The baselines, run just before, are the raw producer's
+//!     send-to-consume latency at the same rate on the idle machine, and again while the same
+//!     appends commit (relay off), which is what the co-located broker does on a machine as busy.
+//! (b) **Drain.** A backlog of `--events` outbox rows is written straight into PostgreSQL, then the
 //!     relay (Kafka sink only) drains it. Next to it, a raw rdkafka producer with the same
 //!     settings sends the same records (same keys, values and headers, encoded up front) to a
 //!     topic of its own. Both time from the first send to the last acknowledgement.
-//! (b) **Latency.** Appends at a fixed rate (open loop: a slow reply never delays the next send)
-//!     through the library, with the relay in-process; a Kafka consumer notes when each event
-//!     arrives. Latency runs from the append's commit to the consumer receiving it. The baseline
-//!     is the raw producer's send-to-consume latency at the same rate.
 //!
 //! Over ~400 lines on purpose: the two measurements share the fixtures (prefill, encoding, the
 //! raw producer) and each keel figure sits next to its baseline, so that a change to one side is
@@ -63,7 +65,43 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
     println!("broker: {}\n", config.kafka_brokers);
 
     println!(
-        "(a) drain a backlog of {} events, {} run(s)",
+        "(a) commit -> consume latency, open loop at {} events/s for {}s, first, on the broker as it came",
+        args.rate, args.seconds
+    );
+    // The baselines first: a broker's latency drifts up as it fills, so keel gets the last slot.
+    let raw = raw_latency(&config, &raw_topic, &args).await?;
+    // The raw producer again while the same appends commit (the relay off): what the broker's
+    // latency is on a machine as busy with PostgreSQL as the relay's run is.
+    sqlx::query("TRUNCATE outbox").execute(&pool).await?;
+    let (loaded, appended) = tokio::join!(
+        raw_latency(&config, &raw_topic, &args),
+        append_load(&app, &args)
+    );
+    let (loaded, _) = (loaded?, appended?);
+    let keel = relay_latency(&config, &app, &args).await?;
+    println!("{:<24} {:>10} {:>24}", "", "events", "p50/p99/p999 ms");
+    println!(
+        "{:<24} {:>10} {:>24}",
+        "relay (commit->consume)",
+        keel.events,
+        keel.percentiles()
+    );
+    println!(
+        "{:<24} {:>10} {:>24}",
+        "raw, idle machine",
+        raw.events,
+        raw.percentiles()
+    );
+    println!(
+        "{:<24} {:>10} {:>24}",
+        "raw, beside the appends",
+        loaded.events,
+        loaded.percentiles()
+    );
+    println!();
+
+    println!(
+        "(b) drain a backlog of {} events, {} run(s)",
         args.events, args.runs
     );
     println!(
@@ -105,20 +143,6 @@ pub async fn run(config: &Config, args: RelayArgs) -> anyhow::Result<()> {
         poller_ratios[poller_ratios.len() / 2]
     );
 
-    println!(
-        "(b) commit -> consume latency, open loop at {} events/s for {}s",
-        args.rate, args.seconds
-    );
-    let keel = relay_latency(&config, &app, &args).await?;
-    let raw = raw_latency(&config, &raw_topic, &args).await?;
-    println!("{:<8} {:>10} {:>24}", "", "events", "p50/p99/p999 ms");
-    println!(
-        "{:<8} {:>10} {:>24}",
-        "relay",
-        keel.events,
-        keel.percentiles()
-    );
-    println!("{:<8} {:>10} {:>24}", "raw", raw.events, raw.percentiles());
     Ok(())
 }
 
@@ -442,21 +466,63 @@ pub(super) async fn arrivals(
     Ok((consumer, Arc::new(Mutex::new(HashMap::new()))))
 }
 
+/// A consumer noting arrivals on a thread of its own, as a consumer in another process would:
+/// the bench's appends and the relay share the runtime, and a busy runtime would otherwise
+/// delay the timestamps, not the records. Stops when dropped.
+pub(super) struct Reader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    pub(super) fn abort(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 pub(super) fn spawn_reader(
     consumer: StreamConsumer,
     seen: Arc<Mutex<HashMap<Uuid, Instant>>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok(m) = consumer.recv().await else {
-                continue;
-            };
-            let now = Instant::now();
-            if let Some(id) = event_id(&m) {
-                seen.lock().expect("arrivals").insert(id, now);
+) -> Reader {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let halted = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            while !halted.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = tokio::time::timeout(Duration::from_millis(100), consumer.recv());
+                let Ok(Ok(m)) = next.await else {
+                    continue;
+                };
+                let now = Instant::now();
+                if let Some(id) = event_id(&m) {
+                    seen.lock().expect("arrivals").insert(id, now);
+                }
             }
-        }
-    })
+        });
+    });
+    Reader {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 /// The record's `keel-event-id` header, if it has a valid one.
@@ -510,8 +576,23 @@ async fn relay_latency(
     .await?;
     let (consumer, seen) = arrivals(config, TOPIC).await?;
     let reader = spawn_reader(consumer, seen.clone());
-    let sent = Arc::new(Mutex::new(HashMap::new()));
     let started = Instant::now();
+    let sent = append_load(app, args).await?;
+    let elapsed = started.elapsed();
+    wait_for_all(&sent, &seen).await;
+    reader.abort();
+    handle.shutdown().await;
+    let seen = seen.lock().expect("arrivals").clone();
+    latency_sample(&sent, &seen, elapsed)
+}
+
+/// Appends one event each to fresh aggregates at `args.rate` for `args.seconds`, open loop,
+/// through the library; returns when each event's append committed.
+async fn append_load(
+    app: &Application,
+    args: &RelayArgs,
+) -> anyhow::Result<HashMap<Uuid, Instant>> {
+    let sent = Arc::new(Mutex::new(HashMap::new()));
     let total = args.rate * args.seconds;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -537,13 +618,8 @@ async fn relay_latency(
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let elapsed = started.elapsed();
     let sent = sent.lock().expect("sent").clone();
-    wait_for_all(&sent, &seen).await;
-    reader.abort();
-    handle.shutdown().await;
-    let seen = seen.lock().expect("arrivals").clone();
-    latency_sample(&sent, &seen, elapsed)
+    Ok(sent)
 }
 
 async fn raw_latency(config: &Config, topic: &str, args: &RelayArgs) -> anyhow::Result<Sample> {

@@ -164,7 +164,7 @@ pub async fn run(config: &Config, args: SagaArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for r in &readers {
+    for r in readers {
         r.abort();
     }
     // The saga consumed every input (its outputs arrived), so an input this reader missed was
