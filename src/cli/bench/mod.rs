@@ -58,6 +58,10 @@ pub struct SoakArgs {
     /// Distinct aggregates written, round robin.
     #[arg(long, default_value_t = 1_000)]
     pub aggregates: u64,
+    /// HTTP connections the load keeps open and reuses, as a producer service's pool would; an
+    /// append that finds them all busy waits for one, and its latency counts the wait.
+    #[arg(long, default_value_t = 128)]
+    pub connections: usize,
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -497,6 +497,17 @@ pub(super) fn spawn_reader(
     consumer: StreamConsumer,
     seen: Arc<Mutex<HashMap<Uuid, Instant>>>,
 ) -> Reader {
+    spawn_reader_with(consumer, move |id, now| {
+        seen.lock().expect("arrivals").insert(id, now);
+    })
+}
+
+/// A consumer on a thread of its own (a busy runtime would delay the arrival times, not the
+/// records), calling `arrived` with each record's event id and the instant it was received.
+pub(super) fn spawn_reader_with(
+    consumer: StreamConsumer,
+    mut arrived: impl FnMut(Uuid, Instant) + Send + 'static,
+) -> Reader {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let halted = stop.clone();
     let thread = std::thread::spawn(move || {
@@ -514,7 +525,7 @@ pub(super) fn spawn_reader(
                 };
                 let now = Instant::now();
                 if let Some(id) = event_id(&m) {
-                    seen.lock().expect("arrivals").insert(id, now);
+                    arrived(id, now);
                 }
             }
         });

@@ -7,8 +7,15 @@
 //! events the consumer group saw, calls the `service_invocations` projection counted. Anything
 //! acknowledged and missing anywhere fails the command (exit 1), so a short run is a test.
 //!
+//! The load is a producer service's: `--connections` HTTP connections kept open and reused, an
+//! append sent on each tick whether or not the ones before have replied (open loop). An append
+//! that finds every connection busy waits for one, and its latency is timed from its tick, so a
+//! slow server shows as latency and as appends in flight, not as a lower rate.
+//!
 //! Commit → consume is timed from the append's reply (just after its commit) to the consumer
-//! receiving the record, through the relay and the broker.
+//! receiving the record, through the relay and the broker. The consumer runs on a thread of its
+//! own. Each line also gives the consumer group's and the projection's lag (acknowledged appends
+//! not yet seen by each), which tells the relay's, the broker's and the consumers' shares apart.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -25,20 +32,21 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::append::fresh_database;
-use super::relay::{create_topics, event_id};
+use super::relay::{create_topics, spawn_reader_with, Reader};
 use super::stats::Sample;
 use super::SoakArgs;
 use crate::config::Config;
 use crate::consumer::client::{self, StartAt};
 use crate::kafka;
+use tokio::sync::Semaphore;
 
 const TOPIC: &str = "keel.service";
 const EVENT_TYPE: &str = "l12.service_invoked";
 
 pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.minutes > 0.0 && args.rate > 0,
-        "--minutes and --rate must be positive"
+        args.minutes > 0.0 && args.rate > 0 && args.connections > 0,
+        "--minutes, --rate and --connections must be positive"
     );
     let url = fresh_database(config, args.database_url.as_deref(), "keel_bench_soak").await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -47,7 +55,7 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     let mut keel = Keel::start(config, &url, port)?;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(args.connections)
         .build()?;
     keel.wait_ready(&http, &base).await?;
     let pool = PgPool::connect(&url).await?;
@@ -62,18 +70,22 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "soak: keel serve --relay --projections (pid {}), {} events/s for {:.1} min, one consumer group on {TOPIC}",
+            "soak: keel serve --relay --projections (pid {}), {} events/s over {} connections for {:.1} min, one consumer group on {TOPIC}",
             keel.pid(),
             args.rate,
+            args.connections,
             args.minutes
         );
         println!(
-            "{:>6} {:>8} {:>6} {:>20} {:>20} {:>8} {:>8} {:>9} {:>5} {:>5}",
+            "{:>6} {:>8} {:>6} {:>6} {:>20} {:>20} {:>7} {:>7} {:>7} {:>8} {:>9} {:>5} {:>5}",
             "t s",
             "acked",
             "failed",
+            "flight",
             "append p50/p99 ms",
             "consume p50/p99 ms",
+            "grp lag",
+            "prj lag",
             "outbox",
             "RSS MiB",
             "anon MiB",
@@ -90,9 +102,15 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     if let Ok(style) = ProgressStyle::with_template("soak [{bar:40}] {pos}/{len} s, ETA {eta}") {
         bar.set_style(style.progress_chars("=> "));
     }
-    let load = Load::new(http.clone(), base.clone(), args.aggregates);
+    let load = Load::new(
+        http.clone(),
+        base.clone(),
+        args.aggregates,
+        args.connections,
+    );
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    let period = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut next_report = started + every;
     let mut pg = PgCounters::read(&pool).await?;
@@ -100,17 +118,22 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     let mut i: u64 = 0;
     while started.elapsed() < total {
         tick.tick().await;
-        load.send(i, &arrivals);
+        // Timed from when it was due: a tick the loop reached late still counts from its slot.
+        load.send(i, started + period.mul_f64(i as f64), &arrivals);
         i += 1;
         if Instant::now() >= next_report {
             next_report += every;
             let now = PgCounters::read(&pool).await?;
+            let acked = load.acked();
             let line = Interval {
                 at_s: started.elapsed().as_secs(),
-                acked: load.acked(),
+                acked,
                 failed: load.failed(),
+                in_flight: load.in_flight(),
                 append: Percentiles::take(&load.latency),
                 consume: Percentiles::take(&arrivals.latency),
+                group_lag: acked.saturating_sub(arrivals.seen_count()),
+                projection_lag: acked.saturating_sub(projected(&pool).await),
                 outbox_rows: outbox_rows(&pool).await?,
                 rss_mib: keel.rss_mib(),
                 anon_mib: keel.anon_mib(),
@@ -173,13 +196,7 @@ async fn drain(
                 .await? as u64;
         }
         consumed = arrivals.seen(&ids);
-        projected = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT sum(calls)::bigint FROM keel_proj_service_invocations.service_invocations",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap_or(None)
-        .unwrap_or(0) as u64;
+        projected = self::projected(pool).await;
         outbox = outbox_rows(pool).await?;
         let done = stored == acked && consumed == acked && projected >= acked && outbox == 0;
         let now = (stored, consumed, projected, outbox);
@@ -201,6 +218,7 @@ async fn drain(
     Ok(Report {
         minutes: args.minutes,
         rate: args.rate,
+        connections: args.connections,
         sent,
         acked,
         failed: load.failed(),
@@ -230,14 +248,31 @@ async fn drain(
     })
 }
 
+/// The calls `service_invocations` has counted (0 before its table exists).
+async fn projected(pool: &PgPool) -> u64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(calls)::bigint FROM keel_proj_service_invocations.service_invocations",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(None)
+    .unwrap_or(0) as u64
+}
+
 /// One interval's line.
 #[derive(Debug, Serialize)]
 struct Interval {
     at_s: u64,
     acked: u64,
     failed: u64,
+    /// Appends sent or waiting for a connection, not yet answered.
+    in_flight: u64,
     append: Percentiles,
     consume: Percentiles,
+    /// Acknowledged appends the consumer group has not seen yet.
+    group_lag: u64,
+    /// Acknowledged appends the `service_invocations` projection has not counted yet.
+    projection_lag: u64,
     outbox_rows: i64,
     /// keel's resident set: its own memory (`anon_mib`) and the pages of the binary it ran.
     rss_mib: f64,
@@ -249,12 +284,15 @@ struct Interval {
 impl Interval {
     fn show(&self) -> String {
         format!(
-            "{:>6} {:>8} {:>6} {:>20} {:>20} {:>8} {:>8.1} {:>9.1} {:>5} {:>5}",
+            "{:>6} {:>8} {:>6} {:>6} {:>20} {:>20} {:>7} {:>7} {:>7} {:>8.1} {:>9.1} {:>5} {:>5}",
             self.at_s,
             self.acked,
             self.failed,
+            self.in_flight,
             self.append.show(),
             self.consume.show(),
+            self.group_lag,
+            self.projection_lag,
             self.outbox_rows,
             self.rss_mib,
             self.anon_mib,
@@ -268,6 +306,7 @@ impl Interval {
 struct Report {
     minutes: f64,
     rate: u64,
+    connections: usize,
     sent: u64,
     acked: u64,
     failed: u64,
@@ -337,11 +376,13 @@ impl Percentiles {
     }
 }
 
-/// The open-loop load: one HTTP append of one event per tick, never waiting for the reply.
+/// The open-loop load: one HTTP append of one event per tick, never waiting for the reply, over
+/// at most `connections` connections at once (a permit each).
 struct Load {
     http: reqwest::Client,
     base: String,
     aggregates: u64,
+    connections: Arc<Semaphore>,
     latency: Arc<Mutex<Histogram<u64>>>,
     state: Arc<Mutex<LoadState>>,
 }
@@ -354,17 +395,18 @@ struct LoadState {
 }
 
 impl Load {
-    fn new(http: reqwest::Client, base: String, aggregates: u64) -> Self {
+    fn new(http: reqwest::Client, base: String, aggregates: u64, connections: usize) -> Self {
         Self {
             http,
             base,
             aggregates: aggregates.max(1),
+            connections: Arc::new(Semaphore::new(connections)),
             latency: Arc::new(Mutex::new(Sample::new_histogram())),
             state: Default::default(),
         }
     }
 
-    fn send(&self, i: u64, arrivals: &Arrivals) {
+    fn send(&self, i: u64, due: Instant, arrivals: &Arrivals) {
         let id = Uuid::now_v7();
         let aggregate = Uuid::from_u128(
             0x5041_0000_0000_4000_8000_0000_0000_0000 | u128::from(i % self.aggregates),
@@ -388,16 +430,21 @@ impl Load {
                 self.base
             ))
             .json(&body);
-        let (latency, state, arrivals) = (
+        let (latency, state, arrivals, connections) = (
             self.latency.clone(),
             self.state.clone(),
             arrivals.sent.clone(),
+            self.connections.clone(),
         );
         state.lock().expect("load").in_flight += 1;
         tokio::spawn(async move {
-            let started = Instant::now();
+            let _connection = connections
+                .acquire_owned()
+                .await
+                .expect("the load's semaphore is never closed");
             let ok = match request.send().await {
-                Ok(r) => r.status().is_success(),
+                // The body read to its end, so that the connection goes back to the pool.
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                 Err(_) => false,
             };
             let replied = Instant::now();
@@ -406,7 +453,7 @@ impl Load {
             if ok {
                 s.acked.push(id);
                 drop(s);
-                let us = replied.duration_since(started).as_micros().max(1) as u64;
+                let us = replied.saturating_duration_since(due).as_micros().max(1) as u64;
                 let _ = latency.lock().expect("latency").record(us);
                 arrivals.lock().expect("arrivals").acked(id, replied);
             } else {
@@ -438,7 +485,7 @@ impl Load {
 struct Arrivals {
     sent: Arc<Mutex<Matcher>>,
     latency: Arc<Mutex<Histogram<u64>>>,
-    _reader: tokio::task::JoinHandle<()>,
+    _reader: Reader,
 }
 
 struct Matcher {
@@ -500,22 +547,19 @@ impl Arrivals {
             latency: latency.clone(),
         }));
         let matcher = sent.clone();
-        let reader = tokio::spawn(async move {
-            loop {
-                let Ok(m) = consumer.recv().await else {
-                    continue;
-                };
-                let now = Instant::now();
-                if let Some(id) = event_id(&m) {
-                    matcher.lock().expect("arrivals").arrived(id, now);
-                }
-            }
+        let reader = spawn_reader_with(consumer, move |id, now| {
+            matcher.lock().expect("arrivals").arrived(id, now);
         });
         Ok(Self {
             sent,
             latency,
             _reader: reader,
         })
+    }
+
+    /// How many distinct events the group has seen.
+    fn seen_count(&self) -> u64 {
+        self.sent.lock().expect("arrivals").seen.len() as u64
     }
 
     /// How many of `ids` the group has seen.
