@@ -148,13 +148,6 @@ async fn run(mut sampler: Sampler, shared: Arc<Shared>, every: Duration, stop: S
     }
 }
 
-/// An age PostgreSQL computed as `now() - t`, in seconds, as a duration. It can be negative: the
-/// sample's transaction fixes `now()` when it begins, and its later statements see rows committed
-/// since (read committed), stamped after that. Those are 0 s old, as is anything not a number.
-fn age(seconds: f64) -> Duration {
-    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
-}
-
 /// One stage row of `pipeline_stages`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct StageRow {
@@ -437,7 +430,7 @@ impl Sampler {
             let name = format!("relay.{sink}");
             let row = db.relay.iter().find(|r| r.sink == sink);
             let (position, waiting, oldest) = row
-                .map(|r| (r.position, r.waiting, r.oldest.map(age)))
+                .map(|r| (r.position, r.waiting, r.oldest.map(crate::store::seconds)))
                 .unwrap_or((0, 0, None));
             let capped = row.is_some_and(|r| r.capped);
             if let Some(r) = row {
@@ -674,7 +667,7 @@ impl Sampler {
         let freshest = rows.and_then(|rows| {
             rows.iter()
                 .min_by(|a, b| a.age.total_cmp(&b.age))
-                .map(|r| (age(r.age), r.process.as_str()))
+                .map(|r| (crate::store::seconds(r.age), r.process.as_str()))
         });
         let stale_instances = match freshest {
             Some((age, _)) if age.as_secs_f64() < stall => rows
@@ -871,19 +864,4 @@ fn partitions_of(rows: &[StageRow], ends: Option<&Partitions>) -> Vec<(String, i
             .collect()
     })
     .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_age_from_after_the_samples_now_is_zero_not_a_panic() {
-        // The soak found it: an outbox row committed after the sample's transaction began is
-        // "-0.004 s old", and `Duration::from_secs_f64` panics on it, which ended the monitor.
-        assert_eq!(age(-0.004), Duration::ZERO);
-        assert_eq!(age(f64::NAN), Duration::ZERO);
-        assert_eq!(age(f64::INFINITY), Duration::MAX);
-        assert_eq!(age(1.5), Duration::from_millis(1500));
-    }
 }

@@ -56,7 +56,7 @@ pub async fn fire_due(
     .bind(name)
     .fetch_one(pool)
     .await?;
-    Ok((fired, next.map(|s| Duration::from_secs_f64(s.max(0.0)))))
+    Ok((fired, next.map(crate::store::seconds)))
 }
 
 /// Fires one timeout if it is still due as seen and its instance is free. `Ok(false)`: someone

@@ -270,3 +270,26 @@ fn tls_hint(error: &sqlx::Error) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// A span PostgreSQL computed in seconds (`extract(epoch FROM now() - t)` and the like) as a
+/// duration. It can be negative: a transaction fixes `now()` when it begins, and its later
+/// statements see rows committed since (read committed), stamped after that. Those are 0 s, as is
+/// anything not a number; an infinite span is the longest duration.
+pub fn seconds(s: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(std::time::Duration::MAX)
+}
+
+#[cfg(test)]
+mod seconds_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_span_from_after_the_transactions_now_is_zero_not_a_panic() {
+        // The soak found it: an outbox row committed after the health sample's transaction began
+        // is "-0.004 s old", and `Duration::from_secs_f64` panicked on it, ending the monitor.
+        assert_eq!(super::seconds(-0.004), Duration::ZERO);
+        assert_eq!(super::seconds(f64::NAN), Duration::ZERO);
+        assert_eq!(super::seconds(f64::INFINITY), Duration::MAX);
+        assert_eq!(super::seconds(1.5), Duration::from_millis(1500));
+    }
+}

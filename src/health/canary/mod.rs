@@ -196,7 +196,7 @@ async fn record_seen(
     .bind(crate::model::canary::AGGREGATE_TYPE)
     .fetch_optional(pool)
     .await?;
-    let latency = latency.map(|s| Duration::from_secs_f64(s.max(0.0)));
+    let latency = latency.map(crate::store::seconds);
     if let Some(latency) = latency {
         ::metrics::gauge!(metrics::CANARY_LATENCY, "sink" => sink.as_str())
             .set(latency.as_secs_f64());
