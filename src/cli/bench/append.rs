@@ -56,6 +56,12 @@ pub async fn run(config: &Config, args: AppendArgs, export: Option<Export>) -> a
     // default max_connections of 100 at 64 producers: each keel gets at most 10 connections,
     // plenty for its 4 group-commit workers, key lookups and reads.
     app_config.pool.max_connections = app_config.pool.max_connections.min(10);
+    room_for(
+        &app_config.database_url,
+        3 * app_config.pool.max_connections + max_producers as u32,
+        max_producers,
+    )
+    .await?;
     // keel as it runs by default: every request authenticated with an API key (of the bootstrap
     // admin), its caller's rate limits checked, its grants checked by the write path.
     let key = crate::auth::ApiKey::generate()?;
@@ -215,6 +221,32 @@ async fn pgbench_baseline(
             run.percentiles()
         );
     }
+    Ok(())
+}
+
+/// Says up front when PostgreSQL cannot take the connections the run needs (`needed`: the three
+/// keels' pools and a connection per baseline producer), rather than letting the baseline's pool
+/// time out minutes into the run.
+async fn room_for(url: &str, needed: u32, producers: usize) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let (allowed, in_use): (i64, i64) = sqlx::query_as(
+        "SELECT current_setting('max_connections')::bigint \
+                - CASE WHEN r.rolsuper THEN 0 ELSE current_setting('superuser_reserved_connections')::bigint END, \
+                (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    conn.close().await?;
+    let free = allowed - in_use;
+    anyhow::ensure!(
+        i64::from(needed) <= free,
+        "--producers {producers} needs {needed} PostgreSQL connections (three keel instances' pools and one per \
+         baseline producer), but the server has {free} free ({allowed} allowed, {in_use} in use): lower --producers \
+         to at most {}, or raise max_connections in postgresql.conf",
+        (free - i64::from(needed) + producers as i64).max(0)
+    );
     Ok(())
 }
 
