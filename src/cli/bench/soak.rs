@@ -533,12 +533,10 @@ impl Arrivals {
             StartAt::Beginning,
             &kafka::connection_settings(&config.relay.kafka.properties),
         );
-        // Offsets stored as records arrive and committed every 5 s, so that a consumer that
-        // loses its place in the group resumes near it instead of from the beginning.
         settings
             .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "true")
-            .set("fetch.wait.max.ms", "5");
+            .set("fetch.wait.max.ms", "5")
+            .set("session.timeout.ms", "6000");
         let consumer: StreamConsumer = kafka::create(&settings)?;
         consumer.subscribe(&[TOPIC])?;
         let latency = Arc::new(Mutex::new(Sample::new_histogram()));
