@@ -229,11 +229,12 @@ async fn pgbench_baseline(
 /// time out minutes into the run.
 async fn room_for(url: &str, needed: u32, producers: usize) -> anyhow::Result<()> {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
+    // The bench's own database does not exist yet (the first keel creates it).
+    let mut conn = sqlx::PgConnection::connect(&sibling_database(url, "postgres")?).await?;
     let (allowed, in_use): (i64, i64) = sqlx::query_as(
         "SELECT current_setting('max_connections')::bigint \
                 - CASE WHEN r.rolsuper THEN 0 ELSE current_setting('superuser_reserved_connections')::bigint END, \
-                (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+                (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) \
          FROM pg_roles r WHERE r.rolname = current_user",
     )
     .fetch_one(&mut conn)
