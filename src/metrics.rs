@@ -447,6 +447,11 @@ mod tests {
             super::install().is_some(),
             "keel's recorder was not installed"
         );
+        // A spawned thread names itself once it runs.
+        let named = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while upkeeps() == 0 && std::time::Instant::now() < named {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(upkeeps(), 1, "no upkeep thread after the first install");
         assert!(super::install().is_some());
         assert_eq!(
