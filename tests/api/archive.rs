@@ -559,6 +559,20 @@ async fn rebuild_all(f: &Fixture, archive: Tiered) {
 }
 
 /// Every event in the log, read through `tiered`, from the start.
+/// The store's whole log once it holds `events`: the log shows only what is below the server's
+/// snapshot horizon, and another test's open write transaction holds its tail back for a while.
+async fn settled_log(pool: &PgPool, events: usize) -> Vec<(i64, Uuid, Value, Value, Option<i32>)> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("the {events} events below the log's horizon"),
+        || async {
+            let log = whole_log(pool, &Tiered::default()).await;
+            (log.len() == events).then_some(log)
+        },
+    )
+    .await
+}
+
 async fn whole_log(pool: &PgPool, tiered: &Tiered) -> Vec<(i64, Uuid, Value, Value, Option<i32>)> {
     let mut out = Vec::new();
     let mut after = LogCursor::START;
@@ -640,7 +654,7 @@ async fn after_archiving_and_purging_two_of_three_types_rebuilds_replays_and_res
         ["agent_status", "service_invocations"].map(|p| read_model(f.pool(), p)),
     )
     .await;
-    let log_before = whole_log(f.pool(), &Tiered::default()).await;
+    let log_before = settled_log(f.pool(), 43).await;
     let rows_before = all_rows(f.pool()).await;
 
     // The plan changes nothing and says what would go.
@@ -1244,7 +1258,7 @@ async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_t
         append(&f.app, "service", services[n % 3], vec![service_invoked(n)]).await;
     }
     deliver_everything(f.pool()).await;
-    let before = whole_log(f.pool(), &Tiered::default()).await;
+    let before = settled_log(f.pool(), 12).await;
     let report = f.archive(later()).await;
     // Segments of at most 4 records; one more when the run met the server's snapshot horizon
     // part-way (other tests on the shared server hold transactions open) and closed a short one.
@@ -1260,8 +1274,9 @@ async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_t
     );
     assert_eq!(f.app.count("events").await, 0);
     let tiered = Tiered::new(Some(f.objects.clone()));
-    assert!(
-        whole_log(f.pool(), &tiered).await == before,
+    assert_eq!(
+        whole_log(f.pool(), &tiered).await,
+        before,
         "the log read back from S3 differs"
     );
     let restored = archive::restore::restore(
@@ -1279,7 +1294,7 @@ async fn on_s3_the_archive_verifies_against_the_database_purges_and_reads_back_t
     assert_eq!(restored.restored, 12);
     // --republish hands every restored event to the relay again.
     assert_eq!(f.app.count("outbox").await, 12);
-    assert!(whole_log(f.pool(), &Tiered::default()).await == before);
+    assert_eq!(whole_log(f.pool(), &Tiered::default()).await, before);
 }
 
 #[tokio::test]
