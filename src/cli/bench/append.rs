@@ -58,7 +58,7 @@ pub async fn run(config: &Config, args: AppendArgs, export: Option<Export>) -> a
     app_config.pool.max_connections = app_config.pool.max_connections.min(10);
     room_for(
         &app_config.database_url,
-        3 * app_config.pool.max_connections + max_producers as u32,
+        app_config.pool.max_connections,
         max_producers,
     )
     .await?;
@@ -224,10 +224,10 @@ async fn pgbench_baseline(
     Ok(())
 }
 
-/// Says up front when PostgreSQL cannot take the connections the run needs (`needed`: the three
-/// keels' pools and a connection per baseline producer), rather than letting the baseline's pool
-/// time out minutes into the run.
-async fn room_for(url: &str, needed: u32, producers: usize) -> anyhow::Result<()> {
+/// Says up front when PostgreSQL cannot take the connections the run needs (the three keels'
+/// pools of `keel_pool` each and a connection per baseline producer), rather than letting the
+/// baseline's pool time out minutes into the run.
+async fn room_for(url: &str, keel_pool: u32, producers: usize) -> anyhow::Result<()> {
     use sqlx::Connection;
     // The bench's own database does not exist yet (the first keel creates it).
     let mut conn = sqlx::PgConnection::connect(&sibling_database(url, "postgres")?).await?;
@@ -241,12 +241,14 @@ async fn room_for(url: &str, needed: u32, producers: usize) -> anyhow::Result<()
     .await?;
     conn.close().await?;
     let free = allowed - in_use;
+    let keels = 3 * i64::from(keel_pool);
+    let needed = keels + producers as i64;
     anyhow::ensure!(
-        i64::from(needed) <= free,
+        needed <= free,
         "--producers {producers} needs {needed} PostgreSQL connections (three keel instances' pools and one per \
          baseline producer), but the server has {free} free ({allowed} allowed, {in_use} in use): lower --producers \
          to at most {}, or raise max_connections in postgresql.conf",
-        (free - i64::from(needed) + producers as i64).max(0)
+        (free - keels).max(0)
     );
     Ok(())
 }
