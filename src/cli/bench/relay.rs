@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -472,11 +472,24 @@ pub(super) async fn arrivals(
 pub(super) struct Reader {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    errors: Arc<Mutex<ReadErrors>>,
+}
+
+/// The errors a reader's consumer returned instead of records.
+#[derive(Debug, Default, Clone)]
+pub(super) struct ReadErrors {
+    pub count: u64,
+    pub last: Option<String>,
 }
 
 impl Reader {
     pub(super) fn abort(mut self) {
         self.halt();
+    }
+
+    /// The errors so far.
+    pub(super) fn errors(&self) -> ReadErrors {
+        self.errors.lock().expect("read errors").clone()
     }
 
     fn halt(&mut self) {
@@ -504,12 +517,14 @@ pub(super) fn spawn_reader(
 
 /// A consumer on a thread of its own (a busy runtime would delay the arrival times, not the
 /// records), calling `arrived` with each record's event id and the instant it was received.
-pub(super) fn spawn_reader_with(
-    consumer: StreamConsumer,
+pub(super) fn spawn_reader_with<C: ConsumerContext + 'static>(
+    consumer: StreamConsumer<C>,
     mut arrived: impl FnMut(Uuid, Instant) + Send + 'static,
 ) -> Reader {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let halted = stop.clone();
+    let errors = Arc::new(Mutex::new(ReadErrors::default()));
+    let noted = errors.clone();
     let thread = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -520,8 +535,15 @@ pub(super) fn spawn_reader_with(
         runtime.block_on(async move {
             while !halted.load(std::sync::atomic::Ordering::Relaxed) {
                 let next = tokio::time::timeout(Duration::from_millis(100), consumer.recv());
-                let Ok(Ok(m)) = next.await else {
-                    continue;
+                let m = match next.await {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(e)) => {
+                        let mut noted = noted.lock().expect("read errors");
+                        noted.count += 1;
+                        noted.last = Some(e.to_string());
+                        continue;
+                    }
+                    Err(_) => continue,
                 };
                 let now = Instant::now();
                 if let Some(id) = event_id(&m) {
@@ -533,6 +555,7 @@ pub(super) fn spawn_reader_with(
     Reader {
         stop,
         thread: Some(thread),
+        errors,
     }
 }
 

@@ -19,13 +19,15 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::ClientContext;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -77,7 +79,7 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
             args.minutes
         );
         println!(
-            "{:>6} {:>8} {:>6} {:>6} {:>20} {:>20} {:>7} {:>7} {:>7} {:>8} {:>9} {:>5} {:>5}",
+            "{:>6} {:>8} {:>6} {:>6} {:>20} {:>20} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>5} {:>5}",
             "t s",
             "acked",
             "failed",
@@ -85,6 +87,7 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
             "append p50/p99 ms",
             "consume p50/p99 ms",
             "grp lag",
+            "again",
             "prj lag",
             "outbox",
             "RSS MiB",
@@ -115,6 +118,7 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     let mut next_report = started + every;
     let mut pg = PgCounters::read(&pool).await?;
     let mut intervals = Vec::new();
+    let mut redelivered = 0;
     let mut i: u64 = 0;
     while started.elapsed() < total {
         tick.tick().await;
@@ -133,6 +137,11 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
                 append: Percentiles::take(&load.latency),
                 consume: Percentiles::take(&arrivals.latency),
                 group_lag: acked.saturating_sub(arrivals.seen_count()),
+                redelivered: {
+                    let before = redelivered;
+                    redelivered = arrivals.redelivered();
+                    redelivered - before
+                },
                 projection_lag: acked.saturating_sub(projected(&pool).await),
                 outbox_rows: outbox_rows(&pool).await?,
                 rss_mib: keel.rss_mib(),
@@ -161,7 +170,7 @@ pub async fn run(config: &Config, args: SoakArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         report.lost == 0,
-        "{} acknowledged events are missing (see the counts above)",
+        "{} acknowledged events are missing from at least one count (see above for which)",
         report.lost
     );
     Ok(())
@@ -215,6 +224,7 @@ async fn drain(
     let mut steady = rss[warm.min(rss.len().saturating_sub(1))..].to_vec();
     steady.sort_by(f64::total_cmp);
     let lost = acked.saturating_sub(stored.min(consumed).min(projected));
+    let errors = arrivals.reader.errors();
     Ok(Report {
         minutes: args.minutes,
         rate: args.rate,
@@ -227,6 +237,10 @@ async fn drain(
         projected,
         outbox_left: outbox,
         lost,
+        group_assignments: arrivals.assignments.load(Ordering::Relaxed),
+        group_redelivered: arrivals.redelivered(),
+        group_read_errors: errors.count,
+        group_last_read_error: errors.last,
         rss_peak_mib: keel.peak_rss_mib(),
         rss_steady_median_mib: steady.get(steady.len() / 2).copied().unwrap_or(0.0),
         anon_steady_median_mib: {
@@ -271,6 +285,8 @@ struct Interval {
     consume: Percentiles,
     /// Acknowledged appends the consumer group has not seen yet.
     group_lag: u64,
+    /// Records the consumer group received again in this interval.
+    redelivered: u64,
     /// Acknowledged appends the `service_invocations` projection has not counted yet.
     projection_lag: u64,
     outbox_rows: i64,
@@ -284,7 +300,7 @@ struct Interval {
 impl Interval {
     fn show(&self) -> String {
         format!(
-            "{:>6} {:>8} {:>6} {:>6} {:>20} {:>20} {:>7} {:>7} {:>7} {:>8.1} {:>9.1} {:>5} {:>5}",
+            "{:>6} {:>8} {:>6} {:>6} {:>20} {:>20} {:>7} {:>7} {:>7} {:>7} {:>8.1} {:>9.1} {:>5} {:>5}",
             self.at_s,
             self.acked,
             self.failed,
@@ -292,6 +308,7 @@ impl Interval {
             self.append.show(),
             self.consume.show(),
             self.group_lag,
+            self.redelivered,
             self.projection_lag,
             self.outbox_rows,
             self.rss_mib,
@@ -314,7 +331,13 @@ struct Report {
     consumed: u64,
     projected: u64,
     outbox_left: i64,
+    /// Acknowledged events missing from the smallest of the three counts.
     lost: u64,
+    /// Times the consumer group was assigned its partitions (1 without rebalances).
+    group_assignments: u64,
+    group_redelivered: u64,
+    group_read_errors: u64,
+    group_last_read_error: Option<String>,
     rss_peak_mib: f64,
     rss_steady_median_mib: f64,
     rss_growth_after_warmup_mib: f64,
@@ -339,11 +362,60 @@ impl Report {
             self.anon_steady_median_mib,
             self.rss_growth_after_warmup_mib
         );
-        if self.lost == 0 {
-            println!("nothing lost");
-        } else {
-            println!("LOST: {} acknowledged events", self.lost);
+        println!(
+            "consumer group: assigned {} time(s), {} records received again, {} read errors{}",
+            self.group_assignments,
+            self.group_redelivered,
+            self.group_read_errors,
+            self.group_last_read_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
+        );
+        for line in self.verdict() {
+            println!("{line}");
         }
+    }
+
+    /// "nothing lost", or a line for each count that fell short, saying what its shortfall means.
+    fn verdict(&self) -> Vec<String> {
+        if self.lost == 0 {
+            return vec!["nothing lost".into()];
+        }
+        let mut lines = Vec::new();
+        if self.stored < self.acked {
+            lines.push(format!(
+                "LOST: {} acknowledged appends are not in the store",
+                self.acked - self.stored
+            ));
+        }
+        if self.projected < self.acked {
+            lines.push(format!(
+                "MISSING: {} acknowledged appends not counted by service_invocations when the drain gave up{}",
+                self.acked - self.projected,
+                if self.outbox_left > 0 {
+                    format!(" ({} still in the outbox)", self.outbox_left)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if self.consumed < self.acked {
+            let published = self.stored == self.acked && self.outbox_left == 0;
+            let read_elsewhere = published && self.projected >= self.acked;
+            lines.push(format!(
+                "MISSING: {} acknowledged appends never reached the bench's consumer group{}",
+                self.acked - self.consumed,
+                if read_elsewhere {
+                    "; the relay published every one (outbox empty) and the projection, reading \
+                     the same topic, counted them all, so the group stopped receiving, not keel \
+                     losing (see the group's line above)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        lines
     }
 }
 
@@ -485,14 +557,31 @@ impl Load {
 struct Arrivals {
     sent: Arc<Mutex<Matcher>>,
     latency: Arc<Mutex<Histogram<u64>>>,
-    _reader: Reader,
+    assignments: Arc<AtomicU64>,
+    reader: Reader,
 }
 
 struct Matcher {
     waiting: HashMap<Uuid, Instant>,
     early: HashMap<Uuid, Instant>,
     seen: std::collections::HashSet<Uuid>,
+    /// Records of events seen before: a group that lost its assignment and read again from
+    /// the start (it commits no offsets) shows here.
+    redelivered: u64,
     latency: Arc<Mutex<Histogram<u64>>>,
+}
+
+/// Counts the consumer group's assignments: one at the start, one more after every rebalance.
+struct GroupWatch(Arc<AtomicU64>);
+
+impl ClientContext for GroupWatch {}
+
+impl ConsumerContext for GroupWatch {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Matcher {
@@ -507,7 +596,8 @@ impl Matcher {
 
     fn arrived(&mut self, id: Uuid, at: Instant) {
         if !self.seen.insert(id) {
-            return; // a redelivery: counted once
+            self.redelivered += 1; // counted once
+            return;
         }
         match self.waiting.remove(&id) {
             Some(acked) => self.record(at.saturating_duration_since(acked)),
@@ -537,13 +627,16 @@ impl Arrivals {
             .set("enable.auto.commit", "true")
             .set("fetch.wait.max.ms", "5")
             .set("session.timeout.ms", "6000");
-        let consumer: StreamConsumer = kafka::create(&settings)?;
+        let assignments = Arc::new(AtomicU64::new(0));
+        let consumer: StreamConsumer<GroupWatch> =
+            kafka::create_with_context(&settings, GroupWatch(assignments.clone()))?;
         consumer.subscribe(&[TOPIC])?;
         let latency = Arc::new(Mutex::new(Sample::new_histogram()));
         let sent = Arc::new(Mutex::new(Matcher {
             waiting: HashMap::new(),
             early: HashMap::new(),
             seen: Default::default(),
+            redelivered: 0,
             latency: latency.clone(),
         }));
         let matcher = sent.clone();
@@ -553,13 +646,19 @@ impl Arrivals {
         Ok(Self {
             sent,
             latency,
-            _reader: reader,
+            assignments,
+            reader,
         })
     }
 
     /// How many distinct events the group has seen.
     fn seen_count(&self) -> u64 {
         self.sent.lock().expect("arrivals").seen.len() as u64
+    }
+
+    /// Records of events the group had seen already.
+    fn redelivered(&self) -> u64 {
+        self.sent.lock().expect("arrivals").redelivered
     }
 
     /// How many of `ids` the group has seen.
@@ -692,5 +791,56 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS:"), Some(98304.0));
         assert_eq!(status_kib(status, "VmHWM:"), Some(102816.0));
         assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    fn report(stored: u64, consumed: u64, projected: u64, outbox_left: i64) -> Report {
+        let acked = 1_000;
+        Report {
+            minutes: 1.0,
+            rate: 10,
+            connections: 1,
+            sent: acked,
+            acked,
+            failed: 0,
+            stored,
+            consumed,
+            projected,
+            outbox_left,
+            lost: acked - stored.min(consumed).min(projected),
+            group_assignments: 1,
+            group_redelivered: 0,
+            group_read_errors: 0,
+            group_last_read_error: None,
+            rss_peak_mib: 0.0,
+            rss_steady_median_mib: 0.0,
+            rss_growth_after_warmup_mib: 0.0,
+            anon_steady_median_mib: 0.0,
+            intervals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_the_count_that_fell_short() {
+        assert_eq!(report(1_000, 1_000, 1_000, 0).verdict(), ["nothing lost"]);
+
+        let stalled = report(1_000, 400, 1_000, 0).verdict();
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert!(stalled[0].starts_with("MISSING: 600 acknowledged appends never reached the bench's consumer group; the relay published every one"), "{stalled:?}");
+
+        let unrelayed = report(1_000, 400, 400, 600).verdict();
+        assert_eq!(unrelayed.len(), 2, "{unrelayed:?}");
+        assert!(
+            unrelayed[0].contains("600 acknowledged appends not counted by service_invocations")
+                && unrelayed[0].ends_with("(600 still in the outbox)"),
+            "{unrelayed:?}"
+        );
+        assert_eq!(
+            unrelayed[1],
+            "MISSING: 600 acknowledged appends never reached the bench's consumer group"
+        );
+
+        let lost = report(999, 999, 999, 0).verdict();
+        assert_eq!(lost[0], "LOST: 1 acknowledged appends are not in the store");
+        assert_eq!(lost.len(), 3, "{lost:?}");
     }
 }
