@@ -29,6 +29,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// jemalloc answers the process's `malloc` itself (not only Rust's allocations under a prefix),
+/// so librdkafka and the other C libraries get its background purge too: only then does it read
+/// the unprefixed `MALLOC_CONF` (glibc ignores it), here to print its statistics at exit.
+#[test]
+fn the_binary_allocates_for_its_c_libraries_with_jemalloc_too() {
+    let out = keel()
+        .arg("--version")
+        .env("MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Begin jemalloc statistics"),
+        "MALLOC_CONF was not read by the process's malloc: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn migrate_creates_the_database_and_serve_answers_until_terminated() {
     let database_url = fresh_database_url();
