@@ -14,7 +14,8 @@
 //!
 //! Commit → consume is timed from the append's reply (just after its commit) to the consumer
 //! receiving the record, through the relay and the broker. The consumer runs on a thread of its
-//! own. Each line also gives the consumer group's and the projection's lag (acknowledged appends
+//! own, with librdkafka's default fetch wait (so the column includes the broker's hold of a
+//! fetch; `keel bench relay` measures the least latency with a 5 ms wait). Each line also gives the consumer group's and the projection's lag (acknowledged appends
 //! not yet seen by each), which tells the relay's, the broker's and the consumers' shares apart.
 
 use std::collections::HashMap;
@@ -623,10 +624,11 @@ impl Arrivals {
             StartAt::Beginning,
             &kafka::connection_settings(&config.relay.kafka.properties),
         );
-        settings
-            .set("enable.auto.commit", "true")
-            .set("fetch.wait.max.ms", "5")
-            .set("session.timeout.ms", "6000");
+        // librdkafka's own fetch wait and session timeout, as keel's projections use them: with
+        // `fetch.wait.max.ms=5` the group's many small fetches were served ever more slowly while
+        // the broker took 2,000 produces/s, and it fell 30k-100k records behind by minute 5
+        // (docs/benchmarks.md, 2026-12-04).
+        settings.set("enable.auto.commit", "true");
         let assignments = Arc::new(AtomicU64::new(0));
         let consumer: StreamConsumer<GroupWatch> =
             kafka::create_with_context(&settings, GroupWatch(assignments.clone()))?;
