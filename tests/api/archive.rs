@@ -558,7 +558,6 @@ async fn rebuild_all(f: &Fixture, archive: Tiered) {
     }
 }
 
-/// Every event in the log, read through `tiered`, from the start.
 /// The store's whole log once it holds `events`: the log shows only what is below the server's
 /// snapshot horizon, and another test's open write transaction holds its tail back for a while.
 async fn settled_log(pool: &PgPool, events: usize) -> Vec<(i64, Uuid, Value, Value, Option<i32>)> {
@@ -573,6 +572,7 @@ async fn settled_log(pool: &PgPool, events: usize) -> Vec<(i64, Uuid, Value, Val
     .await
 }
 
+/// Every event in the log, read through `tiered`, from the start.
 async fn whole_log(pool: &PgPool, tiered: &Tiered) -> Vec<(i64, Uuid, Value, Value, Option<i32>)> {
     let mut out = Vec::new();
     let mut after = LogCursor::START;

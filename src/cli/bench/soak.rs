@@ -15,8 +15,9 @@
 //! Commit → consume is timed from the append's reply (just after its commit) to the consumer
 //! receiving the record, through the relay and the broker. The consumer runs on a thread of its
 //! own, with librdkafka's default fetch wait (so the column includes the broker's hold of a
-//! fetch; `keel bench relay` measures the least latency with a 5 ms wait). Each line also gives the consumer group's and the projection's lag (acknowledged appends
-//! not yet seen by each), which tells the relay's, the broker's and the consumers' shares apart.
+//! fetch; `keel bench relay` measures the least latency with a 5 ms wait). Each line also gives
+//! the consumer group's and the projection's lag (acknowledged appends not yet seen by each),
+//! which tells the relay's, the broker's and the consumers' shares apart.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -224,7 +225,7 @@ async fn drain(
     let warm = (rss.len() / 5).max(1).min(rss.len());
     let mut steady = rss[warm.min(rss.len().saturating_sub(1))..].to_vec();
     steady.sort_by(f64::total_cmp);
-    let lost = acked.saturating_sub(stored.min(consumed).min(projected));
+    let lost = lost(acked, stored, consumed, projected);
     let errors = arrivals.reader.errors();
     Ok(Report {
         minutes: args.minutes,
@@ -261,6 +262,12 @@ async fn drain(
         },
         intervals,
     })
+}
+
+/// Acknowledged events missing from the smallest of the store's, the group's and the
+/// projection's counts.
+fn lost(acked: u64, stored: u64, consumed: u64, projected: u64) -> u64 {
+    acked.saturating_sub(stored.min(consumed).min(projected))
 }
 
 /// The calls `service_invocations` has counted (0 before its table exists).
@@ -808,7 +815,7 @@ mod tests {
             consumed,
             projected,
             outbox_left,
-            lost: acked - stored.min(consumed).min(projected),
+            lost: lost(acked, stored, consumed, projected),
             group_assignments: 1,
             group_redelivered: 0,
             group_read_errors: 0,
