@@ -24,13 +24,14 @@ use crate::schema::ParsedSchema;
 /// How long a subject's latest version is trusted before it is read again.
 pub const LATEST_TTL: Duration = Duration::from_secs(1);
 
-/// `(subject, version)`, `None` meaning the latest.
-type Key = (String, Option<i32>);
+/// Per subject, per version (`None` meaning the latest): nested, so that a hit is looked up by
+/// the borrowed subject without building a key.
+type Latest = HashMap<String, HashMap<Option<i32>, Cached>>;
 
 #[derive(Debug, Default)]
 pub(super) struct Cache {
     by_id: RwLock<HashMap<i32, Arc<ParsedSchema>>>,
-    latest: RwLock<HashMap<Key, Cached>>,
+    latest: RwLock<Latest>,
 }
 
 /// A cached answer of [`Cache::event_schema`].
@@ -70,7 +71,7 @@ impl Cache {
         self.latest
             .write()
             .expect("registry cache lock")
-            .retain(|(cached, _), _| cached != subject);
+            .remove(subject);
     }
 
     /// The cached answer for `(subject, version)`, or the one `fetch` gives when there is none or
@@ -85,10 +86,18 @@ impl Cache {
     where
         F: Future<Output = Result<Option<EventSchema>, Error>>,
     {
-        let key = (subject.to_owned(), version);
+        // The common case, a fresh answer, under the shared lock.
+        {
+            let cache = self.latest.read().expect("registry cache lock");
+            if let Some(entry) = cache.get(subject).and_then(|s| s.get(&version)) {
+                if entry.fetched.elapsed() < LATEST_TTL || entry.refreshing {
+                    return Ok(entry.value.clone());
+                }
+            }
+        }
         {
             let mut cache = self.latest.write().expect("registry cache lock");
-            if let Some(entry) = cache.get_mut(&key) {
+            if let Some(entry) = cache.get_mut(subject).and_then(|s| s.get_mut(&version)) {
                 if entry.fetched.elapsed() < LATEST_TTL || entry.refreshing {
                     return Ok(entry.value.clone());
                 }
@@ -100,7 +109,8 @@ impl Cache {
         // refreshed, or it would serve its old answer forever.
         let refresh = Refreshing {
             latest: &self.latest,
-            key: &key,
+            subject,
+            version,
         };
         let found = fetch.await;
         drop(refresh);
@@ -113,7 +123,9 @@ impl Cache {
             self.latest
                 .write()
                 .expect("registry cache lock")
-                .insert(key, entry);
+                .entry(subject.to_owned())
+                .or_default()
+                .insert(version, entry);
         }
         found
     }
@@ -121,15 +133,19 @@ impl Cache {
 
 /// Clears an entry's `refreshing` mark when the refresh ends, however it ends.
 struct Refreshing<'c> {
-    latest: &'c RwLock<HashMap<Key, Cached>>,
-    key: &'c Key,
+    latest: &'c RwLock<Latest>,
+    subject: &'c str,
+    version: Option<i32>,
 }
 
 impl Drop for Refreshing<'_> {
     fn drop(&mut self) {
         // A poisoned lock means a panic elsewhere already; there is nothing left to clear.
         if let Ok(mut cache) = self.latest.write() {
-            if let Some(entry) = cache.get_mut(self.key) {
+            if let Some(entry) = cache
+                .get_mut(self.subject)
+                .and_then(|s| s.get_mut(&self.version))
+            {
                 entry.refreshing = false;
             }
         }

@@ -35,7 +35,7 @@ use sqlx::PgPool;
 
 pub use cache::LATEST_TTL;
 pub use error::Error;
-pub use upcast::UpcastError;
+pub use upcast::{UpcastError, Upcaster};
 
 use crate::model::VersionSpec;
 use crate::schema::{Compatibility, Incompatibility, ParsedSchema};

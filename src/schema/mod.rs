@@ -11,4 +11,4 @@ pub mod resolve;
 pub use avro::{InvalidSchema, ParsedSchema};
 pub use compat::{can_read, Compatibility, Incompatibility};
 pub use json::{validate, PayloadError};
-pub use resolve::{resolve, ResolveError};
+pub use resolve::{resolve, resolve_owned, ResolveError};

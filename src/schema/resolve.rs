@@ -5,6 +5,8 @@
 //! defaults, renamed fields follow their aliases, numbers are promoted, unknown enum symbols take
 //! the reader's default, and writer-only fields are dropped. Stored events are never rewritten.
 
+use std::borrow::Cow;
+
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 
@@ -26,7 +28,27 @@ pub fn resolve(
     reader: &ParsedSchema,
     value: &Value,
 ) -> Result<Value, ResolveError> {
-    Resolver { writer, reader }.resolve(writer.schema(), reader.schema(), value, "$")
+    Resolver { writer, reader }.resolve(
+        writer.schema(),
+        reader.schema(),
+        Cow::Borrowed(value),
+        Path::Root,
+    )
+}
+
+/// As [`resolve`], consuming `value`: what the reader keeps is moved into the result instead of
+/// copied, so a reader that drops the value on failure pays for no copies.
+pub fn resolve_owned(
+    writer: &ParsedSchema,
+    reader: &ParsedSchema,
+    value: Value,
+) -> Result<Value, ResolveError> {
+    Resolver { writer, reader }.resolve(
+        writer.schema(),
+        reader.schema(),
+        Cow::Owned(value),
+        Path::Root,
+    )
 }
 
 struct Resolver<'a> {
@@ -34,11 +56,60 @@ struct Resolver<'a> {
     reader: &'a ParsedSchema,
 }
 
-fn fail<T>(path: &str, reason: impl Into<String>) -> Result<T, ResolveError> {
+/// Where in the payload a value is, written out only when resolving it fails.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => f.write_str("$"),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Item(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+fn fail<T>(path: Path<'_>, reason: impl Into<String>) -> Result<T, ResolveError> {
     Err(ResolveError {
-        path: path.to_owned(),
+        path: path.to_string(),
         reason: reason.into(),
     })
+}
+
+static NULL: Value = Value::Null;
+
+/// A record's or a map's entries, borrowed or owned as the value was.
+fn object(value: Cow<'_, Value>) -> Cow<'_, Map<String, Value>> {
+    match value {
+        Cow::Borrowed(Value::Object(map)) => Cow::Borrowed(map),
+        Cow::Owned(Value::Object(map)) => Cow::Owned(map),
+        _ => Cow::Owned(Map::new()),
+    }
+}
+
+/// The entry `name` of `given` (null when absent): moved out of an owned map unless `copy`, with
+/// its key, which the result can then reuse.
+fn entry<'v>(
+    given: &mut Cow<'v, Map<String, Value>>,
+    name: &str,
+    copy: bool,
+) -> (Cow<'v, Value>, Option<String>) {
+    match given {
+        Cow::Borrowed(map) => (Cow::Borrowed(map.get(name).unwrap_or(&NULL)), None),
+        Cow::Owned(map) if copy => (
+            Cow::Owned(map.get(name).cloned().unwrap_or(Value::Null)),
+            None,
+        ),
+        Cow::Owned(map) => match map.remove_entry(name) {
+            Some((key, value)) => (Cow::Owned(value), Some(key)),
+            None => (Cow::Owned(Value::Null), None),
+        },
+    }
 }
 
 impl Resolver<'_> {
@@ -46,13 +117,13 @@ impl Resolver<'_> {
         &self,
         w: &Schema,
         r: &Schema,
-        value: &Value,
-        path: &str,
+        value: Cow<'_, Value>,
+        path: Path<'_>,
     ) -> Result<Value, ResolveError> {
         let (w, r) = (self.writer.deref(w), self.reader.deref(r));
         match (w, r) {
             (Schema::Union(wu), _) => {
-                match wu.variants().iter().find(|b| fits(self.writer, b, value)) {
+                match wu.variants().iter().find(|b| fits(self.writer, b, &value)) {
                     Some(branch) => self.resolve(branch, r, value, path),
                     None => fail(path, "the value fits no branch of the writer's union"),
                 }
@@ -69,53 +140,83 @@ impl Resolver<'_> {
                 ),
             },
             (Schema::Record(wr), Schema::Record(rr)) => {
-                let given = value.as_object().cloned().unwrap_or_default();
-                let mut out = Map::with_capacity(rr.fields.len());
-                for field in &rr.fields {
-                    let field_path = format!("{path}.{}", field.name);
-                    let v = match (writer_field(wr, field), &field.default) {
+                let mut given = object(value);
+                // The writer's field each reader field reads. Two reader fields may read the same
+                // one (one by its name, the other by an alias); all but the last take a copy.
+                let sources: Vec<_> = rr.fields.iter().map(|f| writer_field(wr, f)).collect();
+                let mut out = Map::new();
+                for (i, field) in rr.fields.iter().enumerate() {
+                    let field_path = Path::Field(&path, &field.name);
+                    let (key, v) = match (sources[i], &field.default) {
                         (Some(wf), _) => {
-                            let v = given.get(&wf.name).unwrap_or(&Value::Null);
-                            self.resolve(&wf.schema, &field.schema, v, &field_path)?
+                            let again = sources[i + 1..]
+                                .iter()
+                                .any(|s| s.is_some_and(|s| std::ptr::eq(s, wf)));
+                            let (v, key) = entry(&mut given, &wf.name, again);
+                            let v = self.resolve(&wf.schema, &field.schema, v, field_path)?;
+                            (key.filter(|k| *k == field.name), v)
                         }
-                        (None, Some(default)) => default.clone(),
+                        (None, Some(default)) => (None, default.clone()),
                         (None, None) => {
                             return fail(
-                                &field_path,
+                                field_path,
                                 "the writer has no such field and the reader no default",
                             )
                         }
                     };
-                    out.insert(field.name.clone(), v);
+                    out.insert(key.unwrap_or_else(|| field.name.clone()), v);
                 }
                 Ok(Value::Object(out))
             }
-            (Schema::Enum(_), Schema::Enum(re)) => match value.as_str() {
-                Some(s) if re.symbols.iter().any(|sym| sym == s) => Ok(value.clone()),
-                _ => match &re.default {
+            (Schema::Enum(_), Schema::Enum(re)) => {
+                let known = value
+                    .as_str()
+                    .is_some_and(|s| re.symbols.iter().any(|sym| sym == s));
+                match &re.default {
+                    _ if known => Ok(value.into_owned()),
                     Some(default) => Ok(Value::String(default.clone())),
                     None => fail(path, format!("symbol {value} is not in the reader's enum")),
-                },
-            },
+                }
+            }
             (Schema::Array(wa), Schema::Array(ra)) => {
-                let items = value.as_array().cloned().unwrap_or_default();
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| {
-                        self.resolve(&wa.items, &ra.items, item, &format!("{path}[{i}]"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Value::Array)
+                let item =
+                    |(i, item)| self.resolve(&wa.items, &ra.items, item, Path::Item(&path, i));
+                match value {
+                    Cow::Borrowed(Value::Array(items)) => items
+                        .iter()
+                        .map(Cow::Borrowed)
+                        .enumerate()
+                        .map(item)
+                        .collect(),
+                    Cow::Owned(Value::Array(items)) => items
+                        .into_iter()
+                        .map(Cow::Owned)
+                        .enumerate()
+                        .map(item)
+                        .collect(),
+                    _ => Ok(Vec::new()),
+                }
+                .map(Value::Array)
             }
             (Schema::Map(wm), Schema::Map(rm)) => {
-                let entries = value.as_object().cloned().unwrap_or_default();
-                let mut out = Map::with_capacity(entries.len());
-                for (key, item) in &entries {
-                    out.insert(
-                        key.clone(),
-                        self.resolve(&wm.types, &rm.types, item, &format!("{path}.{key}"))?,
-                    );
+                let mut out = Map::new();
+                let mut add = |key: String, item| {
+                    let item =
+                        self.resolve(&wm.types, &rm.types, item, Path::Field(&path, &key))?;
+                    out.insert(key, item);
+                    Ok(())
+                };
+                match object(value) {
+                    Cow::Borrowed(entries) => {
+                        for (key, item) in entries {
+                            add(key.clone(), Cow::Borrowed(item))?;
+                        }
+                    }
+                    Cow::Owned(entries) => {
+                        for (key, item) in entries {
+                            add(key, Cow::Owned(item))?;
+                        }
+                    }
                 }
                 Ok(Value::Object(out))
             }
@@ -125,7 +226,7 @@ impl Resolver<'_> {
                 None => fail(path, "expected a number"),
             },
             // Same type, or string <-> bytes, or int -> long: the JSON does not change.
-            _ => Ok(value.clone()),
+            _ => Ok(value.into_owned()),
         }
     }
 }
@@ -162,6 +263,7 @@ mod tests {
         );
         let stored = json!({"count": 3, "name": "x", "gone": "y", "status": "C", "maybe": 4});
         let read = resolve(&v1, &v2, &stored).unwrap();
+        assert_eq!(resolve_owned(&v1, &v2, stored).unwrap(), read);
         assert_eq!(
             read,
             json!({"count": 3.0, "title": "x", "status": "UNKNOWN", "maybe": 4, "added": null, "region": "eu"})
@@ -176,5 +278,37 @@ mod tests {
         );
         let stored = json!({"a": "x", "m": {"k": 1}});
         assert_eq!(resolve(&v1, &v1, &stored).unwrap(), stored);
+        assert_eq!(resolve_owned(&v1, &v1, stored.clone()).unwrap(), stored);
+    }
+
+    #[test]
+    fn two_reader_fields_may_read_one_writer_field_and_failures_name_their_path() {
+        let v1 = parse(
+            r#"{"type":"record","name":"r","fields":[
+                {"name":"name","type":"string"},
+                {"name":"items","type":{"type":"array","items":{"type":"record","name":"i","fields":[
+                    {"name":"s","type":{"type":"enum","name":"S","symbols":["A","B"]}}]}}}
+            ]}"#,
+        );
+        let v2 = parse(
+            r#"{"type":"record","name":"r","fields":[
+                {"name":"name","type":"string"},
+                {"name":"title","type":"string","aliases":["name"]},
+                {"name":"items","type":{"type":"array","items":{"type":"record","name":"i","fields":[
+                    {"name":"s","type":{"type":"enum","name":"S","symbols":["A"]}}]}}}
+            ]}"#,
+        );
+        let fine = json!({"name": "x", "items": [{"s": "A"}]});
+        let read = json!({"name": "x", "title": "x", "items": [{"s": "A"}]});
+        assert_eq!(resolve(&v1, &v2, &fine).unwrap(), read);
+        assert_eq!(resolve_owned(&v1, &v2, fine).unwrap(), read);
+        let bad = json!({"name": "x", "items": [{"s": "A"}, {"s": "B"}]});
+        for err in [
+            resolve(&v1, &v2, &bad).unwrap_err(),
+            resolve_owned(&v1, &v2, bad.clone()).unwrap_err(),
+        ] {
+            assert_eq!(err.path, "$.items[1].s");
+            assert!(err.reason.contains("not in the reader's enum"), "{err}");
+        }
     }
 }

@@ -186,11 +186,12 @@ async fn the_library_upcasts_a_stored_event_to_the_version_a_reader_declares() {
         .parse()
         .unwrap();
 
-    let mut event = keel::store::get_event(app.store.pool(), id)
+    let stored = keel::store::get_event(app.store.pool(), id)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(event.schema_version, Some(1));
+    assert_eq!(stored.schema_version, Some(1));
+    let mut event = stored.clone();
     app.registry
         .upcast(&mut event, VersionSpec::Number(2))
         .await
@@ -198,10 +199,36 @@ async fn the_library_upcasts_a_stored_event_to_the_version_a_reader_declares() {
     assert_eq!(event.schema_version, Some(2));
     assert_eq!(event.payload["attempt"], 1);
     assert_eq!(event.payload["caller"], json!(null));
+    assert_eq!(
+        event.payload["service_name"],
+        stored.payload["service_name"]
+    );
 
+    // The consuming forms that rebuilds and consumers use read the same, the batch one also
+    // from the schemas it looked up for the event before.
+    let owned = app
+        .registry
+        .upcast_owned(stored.clone(), VersionSpec::Number(2))
+        .await
+        .unwrap();
+    assert_eq!(owned, event);
+    let mut batch = app.registry.upcaster(VersionSpec::Number(2));
+    for _ in 0..2 {
+        assert_eq!(batch.upcast(stored.clone()).await.unwrap(), event);
+    }
+
+    let mut unread = stored.clone();
     let err = app
         .registry
-        .upcast(&mut event, VersionSpec::Number(5))
+        .upcast(&mut unread, VersionSpec::Number(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpcastError::NoSuchVersion { .. }), "{err}");
+    assert_eq!(unread, stored, "a failed upcast leaves the event as it was");
+    let err = app
+        .registry
+        .upcaster(VersionSpec::Number(5))
+        .upcast(stored)
         .await
         .unwrap_err();
     assert!(matches!(err, UpcastError::NoSuchVersion { .. }), "{err}");
