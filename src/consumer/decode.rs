@@ -47,7 +47,7 @@ impl Decoder {
         value: &[u8],
         reader: Option<VersionSpec>,
     ) -> Result<RecordedEvent, DecodeError> {
-        let mut event = match header::content_type(headers) {
+        let event = match header::content_type(headers) {
             CONTENT_JSON => wire::json::decode(value)?,
             CONTENT_AVRO => {
                 let mut event = header::decode(headers)?;
@@ -60,13 +60,14 @@ impl Decoder {
             }
             other => return Err(wire::Error::ContentType(other.to_owned()).into()),
         };
-        if let Some(wanted) = reader {
-            self.registry
-                .upcast(&mut event, wanted)
+        match reader {
+            Some(wanted) => self
+                .registry
+                .upcast_owned(event, wanted)
                 .await
-                .map_err(|e| DecodeError::Upcast(e.to_string()))?;
+                .map_err(|e| DecodeError::Upcast(e.to_string())),
+            None => Ok(event),
         }
-        Ok(event)
     }
 
     async fn schema(&self, id: i32) -> Result<Arc<ParsedSchema>, DecodeError> {

@@ -240,7 +240,8 @@ pub const FOLD_ROWS: usize = 100_000;
 /// A full rebuild's fold, the versions it applied since it last wrote, and the next page's read.
 struct Folding {
     fold: Box<dyn Fold>,
-    applied: HashMap<(String, Uuid), i32>,
+    /// Per aggregate type, per aggregate: nested so that a hit needs no owned key.
+    applied: HashMap<String, HashMap<Uuid, i32>>,
     ahead: Option<ReadAhead>,
 }
 
@@ -264,10 +265,11 @@ impl Folding {
     /// holds each event once and the log's order is each aggregate's version order, so this
     /// holds for every event read; `keel_applied` is still never lowered.)
     fn fresh(&mut self, e: &RecordedEvent) -> bool {
-        let v = self
-            .applied
-            .entry((e.aggregate_type.clone(), e.aggregate_id))
-            .or_insert(0);
+        let of_type = match self.applied.get_mut(&e.aggregate_type) {
+            Some(of_type) => of_type,
+            None => self.applied.entry(e.aggregate_type.clone()).or_default(),
+        };
+        let v = of_type.entry(e.aggregate_id).or_insert(0);
         if e.version > *v {
             *v = e.version;
             true
@@ -277,7 +279,7 @@ impl Folding {
     }
 
     fn rows(&self) -> usize {
-        self.fold.rows() + self.applied.len()
+        self.fold.rows() + self.applied.values().map(HashMap::len).sum::<usize>()
     }
 }
 
@@ -423,13 +425,16 @@ impl Rebuild<'_> {
         )
         .await?;
         f.fold.write(&mut tx).await?;
-        let mut types = Vec::with_capacity(f.applied.len());
-        let mut ids = Vec::with_capacity(f.applied.len());
-        let mut versions = Vec::with_capacity(f.applied.len());
-        for ((t, id), v) in f.applied.drain() {
-            types.push(t);
-            ids.push(id);
-            versions.push(v);
+        let rows = f.applied.values().map(HashMap::len).sum();
+        let mut types = Vec::with_capacity(rows);
+        let mut ids = Vec::with_capacity(rows);
+        let mut versions = Vec::with_capacity(rows);
+        for (t, of_type) in f.applied.drain() {
+            for (id, v) in of_type {
+                types.push(t.clone());
+                ids.push(id);
+                versions.push(v);
+            }
         }
         record_applied(&mut tx, &types, &ids, &versions).await?;
         sqlx::query("UPDATE keel_rebuild SET tx_id = $1, position = $2")
@@ -500,17 +505,16 @@ impl Rebuild<'_> {
     ) -> anyhow::Result<Vec<RecordedEvent>> {
         let wanted = self.projection.event_types();
         let mut events = Vec::with_capacity(logged.len());
+        let mut upcaster = self.registry.upcaster(self.projection.reader());
         for l in logged {
-            let mut e = l.event;
+            let e = l.event;
             if !wanted.contains(&e.event_type.as_str()) || until.is_some_and(|u| !u.includes(&e)) {
                 continue;
             }
-            self.registry
-                .upcast(&mut e, self.projection.reader())
-                .await
-                .with_context(|| {
-                    format!("event {} cannot be read as the projection's version", e.id)
-                })?;
+            let id = e.id;
+            let e = upcaster.upcast(e).await.with_context(|| {
+                format!("event {id} cannot be read as the projection's version")
+            })?;
             events.push(e);
         }
         Ok(events)
@@ -605,10 +609,12 @@ impl Rebuild<'_> {
         .bind(&types)
         .fetch_all(&mut *conn)
         .await?;
-        for e in &mut events {
-            self.registry.upcast(e, self.projection.reader()).await?;
+        let mut upcaster = self.registry.upcaster(self.projection.reader());
+        let mut read = Vec::with_capacity(events.len());
+        for e in events.drain(..) {
+            read.push(upcaster.upcast(e).await?);
         }
-        Ok(events)
+        Ok(read)
     }
 
     /// Rebuilds one aggregate in the live schema, with live batches paused.

@@ -85,7 +85,8 @@ impl Projection for ServiceInvocations {
 /// What some events add to the tables: per method, the counters and the histogram's buckets.
 #[derive(Default)]
 struct Invocations {
-    methods: HashMap<(String, String), Method>,
+    /// Per service, per method: nested so that adding to a method seen before needs no owned key.
+    methods: HashMap<String, HashMap<String, Method>>,
     /// Buckets held, over all methods.
     buckets: usize,
 }
@@ -116,10 +117,14 @@ impl Fold for Invocations {
                 .and_then(|v| v.as_f64())
                 .ok_or_else(|| anyhow::anyhow!("event {} has no execution_time", e.id))?;
             let failed = field("status")? != "OK";
-            let m = self
-                .methods
-                .entry((service.to_owned(), method.to_owned()))
-                .or_default();
+            let of_service = match self.methods.get_mut(service) {
+                Some(of_service) => of_service,
+                None => self.methods.entry(service.to_owned()).or_default(),
+            };
+            let m = match of_service.get_mut(method) {
+                Some(m) => m,
+                None => of_service.entry(method.to_owned()).or_default(),
+            };
             m.calls += 1;
             m.errors += i64::from(failed);
             m.total += ms;
@@ -135,7 +140,7 @@ impl Fold for Invocations {
     }
 
     fn rows(&self) -> usize {
-        self.methods.len() + self.buckets
+        self.methods.values().map(HashMap::len).sum::<usize>() + self.buckets
     }
 
     async fn write(&mut self, tx: &mut PgConnection) -> anyhow::Result<()> {
@@ -152,20 +157,22 @@ impl Fold for Invocations {
             Vec<DateTime<Utc>>,
         ) = Default::default();
         let mut b: (Vec<String>, Vec<String>, Vec<i32>, Vec<i64>) = Default::default();
-        for ((service, method), m) in std::mem::take(&mut self.methods) {
-            for (bucket, n) in m.buckets {
-                b.0.push(service.clone());
-                b.1.push(method.clone());
-                b.2.push(bucket);
-                b.3.push(n);
+        for (service, of_service) in std::mem::take(&mut self.methods) {
+            for (method, m) in of_service {
+                for (bucket, n) in m.buckets {
+                    b.0.push(service.clone());
+                    b.1.push(method.clone());
+                    b.2.push(bucket);
+                    b.3.push(n);
+                }
+                c.0.push(service.clone());
+                c.1.push(method);
+                c.2.push(m.calls);
+                c.3.push(m.errors);
+                c.4.push(m.total);
+                c.5.push(m.max);
+                c.6.push(m.last.unwrap_or_default());
             }
-            c.0.push(service);
-            c.1.push(method);
-            c.2.push(m.calls);
-            c.3.push(m.errors);
-            c.4.push(m.total);
-            c.5.push(m.max);
-            c.6.push(m.last.unwrap_or_default());
         }
         self.buckets = 0;
         sqlx::query(
