@@ -103,6 +103,7 @@ pub async fn run(config: &Config, args: ProjectionArgs) -> anyhow::Result<()> {
         "{:>4} {:>14} {:>12} {:>9}",
         "run", "rebuild/s", "scan/s", "rebuild/scan"
     );
+    own_costs(&pool, &registry, projection.as_ref(), args.events).await?;
     let mut ratios = Vec::new();
     for run in 1..=args.runs {
         let scan = raw_scan(&pool, args.events).await?;
@@ -420,6 +421,51 @@ async fn catch_up(
     stop.trigger();
     runner.await??;
     Ok(events as f64 / elapsed.as_secs_f64())
+}
+
+/// What a rebuild spends per event besides reading, on one thread with nothing beside it:
+/// upcasting a page's events (v1 to v2) and adding them to the projection's fold.
+async fn own_costs(
+    pool: &PgPool,
+    registry: &crate::registry::Registry,
+    projection: &dyn Projection,
+    events: u64,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "SELECT {} FROM events WHERE event_type = $1 ORDER BY tx_id, position LIMIT $2",
+        crate::store::EVENT_COLUMNS
+    );
+    let read: Vec<crate::model::RecordedEvent> = sqlx::query_as(&sql)
+        .bind(EVENT_TYPE)
+        .bind(events.min(100_000) as i64)
+        .fetch_all(pool)
+        .await?;
+    let n = read.len().max(1) as f64;
+    let started = Instant::now();
+    let mut upcast = Vec::with_capacity(read.len());
+    let mut events = read.into_iter().peekable();
+    while events.peek().is_some() {
+        // One upcaster per page of 2,000, as a rebuild keeps one per page.
+        let mut upcaster = registry.upcaster(projection.reader());
+        for e in events.by_ref().take(2_000) {
+            upcast.push(upcaster.upcast(e).await?);
+        }
+    }
+    let upcasting = started.elapsed();
+    let mut fold = projection
+        .fold()
+        .context("the projection has no fold to time")?;
+    let folding = Instant::now();
+    for page in upcast.chunks(2_000) {
+        fold.add(page)?;
+    }
+    let folding = folding.elapsed();
+    eprintln!(
+        "  the rebuild's own costs, one thread: upcast {:.2} us/event, fold {:.2} us/event",
+        upcasting.as_secs_f64() * 1e6 / n,
+        folding.as_secs_f64() * 1e6 / n
+    );
+    Ok(())
 }
 
 /// Streams the same events in log order, every column, into `RecordedEvent`s; rows per second.
