@@ -6,7 +6,10 @@
 //! the reader's default, and writer-only fields are dropped. Stored events are never rewritten.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ptr;
 
+use apache_avro::schema::RecordField;
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 
@@ -141,17 +144,31 @@ impl Resolver<'_> {
             },
             (Schema::Record(wr), Schema::Record(rr)) => {
                 let mut given = object(value);
-                // The writer's field each reader field reads. Two reader fields may read the same
-                // one (one by its name, the other by an alias); all but the last take a copy.
-                let sources: Vec<_> = rr.fields.iter().map(|f| writer_field(wr, f)).collect();
+                // Two reader fields may read the same writer field (one by its name, the other by
+                // an alias); moving out of an owned record, all but the last take a copy. Only a
+                // reader with aliases can have such fields: per writer field, the last reader
+                // field that reads it.
+                let aliased = rr
+                    .fields
+                    .iter()
+                    .any(|f| f.aliases.as_ref().is_some_and(|a| !a.is_empty()));
+                let last_reader: Option<HashMap<*const RecordField, usize>> =
+                    (aliased && matches!(given, Cow::Owned(_))).then(|| {
+                        rr.fields
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, f)| writer_field(wr, f).map(|w| (ptr::from_ref(w), i)))
+                            .collect()
+                    });
                 let mut out = Map::new();
                 for (i, field) in rr.fields.iter().enumerate() {
                     let field_path = Path::Field(&path, &field.name);
-                    let (key, v) = match (sources[i], &field.default) {
+                    let (key, v) = match (writer_field(wr, field), &field.default) {
                         (Some(wf), _) => {
-                            let again = sources[i + 1..]
-                                .iter()
-                                .any(|s| s.is_some_and(|s| std::ptr::eq(s, wf)));
+                            let again = last_reader
+                                .as_ref()
+                                .and_then(|last| last.get(&ptr::from_ref(wf)))
+                                .is_some_and(|&last| last > i);
                             let (v, key) = entry(&mut given, &wf.name, again);
                             let v = self.resolve(&wf.schema, &field.schema, v, field_path)?;
                             (key.filter(|k| *k == field.name), v)
