@@ -595,7 +595,7 @@ impl Rebuild<'_> {
             .iter()
             .map(|t| t.to_string())
             .collect();
-        let mut events: Vec<RecordedEvent> = sqlx::query_as(&format!(
+        let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
             "SELECT {} FROM public.events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3
                 AND ($4::int IS NULL OR version <= $4) AND event_type = ANY($5)
@@ -611,7 +611,7 @@ impl Rebuild<'_> {
         .await?;
         let mut upcaster = self.registry.upcaster(self.projection.reader());
         let mut read = Vec::with_capacity(events.len());
-        for e in events.drain(..) {
+        for e in events {
             read.push(upcaster.upcast(e).await?);
         }
         Ok(read)

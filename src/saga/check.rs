@@ -145,10 +145,10 @@ async fn check_instance(
                 let Some(id) = id else {
                     return Ok(Outcome::Unchecked);
                 };
-                let Some(mut event) = crate::store::get_event(pool, id).await? else {
+                let Some(event) = crate::store::get_event(pool, id).await? else {
                     return Ok(Outcome::Unchecked);
                 };
-                registry.upcast(&mut event, saga.reader()).await?;
+                let event = registry.upcast_owned(event, saga.reader()).await?;
                 Input::Event(Box::new(event))
             }
         };
