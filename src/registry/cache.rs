@@ -43,6 +43,13 @@ struct Cached {
     refreshing: bool,
 }
 
+impl Cached {
+    /// Fresh, or being refreshed by another caller meanwhile.
+    fn usable(&self) -> bool {
+        self.fetched.elapsed() < LATEST_TTL || self.refreshing
+    }
+}
+
 impl Cache {
     /// Schema `id`, if it was parsed before.
     pub fn parsed_by_id(&self, id: i32) -> Option<Arc<ParsedSchema>> {
@@ -90,7 +97,7 @@ impl Cache {
         {
             let cache = self.latest.read().expect("registry cache lock");
             if let Some(entry) = cache.get(subject).and_then(|s| s.get(&version)) {
-                if entry.fetched.elapsed() < LATEST_TTL || entry.refreshing {
+                if entry.usable() {
                     return Ok(entry.value.clone());
                 }
             }
@@ -98,7 +105,7 @@ impl Cache {
         {
             let mut cache = self.latest.write().expect("registry cache lock");
             if let Some(entry) = cache.get_mut(subject).and_then(|s| s.get_mut(&version)) {
-                if entry.fetched.elapsed() < LATEST_TTL || entry.refreshing {
+                if entry.usable() {
                     return Ok(entry.value.clone());
                 }
                 entry.refreshing = true;

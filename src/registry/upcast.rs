@@ -36,8 +36,7 @@ impl Registry {
         if let Some(writer) = writer {
             event.payload = resolve(&writer, &reader.schema, &event.payload)?;
         }
-        event.schema_id = Some(reader.id);
-        event.schema_version = Some(reader.version);
+        described_by(event, &reader);
         Ok(())
     }
 
@@ -45,19 +44,10 @@ impl Registry {
     /// fields move into the resolved one instead of being copied.
     pub async fn upcast_owned(
         &self,
-        mut event: RecordedEvent,
+        event: RecordedEvent,
         wanted: VersionSpec,
     ) -> Result<RecordedEvent, UpcastError> {
-        let Some((reader, writer)) = self.upcast_schemas(&event, wanted).await? else {
-            return Ok(event);
-        };
-        if let Some(writer) = writer {
-            event.payload =
-                resolve_owned(&writer, &reader.schema, std::mem::take(&mut event.payload))?;
-        }
-        event.schema_id = Some(reader.id);
-        event.schema_version = Some(reader.version);
-        Ok(event)
+        self.upcaster(wanted).upcast(event).await
     }
 
     /// An [`Upcaster`] to version `wanted`, for a batch of events.
@@ -98,8 +88,8 @@ impl Registry {
     }
 }
 
-/// Upcasts a batch of events to one reader version as [`Registry::upcast_owned`] does, looking
-/// the schemas of each event type and writer up once instead of once per event. Keep one for a
+/// Upcasts a batch of events to one reader version, consuming each as [`Registry::upcast_owned`]
+/// does, looking the schemas of each event type and writer up once instead of once per event. Keep one for a
 /// batch, not longer: it does not see a new latest version registered meanwhile.
 pub struct Upcaster<'r> {
     registry: &'r Registry,
@@ -137,8 +127,13 @@ impl Upcaster<'_> {
             event.payload =
                 resolve_owned(writer, &reader.schema, std::mem::take(&mut event.payload))?;
         }
-        event.schema_id = Some(reader.id);
-        event.schema_version = Some(reader.version);
+        described_by(&mut event, reader);
         Ok(event)
     }
+}
+
+/// Marks `event`'s payload, now resolved, as written with `reader`.
+fn described_by(event: &mut RecordedEvent, reader: &EventSchema) {
+    event.schema_id = Some(reader.id);
+    event.schema_version = Some(reader.version);
 }

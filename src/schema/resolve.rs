@@ -6,10 +6,7 @@
 //! the reader's default, and writer-only fields are dropped. Stored events are never rewritten.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::ptr;
 
-use apache_avro::schema::RecordField;
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 
@@ -31,12 +28,7 @@ pub fn resolve(
     reader: &ParsedSchema,
     value: &Value,
 ) -> Result<Value, ResolveError> {
-    Resolver { writer, reader }.resolve(
-        writer.schema(),
-        reader.schema(),
-        Cow::Borrowed(value),
-        Path::Root,
-    )
+    Resolver { writer, reader }.run(Cow::Borrowed(value))
 }
 
 /// As [`resolve`], consuming `value`: what the reader keeps is moved into the result instead of
@@ -46,12 +38,7 @@ pub fn resolve_owned(
     reader: &ParsedSchema,
     value: Value,
 ) -> Result<Value, ResolveError> {
-    Resolver { writer, reader }.resolve(
-        writer.schema(),
-        reader.schema(),
-        Cow::Owned(value),
-        Path::Root,
-    )
+    Resolver { writer, reader }.run(Cow::Owned(value))
 }
 
 struct Resolver<'a> {
@@ -116,6 +103,15 @@ fn entry<'v>(
 }
 
 impl Resolver<'_> {
+    fn run(&self, value: Cow<'_, Value>) -> Result<Value, ResolveError> {
+        self.resolve(
+            self.writer.schema(),
+            self.reader.schema(),
+            value,
+            Path::Root,
+        )
+    }
+
     fn resolve(
         &self,
         w: &Schema,
@@ -144,32 +140,18 @@ impl Resolver<'_> {
             },
             (Schema::Record(wr), Schema::Record(rr)) => {
                 let mut given = object(value);
-                // Two reader fields may read the same writer field (one by its name, the other by
-                // an alias); moving out of an owned record, all but the last take a copy. Only a
-                // reader with aliases can have such fields: per writer field, the last reader
-                // field that reads it.
-                let aliased = rr
+                // Two reader fields may read the same writer field, one by its name and the other
+                // by an alias: a reader with aliases copies what it reads instead of moving it.
+                let copy = rr
                     .fields
                     .iter()
                     .any(|f| f.aliases.as_ref().is_some_and(|a| !a.is_empty()));
-                let last_reader: Option<HashMap<*const RecordField, usize>> =
-                    (aliased && matches!(given, Cow::Owned(_))).then(|| {
-                        rr.fields
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(i, f)| writer_field(wr, f).map(|w| (ptr::from_ref(w), i)))
-                            .collect()
-                    });
                 let mut out = Map::new();
-                for (i, field) in rr.fields.iter().enumerate() {
+                for field in &rr.fields {
                     let field_path = Path::Field(&path, &field.name);
                     let (key, v) = match (writer_field(wr, field), &field.default) {
                         (Some(wf), _) => {
-                            let again = last_reader
-                                .as_ref()
-                                .and_then(|last| last.get(&ptr::from_ref(wf)))
-                                .is_some_and(|&last| last > i);
-                            let (v, key) = entry(&mut given, &wf.name, again);
+                            let (v, key) = entry(&mut given, &wf.name, copy);
                             let v = self.resolve(&wf.schema, &field.schema, v, field_path)?;
                             (key.filter(|k| *k == field.name), v)
                         }
