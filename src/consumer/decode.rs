@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::model::{RecordedEvent, VersionSpec};
-use crate::registry::Registry;
+use crate::registry::{Registry, Upcaster};
 use crate::schema::ParsedSchema;
 use crate::wire::{self, frame, header, CONTENT_AVRO, CONTENT_JSON};
 
@@ -47,6 +47,23 @@ impl Decoder {
         value: &[u8],
         reader: Option<VersionSpec>,
     ) -> Result<RecordedEvent, DecodeError> {
+        let mut upcaster = reader.map(|wanted| self.upcaster(wanted));
+        self.decode_as(headers, value, upcaster.as_mut()).await
+    }
+
+    /// An upcaster to `wanted` for [`Decoder::decode_as`], kept for a batch of records.
+    pub fn upcaster(&self, wanted: VersionSpec) -> Upcaster<'_> {
+        self.registry.upcaster(wanted)
+    }
+
+    /// As [`Decoder::decode`], resolving the payload with `upcaster`, which looks each type's
+    /// schemas up once for the batch it is kept for.
+    pub async fn decode_as(
+        &self,
+        headers: &HashMap<String, String>,
+        value: &[u8],
+        upcaster: Option<&mut Upcaster<'_>>,
+    ) -> Result<RecordedEvent, DecodeError> {
         let event = match header::content_type(headers) {
             CONTENT_JSON => wire::json::decode(value)?,
             CONTENT_AVRO => {
@@ -60,10 +77,9 @@ impl Decoder {
             }
             other => return Err(wire::Error::ContentType(other.to_owned()).into()),
         };
-        match reader {
-            Some(wanted) => self
-                .registry
-                .upcast_owned(event, wanted)
+        match upcaster {
+            Some(upcaster) => upcaster
+                .upcast(event)
                 .await
                 .map_err(|e| DecodeError::Upcast(e.to_string())),
             None => Ok(event),

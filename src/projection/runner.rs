@@ -396,11 +396,12 @@ impl Runner {
     async fn decode(&self, batch: &[Record]) -> anyhow::Result<Vec<RecordedEvent>> {
         let wanted = self.projection.event_types();
         let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut upcaster = self.decoder.upcaster(self.projection.reader());
         for r in batch {
             if r.event_type().is_some_and(|t| wanted.contains(&t)) {
                 let event = self
                     .decoder
-                    .decode(&r.headers, &r.value, Some(self.projection.reader()))
+                    .decode_as(&r.headers, &r.value, Some(&mut upcaster))
                     .await
                     .with_context(|| {
                         format!(
