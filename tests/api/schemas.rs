@@ -313,3 +313,63 @@ async fn a_list_read_as_a_version_some_types_lack_returns_those_events_as_stored
         (StatusCode::NOT_FOUND, "schema_version_not_found")
     );
 }
+
+/// An event whose payload cannot be resolved to the version asked for (its enum symbol is gone,
+/// with no default): the borrowing upcast fails and leaves the event as it was, as the API's
+/// non-strict reads rely on; the consuming forms fail the same way.
+#[tokio::test]
+async fn an_upcast_that_cannot_resolve_fails_and_leaves_the_event_as_it_was() {
+    let app = spawn_app().await;
+    let body = json!({"events": [{"type": "l12.service_invoked", "schema_version": 1, "payload": invoked_v1()}]});
+    let reply = app.append("service", Uuid::new_v4(), &body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let id: Uuid = reply.body["events"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let mode = app
+        .client()
+        .put(app.url("/registry/config/l12.service_invoked"))
+        .json(&json!({"compatibility": "NONE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mode.status(), StatusCode::OK);
+    let without_ok = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/l12.service_invoked/v1.avsc"
+    ))
+    .unwrap()
+    .replace(
+        r#""symbols": ["OK", "ERROR", "TIMEOUT"]"#,
+        r#""symbols": ["ERROR", "TIMEOUT"]"#,
+    );
+    let registered = app
+        .post_json(
+            "/registry/subjects/l12.service_invoked/versions",
+            &json!({"schema": without_ok}),
+        )
+        .await;
+    assert_eq!(registered.status, StatusCode::OK, "{}", registered.body);
+    let v3 = VersionSpec::Number(3);
+
+    let stored = keel::store::get_event(app.store.pool(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut event = stored.clone();
+    let err = app.registry.upcast(&mut event, v3).await.unwrap_err();
+    assert!(matches!(err, UpcastError::Resolve(_)), "{err}");
+    assert!(err.to_string().contains("$.status"), "{err}");
+    assert_eq!(event, stored, "a failed upcast leaves the event as it was");
+    let err = app
+        .registry
+        .upcast_owned(stored.clone(), v3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpcastError::Resolve(_)), "{err}");
+    let err = app.registry.upcaster(v3).upcast(stored).await.unwrap_err();
+    assert!(matches!(err, UpcastError::Resolve(_)), "{err}");
+}
